@@ -1,0 +1,170 @@
+"""One place that imports llama-cpp-python, routes llama.cpp's log and reads its build facts.
+
+llama.cpp writes its log (model buffer sizes, KV cache size, compute buffers) through a global
+callback. llama-cpp-python prints it to stderr; LlamaScope keeps the recent lines in a ring
+buffer instead, so the memory llama.cpp really allocated can be read back after a load, and the
+terminal of a CLI user is not flooded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+import re
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+log = logging.getLogger(__name__)
+
+_LOG_LINES: deque[tuple[int, str]] = deque(maxlen=20000)  # (serial number, line)
+_serial = 0
+_log_lock = threading.Lock()
+_partial_line: list[str] = []
+_log_callback_ref: object | None = None  # the ctypes callback must outlive every llama.cpp call
+
+
+def llama() -> ModuleType:
+    """Import llama_cpp once, with LlamaScope's log routing installed."""
+    import llama_cpp
+
+    global _log_callback_ref
+    if _log_callback_ref is None:
+
+        @llama_cpp.llama_log_callback  # type: ignore[misc]
+        def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            global _serial
+            chunk = text.decode("utf-8", errors="replace")
+            with _log_lock:
+                # llama.cpp sends one line in several calls (level CONT); join them.
+                _partial_line.append(chunk)
+                if chunk.endswith("\n"):
+                    line = "".join(_partial_line).rstrip("\n")
+                    _partial_line.clear()
+                    _serial += 1
+                    _LOG_LINES.append((_serial, line))
+                    if level == 3:  # GGML_LOG_LEVEL_ERROR
+                        log.warning("llama.cpp: %s", line)
+
+        _log_callback_ref = _on_log
+        llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+    return llama_cpp
+
+
+def log_mark() -> int:
+    """A position in the llama.cpp log; pass it to `log_since` to read what came after."""
+    with _log_lock:
+        return _serial
+
+
+def log_since(mark: int) -> list[str]:
+    """llama.cpp log lines written after `mark` (those still in the ring buffer)."""
+    with _log_lock:
+        return [line for serial, line in _LOG_LINES if serial > mark]
+
+
+@dataclass(frozen=True)
+class LlamaMemoryReport:
+    """Buffers llama.cpp reported allocating for a loaded model, in bytes (None if not reported)."""
+
+    model_buffer_bytes: int | None
+    kv_cache_bytes: int | None
+    compute_buffer_bytes: int | None
+    output_buffer_bytes: int | None
+
+
+_MIB = 1024 * 1024
+_RE_MODEL_BUF = re.compile(r"(\S+) model buffer size\s*=\s*([\d.]+) MiB")
+_RE_KV = re.compile(r"llama_kv_cache[^:]*:\s+size\s*=\s*([\d.]+) MiB")
+_RE_KV_OLD = re.compile(r"KV self size\s*=\s*([\d.]+) MiB")
+_RE_COMPUTE = re.compile(r"(\S+) compute buffer size\s*=\s*([\d.]+) MiB")
+_RE_OUTPUT = re.compile(r"(\S+)\s+output buffer size\s*=\s*([\d.]+) MiB")
+
+
+def parse_memory_report(lines: list[str]) -> LlamaMemoryReport:
+    """Sum the buffer sizes llama.cpp logs while loading a model and creating its context."""
+
+    def total(pattern: re.Pattern[str], group: int) -> int | None:
+        found = [float(m.group(group)) for line in lines for m in [pattern.search(line)] if m]
+        return int(sum(found) * _MIB) if found else None
+
+    kv = total(_RE_KV, 1)
+    if kv is None:
+        kv = total(_RE_KV_OLD, 1)
+    return LlamaMemoryReport(
+        model_buffer_bytes=total(_RE_MODEL_BUF, 2),
+        kv_cache_bytes=kv,
+        compute_buffer_bytes=total(_RE_COMPUTE, 2),
+        output_buffer_bytes=total(_RE_OUTPUT, 2),
+    )
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What the installed llama.cpp build can do, as it reports itself."""
+
+    llama_cpp_python_version: str
+    system_info: str  # llama_print_system_info(), verbatim
+    backends: tuple[str, ...]  # e.g. ("CPU",) or ("CUDA", "CPU")
+    gpu_offload: bool
+    mmap: bool
+    mlock: bool
+
+
+def _registered_backends(lc: ModuleType) -> list[str]:
+    """Backends registered in ggml (CPU, CUDA, Metal, Vulkan...), read from libggml itself.
+
+    The Python bindings do not wrap ggml's backend registry, so it is called through ctypes on
+    the libggml shipped beside libllama; any failure means "unknown" and the caller falls back.
+    """
+    lib_dir = Path(lc.__file__).parent / "lib"
+    names = {"linux": "libggml.so", "darwin": "libggml.dylib", "win32": "ggml.dll"}
+    candidate = lib_dir / names.get(sys.platform, "libggml.so")
+    try:
+        ggml = ctypes.CDLL(str(candidate))
+        ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+        ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+        ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+        ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+        lc.llama_backend_init()
+        count = int(ggml.ggml_backend_reg_count())
+        return [ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode() for i in range(count)]
+    except (OSError, AttributeError) as exc:
+        log.debug("ggml backend registry not readable: %s", exc)
+        return []
+
+
+@lru_cache(maxsize=1)
+def build_info() -> BuildInfo:
+    lc = llama()
+    system_info = lc.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    backends = _registered_backends(lc)
+    if not backends:
+        # The per-backend system-info format names each backend ("CPU : SSE3 = 1 | ...").
+        backends = sorted(set(re.findall(r"(\w+) : ", system_info))) or ["CPU"]
+    return BuildInfo(
+        llama_cpp_python_version=getattr(lc, "__version__", "n/a"),
+        system_info=system_info,
+        backends=tuple(backends),
+        gpu_offload=bool(lc.llama_supports_gpu_offload()),
+        mmap=bool(lc.llama_supports_mmap()),
+        mlock=bool(lc.llama_supports_mlock()),
+    )
+
+
+def platform_line() -> str:
+    """OS, architecture, llama.cpp backends and binding version, for the Platform box."""
+    info = build_info()
+    os_name = {"Darwin": "macOS", "Windows": "Windows", "Linux": "Linux"}.get(
+        platform.system(), platform.system()
+    )
+    return (
+        f"{os_name} {platform.machine()} · llama.cpp backends: {', '.join(info.backends)} · "
+        f"llama-cpp-python {info.llama_cpp_python_version}"
+    )

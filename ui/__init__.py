@@ -1,0 +1,1 @@
+"""Qt glue: application start-up, main window, bridges from the core to Qt signals."""

@@ -1,0 +1,34 @@
+"""Reads GGUF headers off the GUI thread: file I/O never runs in a slot."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from PySide6.QtCore import QObject, Signal
+
+from app.gguf_info import ModelFileError, inspect_model
+
+
+class ModelInspector(QObject):
+    """`request(path)` reads the header in a worker; `inspected(path, ModelInfo | None, error)` reports it."""
+
+    inspected = Signal(str, object, str)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamascope-inspector")
+
+    def request(self, path: str) -> None:
+        self._executor.submit(self._inspect, path)
+
+    def _inspect(self, path: str) -> None:
+        try:
+            info, error = inspect_model(path), ""
+        except ModelFileError as exc:
+            info, error = None, str(exc)
+        except OSError as exc:  # e.g. permission denied, a file vanishing mid-read
+            info, error = None, f"{path} could not be read: {exc.strerror or exc}"
+        self.inspected.emit(path, info, error)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

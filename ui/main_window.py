@@ -1,0 +1,168 @@
+"""The main window: builds the four panels and the console, and wires their signals. Owns no state."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QWidget
+
+from app import __version__
+from app.engine import GenerationRequest
+from app.llama_runtime import platform_line
+from app.settings import SettingsError
+from ui.engine_bridge import EngineBridge
+from ui.inspector import ModelInspector
+from widgets.generation_console import GenerationConsole
+from widgets.hardware_panel import HardwarePanel
+from widgets.model_config_panel import ModelConfigPanel
+from widgets.performance_panel import PerformancePanel
+from widgets.quantization_panel import QuantizationPanel
+
+
+class MainWindow(QMainWindow):
+    """Four panels side by side over the generation console."""
+
+    def __init__(
+        self,
+        settings: QSettings,
+        bridge: EngineBridge | None = None,
+        initial_model: str | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("LlamaScope")
+        self._settings = settings
+        self.bridge = bridge or EngineBridge(parent=self)
+        self.inspector = ModelInspector(parent=self)
+
+        self.model_panel = ModelConfigPanel(settings, platform_text=platform_line())
+        self.hardware_panel = HardwarePanel()
+        self.quantization_panel = QuantizationPanel()
+        self.performance_panel = PerformancePanel()
+        self.console = GenerationConsole()
+
+        self.panels_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.panels_splitter.setObjectName("panelsSplitter")
+        for panel in (self.model_panel, self.hardware_panel, self.quantization_panel, self.performance_panel):
+            self.panels_splitter.addWidget(panel)
+        self.panels_splitter.setStretchFactor(0, 3)
+        for i in (1, 2, 3):
+            self.panels_splitter.setStretchFactor(i, 2)
+        self.main_splitter = QSplitter(Qt.Orientation.Vertical)
+        self.main_splitter.setObjectName("mainSplitter")
+        self.main_splitter.addWidget(self.panels_splitter)
+        self.main_splitter.addWidget(self.console)
+        self.main_splitter.setStretchFactor(0, 3)
+        self.main_splitter.setStretchFactor(1, 1)
+        self.setCentralWidget(self.main_splitter)
+
+        self.engine_status = QLabel("No model loaded")
+        self.statusBar().addPermanentWidget(self.engine_status)
+        self._build_menu()
+        self._wire()
+        self._restore_layout()
+        self.model_panel.select_initial_model(initial_model)
+
+    # ---- construction ------------------------------------------------------------------------
+    def _build_menu(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self._add_action(file_menu, "&Open Model…", QKeySequence.StandardKey.Open, self.model_panel.open_file_dialog)
+        self._add_action(file_menu, "Add Model &Folder…", None, self.model_panel.add_folder_dialog)
+        file_menu.addSeparator()
+        self._add_action(file_menu, "&Quit", QKeySequence.StandardKey.Quit, self.close)
+        model_menu = self.menuBar().addMenu("&Model")
+        self._add_action(model_menu, "&Load", QKeySequence("Ctrl+L"), self.model_panel.request_load)
+        self._add_action(model_menu, "&Unload", QKeySequence("Ctrl+U"), self.model_panel.request_unload)
+        self._add_action(model_menu, "&Cancel / Stop", None, self.bridge.cancel)
+        help_menu = self.menuBar().addMenu("&Help")
+        self._add_action(help_menu, "&About LlamaScope", None, self._show_about)
+
+    def _add_action(self, menu, text, shortcut, slot) -> QAction:  # type: ignore[no-untyped-def]
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        return action
+
+    def _wire(self) -> None:
+        b, panel, console = self.bridge, self.model_panel, self.console
+        panel.inspection_requested.connect(self.inspector.request)
+        self.inspector.inspected.connect(panel.on_model_inspected)
+        panel.load_requested.connect(b.request_load)
+        panel.unload_requested.connect(b.request_unload)
+        panel.cancel_requested.connect(b.cancel)
+        b.load_progressed.connect(panel.on_load_progressed)
+        b.load_finished.connect(panel.on_load_finished)
+        b.load_cancelled.connect(panel.on_load_cancelled)
+        b.unloaded.connect(panel.on_unloaded)
+        b.busy_changed.connect(panel.set_busy)
+        b.busy_changed.connect(console.set_busy)
+        b.load_finished.connect(self._on_model_loaded)
+        b.unloaded.connect(self._on_model_unloaded)
+        b.operation_failed.connect(self._on_operation_failed)
+
+        console.generation_requested.connect(self._on_generation_requested)
+        console.stop_requested.connect(b.cancel)
+        console.tokenize_requested.connect(b.request_tokenize)
+        b.token_received.connect(console.on_token_received)
+        b.generation_finished.connect(console.on_generation_finished)
+        b.tokenized.connect(console.on_tokenized)
+
+    # ---- slots -------------------------------------------------------------------------------
+    def _on_generation_requested(self, prompt: str, chat: bool, system_prompt: str) -> None:
+        try:
+            sampling = self.model_panel.sampling_settings()
+        except SettingsError as exc:
+            self.console.on_generation_failed(str(exc))
+            return
+        self.bridge.request_generation(GenerationRequest(prompt, sampling, chat, system_prompt or None))
+
+    def _on_model_loaded(self, result: object) -> None:
+        self.console.set_model_ready(True)
+        self.engine_status.setText(f"Loaded: {self.model_panel.loaded_model_name()}")
+
+    def _on_model_unloaded(self) -> None:
+        self.console.set_model_ready(False)
+        self.engine_status.setText("No model loaded")
+        self.statusBar().showMessage("Model unloaded; its memory was freed.", 5000)
+
+    def _on_operation_failed(self, operation: str, message: str) -> None:
+        if operation == "load":
+            self.model_panel.on_load_failed(message)
+        elif operation == "generate":
+            self.console.on_generation_failed(message)
+        elif operation == "tokenize":
+            self.console.token_count_label.setText(f"Not tokenized: {message}")
+        self.statusBar().showMessage(f"{operation.capitalize()} failed: {message}", 10000)
+
+    def _show_about(self) -> None:
+        QMessageBox.about(
+            self,
+            "About LlamaScope",
+            f"<b>LlamaScope {__version__}</b><p>Run, measure and tune local LLMs with llama.cpp.</p>"
+            f"<p>{platform_line()}</p>",
+        )
+
+    # ---- layout memory and shutdown ----------------------------------------------------------
+    def _restore_layout(self) -> None:
+        geometry = self._settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1600, 950)
+        for splitter in (self.panels_splitter, self.main_splitter):
+            state = self._settings.value(f"window/{splitter.objectName()}")
+            if state is not None:
+                splitter.restoreState(state)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
+        self._settings.setValue("window/geometry", self.saveGeometry())
+        for splitter in (self.panels_splitter, self.main_splitter):
+            self._settings.setValue(f"window/{splitter.objectName()}", splitter.saveState())
+        self.model_panel.save_state()
+        # Stops a running generation or load (llama.cpp's abort callback) and joins the worker,
+        # so no thread outlives the window.
+        self.bridge.shutdown()
+        self.inspector.shutdown()
+        super().closeEvent(event)

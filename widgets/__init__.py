@@ -1,0 +1,1 @@
+"""Reusable widgets: the four panels, the generation console, small display helpers."""

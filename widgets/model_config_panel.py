@@ -1,0 +1,705 @@
+"""Model Config panel: pick a GGUF, read its metadata, set every load and sampling option, load it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.demo_model import demo_model_path
+from app.engine import LoadProgress, LoadResult
+from app.formatting import fmt, fmt_bytes
+from app.gguf_info import SUPPORTED_FORMATS
+from app.memory import MemoryEstimate, Verdict, estimate_memory, format_bytes
+from app.model_info import ModelInfo, SizeClass
+from app.profiles import ProfileError, ProfileStore
+from app.settings import (
+    LOAD_FIELDS,
+    SAMPLING_FIELDS,
+    LoadSettings,
+    Problem,
+    SamplingSettings,
+    SettingsError,
+    needs_reload,
+    preset_for,
+    preset_for_model,
+)
+from widgets.panel import Panel
+from widgets.settings_form import SettingsForm
+
+_BASIC_LOAD_FIELDS = ("n_ctx", "n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "seed")
+_ADVANCED_LOAD_FIELDS = tuple(f for f in LOAD_FIELDS if f not in _BASIC_LOAD_FIELDS)
+_MAX_RECENT = 10
+_PRESET_AUTO = "auto"
+_PRESET_CUSTOM = "custom"
+_VERDICT_COLOURS = {Verdict.FITS: "#2e7d32", Verdict.TIGHT: "#b26a00", Verdict.WONT_FIT: "#c62828"}
+PathRole = Qt.ItemDataRole.UserRole
+
+
+def _note(text: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+class ModelConfigPanel(Panel):
+    """The first column. It asks for work through signals; the main window connects them."""
+
+    load_requested = Signal(str, object, bool)  # path, LoadSettings, override the memory check
+    unload_requested = Signal()
+    cancel_requested = Signal()
+    inspection_requested = Signal(str)  # path whose GGUF header should be read off the GUI thread
+
+    def __init__(
+        self,
+        settings: QSettings,
+        *,
+        platform_text: str = "n/a",
+        profile_store: ProfileStore | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__("Model Config", parent)
+        self._settings = settings
+        self._profiles = profile_store or ProfileStore()
+        self._infos: dict[str, ModelInfo] = {}
+        self._errors: dict[str, str] = {}
+        self._selected_path: str | None = None
+        self._loaded: LoadResult | None = None
+        self._busy = False
+        self._loading = False
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(150)  # coalesce bursts of edits into one estimate
+        self._estimate_timer.timeout.connect(self._refresh_estimate)
+        self.setAcceptDrops(True)
+
+        self._build_models_box()
+        self._build_metadata_box()
+        self._build_formats_box()
+        self._build_settings_boxes()
+        self._build_memory_box()
+        self._build_loading_box()
+        self.add_box("Platform", _note(platform_text))
+        self._restore_settings()
+
+    # ---- construction ------------------------------------------------------------------------
+    def _build_models_box(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.model_list = QListWidget()
+        self.model_list.setObjectName("modelList")
+        self.model_list.setMinimumHeight(110)
+        self.model_list.setToolTip("GGUF models: the demo model, recent models and files in your folders. "
+                                   "Drop a .gguf file here to add it.")
+        self.model_list.currentItemChanged.connect(self._on_current_item_changed)
+        self.model_list.itemDoubleClicked.connect(lambda _item: self.request_load())
+        open_button = QPushButton("Open file…")
+        open_button.setToolTip("Choose a GGUF file (Ctrl+O)")
+        open_button.clicked.connect(self.open_file_dialog)
+        folder_button = QPushButton("Add folder…")
+        folder_button.setToolTip("Add a folder whose .gguf files are listed here; remembered")
+        folder_button.clicked.connect(self.add_folder_dialog)
+        row = QHBoxLayout()
+        row.addWidget(open_button)
+        row.addWidget(folder_button)
+        layout.addWidget(self.model_list)
+        layout.addLayout(row)
+        self.add_box("Models", body)
+
+    def _build_metadata_box(self) -> None:
+        body = QWidget()
+        self._meta_form = QFormLayout(body)
+        self._meta_form.setContentsMargins(0, 0, 0, 0)
+        self._meta_labels: dict[str, QLabel] = {}
+        for key in (
+            "Name", "Architecture", "Parameters", "Size class", "File type", "File size", "Bits/weight",
+            "Train context", "Layers", "Embedding", "Heads / KV", "Vocabulary", "Chat template",
+            "Tensor types", "Format",
+        ):
+            label = _note("n/a")
+            self._meta_labels[key] = label
+            self._meta_form.addRow(key, label)
+        self.metadata_error = _note()
+        self.metadata_error.setObjectName("metadataError")
+        self.metadata_error.setStyleSheet("color: #c62828")
+        self.metadata_error.hide()
+        self._meta_form.addRow(self.metadata_error)
+        self.add_box("Metadata", body)
+
+    def _build_formats_box(self) -> None:
+        lines = [f"{'✓' if ok else '→'} <b>{name}</b> — {note}" for name, ok, note in SUPPORTED_FORMATS]
+        label = _note("<br>".join(lines))
+        label.setTextFormat(Qt.TextFormat.RichText)
+        label.setToolTip("llama.cpp reads GGUF; other formats are recognised and need converting first")
+        self.add_box("Formats", label)
+
+    def _build_settings_boxes(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.preset_combo = QComboBox()
+        self.preset_combo.setObjectName("presetCombo")
+        self.preset_combo.setToolTip("Starting settings by model size, read from the GGUF's parameter count. "
+                                     "Auto picks the selected model's class; editing a setting makes it Custom.")
+        self.preset_combo.addItem("Auto (by model size)", _PRESET_AUTO)
+        for size_class in SizeClass:
+            self.preset_combo.addItem(size_class.label, size_class.value)
+        self.preset_combo.addItem("Custom", _PRESET_CUSTOM)
+        self.preset_combo.activated.connect(self._on_preset_activated)
+        self.profile_combo = QComboBox()
+        self.profile_combo.setObjectName("profileCombo")
+        self.profile_combo.setToolTip("Named profiles of load and sampling settings, saved as TOML "
+                                      "in your configuration folder")
+        self.profile_combo.activated.connect(self._on_profile_activated)
+        save_profile = QPushButton("Save…")
+        save_profile.setToolTip("Save the current settings as a named profile")
+        save_profile.clicked.connect(self._on_save_profile_clicked)
+        delete_profile = QPushButton("Delete")
+        delete_profile.setToolTip("Delete the selected profile")
+        delete_profile.clicked.connect(self._on_delete_profile_clicked)
+        form = QFormLayout()
+        form.addRow("Preset", self.preset_combo)
+        row = QHBoxLayout()
+        row.addWidget(self.profile_combo, 1)
+        row.addWidget(save_profile)
+        row.addWidget(delete_profile)
+        form.addRow("Profile", row)
+        layout.addLayout(form)
+        self.load_form = SettingsForm(_BASIC_LOAD_FIELDS)
+        layout.addWidget(self.load_form)
+        self.problems_label = _note()
+        self.problems_label.setObjectName("problemsLabel")
+        self.problems_label.setTextFormat(Qt.TextFormat.RichText)
+        layout.addWidget(self.problems_label)
+        self.add_box("Loading settings", body)
+
+        self.advanced_form = SettingsForm(_ADVANCED_LOAD_FIELDS)
+        self.add_box("Advanced", self.advanced_form)
+        self.sampling_form = SettingsForm(SAMPLING_FIELDS)
+        self.add_box("Sampling", self.sampling_form)
+        for form_widget in (self.load_form, self.advanced_form, self.sampling_form):
+            form_widget.changed.connect(self._on_settings_edited)
+        self._refresh_profiles()
+
+    def _build_memory_box(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.memory_verdict = QLabel("n/a")
+        self.memory_verdict.setObjectName("memoryVerdict")
+        font = self.memory_verdict.font()
+        font.setBold(True)
+        self.memory_verdict.setFont(font)
+        self.memory_bar = QProgressBar()
+        self.memory_bar.setObjectName("memoryBar")
+        self.memory_bar.setRange(0, 100)
+        self.memory_bar.setFormat("%p% of available RAM")
+        self.memory_detail = _note("Select a model to estimate its memory.")
+        self.memory_detail.setToolTip(
+            "Estimate before loading: weights (tensor bytes in the file) + KV cache "
+            "(layers × n_ctx × (K + V width) × bytes of the cache types) + compute buffer estimate, "
+            "against RAM available now. Fits: under 80 %; tight: 80–100 %; will not fit: over 100 %."
+        )
+        layout.addWidget(self.memory_verdict)
+        layout.addWidget(self.memory_bar)
+        layout.addWidget(self.memory_detail)
+        self.add_box("Memory fit", body)
+
+    def _build_loading_box(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.load_button = QPushButton("Load")
+        self.load_button.setObjectName("loadButton")
+        self.load_button.setToolTip("Load the selected model with these settings (Ctrl+L)")
+        self.load_button.clicked.connect(self.request_load)
+        self.unload_button = QPushButton("Unload")
+        self.unload_button.setObjectName("unloadButton")
+        self.unload_button.setToolTip("Free the model's memory (Ctrl+U)")
+        self.unload_button.clicked.connect(self.request_unload)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("cancelButton")
+        self.cancel_button.setToolTip("Stop loading; nothing stays half-loaded")
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        self.override_check = QCheckBox("Load even if it will not fit")
+        self.override_check.setToolTip("Skip the memory check: the system may swap heavily or kill the app")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.load_button)
+        buttons.addWidget(self.unload_button)
+        buttons.addWidget(self.cancel_button)
+        self.load_progress = QProgressBar()
+        self.load_progress.setObjectName("loadProgress")
+        self.load_progress.setRange(0, 100)
+        self.load_progress.setValue(0)
+        self.load_status = _note("Not loaded")
+        self.load_status.setObjectName("loadStatus")
+        self.reload_note = _note()
+        self.reload_note.setObjectName("reloadNote")
+        self.reload_note.setStyleSheet("color: #b26a00")
+        self.reload_note.hide()
+        self._loaded_form = QFormLayout()
+        self._loaded_labels: dict[str, QLabel] = {}
+        for key in ("Load time", "Threads", "Memory", "Context", "llama.cpp buffers"):
+            label = _note("n/a")
+            self._loaded_labels[key] = label
+            self._loaded_form.addRow(key, label)
+        layout.addLayout(buttons)
+        layout.addWidget(self.override_check)
+        layout.addWidget(self.load_progress)
+        layout.addWidget(self.load_status)
+        layout.addWidget(self.reload_note)
+        layout.addLayout(self._loaded_form)
+        self.add_box("Loading", body)
+        self._update_buttons()
+
+    # ---- public API for the main window ------------------------------------------------------
+    def load_settings(self) -> LoadSettings:
+        """The load settings as edited (not validated)."""
+        return LoadSettings.from_dict({**self.load_form.values(), **self.advanced_form.values()})
+
+    def sampling_settings(self) -> SamplingSettings:
+        """The sampling settings as edited, validated; raises SettingsError naming the bad field."""
+        sampling = SamplingSettings.from_dict(self.sampling_form.values())
+        sampling.validate()
+        return sampling
+
+    def selected_path(self) -> str | None:
+        return self._selected_path
+
+    def loaded_model_name(self) -> str:
+        return self._loaded.model.display_name if self._loaded else "n/a"
+
+    def select_initial_model(self, path: str | None) -> None:
+        """Fill the list and select `path`, else the last selected model, else the demo model."""
+        self._rebuild_model_list()
+        chosen = path or self._settings.value("model/selected") or demo_model_path()
+        if chosen:
+            self.add_model_file(str(chosen))
+
+    def add_model_file(self, path: str) -> None:
+        """Add a file to the list (if new) and select it."""
+        path = os.path.abspath(path)
+        item = self._find_item(path)
+        if item is None:
+            item = self._add_item(path, "file")
+        self.model_list.setCurrentItem(item)
+
+    def open_file_dialog(self) -> None:
+        start = os.path.dirname(self._selected_path) if self._selected_path else os.path.expanduser("~")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open model", start, "GGUF models (*.gguf);;All files (*)"
+        )
+        if path:
+            self.add_model_file(path)
+
+    def add_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add model folder", os.path.expanduser("~"))
+        if folder:
+            self.add_folder(folder)
+
+    def add_folder(self, folder: str) -> None:
+        folders = self._list_setting("model/folders")
+        if folder not in folders:
+            folders.append(folder)
+            self._settings.setValue("model/folders", folders)
+        self._rebuild_model_list()
+
+    def request_load(self) -> None:
+        if self._busy or self._selected_path is None:
+            return
+        load = self.load_settings()
+        try:
+            load.validate(self._infos.get(self._selected_path))
+        except SettingsError as exc:
+            self.on_load_failed(str(exc))
+            return
+        self._loading = True
+        self.load_progress.setValue(0)
+        self.load_status.setText(f"Loading {os.path.basename(self._selected_path)}…")
+        self.load_status.setStyleSheet("")
+        self._update_buttons()
+        self.load_requested.emit(self._selected_path, load, self.override_check.isChecked())
+
+    def request_unload(self) -> None:
+        if not self._busy and self._loaded is not None:
+            self.unload_requested.emit()
+
+    # ---- slots for engine events -------------------------------------------------------------
+    def set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if not busy:
+            self._loading = False
+        # Settings that need a reload cannot change under a running operation.
+        self.load_form.setEnabled(not busy)
+        self.advanced_form.setEnabled(not busy)
+        self.preset_combo.setEnabled(not busy)
+        self.profile_combo.setEnabled(not busy)
+        self._update_buttons()
+
+    def on_load_progressed(self, progress: LoadProgress) -> None:
+        self.load_progress.setValue(round(progress.fraction * 100))
+
+    def on_load_finished(self, result: LoadResult) -> None:
+        self._loaded = result
+        self._loading = False
+        self.load_progress.setValue(100)
+        self.load_status.setText(f"✓ Loaded {result.model.display_name}")
+        self.load_status.setStyleSheet("color: #2e7d32")
+        s, mem = result.settings, result.memory
+        self._loaded_labels["Load time"].setText(f"{result.load_time_s:.2f} s")
+        self._loaded_labels["Threads"].setText(f"{s.n_threads} generation / {s.n_threads_batch} prompt")
+        self._loaded_labels["Memory"].setText(
+            ("mmap" if s.use_mmap else "read into RAM") + (", mlock" if s.use_mlock else "")
+        )
+        self._loaded_labels["Context"].setText(f"{result.n_ctx:,} tokens")
+        self._loaded_labels["llama.cpp buffers"].setText(
+            f"model {fmt_bytes(mem.model_buffer_bytes)} · KV {fmt_bytes(mem.kv_cache_bytes)} · "
+            f"compute {fmt_bytes(mem.compute_buffer_bytes)}"
+        )
+        self._remember_recent(result.model.path)
+        self._update_reload_note()
+        self._update_buttons()
+
+    def on_load_cancelled(self) -> None:
+        self._loading = False
+        self.load_progress.setValue(0)
+        self.load_status.setText("Loading cancelled; no model is loaded.")
+        self.load_status.setStyleSheet("")
+        self._loaded = None
+        self._clear_loaded_labels()
+        self._update_buttons()
+
+    def on_load_failed(self, message: str) -> None:
+        self._loading = False
+        self.load_progress.setValue(0)
+        self.load_status.setText(f"✗ {message}")
+        self.load_status.setStyleSheet("color: #c62828")
+        self._update_buttons()
+
+    def on_unloaded(self) -> None:
+        self._loaded = None
+        self.load_progress.setValue(0)
+        self.load_status.setText("Not loaded")
+        self.load_status.setStyleSheet("")
+        self._clear_loaded_labels()
+        self._update_reload_note()
+        self._update_buttons()
+
+    def on_model_inspected(self, path: str, info: ModelInfo | None, error: str) -> None:
+        if info is not None:
+            self._infos[path] = info
+            self._errors.pop(path, None)
+        else:
+            self._errors[path] = error
+        item = self._find_item(path)
+        if item is not None:
+            self._describe_item(item)
+        if path == self._selected_path:
+            self._show_metadata()
+            if info is not None and self.preset_combo.currentData() == _PRESET_AUTO:
+                self._apply_settings(*preset_for_model(info))
+            self._schedule_estimate()
+            self._update_buttons()
+
+    # ---- state and persistence ---------------------------------------------------------------
+    def save_state(self) -> None:
+        self._settings.setValue("model/selected", self._selected_path or "")
+        self._settings.setValue("settings/load", json.dumps(self.load_settings().to_dict()))
+        self._settings.setValue("settings/sampling", json.dumps(self._sampling_dict()))
+        self._settings.setValue("settings/preset", self.preset_combo.currentData())
+
+    def _sampling_dict(self) -> dict[str, Any]:
+        values = self.sampling_form.values()
+        values["stop"] = list(values.get("stop", ()))
+        return values
+
+    def _restore_settings(self) -> None:
+        load, sampling = LoadSettings(), SamplingSettings()
+        try:
+            if raw := self._settings.value("settings/load"):
+                load = LoadSettings.from_dict(json.loads(str(raw)))
+            if raw := self._settings.value("settings/sampling"):
+                sampling = SamplingSettings.from_dict(json.loads(str(raw)))
+        except (SettingsError, ValueError):
+            load, sampling = LoadSettings(), SamplingSettings()  # a damaged entry: start from defaults
+        self._apply_settings(load, sampling)
+        preset = self._settings.value("settings/preset") or _PRESET_AUTO
+        index = self.preset_combo.findData(preset)
+        self.preset_combo.setCurrentIndex(max(0, index))
+
+    def _list_setting(self, key: str) -> list[str]:
+        value = self._settings.value(key) or []
+        return [str(v) for v in ([value] if isinstance(value, str) else value)]
+
+    def _remember_recent(self, path: str) -> None:
+        recent = [p for p in self._list_setting("model/recent") if p != path]
+        self._settings.setValue("model/recent", [path, *recent][:_MAX_RECENT])
+
+    # ---- model list --------------------------------------------------------------------------
+    def _rebuild_model_list(self) -> None:
+        selected = self._selected_path
+        entries: list[tuple[str, str]] = []
+        demo = demo_model_path()
+        if demo:
+            entries.append((demo, "demo"))
+        entries += [(p, "recent") for p in self._list_setting("model/recent")]
+        for folder in self._list_setting("model/folders"):
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                continue  # a removed or unplugged folder stays remembered but lists nothing
+            entries += [(os.path.join(folder, n), "folder") for n in names if n.lower().endswith(".gguf")]
+        blocked = self.model_list.blockSignals(True)
+        self.model_list.clear()
+        seen: set[str] = set()
+        for path, origin in entries:
+            path = os.path.abspath(path)
+            if path not in seen:
+                seen.add(path)
+                self._add_item(path, origin)
+        self.model_list.blockSignals(blocked)
+        if selected and (item := self._find_item(selected)) is not None:
+            self.model_list.setCurrentItem(item)
+
+    def _add_item(self, path: str, origin: str) -> QListWidgetItem:
+        item = QListWidgetItem()
+        item.setData(PathRole, path)
+        item.setData(PathRole + 1, origin)
+        self.model_list.addItem(item)
+        self._describe_item(item)
+        if path not in self._infos and path not in self._errors:
+            self.inspection_requested.emit(path)
+        return item
+
+    def _describe_item(self, item: QListWidgetItem) -> None:
+        path = item.data(PathRole)
+        origin = item.data(PathRole + 1)
+        info = self._infos.get(path)
+        if info is not None:
+            text = f"{info.display_name}\n{info.file_type or 'n/a'} · {format_bytes(info.file_size_bytes)}"
+        elif path in self._errors:
+            text = f"{os.path.basename(path)}\n✗ not loadable"
+        else:
+            text = f"{os.path.basename(path)}\nreading header…"
+        if origin == "demo":
+            text += " · demo"
+        item.setText(text)
+        item.setToolTip(path if path not in self._errors else f"{path}\n{self._errors[path]}")
+
+    def _find_item(self, path: str) -> QListWidgetItem | None:
+        for row in range(self.model_list.count()):
+            item = self.model_list.item(row)
+            if item.data(PathRole) == path:
+                return item
+        return None
+
+    def _on_current_item_changed(self, current: QListWidgetItem | None, _previous: object) -> None:
+        self._selected_path = current.data(PathRole) if current is not None else None
+        self._show_metadata()
+        if self._selected_path is not None:
+            info = self._infos.get(self._selected_path)
+            if info is not None and self.preset_combo.currentData() == _PRESET_AUTO:
+                self._apply_settings(*preset_for_model(info))
+        self._schedule_estimate()
+        self._update_reload_note()
+        self._update_buttons()
+
+    def _show_metadata(self) -> None:
+        path = self._selected_path
+        info = self._infos.get(path) if path else None
+        error = self._errors.get(path) if path else None
+        labels = self._meta_labels
+        if info is None:
+            for label in labels.values():
+                label.setText("n/a")
+        else:
+            labels["Name"].setText(info.display_name)
+            labels["Architecture"].setText(info.architecture or "n/a")
+            labels["Parameters"].setText(f"{info.n_params:,}" + (f" ({info.size_label})" if info.size_label else ""))
+            labels["Size class"].setText(info.size_class.label)
+            labels["File type"].setText(info.file_type or "n/a")
+            labels["File size"].setText(format_bytes(info.file_size_bytes))
+            labels["Bits/weight"].setText(f"{info.bits_per_weight:.2f}")
+            labels["Train context"].setText(fmt(info.context_length, ","))
+            labels["Layers"].setText(fmt(info.n_layer))
+            labels["Embedding"].setText(fmt(info.n_embd))
+            labels["Heads / KV"].setText(f"{fmt(info.n_head)} / {fmt(info.n_head_kv)}")
+            labels["Vocabulary"].setText(fmt(info.vocab_size, ","))
+            labels["Chat template"].setText("✓ present" if info.has_chat_template else "✗ none")
+            labels["Tensor types"].setText(
+                ", ".join(f"{t.type_name} ×{t.n_tensors} ({format_bytes(t.n_bytes)})" for t in info.tensor_types)
+            )
+            labels["Format"].setText(f"GGUF v{info.gguf_version} ✓")
+        self.metadata_error.setVisible(bool(error))
+        self.metadata_error.setText(error or "")
+
+    # ---- settings ----------------------------------------------------------------------------
+    def _apply_settings(self, load: LoadSettings, sampling: SamplingSettings) -> None:
+        load_values = load.to_dict()
+        self.load_form.set_values(load_values)
+        self.advanced_form.set_values(load_values)
+        self.sampling_form.set_values(sampling.to_dict())
+
+    def _on_settings_edited(self) -> None:
+        if self.sender() is not None and self.preset_combo.currentData() != _PRESET_CUSTOM:
+            # The user changed a value by hand: the preset no longer describes the settings.
+            if self.sender() in (self.load_form, self.advanced_form) and self._user_editing():
+                self.preset_combo.setCurrentIndex(self.preset_combo.findData(_PRESET_CUSTOM))
+        self._schedule_estimate()
+        self._update_reload_note()
+
+    def _user_editing(self) -> bool:
+        # set_values emits `changed` once with signals of the editors blocked; a focused editor
+        # means a person is typing or clicking.
+        focus = self.focusWidget()
+        return focus is not None and (self.load_form.isAncestorOf(focus) or self.advanced_form.isAncestorOf(focus))
+
+    def _on_preset_activated(self, _index: int) -> None:
+        choice = self.preset_combo.currentData()
+        info = self._infos.get(self._selected_path or "")
+        if choice == _PRESET_AUTO and info is not None:
+            self._apply_settings(*preset_for_model(info))
+        elif choice not in (_PRESET_AUTO, _PRESET_CUSTOM):
+            load, sampling = preset_for(SizeClass(choice))
+            if info is not None and info.context_length and load.n_ctx > info.context_length:
+                load = dataclasses.replace(load, n_ctx=info.context_length)
+            self._apply_settings(load, sampling)
+
+    def _refresh_profiles(self) -> None:
+        self.profile_combo.clear()
+        self.profile_combo.addItem("(choose a profile)", None)
+        for name in self._profiles.list():
+            self.profile_combo.addItem(name, name)
+
+    def _on_profile_activated(self, _index: int) -> None:
+        name = self.profile_combo.currentData()
+        if not name:
+            return
+        try:
+            load, sampling = self._profiles.load(name)
+        except (ProfileError, SettingsError) as exc:
+            QMessageBox.warning(self, "Profile not loaded", str(exc))
+            return
+        self.preset_combo.setCurrentIndex(self.preset_combo.findData(_PRESET_CUSTOM))
+        self._apply_settings(load, sampling)
+
+    def _on_save_profile_clicked(self) -> None:
+        name, ok = QInputDialog.getText(self, "Save profile", "Profile name:")
+        if not ok or not name.strip():
+            return
+        try:
+            sampling = self.sampling_settings()
+            self._profiles.save(name.strip(), self.load_settings(), sampling)
+        except (ProfileError, SettingsError, OSError) as exc:
+            QMessageBox.warning(self, "Profile not saved", str(exc))
+            return
+        self._refresh_profiles()
+        self.profile_combo.setCurrentIndex(self.profile_combo.findData(name.strip()))
+
+    def _on_delete_profile_clicked(self) -> None:
+        name = self.profile_combo.currentData()
+        if name:
+            try:
+                self._profiles.delete(name)
+            except (ProfileError, OSError) as exc:
+                QMessageBox.warning(self, "Profile not deleted", str(exc))
+            self._refresh_profiles()
+
+    # ---- memory estimate and validation ------------------------------------------------------
+    def _schedule_estimate(self) -> None:
+        self._estimate_timer.start()
+
+    def _refresh_estimate(self) -> None:
+        info = self._infos.get(self._selected_path or "")
+        load = self.load_settings()
+        problems = load.problems(info)
+        try:
+            problems += SamplingSettings.from_dict(self.sampling_form.values()).problems(load)
+        except SettingsError as exc:
+            problems.append(Problem(exc.field, str(exc)))
+        self.problems_label.setText(
+            "<br>".join(
+                f"<span style='color:{'#c62828' if p.is_error else '#b26a00'}'>"
+                f"{'✗' if p.is_error else '⚠'} {p.message}</span>"
+                for p in problems
+            )
+        )
+        self.problems_label.setVisible(bool(problems))
+        if info is None or any(p.is_error for p in problems if p.field in LOAD_FIELDS):
+            self.memory_verdict.setText("n/a")
+            self.memory_verdict.setStyleSheet("")
+            self.memory_bar.setValue(0)
+            self.memory_detail.setText(
+                "Select a loadable model to estimate its memory." if info is None
+                else "Fix the settings above to estimate memory."
+            )
+            return
+        self._show_estimate(estimate_memory(info, load))
+
+    def _show_estimate(self, estimate: MemoryEstimate) -> None:
+        self.memory_verdict.setText(estimate.verdict.label.capitalize())
+        self.memory_verdict.setStyleSheet(f"color: {_VERDICT_COLOURS[estimate.verdict]}")
+        if estimate.available_ram_bytes:
+            share = estimate.total_ram_bytes / estimate.available_ram_bytes
+            self.memory_bar.setValue(min(100, round(share * 100)))
+        self.memory_detail.setText(estimate.summary())
+
+    def _update_reload_note(self) -> None:
+        if self._loaded is None:
+            self.reload_note.hide()
+            self.load_button.setText("Load")
+            return
+        reasons = []
+        if self._selected_path != self._loaded.model.path:
+            reasons.append("a different model is selected")
+        changed = needs_reload(self._loaded.settings, self.load_settings())
+        if changed:
+            reasons.append("changed: " + ", ".join(changed))
+        self.reload_note.setVisible(bool(reasons))
+        self.reload_note.setText("Reload needed — " + "; ".join(reasons) if reasons else "")
+        self.load_button.setText("Reload" if reasons else "Load")
+
+    def _update_buttons(self) -> None:
+        loadable = self._selected_path is not None and self._selected_path not in self._errors
+        self.load_button.setEnabled(loadable and not self._busy)
+        self.unload_button.setEnabled(self._loaded is not None and not self._busy)
+        self.cancel_button.setEnabled(self._loading)
+
+    def _clear_loaded_labels(self) -> None:
+        for label in self._loaded_labels.values():
+            label.setText("n/a")
+
+    # ---- drag and drop -----------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 (Qt override)
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 (Qt override)
+        paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        for path in paths:
+            self.add_model_file(path)
+        event.acceptProposedAction()
+
+

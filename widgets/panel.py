@@ -1,0 +1,55 @@
+"""The shared frame of the four panels: a title over a scrolling stack of titled boxes."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+
+class Panel(QWidget):
+    """A column of the main window; scrolls when the screen is too small for its boxes."""
+
+    def __init__(self, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(title.replace(" ", "") + "Panel")
+        title_label = QLabel(title)
+        title_label.setObjectName("panelTitle")
+        font = title_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.25)
+        font.setBold(True)
+        title_label.setFont(font)
+        self._content = QWidget()
+        self._boxes = QVBoxLayout(self._content)
+        self._boxes.setContentsMargins(0, 0, 0, 0)
+        self._boxes.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(self._content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(title_label)
+        layout.addWidget(scroll, 1)
+        self.setMinimumWidth(260)
+
+    def add_box(self, title: str, body: QWidget | None = None) -> QGroupBox:
+        box = QGroupBox(title)
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(6, 6, 6, 6)
+        if body is not None:
+            layout.addWidget(body)
+        self._boxes.insertWidget(self._boxes.count() - 1, box)
+        return box
+
+
+class PlannedPanel(Panel):
+    """A panel whose figures are not built yet: it names each box and what it will hold, no numbers."""
+
+    def __init__(self, title: str, boxes: list[tuple[str, str]], parent: QWidget | None = None) -> None:
+        super().__init__(title, parent)
+        for box_title, description in boxes:
+            label = QLabel(description)
+            label.setWordWrap(True)
+            label.setEnabled(False)  # greyed: a promise, not a reading
+            self.add_box(box_title, label)
