@@ -97,6 +97,7 @@ class RunStats:
     total_s: float
     stop_reason: StopReason
     text: str
+    context_tokens: int  # tokens held in the KV cache when the run ended (prompt + generated)
     error: str | None = None
 
 
@@ -404,7 +405,17 @@ class Engine:
         if stop_reason is not StopReason.STOP_STRING:
             text_parts.append(stops.flush() + decoder.decode(b"", final=True))
         t_end_ns = time.monotonic_ns()
-        return _stats(request.chat, len(tokens), stamps, t_start_ns, t_end_ns, stop_reason, "".join(text_parts), error)
+        return _stats(
+            request.chat,
+            len(tokens),
+            stamps,
+            t_start_ns,
+            t_end_ns,
+            stop_reason,
+            "".join(text_parts),
+            int(llama.n_tokens),
+            error,
+        )
 
 
 def _stats(
@@ -415,6 +426,7 @@ def _stats(
     t_end_ns: int,
     stop_reason: StopReason,
     text: str,
+    context_tokens: int,
     error: str | None,
 ) -> RunStats:
     ttft_s = (stamps[0] - t_start_ns) / 1e9 if stamps else None
@@ -431,6 +443,7 @@ def _stats(
         total_s=(t_end_ns - t_start_ns) / 1e9,
         stop_reason=stop_reason,
         text=text,
+        context_tokens=context_tokens,
         error=error,
     )
 
@@ -465,17 +478,18 @@ class _StopMatcher:
 
 def _explain_load_failure(path: str, log_lines: list[str], exc: Exception) -> str:
     """Turn llama.cpp's load failure into a sentence a user can act on, quoting its own reason."""
-    reasons = [line.strip() for line in log_lines if "error" in line.lower() or "unknown" in line.lower()]
-    arch = next((line for line in reasons if "architecture" in line), None)
-    version = llama_runtime.build_info().llama_cpp_python_version
-    if arch is not None:
+    marker = "error loading model:"
+    reasons = [line.split(marker, 1)[1].strip() for line in log_lines if marker in line]
+    if not reasons:  # other llama.cpp versions word it differently; take its last error line
+        reasons = [line.strip() for line in log_lines if "error" in line.lower()][-1:]
+    reason = reasons[-1] if reasons else str(exc)
+    if "architecture" in reason:
+        version = llama_runtime.build_info().llama_cpp_python_version
         return (
-            f"llama.cpp cannot load {path}: {arch.split(':', 1)[-1].strip()}. "
-            f"This build (llama-cpp-python {version}) does not support that model architecture; "
-            "a newer llama-cpp-python may."
+            f"llama.cpp cannot load {path}: {reason}. This build (llama-cpp-python {version}) does "
+            "not support that model architecture; a newer llama-cpp-python may."
         )
-    detail = reasons[-1] if reasons else str(exc)
-    return f"llama.cpp could not load {path}: {detail}"
+    return f"llama.cpp could not load {path}: {reason}"
 
 
 __all__ = [

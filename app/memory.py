@@ -201,7 +201,7 @@ def estimate_memory(
     available_ram_bytes: int | None = None,
     available_vram_bytes: int | None = None,
 ) -> MemoryEstimate:
-    """Estimate RAM and VRAM for loading `model` with `load`; available RAM defaults to psutil's.
+    """Estimate RAM and VRAM for loading `model` with validated `load`; available RAM defaults to psutil's.
 
     Placement follows llama.cpp: with n_gpu_layers = k the last min(k, n_layer) repeating layers go to
     the GPU, and the output layer only when k >= n_layer + 1 (or -1 = all). Weights are split simply:

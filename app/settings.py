@@ -294,7 +294,7 @@ class _SettingsBase:
         for name in cls.field_names():
             if name in data:
                 kwargs[name] = _coerce(FIELD_SPECS[name], data[name])
-        return cls(**kwargs)
+        return cls(**kwargs)  # type: ignore[call-arg]
 
     def _field_problems(self) -> tuple[list[Problem], set[str]]:
         problems: list[Problem] = []

