@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import enum
-import gc
 import logging
 import threading
 import time
@@ -212,9 +211,8 @@ class Engine:
         if self._llama is not None:
             llama, self._llama = self._llama, None
             self._loaded = None
+            # close() frees llama.cpp's model, context and buffers now, whatever else holds the object.
             llama.close()
-            del llama
-            gc.collect()
 
     def _do_unload(self) -> None:
         self._free()

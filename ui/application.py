@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication
 
 from app import __version__
 from app.resources import resource_path
+from ui.gc_guard import GuiThreadGarbageCollector
 from ui.main_window import MainWindow
 
 APP_NAME = "LlamaScope"
@@ -35,9 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = create_application(argv)
     initial_model = argv[1] if len(argv) > 1 else None
+    collector = GuiThreadGarbageCollector(app)
     window = MainWindow(settings=QSettings(), initial_model=initial_model)
     window.show()
-    return int(app.exec())
+    try:
+        return int(app.exec())
+    finally:
+        collector.stop()
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class ModelConfigPanel(Panel):
         self._loaded: LoadResult | None = None
         self._busy = False
         self._loading = False
+        self._applying = False
         self._estimate_timer = QTimer(self)
         self._estimate_timer.setSingleShot(True)
         self._estimate_timer.setInterval(150)  # coalesce bursts of edits into one estimate
@@ -558,23 +559,21 @@ class ModelConfigPanel(Panel):
     # ---- settings ----------------------------------------------------------------------------
     def _apply_settings(self, load: LoadSettings, sampling: SamplingSettings) -> None:
         load_values = load.to_dict()
-        self.load_form.set_values(load_values)
-        self.advanced_form.set_values(load_values)
-        self.sampling_form.set_values(sampling.to_dict())
+        self._applying = True  # changes from here on are the panel's, not the user's
+        try:
+            self.load_form.set_values(load_values)
+            self.advanced_form.set_values(load_values)
+            self.sampling_form.set_values(sampling.to_dict())
+        finally:
+            self._applying = False
 
     def _on_settings_edited(self) -> None:
-        if self.sender() is not None and self.preset_combo.currentData() != _PRESET_CUSTOM:
-            # The user changed a value by hand: the preset no longer describes the settings.
-            if self.sender() in (self.load_form, self.advanced_form) and self._user_editing():
-                self.preset_combo.setCurrentIndex(self.preset_combo.findData(_PRESET_CUSTOM))
+        user_edit = not self._applying and self.sender() in (self.load_form, self.advanced_form)
+        if user_edit and self.preset_combo.currentData() != _PRESET_CUSTOM:
+            # The user changed a load setting by hand: the preset no longer describes the settings.
+            self.preset_combo.setCurrentIndex(self.preset_combo.findData(_PRESET_CUSTOM))
         self._schedule_estimate()
         self._update_reload_note()
-
-    def _user_editing(self) -> bool:
-        # set_values emits `changed` once with signals of the editors blocked; a focused editor
-        # means a person is typing or clicking.
-        focus = self.focusWidget()
-        return focus is not None and (self.load_form.isAncestorOf(focus) or self.advanced_form.isAncestorOf(focus))
 
     def _on_preset_activated(self, _index: int) -> None:
         choice = self.preset_combo.currentData()
