@@ -93,6 +93,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if args.seed is not None:
             load_kwargs["seed"] = args.seed
         load = dataclasses.replace(LoadSettings(), **load_kwargs)
+        load.validate()  # the checks against the model itself run again when it is loaded
         sampling_kwargs: dict[str, Any] = {"max_tokens": args.max_tokens}
         if args.temperature is not None:
             sampling_kwargs["temperature"] = args.temperature
