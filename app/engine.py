@@ -239,7 +239,6 @@ class Engine:
         load_time_s = time.perf_counter() - t0
 
         self._abort_cb = lc.ggml_abort_callback(lambda _data: self._cancel.is_set())
-        lc.llama_set_abort_callback(llama.ctx, self._abort_cb, None)
         self._llama = llama
         memory = llama_runtime.parse_memory_report(llama_runtime.log_since(mark))
         self._loaded = LoadResult(
@@ -291,6 +290,19 @@ class Engine:
                 raise EngineError(_explain_load_failure(path, llama_runtime.log_since(mark), exc)) from exc
             finally:
                 bindings.llama_model_default_params = original
+
+    def _watch_for_abort(self, llama: Any, enabled: bool) -> None:
+        """Let llama.cpp poll the cancel flag inside llama_decode, or stop it polling.
+
+        ggml calls the abort callback once per graph node (hundreds per token) and each call
+        takes the GIL. That is what makes a long prompt evaluation cancellable, but during token
+        generation it would cost a few per cent of speed, and there the cancel flag is checked
+        between tokens anyway. So it is on for the prompt only.
+        """
+        lc = llama_runtime.llama()
+        # Calling the callback type with no function gives the NULL pointer llama.cpp expects for "none".
+        callback = self._abort_cb if enabled else lc.ggml_abort_callback()
+        lc.llama_set_abort_callback(llama.ctx, callback, None)
 
     def _do_tokenize(self, text: str, add_bos: bool, special: bool) -> list[TokenPiece]:
         llama = self._require_model()
@@ -366,6 +378,7 @@ class Engine:
             mirostat_eta=s.mirostat_eta,
             reset=False,
         )
+        self._watch_for_abort(llama, True)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text_parts: list[str] = []
         stamps: list[int] = []
@@ -374,6 +387,8 @@ class Engine:
         try:
             for token in token_iter:
                 now = time.monotonic_ns()
+                if not stamps:
+                    self._watch_for_abort(llama, False)  # the prompt is evaluated
                 if self._cancel.is_set():
                     stop_reason = StopReason.CANCELLED
                     break
@@ -400,6 +415,7 @@ class Engine:
                 stop_reason, error = StopReason.ERROR, str(exc)
         finally:
             token_iter.close()
+            self._watch_for_abort(llama, False)
         if stop_reason is not StopReason.STOP_STRING:
             text_parts.append(stops.flush() + decoder.decode(b"", final=True))
         t_end_ns = time.monotonic_ns()
