@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -37,6 +37,11 @@ class GenerationConsole(QTabWidget):
         self._model_ready = False
         self._busy = False
         self._generating = False
+        self._pending_text: list[str] = []
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.setInterval(50)
+        self._flush_timer.timeout.connect(self._flush_output)
         self.addTab(self._build_generate_tab(), "Generate")
         self.addTab(self._build_tokenizer_tab(), "Tokenizer")
         self._update_enabled()
@@ -165,6 +170,7 @@ class GenerationConsole(QTabWidget):
         if not self.generate_button.isEnabled():
             return
         self._generating = True
+        self._pending_text.clear()
         self.output_view.clear()
         self.stats_label.setText("Generating…")
         self._update_enabled()
@@ -177,6 +183,7 @@ class GenerationConsole(QTabWidget):
             self.stop_requested.emit()
 
     def _on_clear_clicked(self) -> None:
+        self._pending_text.clear()
         self.output_view.clear()
 
     def _on_tokenize_clicked(self) -> None:
@@ -184,18 +191,31 @@ class GenerationConsole(QTabWidget):
             self.tokenize_requested.emit(self.tokenizer_input.toPlainText())
 
     def on_token_received(self, event: TokenEvent) -> None:
+        # Appending (and re-laying out) the text for every token would keep the GUI thread busy
+        # competing with llama.cpp's threads for the CPU; text is gathered and shown ~20 times a second.
         if event.text:
-            cursor = self.output_view.textCursor()
-            cursor.movePosition(QTextCursor.MoveOperation.End)
-            cursor.insertText(event.text)
-            self.output_view.setTextCursor(cursor)
+            self._pending_text.append(event.text)
+            if not self._flush_timer.isActive():
+                self._flush_timer.start()
+
+    def _flush_output(self) -> None:
+        if not self._pending_text:
+            return
+        text = "".join(self._pending_text)
+        self._pending_text.clear()
+        cursor = self.output_view.textCursor()
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.insertText(text)
+        self.output_view.setTextCursor(cursor)
 
     def on_generation_finished(self, stats: RunStats) -> None:
+        self._flush_output()
         self._generating = False
         self.stats_label.setText(stats_line(stats))
         self._update_enabled()
 
     def on_generation_failed(self, message: str) -> None:
+        self._flush_output()
         self._generating = False
         self.stats_label.setText(f"Not generated: {message}")
         self._update_enabled()
