@@ -95,12 +95,13 @@ class ModelConfigPanel(Panel):
         self._estimate_timer.timeout.connect(self._refresh_estimate)
         self.setAcceptDrops(True)
 
+        # Order: what to load, the button and its outcome, whether it fits, then the details.
         self._build_models_box()
-        self._build_metadata_box()
-        self._build_formats_box()
-        self._build_settings_boxes()
-        self._build_memory_box()
         self._build_loading_box()
+        self._build_memory_box()
+        self._build_metadata_box()
+        self._build_settings_boxes()
+        self._build_formats_box()
         self.add_box("Platform", _note(platform_text))
         self._restore_settings()
 
@@ -111,7 +112,8 @@ class ModelConfigPanel(Panel):
         layout.setContentsMargins(0, 0, 0, 0)
         self.model_list = QListWidget()
         self.model_list.setObjectName("modelList")
-        self.model_list.setMinimumHeight(110)
+        self.model_list.setMinimumHeight(80)
+        self.model_list.setMaximumHeight(150)
         self.model_list.setToolTip("GGUF models: the demo model, recent models and files in your folders. "
                                    "Drop a .gguf file here to add it.")
         self.model_list.currentItemChanged.connect(self._on_current_item_changed)

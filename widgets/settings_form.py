@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -19,6 +19,20 @@ from PySide6.QtWidgets import (
 from app.settings import FIELD_SPECS, FieldSpec
 
 _STOP_SEPARATOR = "|"
+
+
+class _WheelGuard(QObject):
+    """Lets the mouse wheel scroll the panel instead of changing an editor it passes over.
+
+    Spin boxes and combo boxes take wheel events by default, so scrolling the Model Config panel
+    used to change batch sizes on the way. An editor now reacts to the wheel only once focused.
+    """
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if event.type() == QEvent.Type.Wheel and isinstance(watched, QWidget) and not watched.hasFocus():
+            event.ignore()  # propagates to the scroll area
+            return True
+        return False
 
 
 def _int_editor(spec: FieldSpec) -> QSpinBox:
@@ -48,6 +62,7 @@ class SettingsForm(QWidget):
     def __init__(self, field_names: tuple[str, ...] | list[str], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._editors: dict[str, QWidget] = {}
+        self._wheel_guard = _WheelGuard(self)
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -88,6 +103,9 @@ class SettingsForm(QWidget):
             editor.editingFinished.connect(self.changed)
         if isinstance(editor, QAbstractSpinBox):
             editor.setKeyboardTracking(False)  # typing "4096" is one change, not four
+        if isinstance(editor, (QAbstractSpinBox, QComboBox)):
+            editor.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # no focus (and no wheel) on hover
+            editor.installEventFilter(self._wheel_guard)
         return editor
 
     def editor(self, name: str) -> QWidget:

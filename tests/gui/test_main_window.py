@@ -218,3 +218,19 @@ def test_settings_and_model_are_remembered(qtbot: QtBot, settings: QSettings, de
     assert second.model_panel.load_settings().n_ctx == 3000
     assert second.model_panel.selected_path() == demo_model
     second.close()
+
+
+def test_scrolling_over_the_settings_does_not_change_them(qtbot: QtBot, window: MainWindow) -> None:
+    from PySide6.QtCore import QPoint, QPointF
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    spin = window.model_panel.findChild(QSpinBox, "field_n_batch")
+    before = spin.value()
+    centre = QPointF(spin.rect().center())
+    event = QWheelEvent(
+        centre, QPointF(spin.mapToGlobal(centre.toPoint())), QPoint(0, 0), QPoint(0, -120),
+        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False,
+    )
+    QApplication.sendEvent(spin, event)
+    assert spin.value() == before
