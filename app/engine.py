@@ -166,6 +166,9 @@ class Engine:
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> Future[list[TokenPiece]]:
         return self._submit(self._do_tokenize, text, add_bos, special)
 
+    def detokenize(self, token_ids: Sequence[int], *, special: bool = True) -> Future[str]:
+        return self._submit(self._do_detokenize, list(token_ids), special)
+
     def clear_kv_cache(self) -> Future[None]:
         return self._submit(self._do_clear_kv_cache)
 
@@ -311,6 +314,14 @@ class Engine:
             TokenPiece(int(t), llama.detokenize([t], special=True).decode("utf-8", errors="backslashreplace"))
             for t in ids
         ]
+
+    def _do_detokenize(self, token_ids: list[int], special: bool) -> str:
+        llama = self._require_model()
+        n_vocab = int(llama.n_vocab())
+        bad = [t for t in token_ids if not 0 <= t < n_vocab]
+        if bad:
+            raise PromptError(f"Token ids must be between 0 and {n_vocab - 1}; got {bad[:5]}.")
+        return llama.detokenize(token_ids, special=special).decode("utf-8", errors="replace")
 
     def _do_clear_kv_cache(self) -> None:
         llama = self._require_model()

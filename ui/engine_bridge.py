@@ -85,7 +85,10 @@ class EngineBridge(QObject):
             self.busy_changed.emit(False)
             if exc is None:
                 result = fut.result()
-                done_signal.emit() if result is None else done_signal.emit(result)
+                if result is None:  # unload: the signal carries nothing
+                    done_signal.emit()
+                else:
+                    done_signal.emit(result)
             elif isinstance(exc, OperationCancelled) and operation == "load":
                 self.load_cancelled.emit()
             else:

@@ -1,4 +1,4 @@
-"""Reads GGUF headers off the GUI thread: file I/O never runs in a slot."""
+"""Reads GGUF headers and llama.cpp build facts off the GUI thread: no file I/O or llama.cpp in a slot."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 from PySide6.QtCore import QObject, Signal
 
 from app.gguf_info import ModelFileError, inspect_model
+from app.llama_runtime import platform_line
 
 
 class ModelInspector(QObject):
     """`request(path)` reads the header in a worker; `inspected(path, ModelInfo | None, error)` reports it."""
 
     inspected = Signal(str, object, str)
+    platform_read = Signal(str)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -29,6 +31,10 @@ class ModelInspector(QObject):
         except OSError as exc:  # e.g. permission denied, a file vanishing mid-read
             info, error = None, f"{path} could not be read: {exc.strerror or exc}"
         self.inspected.emit(path, info, error)
+
+    def request_platform(self) -> None:
+        """Read the llama.cpp build facts (a call into llama.cpp, so not on the GUI thread)."""
+        self._executor.submit(lambda: self.platform_read.emit(platform_line()))
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -8,7 +8,6 @@ from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QWidg
 
 from app import __version__
 from app.engine import GenerationRequest
-from app.llama_runtime import platform_line
 from app.settings import SettingsError
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
@@ -35,7 +34,7 @@ class MainWindow(QMainWindow):
         self.bridge = bridge or EngineBridge(parent=self)
         self.inspector = ModelInspector(parent=self)
 
-        self.model_panel = ModelConfigPanel(settings, platform_text=platform_line())
+        self.model_panel = ModelConfigPanel(settings)
         self.hardware_panel = HardwarePanel()
         self.quantization_panel = QuantizationPanel()
         self.performance_panel = PerformancePanel()
@@ -62,6 +61,7 @@ class MainWindow(QMainWindow):
         self._wire()
         self._restore_layout()
         self.model_panel.select_initial_model(initial_model)
+        self.inspector.request_platform()
 
     # ---- construction ------------------------------------------------------------------------
     def _build_menu(self) -> None:
@@ -89,6 +89,7 @@ class MainWindow(QMainWindow):
         b, panel, console = self.bridge, self.model_panel, self.console
         panel.inspection_requested.connect(self.inspector.request)
         self.inspector.inspected.connect(panel.on_model_inspected)
+        self.inspector.platform_read.connect(panel.set_platform_text)
         panel.load_requested.connect(b.request_load)
         panel.unload_requested.connect(b.request_unload)
         panel.cancel_requested.connect(b.cancel)
@@ -141,7 +142,7 @@ class MainWindow(QMainWindow):
             self,
             "About LlamaScope",
             f"<b>LlamaScope {__version__}</b><p>Run, measure and tune local LLMs with llama.cpp.</p>"
-            f"<p>{platform_line()}</p>",
+            f"<p>{self.model_panel.platform_text()}</p>",
         )
 
     # ---- layout memory and shutdown ----------------------------------------------------------

@@ -75,7 +75,6 @@ class ModelConfigPanel(Panel):
         self,
         settings: QSettings,
         *,
-        platform_text: str = "n/a",
         profile_store: ProfileStore | None = None,
         parent: QWidget | None = None,
     ) -> None:
@@ -102,7 +101,9 @@ class ModelConfigPanel(Panel):
         self._build_metadata_box()
         self._build_settings_boxes()
         self._build_formats_box()
-        self.add_box("Platform", _note(platform_text))
+        self.platform_label = _note("reading the llama.cpp build…")
+        self.platform_label.setObjectName("platformLabel")
+        self.add_box("Platform", self.platform_label)
         self._restore_settings()
 
     # ---- construction ------------------------------------------------------------------------
@@ -287,6 +288,12 @@ class ModelConfigPanel(Panel):
         sampling = SamplingSettings.from_dict(self.sampling_form.values())
         sampling.validate()
         return sampling
+
+    def set_platform_text(self, text: str) -> None:
+        self.platform_label.setText(text)
+
+    def platform_text(self) -> str:
+        return self.platform_label.text()
 
     def selected_path(self) -> str | None:
         return self._selected_path

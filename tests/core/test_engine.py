@@ -234,6 +234,14 @@ def test_tokenizer_view(engine: Engine) -> None:
     assert all(isinstance(p.token_id, int) and p.token_id >= 0 for p in pieces)
 
 
+def test_detokenize_round_trip(engine: Engine) -> None:
+    text = "Tokens and back again."
+    ids = [p.token_id for p in engine.tokenize(text, add_bos=False).result(WAIT_S)]
+    assert engine.detokenize(ids).result(WAIT_S) == text
+    exc = _failure(engine.detokenize([10**9]))
+    assert isinstance(exc, PromptError)
+
+
 def test_clear_kv_cache(engine: Engine) -> None:
     engine.generate(GenerationRequest("Hello", GREEDY)).result(WAIT_S)
     engine.clear_kv_cache().result(WAIT_S)

@@ -52,7 +52,7 @@ def _generate(qtbot: QtBot, window: MainWindow, prompt: str) -> None:
     qtbot.mouseClick(window.console.generate_button, Qt.MouseButton.LeftButton)
 
 
-def test_four_panels_and_the_demo_model_selected(window: MainWindow, demo_model: str) -> None:
+def test_four_panels_and_the_demo_model_selected(qtbot: QtBot, window: MainWindow, demo_model: str) -> None:
     splitter = window.panels_splitter
     titles = [splitter.widget(i).findChild(QLabel, "panelTitle").text() for i in range(splitter.count())]
     assert titles == ["Model Config", "Hardware", "Quantization", "Performance"]
@@ -64,6 +64,8 @@ def test_four_panels_and_the_demo_model_selected(window: MainWindow, demo_model:
     assert "GGUF" in panel._meta_labels["Format"].text()
     assert panel.load_button.isEnabled()
     assert not window.console.generate_button.isEnabled()  # nothing loaded yet
+    qtbot.waitUntil(lambda: "llama-cpp-python" in panel.platform_text(), timeout=WAIT_MS)
+    assert "CPU" in panel.platform_text()
 
 
 def test_memory_fit_updates_as_settings_change(qtbot: QtBot, window: MainWindow) -> None:
