@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from app import __version__
+from app import __version__, cli_bench
 from app.formatting import fmt as _fmt
 from app.formatting import stats_line
 
@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_gui = sub.add_parser("gui", help="open the LlamaScope window (the default)")
     p_gui.add_argument("model", nargs="?", default=None, help="GGUF file to select")
     p_gui.set_defaults(func=_cmd_gui)
+    cli_bench.register(sub)
     return parser
 
 

@@ -1,0 +1,302 @@
+"""Benchmark runner, statistics, exports and the SQLite history."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from app.bench import BenchError, BenchPlan, BenchResult, BenchTest, parse_values, run_benchmark, build_tests
+from app.bench_export import dumps, load_llama_bench, loads, to_record
+from app.history import _MIGRATIONS, HistoryError, HistoryStore
+from app.settings import LoadSettings
+from app.stats import mean, stdev, student_t_two_sided_p, welch
+
+# ---- statistics against reference values (SciPy 1.16, scipy.stats.ttest_ind(equal_var=False)) -------
+
+
+def test_mean_and_sample_standard_deviation() -> None:
+    assert mean([2, 4, 4, 4, 5, 5, 7, 9]) == 5
+    assert stdev([2, 4, 4, 4, 5, 5, 7, 9]) == pytest.approx(2.138089935299395)
+    assert stdev([3.0]) == 0.0
+
+
+def test_student_t_against_table_values() -> None:
+    assert student_t_two_sided_p(2.0, 5) == pytest.approx(0.10193947882985835, rel=1e-9)
+    assert student_t_two_sided_p(1.0, 30) == pytest.approx(0.3253086154260302, rel=1e-9)
+    assert student_t_two_sided_p(0.0, 7) == pytest.approx(1.0)
+
+
+def test_welch_against_scipy() -> None:
+    c = welch([10.1, 10.3, 9.8, 10.0, 10.2], [10.6, 10.9, 10.4, 10.8, 11.0, 10.7])
+    assert c.t_statistic == pytest.approx(5.303111051339614, rel=1e-9)  # SciPy reports A − B: −5.303
+    assert c.dof == pytest.approx(8.932763333636528, rel=1e-9)
+    assert c.p_value == pytest.approx(0.0005042365278934793, rel=1e-7)
+    assert c.significant
+    assert c.diff_percent == pytest.approx((10.733333333 - 10.08) / 10.08 * 100, rel=1e-6)
+    noise = welch([100, 102, 98, 101], [100.5, 99, 101, 102])
+    assert noise.p_value == pytest.approx(0.736250655225026, rel=1e-7)
+    assert not noise.significant
+    assert welch([1.0], [2.0]).p_value is None
+
+
+# ---- plans ------------------------------------------------------------------------------------------
+
+
+def test_value_lists_and_ranges() -> None:
+    assert parse_values("1,2,4") == (1, 2, 4)
+    assert parse_values("1-4") == (1, 2, 3, 4)
+    assert parse_values("2-8+3") == (2, 5, 8)
+    assert parse_values("1-64*4") == (1, 4, 16, 64)
+    assert parse_values("0,1", bool) == (False, True)
+    assert parse_values("f16,q8_0", str) == ("f16", "q8_0")
+    with pytest.raises(BenchError):
+        parse_values("8-1")
+    with pytest.raises(BenchError):
+        parse_values("x")
+
+
+def test_test_names_as_llama_bench_prints_them() -> None:
+    assert BenchTest(n_prompt=512).name == "pp512"
+    assert BenchTest(n_gen=128).name == "tg128"
+    assert BenchTest(n_prompt=512, n_gen=128).name == "pp512+tg128"
+    assert BenchTest(n_gen=128, n_depth=512).name == "tg128 @ d512"
+    with pytest.raises(BenchError):
+        BenchTest()
+
+
+def test_sweeps_expand_to_every_combination() -> None:
+    tests = build_tests([512], [128], [(256, 32)], [0, 1024])
+    assert [t.name for t in tests] == [
+        "pp512", "tg128", "pp256+tg32", "pp512 @ d1024", "tg128 @ d1024", "pp256+tg32 @ d1024",
+    ]
+    plan = BenchPlan(
+        models=("a.gguf", "b.gguf"), tests=tests[:2],
+        sweep=(("n_threads", (1, 2, 4)), ("flash_attn", (False, True)), ("n_batch", (512,))),
+    )
+    instances = plan.instances()
+    assert len(instances) == 2 * 3 * 2 * 2
+    assert plan.swept_fields == ("n_threads", "flash_attn")
+    assert {(m, s.n_threads, s.flash_attn, t.name) for m, s, t in instances} == {
+        (m, t_, fa, n) for m in ("a.gguf", "b.gguf") for t_ in (1, 2, 4) for fa in (False, True) for n in ("pp512", "tg128")
+    }
+    with pytest.raises(BenchError):
+        BenchPlan(models=("a",), tests=tests, sweep=(("temperature", (1,)),))
+
+
+# ---- the real runner on the demo model --------------------------------------------------------------
+
+
+def _plan(demo_model: str, **kw) -> BenchPlan:  # type: ignore[no-untyped-def]
+    base = LoadSettings(n_threads=1, n_threads_batch=1)
+    defaults = dict(models=(demo_model,), tests=(BenchTest(n_prompt=32), BenchTest(n_gen=8)), base=base, repetitions=2)
+    defaults.update(kw)
+    return BenchPlan(**defaults)  # type: ignore[arg-type]
+
+
+def test_a_real_short_benchmark(demo_model: str) -> None:
+    progress: list[tuple[int, int]] = []
+    results = run_benchmark(_plan(demo_model), on_progress=lambda d, t, w: progress.append((d, t)))
+    assert [r.test.name for r in results] == ["pp32", "tg8"]
+    for r in results:
+        assert len(r.samples_ns) == 2 and all(s > 0 for s in r.samples_ns)
+        assert r.avg_ts == pytest.approx(mean([1e9 * r.test.n_tokens / s for s in r.samples_ns]))
+        assert r.complete
+        assert r.model_type == "llama 135M Q4_1"
+        assert r.model_n_params == 134_515_008
+        assert r.n_threads == 1
+        assert r.backends == "CPU"
+    assert progress[-1][0] == progress[-1][1] == 2 * (2 + 1)  # 2 tests × (warm-up + 2 repetitions)
+
+
+def test_cancel_between_repetitions_keeps_what_finished(demo_model: str) -> None:
+    cancel = threading.Event()
+
+    def on_progress(done: int, total: int, what: str) -> None:
+        if "repetition 1/" in what:
+            cancel.set()
+
+    plan = _plan(demo_model, tests=(BenchTest(n_gen=4), BenchTest(n_prompt=16)), repetitions=5)
+    results = run_benchmark(plan, cancel=cancel, on_progress=on_progress)
+    assert len(results) == 1
+    assert results[0].test.name == "tg4"
+    assert len(results[0].samples_ns) == 1
+    assert not results[0].complete
+
+
+def test_depth_fills_the_cache_before_timing(demo_model: str) -> None:
+    results = run_benchmark(_plan(demo_model, tests=(BenchTest(n_gen=4, n_depth=64),), repetitions=1))
+    assert results[0].test.name == "tg4 @ d64"
+    assert results[0].n_depth == 64
+
+
+# ---- exports and imports ----------------------------------------------------------------------------
+
+
+def _result(**kw) -> BenchResult:  # type: ignore[no-untyped-def]
+    fields = dict(
+        model_filename="/m/model.gguf", model_type="llama 135M Q4_1", model_size=96_573_849,
+        model_n_params=134_515_008, n_batch=512, n_ubatch=512, n_threads=2, type_k="f16", type_v="f16",
+        n_gpu_layers=0, flash_attn=False, use_mmap=True, n_prompt=512, n_gen=0, n_depth=0,
+        test_time="2026-11-21T10:00:00Z", samples_ns=(1_000_000_000, 1_250_000_000), cpu_info="Test CPU",
+        gpu_info="", backends="CPU", build="0.3.36",
+    )
+    fields.update(kw)
+    return BenchResult(**fields)  # type: ignore[arg-type]
+
+
+def test_record_has_llama_bench_fields_and_derived_speeds() -> None:
+    record = to_record(_result())
+    for name in ("model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_ubatch",
+                 "n_threads", "type_k", "type_v", "n_gpu_layers", "flash_attn", "use_mmap", "n_prompt", "n_gen",
+                 "n_depth", "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "samples_ns", "samples_ts",
+                 "cpu_info", "gpu_info", "backends"):
+        assert name in record
+    assert record["samples_ts"] == [512.0, 409.6]
+    assert record["avg_ts"] == pytest.approx(460.8)
+    assert record["avg_ns"] == 1_125_000_000
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_export_import_round_trip(fmt: str) -> None:
+    original = [_result(), _result(n_prompt=0, n_gen=128, samples_ns=(2_000_000_000,), throttled=True)]
+    back = loads(dumps(original, fmt), source="llamascope")
+    assert back == original
+
+
+def test_csv_and_markdown() -> None:
+    results = [_result(n_threads=1), _result(n_threads=2)]
+    csv_text = dumps(results, "csv")
+    header = csv_text.splitlines()[0].split(",")
+    assert header[:5] == ["build_commit", "cpu_info", "gpu_info", "backends", "model_filename"]
+    assert len(csv_text.splitlines()) == 3
+    md = dumps(results, "md", swept=("n_threads",))
+    header = [c.strip() for c in md.splitlines()[0].split("|")[1:-1]]
+    assert header == ["model", "size", "params", "backend", "threads", "test", "t/s"]
+    assert len(md.splitlines()) == 4
+    assert "pp512" in md and "460.80 ± 72.41" in md
+
+
+def test_import_llama_bench_json(tmp_path: Path) -> None:
+    # As `llama-bench -o json` writes it (fields trimmed to those it always prints).
+    sample = [{
+        "build_commit": "abc1234", "build_number": 6000, "cpu_info": "AMD Ryzen 9 7950X", "gpu_info": "",
+        "backends": "CPU", "model_filename": "models/smollm2.gguf", "model_type": "llama ?B Q4_1",
+        "model_size": 96573849, "model_n_params": 134515008, "n_batch": 2048, "n_ubatch": 512,
+        "n_threads": 16, "cpu_mask": "0x0", "cpu_strict": False, "poll": 50, "type_k": "f16", "type_v": "f16",
+        "n_gpu_layers": 99, "split_mode": "layer", "main_gpu": 0, "no_kv_offload": False, "flash_attn": 0,
+        "tensor_split": "0.00", "use_mmap": True, "embeddings": False, "n_prompt": 512, "n_gen": 0,
+        "n_depth": 0, "test_time": "2026-11-01T12:00:00Z", "avg_ns": 250000000, "stddev_ns": 10000000,
+        "avg_ts": 2048.5, "stddev_ts": 80.1, "samples_ns": [240000000, 260000000],
+        "samples_ts": [2133.33, 1969.23],
+    }]
+    path = tmp_path / "llama-bench.json"
+    path.write_text(json.dumps(sample))
+    (result,) = load_llama_bench(str(path))
+    assert result.source == "llama-bench"
+    assert result.n_threads == 16 and result.n_batch == 2048
+    assert result.samples_ns == (240_000_000, 260_000_000)
+    assert result.avg_ts == pytest.approx((512e9 / 240e6 + 512e9 / 260e6) / 2)
+    jsonl = tmp_path / "llama-bench.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in sample * 2))
+    assert len(load_llama_bench(str(jsonl))) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(BenchError):
+        load_llama_bench(str(bad))
+
+
+# ---- history ---------------------------------------------------------------------------------------
+
+
+def test_history_store_and_compare(tmp_path: Path) -> None:
+    store = HistoryStore(str(tmp_path / "h.sqlite3"))
+    a = store.start_run("benchmark", "/m/model.gguf", {"repetitions": 4})
+    store.add_result(a, _result(samples_ns=(1_000_000_000, 1_010_000_000, 990_000_000, 1_005_000_000)))
+    store.finish_run(a)
+    b = store.start_run("benchmark", "/m/model.gguf", {"repetitions": 4})
+    store.add_result(b, _result(samples_ns=(800_000_000, 805_000_000, 795_000_000, 810_000_000)))
+    store.finish_run(b)
+    runs = store.runs(model="model.gguf")
+    assert [r.id for r in runs] == [b, a]
+    assert runs[0].status == "finished" and runs[0].n_results == 1
+    assert store.results(a)[0].samples_ns == (1_000_000_000, 1_010_000_000, 990_000_000, 1_005_000_000)
+    (row,) = store.compare(a, b)
+    assert row.test == "pp512"
+    assert row.comparison.diff_percent == pytest.approx(25.0, abs=1.0)
+    assert row.comparison.significant
+    assert [v for _, v, _ in store.metric_over_time("pp512")] == pytest.approx(
+        [store.results(a)[0].avg_ts, store.results(b)[0].avg_ts]
+    )
+    with pytest.raises(HistoryError):
+        store.compare(a, 9999)
+
+
+def test_generations_are_stored(tmp_path: Path) -> None:
+    from app.engine import RunStats, StopReason
+
+    store = HistoryStore(str(tmp_path / "h.sqlite3"))
+    stats = RunStats(True, 10, 20, 0.05, 200.0, 100.0, 0.3, StopReason.EOS, "text", 30)
+    run_id = store.add_generation("/m/model.gguf", {"n_ctx": 512}, stats)
+    (gen,) = store.generations(run_id)
+    assert gen["generated_tokens"] == 20 and gen["stop_reason"] == "eos"
+    assert store.runs(kind="generation")[0].settings == {"n_ctx": 512}
+
+
+def test_migration_from_schema_1_keeps_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO runs (kind, created_at, model_path) VALUES ('benchmark', '2026-01-01T00:00:00Z', '/m.gguf')")
+    conn.execute("INSERT INTO results (run_id, test, avg_ts, stddev_ts, record_json) VALUES (1, 'pp512', 460.8, 72.4, ?)",
+                 (json.dumps(to_record(_result())),))
+    conn.commit()
+    conn.close()
+    store = HistoryStore(str(path))
+    assert store.schema_version() == 2
+    (run,) = store.runs()
+    assert run.label == "" and run.n_results == 1
+    assert store.results(run.id)[0].avg_ts == pytest.approx(460.8)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(HistoryError, match="newer"):
+        HistoryStore(str(path))
+
+
+def test_a_run_killed_midway_leaves_a_readable_database(demo_model: str, tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "bench", demo_model, "-p", "0", "-n", "4", "-d", "0,8,16,24,32,40",
+         "-r", "3", "-t", "1", "--no-telemetry", "-o", "jsonl"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""  # the first finished result, as it is stored
+        assert first.strip(), "the benchmark produced no result"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    db = tmp_path / "data" / "LlamaScope" / "history.sqlite3"
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    store = HistoryStore(str(db))
+    (run,) = store.runs()
+    assert run.status == "running"  # never finished: shown as interrupted
+    results = store.results(run.id)
+    assert 1 <= len(results) < 6
+    assert results[0].test.name == "tg4" and len(results[0].samples_ns) == 3
+    assert not math.isnan(results[0].avg_ts)
