@@ -83,11 +83,10 @@ def _plan(args: argparse.Namespace) -> Any:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from app.bench import BenchError, BenchResult, run_benchmark
+    from app.bench import BenchError, BenchResult
     from app.bench_export import dumps
     from app.gguf_info import ModelFileError
-    from app.history import HistoryError, HistoryStore
-    from app.llama_runtime import build_info
+    from app.history import HistoryError, HistoryStore, run_and_record
     from app.settings import SettingsError
 
     try:
@@ -98,7 +97,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"llamascope: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    store, run_ids = None, {}
+    store = None
     if not args.no_history:
         try:
             store = HistoryStore()
@@ -109,16 +108,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sampler = _start_sampler()
 
     results: list[BenchResult] = []
+    run_ids: dict[str, int] = {}
 
     def on_result(result: BenchResult) -> None:
         results.append(result)
-        if store is not None:
-            if result.model_filename not in run_ids:
-                settings = {"repetitions": plan.repetitions, "sweep": {k: list(v) for k, v in plan.sweep}}
-                run_ids[result.model_filename] = store.start_run(
-                    "benchmark", result.model_filename, settings, build=build_info().llama_cpp_python_version
-                )
-            store.add_result(run_ids[result.model_filename], result)
         if args.output == "jsonl":
             sys.stdout.write(dumps([result], "jsonl"))
             sys.stdout.flush()
@@ -129,7 +122,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     status = "finished"
     try:
-        run_benchmark(plan, cancel=cancel, on_progress=on_progress, on_result=on_result, sampler=sampler)
+        run_and_record(
+            plan, store, cancel=cancel, on_progress=on_progress, on_result=on_result, sampler=sampler,
+            run_ids=run_ids,
+        )
     except KeyboardInterrupt:
         cancel.set()
         status = "cancelled"
@@ -140,9 +136,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
         if sampler is not None:
             sampler.stop()
-        if store is not None:
-            for run_id in run_ids.values():
-                store.finish_run(run_id, status)
     if args.output != "jsonl":
         sys.stdout.write(dumps(results, args.output, swept=plan.swept_fields))
     if run_ids:

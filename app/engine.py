@@ -172,6 +172,15 @@ class Engine:
     def clear_kv_cache(self) -> Future[None]:
         return self._submit(self._do_clear_kv_cache)
 
+    def run_exclusive(self, job: Callable[[threading.Event], T]) -> Future[T]:
+        """Run other llama.cpp work (a benchmark, an evaluation) on the engine thread.
+
+        It takes its turn like any request: refused while something else runs, and nothing else
+        runs beside it, so measurements are not disturbed. `job` receives the cancel event that
+        `cancel()` sets.
+        """
+        return self._submit(job, self._cancel)
+
     def cancel(self) -> None:
         """Ask the running operation to stop: between tokens, inside prompt evaluation, or mid-load."""
         self._cancel.set()

@@ -304,3 +304,49 @@ class HistoryStore:
         if not rows:
             raise HistoryError("the two runs have no test in common")
         return rows
+
+
+def run_and_record(
+    plan: Any,
+    store: HistoryStore | None,
+    *,
+    cancel: Any = None,
+    on_progress: Any = None,
+    on_result: Any = None,
+    sampler: Any = None,
+    run_ids: dict[str, int] | None = None,
+) -> tuple[list[BenchResult], dict[str, int]]:
+    """Run a benchmark plan, storing each result the moment it finishes (one run per model).
+
+    Returns the results and the run id of each model (also filled into `run_ids` as they start).
+    A run ends "finished", "cancelled" (by `cancel` or Ctrl+C), or "failed" (the exception is
+    re-raised after the runs are closed).
+    """
+    from app.bench import run_benchmark
+    from app.llama_runtime import build_info
+
+    run_ids = {} if run_ids is None else run_ids
+    settings = {"repetitions": plan.repetitions, "sweep": {name: list(values) for name, values in plan.sweep}}
+
+    def stored(result: BenchResult) -> None:
+        if store is not None:
+            if result.model_filename not in run_ids:
+                run_ids[result.model_filename] = store.start_run(
+                    "benchmark", result.model_filename, settings, build=build_info().llama_cpp_python_version
+                )
+            store.add_result(run_ids[result.model_filename], result)
+        if on_result is not None:
+            on_result(result)
+
+    status = "failed"
+    try:
+        results = run_benchmark(plan, cancel=cancel, on_progress=on_progress, on_result=stored, sampler=sampler)
+        status = "cancelled" if cancel is not None and cancel.is_set() else "finished"
+        return results, run_ids
+    except KeyboardInterrupt:
+        status = "cancelled"
+        raise
+    finally:
+        if store is not None:
+            for run_id in run_ids.values():
+                store.finish_run(run_id, status)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from concurrent.futures import Future
 from typing import Any
 
@@ -15,7 +17,11 @@ from app.engine import (
     OperationCancelled,
     TokenEvent,
 )
+from app.bench import BenchPlan
+from app.history import HistoryError, HistoryStore, run_and_record
 from app.settings import LoadSettings
+
+log = logging.getLogger(__name__)
 
 
 class EngineBridge(QObject):
@@ -33,11 +39,15 @@ class EngineBridge(QObject):
     token_received = Signal(object)  # TokenEvent
     generation_finished = Signal(object)  # RunStats
     tokenized = Signal(object)  # list[TokenPiece]
+    benchmark_progressed = Signal(int, int, str)  # done steps, total steps, what runs
+    benchmark_result = Signal(object)  # BenchResult, as each test finishes
+    benchmark_finished = Signal(object)  # (results, run ids) when the plan ends or is stopped
     operation_failed = Signal(str, str)  # (operation, message for the user)
 
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.engine = engine or Engine()
+        self._history: HistoryStore | None = None
 
     # ---- requests (GUI thread) ---------------------------------------------------------------
     def request_load(self, path: str, settings: LoadSettings, override_memory: bool = False) -> None:
@@ -53,10 +63,40 @@ class EngineBridge(QObject):
         self._start("unload", self.engine.unload, self.unloaded)
 
     def request_generation(self, request: GenerationRequest) -> None:
-        self._start("generate", lambda: self.engine.generate(request, self._emit_token), self.generation_finished)
+        def generate() -> Future[Any]:
+            future = self.engine.generate(request, self._emit_token)
+            future.add_done_callback(lambda fut: self._store_generation(fut, request))
+            return future
+
+        self._start("generate", generate, self.generation_finished)
+
+    def _store_generation(self, future: Future[Any], request: GenerationRequest) -> None:
+        loaded = self.engine.loaded
+        if self._history is None or future.exception() is not None or loaded is None:
+            return
+        settings = {"load": loaded.settings.to_dict(), "sampling": request.sampling.to_dict()}
+        try:
+            self._history.add_generation(loaded.model.path, settings, future.result())
+        except HistoryError as exc:  # history is a record, not a reason to fail the generation
+            log.warning("generation not stored in history: %s", exc)
 
     def request_tokenize(self, text: str) -> None:
         self._start("tokenize", lambda: self.engine.tokenize(text), self.tokenized)
+
+    def request_benchmark(self, plan: BenchPlan, history: HistoryStore | None, sampler: Any = None) -> None:
+        """Run a benchmark plan on the engine thread, storing each result in `history` as it finishes."""
+
+        def job(cancel: threading.Event) -> Any:
+            return run_and_record(
+                plan, history, cancel=cancel, sampler=sampler,
+                on_progress=self.benchmark_progressed.emit, on_result=self.benchmark_result.emit,
+            )
+
+        self._start("benchmark", lambda: self.engine.run_exclusive(job), self.benchmark_finished)
+
+    def record_generation(self, history: HistoryStore | None) -> None:
+        """Store every finished generation's stats in `history` (written on the engine thread)."""
+        self._history = history
 
     def cancel(self) -> None:
         self.engine.cancel()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from PySide6.QtCore import QObject, Signal
 
+from app.bandwidth import cached_bandwidth
 from app.gguf_info import ModelFileError, inspect_model
 from app.llama_runtime import platform_line
+
+
+log = logging.getLogger(__name__)
 
 
 class ModelInspector(QObject):
@@ -15,6 +20,7 @@ class ModelInspector(QObject):
 
     inspected = Signal(str, object, str)
     platform_read = Signal(str)
+    bandwidth_measured = Signal(object)  # app.bandwidth.Bandwidth, or None if it could not be measured
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -35,6 +41,18 @@ class ModelInspector(QObject):
     def request_platform(self) -> None:
         """Read the llama.cpp build facts (a call into llama.cpp, so not on the GUI thread)."""
         self._executor.submit(lambda: self.platform_read.emit(platform_line()))
+
+    def request_bandwidth(self) -> None:
+        """This machine's memory bandwidth: from the cache, else measured once (about a second)."""
+        self._executor.submit(self._bandwidth)
+
+    def _bandwidth(self) -> None:
+        try:
+            result = cached_bandwidth()
+        except (OSError, MemoryError, ValueError) as exc:
+            log.warning("memory bandwidth not measured: %s", exc)
+            result = None
+        self.bandwidth_measured.emit(result)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QWidget
 
 from app import __version__
 from app.engine import GenerationRequest
+from app.history import HistoryError, HistoryStore
 from app.settings import SettingsError
+from app.telemetry import Sampler
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
+from ui.telemetry_bridge import TelemetryBridge
 from widgets.generation_console import GenerationConsole
 from widgets.hardware_panel import HardwarePanel
 from widgets.model_config_panel import ModelConfigPanel
 from widgets.performance_panel import PerformancePanel
 from widgets.quantization_panel import QuantizationPanel
+
+log = logging.getLogger(__name__)
+
+
+def _open_history() -> HistoryStore | None:
+    try:
+        return HistoryStore()
+    except HistoryError as exc:  # the app still works; runs are just not kept
+        log.warning("history disabled: %s", exc)
+        return None
 
 
 class MainWindow(QMainWindow):
@@ -26,6 +41,7 @@ class MainWindow(QMainWindow):
         settings: QSettings,
         bridge: EngineBridge | None = None,
         initial_model: str | None = None,
+        history: HistoryStore | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -33,11 +49,14 @@ class MainWindow(QMainWindow):
         self._settings = settings
         self.bridge = bridge or EngineBridge(parent=self)
         self.inspector = ModelInspector(parent=self)
+        self.sampler = Sampler()  # public: the Performance panel attaches a TelemetryRecorder to it
+        self.telemetry = TelemetryBridge(self.sampler, parent=self)
 
         self.model_panel = ModelConfigPanel(settings)
         self.hardware_panel = HardwarePanel()
         self.quantization_panel = QuantizationPanel()
-        self.performance_panel = PerformancePanel()
+        self.history = history or _open_history()
+        self.performance_panel = PerformancePanel(self.history)
         self.console = GenerationConsole()
 
         self.panels_splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -59,9 +78,11 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.engine_status)
         self._build_menu()
         self._wire()
+        self._wire_hardware()
         self._restore_layout()
         self.model_panel.select_initial_model(initial_model)
         self.inspector.request_platform()
+        self.inspector.request_bandwidth()
 
     # ---- construction ------------------------------------------------------------------------
     def _build_menu(self) -> None:
@@ -74,6 +95,8 @@ class MainWindow(QMainWindow):
         self._add_action(model_menu, "&Load", QKeySequence("Ctrl+L"), self.model_panel.request_load)
         self._add_action(model_menu, "&Unload", QKeySequence("Ctrl+U"), self.model_panel.request_unload)
         self._add_action(model_menu, "&Cancel / Stop", None, self.bridge.cancel)
+        model_menu.addSeparator()
+        self._add_action(model_menu, "Run &Benchmark", QKeySequence("Ctrl+B"), self.performance_panel.request_benchmark)
         help_menu = self.menuBar().addMenu("&Help")
         self._add_action(help_menu, "&About LlamaScope", None, self._show_about)
 
@@ -103,12 +126,40 @@ class MainWindow(QMainWindow):
         b.unloaded.connect(self._on_model_unloaded)
         b.operation_failed.connect(self._on_operation_failed)
 
+        perf = self.performance_panel
+        perf.set_plan_source(lambda: (panel.selected_path(), panel.load_settings()))
+        b.record_generation(self.history)
+        perf.benchmark_requested.connect(self._on_benchmark_requested)
+        perf.stop_requested.connect(b.cancel)
+        b.benchmark_progressed.connect(perf.on_benchmark_progressed)
+        b.benchmark_result.connect(perf.on_benchmark_result)
+        b.benchmark_finished.connect(perf.on_benchmark_finished)
+        b.busy_changed.connect(perf.set_busy)
+        b.load_finished.connect(perf.set_loaded)
+        b.unloaded.connect(lambda: perf.set_loaded(None))
+        b.token_received.connect(perf.on_token_received)
+        b.generation_finished.connect(perf.on_generation_finished)
+        self.inspector.bandwidth_measured.connect(perf.set_bandwidth)
+
         console.generation_requested.connect(self._on_generation_requested)
         console.stop_requested.connect(b.cancel)
         console.tokenize_requested.connect(b.request_tokenize)
         b.token_received.connect(console.on_token_received)
         b.generation_finished.connect(console.on_generation_finished)
         b.tokenized.connect(console.on_tokenized)
+
+    def _wire_hardware(self) -> None:
+        t, hw = self.telemetry, self.hardware_panel
+        t.snapshot_received.connect(hw.on_snapshot)
+        t.hardware_detected.connect(hw.on_hardware_detected)
+        t.detection_failed.connect(hw.on_detection_failed)
+        t.interval_changed.connect(hw.set_sampling_interval)
+        hw.detection_requested.connect(t.request_detection)
+        hw.apply_requested.connect(self.model_panel.apply_recommendations)
+        self.model_panel.model_info_changed.connect(hw.set_model)
+        t.watch_window(self)
+        t.start()
+        t.request_detection()
 
     # ---- slots -------------------------------------------------------------------------------
     def _on_generation_requested(self, prompt: str, chat: bool, system_prompt: str) -> None:
@@ -117,7 +168,11 @@ class MainWindow(QMainWindow):
         except SettingsError as exc:
             self.console.on_generation_failed(str(exc))
             return
+        self.performance_panel.on_generation_started()
         self.bridge.request_generation(GenerationRequest(prompt, sampling, chat, system_prompt or None))
+
+    def _on_benchmark_requested(self, plan: object) -> None:
+        self.bridge.request_benchmark(plan, self.history, getattr(self, "sampler", None))  # type: ignore[arg-type]
 
     def _on_model_loaded(self, result: object) -> None:
         self.console.set_model_ready(True)
@@ -133,6 +188,9 @@ class MainWindow(QMainWindow):
             self.model_panel.on_load_failed(message)
         elif operation == "generate":
             self.console.on_generation_failed(message)
+            self.performance_panel.on_generation_failed()
+        elif operation == "benchmark":
+            self.performance_panel.on_benchmark_failed(message)
         elif operation == "tokenize":
             self.console.token_count_label.setText(f"Not tokenized: {message}")
         self.statusBar().showMessage(f"{operation.capitalize()} failed: {message}", 10000)
@@ -166,4 +224,5 @@ class MainWindow(QMainWindow):
         # so no thread outlives the window.
         self.bridge.shutdown()
         self.inspector.shutdown()
+        self.telemetry.shutdown()  # stops and joins the sampler and the detection thread
         super().closeEvent(event)

@@ -1,22 +1,570 @@
-"""Performance panel: live speed, benchmarks, history and auto-tune."""
+"""Performance panel: live speed, efficiency, thermal state, the benchmark runner and the run history."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QWidget
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from widgets.panel import PlannedPanel
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.bandwidth import Bandwidth, roofline_efficiency
+from app.bench import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
+from app.bench_export import export, load_llama_bench
+from app.engine import LoadResult, RunStats, TokenEvent
+from app.formatting import fmt, fmt_bytes
+from app.history import HistoryError, HistoryStore, hardware_fingerprint
+from app.settings import LoadSettings
+from app.telemetry import DeviceVerdict, Snapshot, ThrottleVerdict, summarize
+from widgets.live_plot import LivePlot
+from widgets.panel import Panel
+
+PlanSource = Callable[[], tuple[str | None, LoadSettings]]  # (selected model, Model Config's load settings)
 
 
-class PerformancePanel(PlannedPanel):
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(
-            "Performance",
-            [
-                ("Real-time", "Will plot tokens/s and time to first token live during generation."),
-                ("Efficiency", "Will show CPU and memory use and joules per token during a run."),
-                ("Thermal", "Will show temperatures and throttling while the model runs."),
-                ("Benchmarks", "Will run llama-bench-compatible pp/tg tests and keep a history."),
-                ("Optimization", "Will auto-tune threads, batch sizes and cache types for this model."),
-            ],
-            parent,
+class StatTile(QWidget):
+    """A caption over a large value; shows "n/a" until a measured value arrives."""
+
+    def __init__(self, caption: str, tooltip: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.caption = QLabel(caption)
+        self.value = QLabel("n/a")
+        self.value.setObjectName(f"tile_{caption.replace(' ', '_').lower()}")
+        font = self.value.font()
+        font.setPointSizeF(font.pointSizeF() * 1.3)
+        font.setBold(True)
+        self.value.setFont(font)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.setSpacing(0)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.value)
+        if tooltip:
+            self.setToolTip(tooltip)
+
+    def set(self, text: str) -> None:
+        self.value.setText(text)
+
+
+def _table(headers: Sequence[str]) -> QTableWidget:
+    table = QTableWidget(0, len(headers))
+    table.setHorizontalHeaderLabels(list(headers))
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    table.horizontalHeader().setStretchLastSection(True)
+    table.setMinimumHeight(120)
+    return table
+
+
+def _fill_row(table: QTableWidget, row: int, values: Sequence[str], tooltip: str = "") -> None:
+    for col, value in enumerate(values):
+        item = QTableWidgetItem(value)
+        if tooltip:
+            item.setToolTip(tooltip)
+        table.setItem(row, col, item)
+
+
+class PerformancePanel(Panel):
+    """The fourth column. Requests work through signals; the main window connects them."""
+
+    benchmark_requested = Signal(object)  # BenchPlan
+    stop_requested = Signal()
+
+    def __init__(self, history: HistoryStore | None, parent: QWidget | None = None) -> None:
+        super().__init__("Performance", parent)
+        self._history = history
+        self._plan_source: PlanSource | None = None
+        self._loaded: LoadResult | None = None
+        self._bandwidth: Bandwidth | None = None
+        self._last_stats: RunStats | None = None
+        self._last_token_ns: int | None = None
+        self._t0_ns: int | None = None
+        self._smoothed: float | None = None
+        self._run_samples: list[Snapshot] = []  # telemetry snapshots during the current generation
+        self._generating = False
+        self._bench_results: list[BenchResult] = []
+        self._bench_swept: tuple[str, ...] = ()
+        self._build_realtime_box()
+        self._build_efficiency_box()
+        self._build_thermal_box()
+        self._build_benchmark_box()
+        self._build_history_box()
+        label = QLabel("Auto-tune (find the fastest settings for this model) arrives with the tuner.")
+        label.setWordWrap(True)
+        label.setEnabled(False)
+        self.add_box("Optimization", label)
+        self.refresh_history()
+
+    # ---- construction ------------------------------------------------------------------------
+    def _build_realtime_box(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.speed_plot = LivePlot("Generation speed", "tok/s", window_s=60)
+        self.speed_plot.add_curve("per token")
+        self.speed_plot.add_curve("smoothed")
+        self.speed_plot.setMinimumHeight(140)
+        self.speed_plot.setToolTip("Per-token rate (1 ÷ time since the previous token) and its moving average")
+        grid = QGridLayout()
+        self.tile_speed = StatTile("Speed", "Generation tokens/s of the running or last generation (wall clock)")
+        self.tile_ttft = StatTile("TTFT", "Time to first token: request to first token sampled")
+        self.tile_prompt = StatTile("Prompt", "Prompt tokens ÷ time to first token")
+        self.tile_tokens = StatTile("Tokens", "Tokens generated so far")
+        self.tile_memory = StatTile("Memory", "LlamaScope's resident memory (RSS)")
+        self.tile_cpu = StatTile("CPU", "Whole-machine CPU utilisation")
+        for i, tile in enumerate((self.tile_speed, self.tile_ttft, self.tile_prompt, self.tile_tokens,
+                                  self.tile_memory, self.tile_cpu)):
+            grid.addWidget(tile, i // 3, i % 3)
+        layout.addWidget(self.speed_plot)
+        layout.addLayout(grid)
+        self.add_box("Real-time", body)
+
+    def _build_efficiency_box(self) -> None:
+        body = QWidget()
+        form = QFormLayout(body)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.eff_cpu = QLabel("n/a")
+        self.eff_memory = QLabel("n/a")
+        self.eff_joules = QLabel("n/a")
+        self.eff_joules.setToolTip("Energy per generated token from RAPL or NVML power readings; "
+                                   "n/a when the machine exposes no power source")
+        self.eff_roofline = QLabel("n/a")
+        self.eff_roofline.setObjectName("rooflineLabel")
+        self.eff_roofline.setToolTip(
+            "Generation speed as a share of the memory-bandwidth limit: bytes read per token "
+            "(all weights + the K/V of every context token) × tokens/s ÷ this machine's measured "
+            "bandwidth (a large-array copy, measured once and cached)."
         )
+        self.eff_bandwidth = QLabel("n/a")
+        form.addRow("CPU during run", self.eff_cpu)
+        form.addRow("Memory", self.eff_memory)
+        form.addRow("Energy", self.eff_joules)
+        form.addRow("Roofline", self.eff_roofline)
+        form.addRow("Bandwidth", self.eff_bandwidth)
+        self.add_box("Efficiency", body)
+
+    def _build_thermal_box(self) -> None:
+        body = QWidget()
+        form = QFormLayout(body)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.thermal_temp = QLabel("n/a")
+        self.thermal_status = QLabel("n/a")
+        self.thermal_status.setObjectName("throttleStatus")
+        self.thermal_fan = QLabel("n/a")
+        form.addRow("Temperature", self.thermal_temp)
+        form.addRow("Throttling", self.thermal_status)
+        form.addRow("Fan", self.thermal_fan)
+        self.add_box("Thermal", body)
+
+    def _build_benchmark_box(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        self.bench_pp = QLineEdit("512")
+        self.bench_tg = QLineEdit("128")
+        self.bench_pg = QLineEdit("")
+        self.bench_depth = QLineEdit("0")
+        self.bench_threads = QLineEdit("")
+        self.bench_batch = QLineEdit("")
+        self.bench_ubatch = QLineEdit("")
+        self.bench_fa = QLineEdit("")
+        self.bench_ctk = QLineEdit("")
+        self.bench_reps = QSpinBox()
+        self.bench_reps.setRange(1, 100)
+        self.bench_reps.setValue(5)
+        list_tip = "Comma list or range: 1,2,4 · 1-8 · 1-8+2 · 1-64*2 (as llama-bench takes them)"
+        for label, edit, tip in (
+            ("Prompt (pp)", self.bench_pp, "Prompt sizes; 0 or empty = no pp test. " + list_tip),
+            ("Generate (tg)", self.bench_tg, "Generation sizes; 0 or empty = no tg test. " + list_tip),
+            ("pp+tg (pg)", self.bench_pg, "Combined tests as PP,TG pairs separated by ';' (e.g. 512,128)"),
+            ("Depth (d)", self.bench_depth, "Run each test after filling the KV cache with d tokens. " + list_tip),
+            ("Threads", self.bench_threads, "Empty = Model Config's value. " + list_tip),
+            ("n_batch", self.bench_batch, "Empty = Model Config's value. " + list_tip),
+            ("n_ubatch", self.bench_ubatch, "Empty = Model Config's value. " + list_tip),
+            ("Flash attn", self.bench_fa, "0, 1 or 0,1; empty = Model Config's value"),
+            ("K cache", self.bench_ctk, "e.g. f16,q8_0; empty = Model Config's value"),
+        ):
+            edit.setToolTip(tip)
+            form.addRow(label, edit)
+        self.bench_reps.setToolTip("Timed repetitions per test (after one warm-up); mean ± stdev over them")
+        form.addRow("Repetitions", self.bench_reps)
+        layout.addLayout(form)
+        buttons = QHBoxLayout()
+        self.bench_run = QPushButton("Run benchmark")
+        self.bench_run.setObjectName("benchRun")
+        self.bench_run.setToolTip("Benchmark the selected model (Ctrl+B); nothing else runs meanwhile")
+        self.bench_run.clicked.connect(self.request_benchmark)
+        self.bench_stop = QPushButton("Stop")
+        self.bench_stop.setToolTip("Stop after the current repetition; finished results are kept")
+        self.bench_stop.setEnabled(False)
+        self.bench_stop.clicked.connect(self.stop_requested)
+        self.bench_export = QPushButton("Export…")
+        self.bench_export.setToolTip("Save these results as markdown, CSV, JSON or JSONL (llama-bench's fields)")
+        self.bench_export.clicked.connect(self._on_export_clicked)
+        self.bench_import = QPushButton("Import llama-bench…")
+        self.bench_import.setToolTip("Add llama-bench -o json/jsonl output to the history, beside LlamaScope's runs")
+        self.bench_import.clicked.connect(self._on_import_clicked)
+        for b in (self.bench_run, self.bench_stop, self.bench_export, self.bench_import):
+            buttons.addWidget(b)
+        layout.addLayout(buttons)
+        self.bench_progress = QProgressBar()
+        self.bench_progress.setRange(0, 1)
+        self.bench_progress.setValue(0)
+        self.bench_status = QLabel("")
+        self.bench_status.setWordWrap(True)
+        self.bench_table = _table(["test", "config", "t/s", "CPU %", "J/token", "note"])
+        self.bench_table.setObjectName("benchTable")
+        layout.addWidget(self.bench_progress)
+        layout.addWidget(self.bench_status)
+        layout.addWidget(self.bench_table)
+        self.add_box("Benchmarks", body)
+
+    def _build_history_box(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
+        filters = QHBoxLayout()
+        self.history_filter = QLineEdit()
+        self.history_filter.setPlaceholderText("filter by model")
+        self.history_filter.textChanged.connect(self.refresh_history)
+        self.history_this_machine = QCheckBox("this machine")
+        self.history_this_machine.setToolTip("Only runs measured on this machine (same CPU, cores, RAM, OS)")
+        self.history_this_machine.toggled.connect(self.refresh_history)
+        filters.addWidget(self.history_filter, 1)
+        filters.addWidget(self.history_this_machine)
+        self.history_table = _table(["run", "when", "kind", "status", "model", "results"])
+        self.history_table.setObjectName("historyTable")
+        self.history_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.history_table.itemSelectionChanged.connect(self._on_history_selection)
+        buttons = QHBoxLayout()
+        self.compare_button = QPushButton("Compare 2 runs")
+        self.compare_button.setToolTip("Select two benchmark runs: change in % with Welch's t-test over repetitions")
+        self.compare_button.setEnabled(False)
+        self.compare_button.clicked.connect(self.compare_selected)
+        buttons.addWidget(self.compare_button)
+        buttons.addStretch(1)
+        self.compare_table = _table(["test", "config", "A t/s", "B t/s", "change", "significance"])
+        self.compare_table.setObjectName("compareTable")
+        self.history_plot = pg.PlotWidget()
+        self.history_plot.setMinimumHeight(120)
+        self.history_plot.setLabel("left", "t/s")
+        self.history_plot.setLabel("bottom", "run (oldest → newest)")
+        self.history_plot.showGrid(x=True, y=True, alpha=0.3)
+        self.history_curve = self.history_plot.plot([], [], pen=pg.mkPen(width=1), symbol="o", symbolSize=5)
+        self.history_plot_title = QLabel("Select a run to plot its first test over time.")
+        layout.addLayout(filters)
+        layout.addWidget(self.history_table)
+        layout.addLayout(buttons)
+        layout.addWidget(self.compare_table)
+        layout.addWidget(self.history_plot_title)
+        layout.addWidget(self.history_plot)
+        self.add_box("History", body)
+
+    # ---- wiring from the main window ---------------------------------------------------------
+    def set_plan_source(self, source: PlanSource) -> None:
+        self._plan_source = source
+
+    def set_loaded(self, result: LoadResult | None) -> None:
+        self._loaded = result
+        self._update_roofline()
+
+    def set_bandwidth(self, bandwidth: Bandwidth | None) -> None:
+        self._bandwidth = bandwidth
+        self.eff_bandwidth.setText("n/a" if bandwidth is None else f"{bandwidth.bytes_per_s / 1e9:.1f} GB/s")
+        self._update_roofline()
+
+    def set_busy(self, busy: bool) -> None:
+        self.bench_run.setEnabled(not busy)
+
+    # ---- live generation ---------------------------------------------------------------------
+    def on_generation_started(self) -> None:
+        self._generating = True
+        self._t0_ns = None
+        self._last_token_ns = None
+        self._smoothed = None
+        self._run_samples.clear()
+        self.speed_plot.clear()
+        self.tile_tokens.set("0")
+
+    def on_token_received(self, event: TokenEvent) -> None:
+        if self._t0_ns is None:
+            self._t0_ns = event.t_ns
+        if self._last_token_ns is not None and event.t_ns > self._last_token_ns:
+            rate = 1e9 / (event.t_ns - self._last_token_ns)
+            self._smoothed = rate if self._smoothed is None else 0.85 * self._smoothed + 0.15 * rate
+            t = (event.t_ns - self._t0_ns) / 1e9
+            self.speed_plot.append("per token", t, rate)
+            self.speed_plot.append("smoothed", t, self._smoothed)
+            self.tile_speed.set(f"{self._smoothed:.1f} t/s")
+        self._last_token_ns = event.t_ns
+        self.tile_tokens.set(str(event.index + 1))
+
+    def on_generation_finished(self, stats: RunStats) -> None:
+        self._generating = False
+        self._last_stats = stats
+        self.tile_speed.set(fmt(stats.gen_tokens_per_s, ".1f", " t/s"))
+        self.tile_ttft.set(fmt(None if stats.ttft_s is None else stats.ttft_s * 1000, ".0f", " ms"))
+        self.tile_prompt.set(fmt(stats.prompt_tokens_per_s, ".0f", " t/s"))
+        self.tile_tokens.set(str(stats.generated_tokens))
+        self._summarise_run(stats)
+        self._update_roofline()
+        self.refresh_history()
+
+    def on_generation_failed(self) -> None:
+        self._generating = False
+
+    def on_sample(self, snapshot: Snapshot) -> None:
+        """A telemetry snapshot from the sampler (arrives on the GUI thread through the bridge)."""
+        if self._generating:
+            self._run_samples.append(snapshot)
+        self.tile_memory.set(fmt_bytes(snapshot.process_rss_bytes))
+        self.tile_cpu.set(fmt(snapshot.cpu_percent, ".0f", " %"))
+        if snapshot.mem_used_bytes is not None and snapshot.mem_total_bytes:
+            self.eff_memory.setText(f"{100 * snapshot.mem_used_bytes / snapshot.mem_total_bytes:.0f} % of RAM in use")
+        temp = snapshot.max_temperature_c
+        self.thermal_temp.setText(f"{temp:.0f} °C" if temp is not None else "n/a — no sensors")
+        fans = [v for _, v in snapshot.fans_rpm if v is not None]
+        self.thermal_fan.setText(f"{max(fans):.0f} rpm" if fans else "n/a")
+        self.thermal_status.setText(_throttle_text(snapshot.verdicts))
+
+    def _summarise_run(self, stats: RunStats) -> None:
+        if not self._run_samples:
+            self.eff_cpu.setText("n/a")
+            self.eff_joules.setText("n/a")
+            return
+        summary = summarize(self._run_samples)
+        self.eff_cpu.setText(fmt(summary.mean_cpu_percent, ".0f", " %"))
+        if summary.energy_joules is not None and stats.generated_tokens:
+            self.eff_joules.setText(f"{summary.energy_joules / stats.generated_tokens:.3f} J/token")
+        else:
+            self.eff_joules.setText("n/a — no power source")
+
+    def _update_roofline(self) -> None:
+        stats, loaded, bw = self._last_stats, self._loaded, self._bandwidth
+        if stats is None or loaded is None or bw is None or not stats.gen_tokens_per_s:
+            self.eff_roofline.setText("n/a")
+            return
+        share = roofline_efficiency(
+            loaded.model, stats.gen_tokens_per_s, bw.bytes_per_s,
+            context_tokens=stats.context_tokens, type_k=loaded.settings.type_k, type_v=loaded.settings.type_v,
+        )
+        self.eff_roofline.setText(f"{share * 100:.0f} % of the bandwidth limit")
+
+    # ---- benchmarks --------------------------------------------------------------------------
+    def build_plan(self) -> BenchPlan:
+        """The plan the form describes, on the selected model with Model Config's settings as the base."""
+        if self._plan_source is None:
+            raise BenchError("no model source connected")
+        model, base = self._plan_source()
+        if not model:
+            raise BenchError("select a model in Model Config first")
+
+        def values(edit: QLineEdit, kind: type = int) -> tuple[Any, ...]:
+            text = edit.text().strip()
+            return parse_values(text, kind) if text else ()
+
+        pg_pairs = []
+        for item in filter(None, (p.strip() for p in self.bench_pg.text().split(";"))):
+            pair = parse_values(item)
+            if len(pair) != 2:
+                raise BenchError(f"pp+tg takes pairs like 512,128 (got {item!r})")
+            pg_pairs.append((pair[0], pair[1]))
+        tests = build_tests(values(self.bench_pp) or (0,), values(self.bench_tg) or (0,), pg_pairs,
+                            values(self.bench_depth) or (0,))
+        sweep = []
+        for field, edit, kind in (
+            ("n_threads", self.bench_threads, int), ("n_batch", self.bench_batch, int),
+            ("n_ubatch", self.bench_ubatch, int), ("flash_attn", self.bench_fa, bool), ("type_k", self.bench_ctk, str),
+        ):
+            chosen = values(edit, kind)
+            if chosen:
+                sweep.append((field, chosen))
+        plan = BenchPlan(models=(model,), tests=tests, base=base, sweep=tuple(sweep),
+                         repetitions=self.bench_reps.value())
+        for _model, load, _test in plan.instances():
+            load.validate()
+        return plan
+
+    def request_benchmark(self) -> None:
+        if not self.bench_run.isEnabled():
+            return
+        try:
+            plan = self.build_plan()
+        except (BenchError, ValueError) as exc:
+            self.bench_status.setText(f"✗ {exc}")
+            return
+        self._bench_results = []
+        self._bench_swept = plan.swept_fields
+        self.bench_table.setRowCount(0)
+        self.bench_progress.setRange(0, 1)
+        self.bench_progress.setValue(0)
+        self.bench_status.setText(f"Starting {len(plan.instances())} test(s)…")
+        self.bench_stop.setEnabled(True)
+        self.benchmark_requested.emit(plan)
+
+    def on_benchmark_progressed(self, done: int, total: int, what: str) -> None:
+        self.bench_progress.setRange(0, max(total, 1))
+        self.bench_progress.setValue(done)
+        self.bench_status.setText(what)
+
+    def on_benchmark_result(self, result: BenchResult) -> None:
+        self._bench_results.append(result)
+        row = self.bench_table.rowCount()
+        self.bench_table.setRowCount(row + 1)
+        config = " ".join(f"{SWEEPABLE[f][1]}={int(v) if isinstance(v := getattr(result, f), bool) else v}"
+                          for f in (self._bench_swept or ("n_threads",)))
+        notes = []
+        if not result.complete:
+            notes.append(f"stopped after {len(result.samples_ns)} rep.")
+        if result.throttled:
+            notes.append("⚠ throttled")
+        _fill_row(self.bench_table, row, [
+            result.test.name, config, f"{result.avg_ts:.2f} ± {result.stddev_ts:.2f}",
+            fmt(result.mean_cpu_percent, ".0f"), fmt(result.joules_per_token, ".3f"), ", ".join(notes),
+        ], tooltip=f"{len(result.samples_ns)} repetitions: " + ", ".join(f"{t:.1f}" for t in result.samples_ts))
+
+    def on_benchmark_finished(self, outcome: Any) -> None:
+        results, run_ids = outcome
+        self.bench_stop.setEnabled(False)
+        stopped = any(not r.complete for r in results)
+        self.bench_status.setText(
+            f"{'Stopped' if stopped else 'Done'}: {len(results)} result(s)"
+            + (f", stored as run {', '.join(map(str, run_ids.values()))}" if run_ids else "")
+        )
+        self.refresh_history()
+
+    def on_benchmark_failed(self, message: str) -> None:
+        self.bench_stop.setEnabled(False)
+        self.bench_status.setText(f"✗ {message}")
+
+    def _on_export_clicked(self) -> None:
+        if not self._bench_results:
+            self.bench_status.setText("Run a benchmark first: there is nothing to export.")
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export results", "llamascope-bench.md", "Markdown (*.md);;CSV (*.csv);;JSON (*.json);;JSONL (*.jsonl)"
+        )
+        if path:
+            try:
+                export(self._bench_results, path, swept=self._bench_swept)
+            except (OSError, BenchError) as exc:
+                QMessageBox.warning(self, "Not exported", str(exc))
+                return
+            self.bench_status.setText(f"Exported to {path}")
+
+    def _on_import_clicked(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import llama-bench output", "", "JSON (*.json *.jsonl)")
+        if path:
+            self.import_llama_bench(path)
+
+    def import_llama_bench(self, path: str) -> None:
+        if self._history is None:
+            self.bench_status.setText("✗ the history database is not available")
+            return
+        try:
+            results = load_llama_bench(path)
+            run_id = self._history.import_results(results, label=f"llama-bench: {os.path.basename(path)}")
+        except (OSError, BenchError, HistoryError) as exc:
+            self.bench_status.setText(f"✗ {path}: {exc}")
+            return
+        self.bench_status.setText(f"Imported {len(results)} llama-bench result(s) as run {run_id}")
+        self.refresh_history()
+
+    # ---- history -----------------------------------------------------------------------------
+    def refresh_history(self) -> None:
+        if self._history is None:
+            self.history_table.setRowCount(0)
+            return
+        try:
+            runs = self._history.runs(
+                model=self.history_filter.text().strip() or None,
+                hardware=hardware_fingerprint() if self.history_this_machine.isChecked() else None,
+            )
+        except HistoryError as exc:
+            self.bench_status.setText(f"✗ {exc}")
+            return
+        self.history_table.setRowCount(len(runs))
+        for row, run in enumerate(runs):
+            status = "interrupted" if run.status == "running" and run.kind != "generation" else run.status
+            _fill_row(self.history_table, row, [
+                str(run.id), run.created_at.replace("T", " ").rstrip("Z"), run.kind, status,
+                os.path.basename(run.model_path), str(run.n_results),
+            ], tooltip=run.model_path)
+
+    def _selected_run_ids(self) -> list[int]:
+        rows = sorted({i.row() for i in self.history_table.selectedIndexes()})
+        return [int(self.history_table.item(r, 0).text()) for r in rows if self.history_table.item(r, 0)]
+
+    def _on_history_selection(self) -> None:
+        ids = self._selected_run_ids()
+        self.compare_button.setEnabled(len(ids) == 2)
+        if len(ids) == 1 and self._history is not None:
+            self._plot_history_of(ids[0])
+
+    def _plot_history_of(self, run_id: int) -> None:
+        assert self._history is not None
+        try:
+            results = self._history.results(run_id)
+            if not results:
+                return
+            test = results[0].test.name
+            model = os.path.basename(results[0].model_filename)
+            points = self._history.metric_over_time(test, model=model)
+        except HistoryError as exc:
+            self.bench_status.setText(f"✗ {exc}")
+            return
+        self.history_plot_title.setText(f"{test} on {model}: mean t/s of every stored run")
+        self.history_curve.setData(list(range(len(points))), [v for _, v, _ in points])
+
+    def compare_selected(self) -> None:
+        ids = self._selected_run_ids()
+        if len(ids) != 2 or self._history is None:
+            return
+        a, b = sorted(ids)
+        try:
+            rows = self._history.compare(a, b)
+        except HistoryError as exc:
+            self.compare_table.setRowCount(0)
+            self.bench_status.setText(f"✗ {exc}")
+            return
+        self.compare_table.setRowCount(len(rows))
+        for i, r in enumerate(rows):
+            _fill_row(self.compare_table, i, [
+                r.test, r.config, f"{r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f}", f"{r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f}",
+                f"{r.comparison.diff_percent:+.1f} %", r.comparison.verdict(),
+            ], tooltip=f"run {a} (A) against run {b} (B)")
+
+
+def _throttle_text(verdicts: Sequence[DeviceVerdict]) -> str:
+    """Words for the sampler's per-device throttle verdicts."""
+    known = [v for v in verdicts if v.verdict is not ThrottleVerdict.NOT_AVAILABLE]
+    if not known:
+        return "n/a — no throttle counters"
+    throttling = [f"{v.device}: {v.verdict.value} ({v.detail})" for v in verdicts if v.verdict.is_throttling]
+    return "⚠ " + "; ".join(throttling) if throttling else "✓ not throttling"
+
+
+__all__ = ["PerformancePanel", "StatTile"]

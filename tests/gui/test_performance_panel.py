@@ -1,0 +1,146 @@
+"""Performance panel: live figures, the benchmark runner and the history, through the widgets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QItemSelectionModel, QSettings, Qt
+from PySide6.QtWidgets import QSpinBox
+from pytestqt.qtbot import QtBot
+
+from app.history import HistoryStore
+from ui.main_window import MainWindow
+
+WAIT_MS = 180_000
+
+
+@pytest.fixture()
+def window(qtbot: QtBot, tmp_path: Path, demo_model: str) -> Iterator[MainWindow]:
+    settings = QSettings(str(tmp_path / "llamascope.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings, history=HistoryStore(str(tmp_path / "history.sqlite3")))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: demo_model in win.model_panel._infos, timeout=WAIT_MS)
+    spin = win.model_panel.findChild(QSpinBox, "field_n_ctx")
+    spin.setValue(512)
+    win.model_panel.findChild(QSpinBox, "field_n_threads").setValue(1)
+    yield win
+    win.close()
+
+
+def _small_benchmark(win: MainWindow, reps: int = 2) -> None:
+    perf = win.performance_panel
+    perf.bench_pp.setText("16")
+    perf.bench_tg.setText("4")
+    perf.bench_threads.setText("1")
+    perf.bench_reps.setValue(reps)
+
+
+def test_a_benchmark_runs_from_the_panel_and_is_kept(qtbot: QtBot, window: MainWindow) -> None:
+    perf = window.performance_panel
+    _small_benchmark(window)
+    with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS):
+        qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
+        assert perf.bench_stop.isEnabled()
+    assert perf.bench_table.rowCount() == 2
+    assert [perf.bench_table.item(r, 0).text() for r in range(2)] == ["pp16", "tg4"]
+    assert "±" in perf.bench_table.item(0, 2).text()
+    assert perf.bench_status.text().startswith("Done: 2 result(s), stored as run")
+    assert perf.bench_progress.value() == perf.bench_progress.maximum()
+    assert perf.history_table.rowCount() == 1
+    assert perf.history_table.item(0, 2).text() == "benchmark"
+    assert perf.history_table.item(0, 3).text() == "finished"
+
+
+def test_stop_keeps_the_finished_repetitions(qtbot: QtBot, window: MainWindow) -> None:
+    perf = window.performance_panel
+    _small_benchmark(window, reps=100)
+    perf.bench_pp.setText("0")
+
+    def stop_after_first_repetition(done: int, total: int, what: str) -> None:
+        if "repetition 1/" in what and perf.bench_stop.isEnabled():
+            qtbot.mouseClick(perf.bench_stop, Qt.MouseButton.LeftButton)
+
+    window.bridge.benchmark_progressed.connect(stop_after_first_repetition)
+    with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS) as finished:
+        qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
+    results, _run_ids = finished.args[0]
+    assert len(results) == 1 and not results[0].complete
+    assert len(results[0].samples_ns) < 100
+    assert perf.bench_status.text().startswith("Stopped")
+    assert perf.history_table.item(0, 3).text() == "cancelled"
+
+
+def test_two_runs_compare_with_welch(qtbot: QtBot, window: MainWindow) -> None:
+    perf = window.performance_panel
+    _small_benchmark(window, reps=3)
+    perf.bench_pp.setText("0")
+    for _ in range(2):
+        with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS):
+            qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: perf.bench_run.isEnabled(), timeout=WAIT_MS)
+    table = perf.history_table
+    assert table.rowCount() == 2
+    selection = table.selectionModel()
+    for row in (0, 1):
+        selection.select(table.model().index(row, 0),
+                         QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
+    assert perf.compare_button.isEnabled()
+    qtbot.mouseClick(perf.compare_button, Qt.MouseButton.LeftButton)
+    assert perf.compare_table.rowCount() == 1
+    assert perf.compare_table.item(0, 0).text() == "tg4"
+    assert "%" in perf.compare_table.item(0, 4).text()
+    assert "p =" in perf.compare_table.item(0, 5).text()
+
+
+def test_bad_benchmark_input_is_named(qtbot: QtBot, window: MainWindow) -> None:
+    perf = window.performance_panel
+    perf.bench_pp.setText("abc")
+    qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
+    assert perf.bench_status.text().startswith("✗")
+    assert "abc" in perf.bench_status.text()
+    assert perf.bench_table.rowCount() == 0
+
+
+def test_live_figures_during_generation(qtbot: QtBot, window: MainWindow) -> None:
+    perf, console = window.performance_panel, window.console
+    with qtbot.waitSignal(window.bridge.load_finished, timeout=WAIT_MS):
+        qtbot.mouseClick(window.model_panel.load_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: perf.eff_bandwidth.text().endswith("GB/s"), timeout=WAIT_MS)
+    console.completion_radio.setChecked(True)
+    console.prompt_edit.setPlainText("Once upon a time, in a land far away,")
+    with qtbot.waitSignal(window.bridge.generation_finished, timeout=WAIT_MS) as finished:
+        qtbot.mouseClick(console.generate_button, Qt.MouseButton.LeftButton)
+    stats = finished.args[0]
+    assert perf.tile_tokens.value.text() == str(stats.generated_tokens)
+    assert perf.tile_speed.value.text() == f"{stats.gen_tokens_per_s:.1f} t/s"
+    assert perf.tile_ttft.value.text().endswith(" ms")
+    assert perf.speed_plot.latest("per token") is not None
+    assert perf.eff_roofline.text().endswith("% of the bandwidth limit")
+    # The generation was stored in the history too.
+    qtbot.waitUntil(lambda: perf.history_table.rowCount() == 1, timeout=WAIT_MS)
+    assert perf.history_table.item(0, 2).text() == "generation"
+
+
+def test_import_llama_bench_output(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
+    record = {
+        "build_commit": "abc1234", "cpu_info": "Some CPU", "gpu_info": "", "backends": "CPU",
+        "model_filename": "models/x.gguf", "model_type": "llama ?B Q4_1", "model_size": 1, "model_n_params": 1,
+        "n_batch": 512, "n_ubatch": 512, "n_threads": 4, "type_k": "f16", "type_v": "f16", "n_gpu_layers": 0,
+        "flash_attn": 0, "n_prompt": 512, "n_gen": 0, "n_depth": 0, "test_time": "2026-11-01T00:00:00Z",
+        "avg_ns": 1000, "stddev_ns": 0, "avg_ts": 1.0, "stddev_ts": 0.0, "samples_ns": [1000000000],
+        "samples_ts": [512.0],
+    }
+    path = tmp_path / "lb.json"
+    path.write_text(json.dumps([record]))
+    perf = window.performance_panel
+    perf.import_llama_bench(str(path))
+    assert "Imported 1 llama-bench result" in perf.bench_status.text()
+    assert perf.history_table.item(0, 2).text() == "import"
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{]")
+    perf.import_llama_bench(str(broken))
+    assert perf.bench_status.text().startswith("✗")
