@@ -1,0 +1,219 @@
+"""A live plot of named curves over a sliding time window, fed one sample at a time.
+
+The pyqtgraph way (DESIGN.md #7): each curve is created once, samples go into numpy ring
+buffers, and one QTimer (100 ms) calls `setData` only when new samples arrived since its last
+tick — never a clear-and-replot per sample. Thin cosmetic pens, clip-to-view and peak
+downsampling keep a 15-minute window cheap to draw.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QHideEvent, QShowEvent
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#7f7f7f", "#bcbd22")
+
+
+class _Ring:
+    """Times and values in a ring buffer written twice (at i and i + capacity), so the newest
+    `n` samples are always one contiguous slice: no copy, no concatenation per refresh."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._t = np.zeros(2 * capacity)
+        self._v = np.full(2 * capacity, np.nan)
+        self._head = 0
+        self.n = 0
+
+    def append(self, t: float, v: float) -> None:
+        i = self._head
+        self._t[i] = self._t[i + self.capacity] = t
+        self._v[i] = self._v[i + self.capacity] = v
+        self._head = (i + 1) % self.capacity
+        self.n = min(self.n + 1, self.capacity)
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        start = (self._head - self.n) % self.capacity
+        return self._t[start : start + self.n], self._v[start : start + self.n]
+
+    def last_t(self) -> float | None:
+        return float(self._t[(self._head - 1) % self.capacity]) if self.n else None
+
+    def clear(self) -> None:
+        self._head = 0
+        self.n = 0
+
+
+class _Curve:
+    def __init__(self, name: str, item: pg.PlotDataItem, capacity: int) -> None:
+        self.name = name
+        self.item = item
+        self.ring = _Ring(capacity)
+        self.latest: float | None = None
+
+
+class LivePlot(QWidget):
+    """A titled plot with a readout of each curve's latest value; x is seconds before now.
+
+    `append(name, t, value)` takes a monotonic time in seconds and a value (None = not measured,
+    drawn as a gap). The plot refreshes at most every REFRESH_MS while visible.
+    """
+
+    REFRESH_MS = 100
+
+    def __init__(
+        self,
+        title: str,
+        unit: str,
+        window_s: float = 60.0,
+        *,
+        capacity: int = 9000,  # 15 minutes at 10 samples per second
+        y_range: tuple[float, float] | None = None,
+        value_format: str = ".1f",
+        height: int = 110,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.title = title
+        self.unit = unit
+        self._window_s = float(window_s)
+        self._capacity = capacity
+        self._value_format = value_format
+        self._curves: dict[str, _Curve] = {}
+        self._dirty = False
+
+        self.header = QLabel()
+        self.header.setObjectName("livePlotHeader")
+        self.header.setTextFormat(Qt.TextFormat.RichText)
+        self.header.setWordWrap(True)
+        self.plot_widget = pg.PlotWidget(background=None)
+        self.plot_widget.setMinimumHeight(height)
+        self.plot_widget.setMaximumHeight(int(height * 1.6))
+        item = self.plot_widget.getPlotItem()
+        item.setClipToView(True)
+        item.setDownsampling(auto=True, mode="peak")
+        item.setMenuEnabled(False)
+        item.hideButtons()
+        item.showGrid(x=False, y=True, alpha=0.25)
+        item.setMouseEnabled(x=False, y=False)
+        item.getAxis("left").setWidth(42)
+        item.setLabel("left", units=None, text=unit)
+        if y_range is not None:
+            item.setYRange(*y_range, padding=0.05)
+            item.enableAutoRange(axis="y", enable=False)
+        else:
+            item.enableAutoRange(axis="y", enable=True)
+        item.enableAutoRange(axis="x", enable=False)
+        self._apply_x_range()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.header)
+        layout.addWidget(self.plot_widget)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(self.REFRESH_MS)
+        self._timer.timeout.connect(self.flush)
+        self._update_header()
+
+    # ---- feeding -----------------------------------------------------------------------------
+    def add_curve(self, name: str, color: str | None = None, *, width: float = 1.0) -> None:
+        """Add a curve (once; adding an existing name does nothing)."""
+        if name in self._curves:
+            return
+        color = color or PALETTE[len(self._curves) % len(PALETTE)]
+        pen = pg.mkPen(color, width=width)
+        pen.setCosmetic(True)
+        item = self.plot_widget.getPlotItem().plot(name=name, pen=pen, connect="finite", antialias=False)
+        self._curves[name] = _Curve(name, item, self._capacity)
+        self._update_header()
+
+    def has_curve(self, name: str) -> bool:
+        return name in self._curves
+
+    def curve_names(self) -> list[str]:
+        return list(self._curves)
+
+    def append(self, name: str, t: float, value: float | None) -> None:
+        """Add a sample to curve `name` (created if new); a time before the curve's last is dropped."""
+        if name not in self._curves:
+            self.add_curve(name)
+        curve = self._curves[name]
+        last = curve.ring.last_t()
+        if not math.isfinite(t) or (last is not None and t < last):
+            return
+        v = float(value) if value is not None and math.isfinite(value) else math.nan
+        curve.ring.append(t, v)
+        curve.latest = None if math.isnan(v) else v
+        self._dirty = True
+
+    def set_window(self, window_s: float) -> None:
+        self._window_s = float(window_s)
+        self._apply_x_range()
+        self._dirty = True
+
+    @property
+    def window_s(self) -> float:
+        return self._window_s
+
+    def clear(self) -> None:
+        for curve in self._curves.values():
+            curve.ring.clear()
+            curve.latest = None
+        self._dirty = True
+
+    def latest(self, name: str) -> float | None:
+        curve = self._curves.get(name)
+        return curve.latest if curve else None
+
+    def data(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The samples the curve shows now (x in seconds before the newest sample), as drawn."""
+        x, y = self._curves[name].item.getOriginalDataset()
+        if x is None or y is None:
+            return np.array([]), np.array([])
+        return np.asarray(x), np.asarray(y)
+
+    # ---- drawing -----------------------------------------------------------------------------
+    def flush(self) -> bool:
+        """Hand new samples to pyqtgraph; True if anything was redrawn."""
+        if not self._dirty:
+            return False
+        window = self.window()
+        if window is not None and window.isMinimized():
+            return False  # keep the samples; draw them when the window is restored
+        self._dirty = False
+        lasts = [t for c in self._curves.values() if (t := c.ring.last_t()) is not None]
+        now = max(lasts) if lasts else 0.0
+        for curve in self._curves.values():
+            t, v = curve.ring.view()
+            first = int(np.searchsorted(t, now - self._window_s, side="left"))
+            curve.item.setData(t[first:] - now, v[first:], connect="finite")
+        self._update_header()
+        return True
+
+    def _apply_x_range(self) -> None:
+        self.plot_widget.getPlotItem().setXRange(-self._window_s, 0, padding=0)
+
+    def _update_header(self) -> None:
+        parts = []
+        for curve in self._curves.values():
+            colour = curve.item.opts["pen"].color().name() if curve.item.opts.get("pen") is not None else ""
+            value = "n/a" if curve.latest is None else f"{curve.latest:{self._value_format}} {self.unit}"
+            parts.append(f"<span style='color:{colour}'>■</span> {curve.name} {value}")
+        self.header.setText(f"<b>{self.title}</b>" + (" &nbsp; " + " &nbsp; ".join(parts) if parts else ""))
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
+        super().showEvent(event)
+        self._timer.start()
+        self.flush()
+
+    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 (Qt override)
+        self._timer.stop()
+        super().hideEvent(event)
