@@ -74,14 +74,21 @@ def bytes_per_token(model: ModelInfo, context_tokens: int, type_k: str = "f16", 
     """Bytes one generated token reads: all weights + the K and V of every token in the context."""
     kv = 0
     if model.n_layer and model.n_embd_k_gqa and model.n_embd_v_gqa:
-        per_token = model.n_embd_k_gqa * bytes_per_element(type_k) + model.n_embd_v_gqa * bytes_per_element(type_v)
+        per_token = model.n_embd_k_gqa * bytes_per_element(type_k) + model.n_embd_v_gqa * bytes_per_element(
+            type_v
+        )
         kv = int(model.n_layer * context_tokens * per_token)
     return model.tensor_data_bytes + kv
 
 
 def roofline_efficiency(
-    model: ModelInfo, tokens_per_s: float, bandwidth_bytes_per_s: float, *, context_tokens: int,
-    type_k: str = "f16", type_v: str = "f16",
+    model: ModelInfo,
+    tokens_per_s: float,
+    bandwidth_bytes_per_s: float,
+    *,
+    context_tokens: int,
+    type_k: str = "f16",
+    type_v: str = "f16",
 ) -> float:
     """Generation speed as a fraction of the memory-bandwidth limit (0.0 … about 1.0)."""
     return bytes_per_token(model, context_tokens, type_k, type_v) * tokens_per_s / bandwidth_bytes_per_s

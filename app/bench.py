@@ -10,7 +10,6 @@ warm-up, then R timed repetitions from a cleared cache; a sample's speed is
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import datetime as _dt
 import itertools
@@ -66,7 +65,9 @@ class BenchTest:
     @property
     def name(self) -> str:
         """llama-bench's label: pp512, tg128, pp512+tg128, with " @ d512" for a filled cache."""
-        parts = ([f"pp{self.n_prompt}"] if self.n_prompt else []) + ([f"tg{self.n_gen}"] if self.n_gen else [])
+        parts = ([f"pp{self.n_prompt}"] if self.n_prompt else []) + (
+            [f"tg{self.n_gen}"] if self.n_gen else []
+        )
         return "+".join(parts) + (f" @ d{self.n_depth}" if self.n_depth else "")
 
 
@@ -134,7 +135,7 @@ class BenchPlan:
         out = []
         for model in self.models:
             for combo in combos:
-                load = dataclasses.replace(self.base, **dict(zip(names, combo)))
+                load = dataclasses.replace(self.base, **dict(zip(names, combo, strict=False)))
                 for test in self.tests:
                     out.append((model, load, test))
         return out

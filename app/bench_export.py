@@ -18,14 +18,44 @@ from app.bench import SWEEPABLE, BenchError, BenchResult
 from app.memory import format_bytes
 
 LLAMA_BENCH_FIELDS = (
-    "build_commit", "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "model_size",
-    "model_n_params", "n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers",
-    "flash_attn", "use_mmap", "n_prompt", "n_gen", "n_depth", "test_time", "avg_ns", "stddev_ns",
-    "avg_ts", "stddev_ts", "samples_ns", "samples_ts",
+    "build_commit",
+    "cpu_info",
+    "gpu_info",
+    "backends",
+    "model_filename",
+    "model_type",
+    "model_size",
+    "model_n_params",
+    "n_batch",
+    "n_ubatch",
+    "n_threads",
+    "type_k",
+    "type_v",
+    "n_gpu_layers",
+    "flash_attn",
+    "use_mmap",
+    "n_prompt",
+    "n_gen",
+    "n_depth",
+    "test_time",
+    "avg_ns",
+    "stddev_ns",
+    "avg_ts",
+    "stddev_ts",
+    "samples_ns",
+    "samples_ts",
 )
 TELEMETRY_FIELDS = (
-    "complete", "mean_cpu_percent", "peak_rss_bytes", "mean_power_watts", "energy_joules",
-    "joules_per_token", "max_temp_c", "throttle_events", "throttled", "source",
+    "complete",
+    "mean_cpu_percent",
+    "peak_rss_bytes",
+    "mean_power_watts",
+    "energy_joules",
+    "joules_per_token",
+    "max_temp_c",
+    "throttle_events",
+    "throttled",
+    "source",
 )
 FORMATS = ("md", "csv", "json", "jsonl")
 
@@ -119,10 +149,14 @@ def _markdown(results: Sequence[BenchResult], swept: Sequence[str]) -> str:
         values = {
             "model": r.model_type,
             "size": format_bytes(r.model_size),
-            "params": f"{r.model_n_params / 1e6:.2f} M" if r.model_n_params < 1e9 else f"{r.model_n_params / 1e9:.2f} B",
+            "params": f"{r.model_n_params / 1e6:.2f} M"
+            if r.model_n_params < 1e9
+            else f"{r.model_n_params / 1e9:.2f} B",
             "backend": r.backends,
             "threads": str(r.n_threads),
-            "test": r.test.name + ("" if r.complete else " (cancelled)") + (" ⚠ throttled" if r.throttled else ""),
+            "test": r.test.name
+            + ("" if r.complete else " (cancelled)")
+            + (" ⚠ throttled" if r.throttled else ""),
             "t/s": f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}",
         }
         for f in swept:
@@ -131,10 +165,27 @@ def _markdown(results: Sequence[BenchResult], swept: Sequence[str]) -> str:
         rows.append([values[c] for c in columns])
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns)]
     right = {"size", "params", "threads", "t/s", "n_batch", "n_ubatch", "ngl", "fa", "test", "mmap"}
-    line = "| " + " | ".join(c.ljust(w) if c not in right else c.rjust(w) for c, w in zip(columns, widths)) + " |"
-    sep = "| " + " | ".join(("-" * (w - 1) + ":") if c in right else "-" * w for c, w in zip(columns, widths)) + " |"
+    line = (
+        "| "
+        + " | ".join(
+            c.ljust(w) if c not in right else c.rjust(w) for c, w in zip(columns, widths, strict=False)
+        )
+        + " |"
+    )
+    sep = (
+        "| "
+        + " | ".join(
+            ("-" * (w - 1) + ":") if c in right else "-" * w for c, w in zip(columns, widths, strict=False)
+        )
+        + " |"
+    )
     body = [
-        "| " + " | ".join(v.ljust(w) if c not in right else v.rjust(w) for v, c, w in zip(row, columns, widths)) + " |"
+        "| "
+        + " | ".join(
+            v.ljust(w) if c not in right else v.rjust(w)
+            for v, c, w in zip(row, columns, widths, strict=False)
+        )
+        + " |"
         for row in rows
     ]
     return "\n".join([line, sep, *body]) + "\n"

@@ -38,11 +38,18 @@ def register(sub: Any) -> None:
     p.add_argument("--no-telemetry", action="store_true", help="do not sample CPU/memory/power during tests")
     p.set_defaults(func=_cmd_bench)
 
-    h = sub.add_parser("history", help="list stored benchmark and generation runs, or import llama-bench output")
+    h = sub.add_parser(
+        "history", help="list stored benchmark and generation runs, or import llama-bench output"
+    )
     h.add_argument("--model", default=None, help="only runs whose model path contains this")
     h.add_argument("--run", type=int, default=None, help="show one run's results")
-    h.add_argument("--import", dest="import_file", default=None, metavar="FILE",
-                   help="store llama-bench -o json/jsonl output beside LlamaScope's runs")
+    h.add_argument(
+        "--import",
+        dest="import_file",
+        default=None,
+        metavar="FILE",
+        help="store llama-bench -o json/jsonl output beside LlamaScope's runs",
+    )
     h.add_argument("--json", action="store_true", help="print JSON")
     h.set_defaults(func=_cmd_history)
 
@@ -54,7 +61,7 @@ def register(sub: Any) -> None:
 
 
 def _plan(args: argparse.Namespace) -> Any:
-    from app.bench import BenchPlan, parse_values, build_tests
+    from app.bench import BenchPlan, build_tests, parse_values
     from app.demo_model import demo_model_path
     from app.settings import LoadSettings, count_physical_cores
 
@@ -78,8 +85,14 @@ def _plan(args: argparse.Namespace) -> Any:
         ("n_gpu_layers", parse_values(args.n_gpu_layers)),
         ("use_mmap", parse_values(args.mmap, bool)),
     )
-    return BenchPlan(models=models, tests=tests, base=LoadSettings(), sweep=sweep,
-                     repetitions=args.repetitions, warmup=not args.no_warmup)
+    return BenchPlan(
+        models=models,
+        tests=tests,
+        base=LoadSettings(),
+        sweep=sweep,
+        repetitions=args.repetitions,
+        warmup=not args.no_warmup,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -123,7 +136,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     status = "finished"
     try:
         run_and_record(
-            plan, store, cancel=cancel, on_progress=on_progress, on_result=on_result, sampler=sampler,
+            plan,
+            store,
+            cancel=cancel,
+            on_progress=on_progress,
+            on_result=on_result,
+            sampler=sampler,
             run_ids=run_ids,
         )
     except KeyboardInterrupt:
@@ -192,15 +210,30 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"llamascope: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
-        print(json.dumps([
-            {"test": r.test, "config": r.config, "a_avg_ts": r.a.avg_ts, "b_avg_ts": r.b.avg_ts,
-             "diff_percent": r.comparison.diff_percent, "p_value": r.comparison.p_value,
-             "significant": r.comparison.significant} for r in rows
-        ], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "test": r.test,
+                        "config": r.config,
+                        "a_avg_ts": r.a.avg_ts,
+                        "b_avg_ts": r.b.avg_ts,
+                        "diff_percent": r.comparison.diff_percent,
+                        "p_value": r.comparison.p_value,
+                        "significant": r.comparison.significant,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
         return EXIT_OK
     print(f"| test | config | run {args.run_a} t/s | run {args.run_b} t/s | change | Welch's t-test |")
     print("|---|---|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r.test} | {r.config} | {r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f} | {r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f} "
-              f"| {r.comparison.diff_percent:+.1f} % | {r.comparison.verdict()} |")
+        print(
+            f"| {r.test} | {r.config} | {r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f} "
+            f"| {r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f} "
+            f"| {r.comparison.diff_percent:+.1f} % | {r.comparison.verdict()} |"
+        )
     return EXIT_OK

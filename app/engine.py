@@ -366,7 +366,9 @@ class Engine:
         stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return tokens, stops
 
-    def _do_generate(self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None) -> RunStats:
+    def _do_generate(
+        self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None
+    ) -> RunStats:
         llama = self._require_model()
         request.sampling.validate()
         t_start_ns = time.monotonic_ns()

@@ -95,7 +95,13 @@ def hardware_fingerprint() -> str:
 
     from app.bench import cpu_info
 
-    parts = [cpu_info(), str(os.cpu_count()), str(psutil.virtual_memory().total), platform.system(), platform.machine()]
+    parts = [
+        cpu_info(),
+        str(os.cpu_count()),
+        str(psutil.virtual_memory().total),
+        platform.system(),
+        platform.machine(),
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -161,7 +167,8 @@ class HistoryStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise HistoryError(
-                f"the history database was written by a newer LlamaScope (schema {version} > {SCHEMA_VERSION})"
+                "the history database was written by a newer LlamaScope "
+                f"(schema {version} > {SCHEMA_VERSION})"
             )
         for step in range(version, SCHEMA_VERSION):
             conn.executescript("BEGIN;" + _MIGRATIONS[step] + f"PRAGMA user_version = {step + 1}; COMMIT;")
@@ -172,15 +179,31 @@ class HistoryStore:
 
     # ---- writing -----------------------------------------------------------------------------
     def start_run(
-        self, kind: str, model_path: str, settings: dict[str, Any], *, build: str | None = None, label: str = ""
+        self,
+        kind: str,
+        model_path: str,
+        settings: dict[str, Any],
+        *,
+        build: str | None = None,
+        label: str = "",
     ) -> int:
         size = os.path.getsize(model_path) if os.path.isfile(model_path) else None
         with self._connect() as conn:
             cur = conn.execute(
                 "INSERT INTO runs (kind, created_at, model_path, model_size, model_fingerprint, "
                 "hardware_fingerprint, build, settings_json, status, label) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (kind, _now(), model_path, size, model_fingerprint(model_path), hardware_fingerprint(), build,
-                 json.dumps(settings, default=str), "running", label),
+                (
+                    kind,
+                    _now(),
+                    model_path,
+                    size,
+                    model_fingerprint(model_path),
+                    hardware_fingerprint(),
+                    build,
+                    json.dumps(settings, default=str),
+                    "running",
+                    label,
+                ),
             )
             return int(cur.lastrowid or 0)
 
@@ -196,15 +219,26 @@ class HistoryStore:
         with self._connect() as conn:
             conn.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
 
-    def add_generation(self, model_path: str, settings: dict[str, Any], stats: Any, *, build: str | None = None) -> int:
+    def add_generation(
+        self, model_path: str, settings: dict[str, Any], stats: Any, *, build: str | None = None
+    ) -> int:
         """Store an interactive generation's stats (an app.engine.RunStats) as a run of its own."""
         run_id = self.start_run("generation", model_path, settings, build=build)
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO generations (run_id, chat, prompt_tokens, generated_tokens, ttft_s, "
                 "prompt_tokens_per_s, gen_tokens_per_s, total_s, stop_reason) VALUES (?,?,?,?,?,?,?,?,?)",
-                (run_id, int(stats.chat), stats.prompt_tokens, stats.generated_tokens, stats.ttft_s,
-                 stats.prompt_tokens_per_s, stats.gen_tokens_per_s, stats.total_s, stats.stop_reason.value),
+                (
+                    run_id,
+                    int(stats.chat),
+                    stats.prompt_tokens,
+                    stats.generated_tokens,
+                    stats.ttft_s,
+                    stats.prompt_tokens_per_s,
+                    stats.gen_tokens_per_s,
+                    stats.total_s,
+                    stats.stop_reason.value,
+                ),
             )
             conn.execute("UPDATE runs SET status = 'finished' WHERE id = ?", (run_id,))
         return run_id
@@ -248,10 +282,17 @@ class HistoryStore:
             rows = conn.execute(sql, args).fetchall()
         return [
             RunRow(
-                id=row["id"], kind=row["kind"], created_at=row["created_at"], model_path=row["model_path"],
-                model_size=row["model_size"], model_fingerprint=row["model_fingerprint"],
-                hardware_fingerprint=row["hardware_fingerprint"], build=row["build"],
-                settings=json.loads(row["settings_json"] or "{}"), status=row["status"], label=row["label"],
+                id=row["id"],
+                kind=row["kind"],
+                created_at=row["created_at"],
+                model_path=row["model_path"],
+                model_size=row["model_size"],
+                model_fingerprint=row["model_fingerprint"],
+                hardware_fingerprint=row["hardware_fingerprint"],
+                build=row["build"],
+                settings=json.loads(row["settings_json"] or "{}"),
+                status=row["status"],
+                label=row["label"],
                 n_results=row["n_results"],
             )
             for row in rows
@@ -259,7 +300,9 @@ class HistoryStore:
 
     def results(self, run_id: int) -> list[BenchResult]:
         with self._connect() as conn:
-            rows = conn.execute("SELECT record_json FROM results WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+            rows = conn.execute(
+                "SELECT record_json FROM results WHERE run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
         return [from_record(json.loads(row["record_json"]), source=None) for row in rows]
 
     def generations(self, run_id: int) -> list[dict[str, Any]]:
@@ -271,7 +314,9 @@ class HistoryStore:
         """(time, mean t/s, model path) of every stored result of one test, oldest first."""
         sql = (
             "SELECT r.created_at, x.avg_ts, r.model_path FROM results x JOIN runs r ON r.id = x.run_id "
-            "WHERE x.test = ?" + (" AND r.model_path LIKE ?" if model else "") + " ORDER BY r.created_at, x.id"
+            "WHERE x.test = ?"
+            + (" AND r.model_path LIKE ?" if model else "")
+            + " ORDER BY r.created_at, x.id"
         )
         args = [test, f"%{model}%"] if model else [test]
         with self._connect() as conn:
@@ -284,8 +329,10 @@ class HistoryStore:
             raise HistoryError(f"run {run_a if not a_results else run_b} has no benchmark results to compare")
 
         def key(r: BenchResult) -> tuple[str, str]:
-            config = (f"t={r.n_threads} b={r.n_batch} ub={r.n_ubatch} fa={int(r.flash_attn)} "
-                      f"ctk={r.type_k} ctv={r.type_v} ngl={r.n_gpu_layers}")
+            config = (
+                f"t={r.n_threads} b={r.n_batch} ub={r.n_ubatch} fa={int(r.flash_attn)} "
+                f"ctk={r.type_k} ctv={r.type_v} ngl={r.n_gpu_layers}"
+            )
             return r.test.name, config
 
         a_by_key = {key(r): r for r in a_results}
@@ -340,7 +387,9 @@ def run_and_record(
 
     status = "failed"
     try:
-        results = run_benchmark(plan, cancel=cancel, on_progress=on_progress, on_result=stored, sampler=sampler)
+        results = run_benchmark(
+            plan, cancel=cancel, on_progress=on_progress, on_result=stored, sampler=sampler
+        )
         status = "cancelled" if cancel is not None and cancel.is_set() else "finished"
         return results, run_ids
     except KeyboardInterrupt:

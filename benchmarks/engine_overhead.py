@@ -87,16 +87,22 @@ def main() -> int:
     plain.close()
 
     med_engine, med_plain = statistics.median(engine_rates), statistics.median(plain_rates)
-    print(f"model: {Path(model).name}, {args.tokens} tokens, {args.reps} interleaved repetitions, "
-          f"{args.threads} threads, greedy")
+    print(
+        f"model: {Path(model).name}, {args.tokens} tokens, {args.reps} interleaved repetitions, "
+        f"{args.threads} threads, greedy"
+    )
     print(f"tokens generated per run: {sorted(counts)}")
     print()
     print("| path | median t/s | min t/s | max t/s |")
     print("|---|---:|---:|---:|")
-    print(f"| plain llama-cpp-python (create_completion stream) | {med_plain:.1f} | "
-          f"{min(plain_rates):.1f} | {max(plain_rates):.1f} |")
-    print(f"| LlamaScope Engine (streaming, token events) | {med_engine:.1f} | "
-          f"{min(engine_rates):.1f} | {max(engine_rates):.1f} |")
+    print(
+        f"| plain llama-cpp-python (create_completion stream) | {med_plain:.1f} | "
+        f"{min(plain_rates):.1f} | {max(plain_rates):.1f} |"
+    )
+    print(
+        f"| LlamaScope Engine (streaming, token events) | {med_engine:.1f} | "
+        f"{min(engine_rates):.1f} | {max(engine_rates):.1f} |"
+    )
     ratio = med_engine / med_plain
     print()
     print(f"ratio engine / plain = {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'NOT met'}")

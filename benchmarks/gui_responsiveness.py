@@ -82,8 +82,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def row(label: str, values: list[float]) -> str:
-    return (f"| {label} | {len(values)} | {statistics.median(values):.2f} | {percentile(values, 99):.2f} | "
-            f"{max(values):.2f} |")
+    return (
+        f"| {label} | {len(values)} | {statistics.median(values):.2f} | {percentile(values, 99):.2f} | "
+        f"{max(values):.2f} |"
+    )
 
 
 def main() -> int:
@@ -122,8 +124,10 @@ def main() -> int:
     window.close()
     collector.stop()
 
-    print(f"generation: {stats.generated_tokens} tokens at {stats.gen_tokens_per_s:.1f} t/s, "
-          f"stop: {stats.stop_reason.value}; platform: {app.platformName()}")
+    print(
+        f"generation: {stats.generated_tokens} tokens at {stats.gen_tokens_per_s:.1f} t/s, "
+        f"stop: {stats.stop_reason.value}; platform: {app.platformName()}"
+    )
     if stats.stop_reason is not StopReason.LENGTH:
         print("note: the model stopped before the requested token count")
     print()
@@ -133,8 +137,10 @@ def main() -> int:
     print(row(f"streaming {stats.generated_tokens} tokens", busy))
     p99, worst = percentile(busy, 99), max(busy)
     print()
-    print(f"target p99 < 20 ms: {'met' if p99 < 20 else 'NOT met'}; "
-          f"target max < 100 ms: {'met' if worst < 100 else 'NOT met'}")
+    print(
+        f"target p99 < 20 ms: {'met' if p99 < 20 else 'NOT met'}; "
+        f"target max < 100 ms: {'met' if worst < 100 else 'NOT met'}"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
+from app.bench import BenchPlan
 from app.engine import (
     Engine,
     EngineError,
@@ -17,7 +18,6 @@ from app.engine import (
     OperationCancelled,
     TokenEvent,
 )
-from app.bench import BenchPlan
 from app.history import HistoryError, HistoryStore, run_and_record
 from app.settings import LoadSettings
 
@@ -88,8 +88,12 @@ class EngineBridge(QObject):
 
         def job(cancel: threading.Event) -> Any:
             return run_and_record(
-                plan, history, cancel=cancel, sampler=sampler,
-                on_progress=self.benchmark_progressed.emit, on_result=self.benchmark_result.emit,
+                plan,
+                history,
+                cancel=cancel,
+                sampler=sampler,
+                on_progress=self.benchmark_progressed.emit,
+                on_result=self.benchmark_result.emit,
             )
 
         self._start("benchmark", lambda: self.engine.run_exclusive(job), self.benchmark_finished)

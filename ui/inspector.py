@@ -11,7 +11,6 @@ from app.bandwidth import cached_bandwidth
 from app.gguf_info import ModelFileError, inspect_model
 from app.llama_runtime import platform_line
 
-
 log = logging.getLogger(__name__)
 
 

@@ -55,7 +55,9 @@ class GenerationConsole(QTabWidget):
         self.system_edit = QLineEdit()
         self.system_edit.setPlaceholderText("System prompt (chat mode, optional)")
         self.chat_radio = QRadioButton("Chat")
-        self.chat_radio.setToolTip("Wrap the prompt in the model's own chat template (from its GGUF metadata)")
+        self.chat_radio.setToolTip(
+            "Wrap the prompt in the model's own chat template (from its GGUF metadata)"
+        )
         self.completion_radio = QRadioButton("Completion")
         self.completion_radio.setToolTip("Send the prompt as raw text; the model continues it")
         self.chat_radio.setChecked(True)

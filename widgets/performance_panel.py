@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -126,16 +126,28 @@ class PerformancePanel(Panel):
         self.speed_plot.add_curve("per token")
         self.speed_plot.add_curve("smoothed")
         self.speed_plot.setMinimumHeight(140)
-        self.speed_plot.setToolTip("Per-token rate (1 ÷ time since the previous token) and its moving average")
+        self.speed_plot.setToolTip(
+            "Per-token rate (1 ÷ time since the previous token) and its moving average"
+        )
         grid = QGridLayout()
-        self.tile_speed = StatTile("Speed", "Generation tokens/s of the running or last generation (wall clock)")
+        self.tile_speed = StatTile(
+            "Speed", "Generation tokens/s of the running or last generation (wall clock)"
+        )
         self.tile_ttft = StatTile("TTFT", "Time to first token: request to first token sampled")
         self.tile_prompt = StatTile("Prompt", "Prompt tokens ÷ time to first token")
         self.tile_tokens = StatTile("Tokens", "Tokens generated so far")
         self.tile_memory = StatTile("Memory", "LlamaScope's resident memory (RSS)")
         self.tile_cpu = StatTile("CPU", "Whole-machine CPU utilisation")
-        for i, tile in enumerate((self.tile_speed, self.tile_ttft, self.tile_prompt, self.tile_tokens,
-                                  self.tile_memory, self.tile_cpu)):
+        for i, tile in enumerate(
+            (
+                self.tile_speed,
+                self.tile_ttft,
+                self.tile_prompt,
+                self.tile_tokens,
+                self.tile_memory,
+                self.tile_cpu,
+            )
+        ):
             grid.addWidget(tile, i // 3, i % 3)
         layout.addWidget(self.speed_plot)
         layout.addLayout(grid)
@@ -148,8 +160,10 @@ class PerformancePanel(Panel):
         self.eff_cpu = QLabel("n/a")
         self.eff_memory = QLabel("n/a")
         self.eff_joules = QLabel("n/a")
-        self.eff_joules.setToolTip("Energy per generated token from RAPL or NVML power readings; "
-                                   "n/a when the machine exposes no power source")
+        self.eff_joules.setToolTip(
+            "Energy per generated token from RAPL or NVML power readings; "
+            "n/a when the machine exposes no power source"
+        )
         self.eff_roofline = QLabel("n/a")
         self.eff_roofline.setObjectName("rooflineLabel")
         self.eff_roofline.setToolTip(
@@ -200,7 +214,11 @@ class PerformancePanel(Panel):
             ("Prompt (pp)", self.bench_pp, "Prompt sizes; 0 or empty = no pp test. " + list_tip),
             ("Generate (tg)", self.bench_tg, "Generation sizes; 0 or empty = no tg test. " + list_tip),
             ("pp+tg (pg)", self.bench_pg, "Combined tests as PP,TG pairs separated by ';' (e.g. 512,128)"),
-            ("Depth (d)", self.bench_depth, "Run each test after filling the KV cache with d tokens. " + list_tip),
+            (
+                "Depth (d)",
+                self.bench_depth,
+                "Run each test after filling the KV cache with d tokens. " + list_tip,
+            ),
             ("Threads", self.bench_threads, "Empty = Model Config's value. " + list_tip),
             ("n_batch", self.bench_batch, "Empty = Model Config's value. " + list_tip),
             ("n_ubatch", self.bench_ubatch, "Empty = Model Config's value. " + list_tip),
@@ -222,10 +240,14 @@ class PerformancePanel(Panel):
         self.bench_stop.setEnabled(False)
         self.bench_stop.clicked.connect(self.stop_requested)
         self.bench_export = QPushButton("Export…")
-        self.bench_export.setToolTip("Save these results as markdown, CSV, JSON or JSONL (llama-bench's fields)")
+        self.bench_export.setToolTip(
+            "Save these results as markdown, CSV, JSON or JSONL (llama-bench's fields)"
+        )
         self.bench_export.clicked.connect(self._on_export_clicked)
         self.bench_import = QPushButton("Import llama-bench…")
-        self.bench_import.setToolTip("Add llama-bench -o json/jsonl output to the history, beside LlamaScope's runs")
+        self.bench_import.setToolTip(
+            "Add llama-bench -o json/jsonl output to the history, beside LlamaScope's runs"
+        )
         self.bench_import.clicked.connect(self._on_import_clicked)
         for b in (self.bench_run, self.bench_stop, self.bench_export, self.bench_import):
             buttons.addWidget(b)
@@ -261,7 +283,9 @@ class PerformancePanel(Panel):
         self.history_table.itemSelectionChanged.connect(self._on_history_selection)
         buttons = QHBoxLayout()
         self.compare_button = QPushButton("Compare 2 runs")
-        self.compare_button.setToolTip("Select two benchmark runs: change in % with Welch's t-test over repetitions")
+        self.compare_button.setToolTip(
+            "Select two benchmark runs: change in % with Welch's t-test over repetitions"
+        )
         self.compare_button.setEnabled(False)
         self.compare_button.clicked.connect(self.compare_selected)
         buttons.addWidget(self.compare_button)
@@ -343,7 +367,9 @@ class PerformancePanel(Panel):
         self.tile_memory.set(fmt_bytes(snapshot.process_rss_bytes))
         self.tile_cpu.set(fmt(snapshot.cpu_percent, ".0f", " %"))
         if snapshot.mem_used_bytes is not None and snapshot.mem_total_bytes:
-            self.eff_memory.setText(f"{100 * snapshot.mem_used_bytes / snapshot.mem_total_bytes:.0f} % of RAM in use")
+            self.eff_memory.setText(
+                f"{100 * snapshot.mem_used_bytes / snapshot.mem_total_bytes:.0f} % of RAM in use"
+            )
         temp = snapshot.max_temperature_c
         self.thermal_temp.setText(f"{temp:.0f} °C" if temp is not None else "n/a — no sensors")
         fans = [v for _, v in snapshot.fans_rpm if v is not None]
@@ -368,8 +394,12 @@ class PerformancePanel(Panel):
             self.eff_roofline.setText("n/a")
             return
         share = roofline_efficiency(
-            loaded.model, stats.gen_tokens_per_s, bw.bytes_per_s,
-            context_tokens=stats.context_tokens, type_k=loaded.settings.type_k, type_v=loaded.settings.type_v,
+            loaded.model,
+            stats.gen_tokens_per_s,
+            bw.bytes_per_s,
+            context_tokens=stats.context_tokens,
+            type_k=loaded.settings.type_k,
+            type_v=loaded.settings.type_v,
         )
         self.eff_roofline.setText(f"{share * 100:.0f} % of the bandwidth limit")
 
@@ -392,18 +422,26 @@ class PerformancePanel(Panel):
             if len(pair) != 2:
                 raise BenchError(f"pp+tg takes pairs like 512,128 (got {item!r})")
             pg_pairs.append((pair[0], pair[1]))
-        tests = build_tests(values(self.bench_pp) or (0,), values(self.bench_tg) or (0,), pg_pairs,
-                            values(self.bench_depth) or (0,))
+        tests = build_tests(
+            values(self.bench_pp) or (0,),
+            values(self.bench_tg) or (0,),
+            pg_pairs,
+            values(self.bench_depth) or (0,),
+        )
         sweep = []
         for field, edit, kind in (
-            ("n_threads", self.bench_threads, int), ("n_batch", self.bench_batch, int),
-            ("n_ubatch", self.bench_ubatch, int), ("flash_attn", self.bench_fa, bool), ("type_k", self.bench_ctk, str),
+            ("n_threads", self.bench_threads, int),
+            ("n_batch", self.bench_batch, int),
+            ("n_ubatch", self.bench_ubatch, int),
+            ("flash_attn", self.bench_fa, bool),
+            ("type_k", self.bench_ctk, str),
         ):
             chosen = values(edit, kind)
             if chosen:
                 sweep.append((field, chosen))
-        plan = BenchPlan(models=(model,), tests=tests, base=base, sweep=tuple(sweep),
-                         repetitions=self.bench_reps.value())
+        plan = BenchPlan(
+            models=(model,), tests=tests, base=base, sweep=tuple(sweep), repetitions=self.bench_reps.value()
+        )
         for _model, load, _test in plan.instances():
             load.validate()
         return plan
@@ -434,17 +472,29 @@ class PerformancePanel(Panel):
         self._bench_results.append(result)
         row = self.bench_table.rowCount()
         self.bench_table.setRowCount(row + 1)
-        config = " ".join(f"{SWEEPABLE[f][1]}={int(v) if isinstance(v := getattr(result, f), bool) else v}"
-                          for f in (self._bench_swept or ("n_threads",)))
+        config = " ".join(
+            f"{SWEEPABLE[f][1]}={int(v) if isinstance(v := getattr(result, f), bool) else v}"
+            for f in (self._bench_swept or ("n_threads",))
+        )
         notes = []
         if not result.complete:
             notes.append(f"stopped after {len(result.samples_ns)} rep.")
         if result.throttled:
             notes.append("⚠ throttled")
-        _fill_row(self.bench_table, row, [
-            result.test.name, config, f"{result.avg_ts:.2f} ± {result.stddev_ts:.2f}",
-            fmt(result.mean_cpu_percent, ".0f"), fmt(result.joules_per_token, ".3f"), ", ".join(notes),
-        ], tooltip=f"{len(result.samples_ns)} repetitions: " + ", ".join(f"{t:.1f}" for t in result.samples_ts))
+        _fill_row(
+            self.bench_table,
+            row,
+            [
+                result.test.name,
+                config,
+                f"{result.avg_ts:.2f} ± {result.stddev_ts:.2f}",
+                fmt(result.mean_cpu_percent, ".0f"),
+                fmt(result.joules_per_token, ".3f"),
+                ", ".join(notes),
+            ],
+            tooltip=f"{len(result.samples_ns)} repetitions: "
+            + ", ".join(f"{t:.1f}" for t in result.samples_ts),
+        )
 
     def on_benchmark_finished(self, outcome: Any) -> None:
         results, run_ids = outcome
@@ -465,7 +515,10 @@ class PerformancePanel(Panel):
             self.bench_status.setText("Run a benchmark first: there is nothing to export.")
             return
         path, _ = QFileDialog.getSaveFileName(
-            self, "Export results", "llamascope-bench.md", "Markdown (*.md);;CSV (*.csv);;JSON (*.json);;JSONL (*.jsonl)"
+            self,
+            "Export results",
+            "llamascope-bench.md",
+            "Markdown (*.md);;CSV (*.csv);;JSON (*.json);;JSONL (*.jsonl)",
         )
         if path:
             try:
@@ -509,10 +562,19 @@ class PerformancePanel(Panel):
         self.history_table.setRowCount(len(runs))
         for row, run in enumerate(runs):
             status = "interrupted" if run.status == "running" and run.kind != "generation" else run.status
-            _fill_row(self.history_table, row, [
-                str(run.id), run.created_at.replace("T", " ").rstrip("Z"), run.kind, status,
-                os.path.basename(run.model_path), str(run.n_results),
-            ], tooltip=run.model_path)
+            _fill_row(
+                self.history_table,
+                row,
+                [
+                    str(run.id),
+                    run.created_at.replace("T", " ").rstrip("Z"),
+                    run.kind,
+                    status,
+                    os.path.basename(run.model_path),
+                    str(run.n_results),
+                ],
+                tooltip=run.model_path,
+            )
 
     def _selected_run_ids(self) -> list[int]:
         rows = sorted({i.row() for i in self.history_table.selectedIndexes()})
@@ -552,10 +614,19 @@ class PerformancePanel(Panel):
             return
         self.compare_table.setRowCount(len(rows))
         for i, r in enumerate(rows):
-            _fill_row(self.compare_table, i, [
-                r.test, r.config, f"{r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f}", f"{r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f}",
-                f"{r.comparison.diff_percent:+.1f} %", r.comparison.verdict(),
-            ], tooltip=f"run {a} (A) against run {b} (B)")
+            _fill_row(
+                self.compare_table,
+                i,
+                [
+                    r.test,
+                    r.config,
+                    f"{r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f}",
+                    f"{r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f}",
+                    f"{r.comparison.diff_percent:+.1f} %",
+                    r.comparison.verdict(),
+                ],
+                tooltip=f"run {a} (A) against run {b} (B)",
+            )
 
 
 def _throttle_text(verdicts: Sequence[DeviceVerdict]) -> str:

@@ -94,7 +94,7 @@ class SettingsForm(QWidget):
         elif spec.kind == "choice":
             editor = QComboBox()
             labels = spec.choice_labels or tuple(str(c) for c in spec.choices or ())
-            for value, text in zip(spec.choices or (), labels):
+            for value, text in zip(spec.choices or (), labels, strict=False):
                 editor.addItem(text, value)
             editor.currentIndexChanged.connect(self.changed)
         else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.bench import BenchError, BenchPlan, BenchResult, BenchTest, parse_values, run_benchmark, build_tests
+from app.bench import BenchError, BenchPlan, BenchResult, BenchTest, build_tests, parse_values, run_benchmark
 from app.bench_export import dumps, load_llama_bench, loads, to_record
 from app.history import _MIGRATIONS, HistoryError, HistoryStore
 from app.settings import LoadSettings
@@ -76,17 +76,27 @@ def test_test_names_as_llama_bench_prints_them() -> None:
 def test_sweeps_expand_to_every_combination() -> None:
     tests = build_tests([512], [128], [(256, 32)], [0, 1024])
     assert [t.name for t in tests] == [
-        "pp512", "tg128", "pp256+tg32", "pp512 @ d1024", "tg128 @ d1024", "pp256+tg32 @ d1024",
+        "pp512",
+        "tg128",
+        "pp256+tg32",
+        "pp512 @ d1024",
+        "tg128 @ d1024",
+        "pp256+tg32 @ d1024",
     ]
     plan = BenchPlan(
-        models=("a.gguf", "b.gguf"), tests=tests[:2],
+        models=("a.gguf", "b.gguf"),
+        tests=tests[:2],
         sweep=(("n_threads", (1, 2, 4)), ("flash_attn", (False, True)), ("n_batch", (512,))),
     )
     instances = plan.instances()
     assert len(instances) == 2 * 3 * 2 * 2
     assert plan.swept_fields == ("n_threads", "flash_attn")
     assert {(m, s.n_threads, s.flash_attn, t.name) for m, s, t in instances} == {
-        (m, t_, fa, n) for m in ("a.gguf", "b.gguf") for t_ in (1, 2, 4) for fa in (False, True) for n in ("pp512", "tg128")
+        (m, t_, fa, n)
+        for m in ("a.gguf", "b.gguf")
+        for t_ in (1, 2, 4)
+        for fa in (False, True)
+        for n in ("pp512", "tg128")
     }
     with pytest.raises(BenchError):
         BenchPlan(models=("a",), tests=tests, sweep=(("temperature", (1,)),))
@@ -97,7 +107,9 @@ def test_sweeps_expand_to_every_combination() -> None:
 
 def _plan(demo_model: str, **kw) -> BenchPlan:  # type: ignore[no-untyped-def]
     base = LoadSettings(n_threads=1, n_threads_batch=1)
-    defaults = dict(models=(demo_model,), tests=(BenchTest(n_prompt=32), BenchTest(n_gen=8)), base=base, repetitions=2)
+    defaults = dict(
+        models=(demo_model,), tests=(BenchTest(n_prompt=32), BenchTest(n_gen=8)), base=base, repetitions=2
+    )
     defaults.update(kw)
     return BenchPlan(**defaults)  # type: ignore[arg-type]
 
@@ -143,11 +155,27 @@ def test_depth_fills_the_cache_before_timing(demo_model: str) -> None:
 
 def _result(**kw) -> BenchResult:  # type: ignore[no-untyped-def]
     fields = dict(
-        model_filename="/m/model.gguf", model_type="llama 135M Q4_1", model_size=96_573_849,
-        model_n_params=134_515_008, n_batch=512, n_ubatch=512, n_threads=2, type_k="f16", type_v="f16",
-        n_gpu_layers=0, flash_attn=False, use_mmap=True, n_prompt=512, n_gen=0, n_depth=0,
-        test_time="2026-11-21T10:00:00Z", samples_ns=(1_000_000_000, 1_250_000_000), cpu_info="Test CPU",
-        gpu_info="", backends="CPU", build="0.3.36",
+        model_filename="/m/model.gguf",
+        model_type="llama 135M Q4_1",
+        model_size=96_573_849,
+        model_n_params=134_515_008,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=2,
+        type_k="f16",
+        type_v="f16",
+        n_gpu_layers=0,
+        flash_attn=False,
+        use_mmap=True,
+        n_prompt=512,
+        n_gen=0,
+        n_depth=0,
+        test_time="2026-11-21T10:00:00Z",
+        samples_ns=(1_000_000_000, 1_250_000_000),
+        cpu_info="Test CPU",
+        gpu_info="",
+        backends="CPU",
+        build="0.3.36",
     )
     fields.update(kw)
     return BenchResult(**fields)  # type: ignore[arg-type]
@@ -155,10 +183,33 @@ def _result(**kw) -> BenchResult:  # type: ignore[no-untyped-def]
 
 def test_record_has_llama_bench_fields_and_derived_speeds() -> None:
     record = to_record(_result())
-    for name in ("model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_ubatch",
-                 "n_threads", "type_k", "type_v", "n_gpu_layers", "flash_attn", "use_mmap", "n_prompt", "n_gen",
-                 "n_depth", "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "samples_ns", "samples_ts",
-                 "cpu_info", "gpu_info", "backends"):
+    for name in (
+        "model_filename",
+        "model_type",
+        "model_size",
+        "model_n_params",
+        "n_batch",
+        "n_ubatch",
+        "n_threads",
+        "type_k",
+        "type_v",
+        "n_gpu_layers",
+        "flash_attn",
+        "use_mmap",
+        "n_prompt",
+        "n_gen",
+        "n_depth",
+        "test_time",
+        "avg_ns",
+        "stddev_ns",
+        "avg_ts",
+        "stddev_ts",
+        "samples_ns",
+        "samples_ts",
+        "cpu_info",
+        "gpu_info",
+        "backends",
+    ):
         assert name in record
     assert record["samples_ts"] == [512.0, 409.6]
     assert record["avg_ts"] == pytest.approx(460.8)
@@ -187,17 +238,45 @@ def test_csv_and_markdown() -> None:
 
 def test_import_llama_bench_json(tmp_path: Path) -> None:
     # As `llama-bench -o json` writes it (fields trimmed to those it always prints).
-    sample = [{
-        "build_commit": "abc1234", "build_number": 6000, "cpu_info": "AMD Ryzen 9 7950X", "gpu_info": "",
-        "backends": "CPU", "model_filename": "models/smollm2.gguf", "model_type": "llama ?B Q4_1",
-        "model_size": 96573849, "model_n_params": 134515008, "n_batch": 2048, "n_ubatch": 512,
-        "n_threads": 16, "cpu_mask": "0x0", "cpu_strict": False, "poll": 50, "type_k": "f16", "type_v": "f16",
-        "n_gpu_layers": 99, "split_mode": "layer", "main_gpu": 0, "no_kv_offload": False, "flash_attn": 0,
-        "tensor_split": "0.00", "use_mmap": True, "embeddings": False, "n_prompt": 512, "n_gen": 0,
-        "n_depth": 0, "test_time": "2026-11-01T12:00:00Z", "avg_ns": 250000000, "stddev_ns": 10000000,
-        "avg_ts": 2048.5, "stddev_ts": 80.1, "samples_ns": [240000000, 260000000],
-        "samples_ts": [2133.33, 1969.23],
-    }]
+    sample = [
+        {
+            "build_commit": "abc1234",
+            "build_number": 6000,
+            "cpu_info": "AMD Ryzen 9 7950X",
+            "gpu_info": "",
+            "backends": "CPU",
+            "model_filename": "models/smollm2.gguf",
+            "model_type": "llama ?B Q4_1",
+            "model_size": 96573849,
+            "model_n_params": 134515008,
+            "n_batch": 2048,
+            "n_ubatch": 512,
+            "n_threads": 16,
+            "cpu_mask": "0x0",
+            "cpu_strict": False,
+            "poll": 50,
+            "type_k": "f16",
+            "type_v": "f16",
+            "n_gpu_layers": 99,
+            "split_mode": "layer",
+            "main_gpu": 0,
+            "no_kv_offload": False,
+            "flash_attn": 0,
+            "tensor_split": "0.00",
+            "use_mmap": True,
+            "embeddings": False,
+            "n_prompt": 512,
+            "n_gen": 0,
+            "n_depth": 0,
+            "test_time": "2026-11-01T12:00:00Z",
+            "avg_ns": 250000000,
+            "stddev_ns": 10000000,
+            "avg_ts": 2048.5,
+            "stddev_ts": 80.1,
+            "samples_ns": [240000000, 260000000],
+            "samples_ts": [2133.33, 1969.23],
+        }
+    ]
     path = tmp_path / "llama-bench.json"
     path.write_text(json.dumps(sample))
     (result,) = load_llama_bench(str(path))
@@ -255,9 +334,15 @@ def test_migration_from_schema_1_keeps_the_data(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)
     conn.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
-    conn.execute("INSERT INTO runs (kind, created_at, model_path) VALUES ('benchmark', '2026-01-01T00:00:00Z', '/m.gguf')")
-    conn.execute("INSERT INTO results (run_id, test, avg_ts, stddev_ts, record_json) VALUES (1, 'pp512', 460.8, 72.4, ?)",
-                 (json.dumps(to_record(_result())),))
+    conn.execute(
+        "INSERT INTO runs (kind, created_at, model_path) "
+        "VALUES ('benchmark', '2026-01-01T00:00:00Z', '/m.gguf')"
+    )
+    conn.execute(
+        "INSERT INTO results (run_id, test, avg_ts, stddev_ts, record_json) "
+        "VALUES (1, 'pp512', 460.8, 72.4, ?)",
+        (json.dumps(to_record(_result())),),
+    )
     conn.commit()
     conn.close()
     store = HistoryStore(str(path))
@@ -279,9 +364,30 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_a_run_killed_midway_leaves_a_readable_database(demo_model: str, tmp_path: Path) -> None:
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "bench", demo_model, "-p", "0", "-n", "4", "-d", "0,8,16,24,32,40",
-         "-r", "3", "-t", "1", "--no-telemetry", "-o", "jsonl"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "bench",
+            demo_model,
+            "-p",
+            "0",
+            "-n",
+            "4",
+            "-d",
+            "0,8,16,24,32,40",
+            "-r",
+            "3",
+            "-t",
+            "1",
+            "--no-telemetry",
+            "-o",
+            "jsonl",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         first = proc.stdout.readline() if proc.stdout else ""  # the first finished result, as it is stored

@@ -61,7 +61,9 @@ def test_generate_streams_text_and_prints_stats(demo_model: str) -> None:
 
 
 def test_generate_json(demo_model: str) -> None:
-    result = _run("generate", demo_model, "--prompt", "What is 2+2?", "--chat", "-n", "32", "--temp", "0", "--json")
+    result = _run(
+        "generate", demo_model, "--prompt", "What is 2+2?", "--chat", "-n", "32", "--temp", "0", "--json"
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     stats = out["stats"]

@@ -110,7 +110,9 @@ def test_unload_frees_memory(fresh_engine: Engine, demo_model: str) -> None:
 # ---- generation -----------------------------------------------------------------------------------
 def test_streaming_completion_events_and_stats(engine: Engine) -> None:
     events: list[TokenEvent] = []
-    stats = engine.generate(GenerationRequest("The capital of France is", GREEDY), events.append).result(WAIT_S)
+    stats = engine.generate(GenerationRequest("The capital of France is", GREEDY), events.append).result(
+        WAIT_S
+    )
     assert stats.stop_reason in (StopReason.LENGTH, StopReason.EOS)
     assert stats.generated_tokens == len(events) > 0
     assert [e.index for e in events] == list(range(len(events)))
@@ -167,7 +169,9 @@ def test_stop_between_tokens_keeps_what_was_generated(engine: Engine) -> None:
             engine.cancel()
 
     sampling = dataclasses.replace(GREEDY, max_tokens=200)
-    stats = engine.generate(GenerationRequest("Once upon a time, in a land far away,", sampling), on_token).result(WAIT_S)
+    stats = engine.generate(
+        GenerationRequest("Once upon a time, in a land far away,", sampling), on_token
+    ).result(WAIT_S)
     assert stats.stop_reason is StopReason.CANCELLED
     assert stats.generated_tokens == 3
     assert stats.text == "".join(e.text for e in events)
@@ -275,7 +279,11 @@ def _truncated(tmp_path: Path, demo_model: str) -> str:
     ids=["missing", "directory", "zero-byte", "truncated", "random-bytes"],
 )
 def test_bad_model_files_are_refused_with_a_message(
-    fresh_engine: Engine, demo_model: str, tmp_path: Path, make, expected: str  # type: ignore[no-untyped-def]
+    fresh_engine: Engine,
+    demo_model: str,
+    tmp_path: Path,
+    make,
+    expected: str,  # type: ignore[no-untyped-def]
 ) -> None:
     exc = _failure(fresh_engine.load(make(tmp_path, demo_model), SMALL))
     assert isinstance(exc, ModelFileError)
@@ -304,7 +312,11 @@ def test_unknown_architecture_is_explained(fresh_engine: Engine, tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"n_ctx": 0}, "n_ctx"), ({"n_threads": 0}, "n_threads"), ({"n_batch": 256, "n_ubatch": 512}, "n_ubatch")],
+    [
+        ({"n_ctx": 0}, "n_ctx"),
+        ({"n_threads": 0}, "n_threads"),
+        ({"n_batch": 256, "n_ubatch": 512}, "n_ubatch"),
+    ],
 )
 def test_impossible_settings_are_refused_before_loading(
     fresh_engine: Engine, demo_model: str, change: dict[str, int], field: str

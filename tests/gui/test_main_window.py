@@ -180,8 +180,9 @@ def test_invalid_settings_are_named_and_refused(qtbot: QtBot, window: MainWindow
     panel = window.model_panel
     _set_spin(window, "n_batch", 256)
     _set_spin(window, "n_ubatch", 512)
-    qtbot.waitUntil(lambda: "n_ubatch (512) must not exceed n_batch (256)" in panel.problems_label.text(),
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: "n_ubatch (512) must not exceed n_batch (256)" in panel.problems_label.text(), timeout=WAIT_MS
+    )
     qtbot.mouseClick(panel.load_button, Qt.MouseButton.LeftButton)
     assert "n_ubatch" in panel.load_status.text()
     assert window.bridge.engine.loaded is None
@@ -231,8 +232,14 @@ def test_scrolling_over_the_settings_does_not_change_them(qtbot: QtBot, window: 
     before = spin.value()
     centre = QPointF(spin.rect().center())
     event = QWheelEvent(
-        centre, QPointF(spin.mapToGlobal(centre.toPoint())), QPoint(0, 0), QPoint(0, -120),
-        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False,
+        centre,
+        QPointF(spin.mapToGlobal(centre.toPoint())),
+        QPoint(0, 0),
+        QPoint(0, -120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
     )
     QApplication.sendEvent(spin, event)
     assert spin.value() == before

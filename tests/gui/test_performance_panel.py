@@ -86,8 +86,10 @@ def test_two_runs_compare_with_welch(qtbot: QtBot, window: MainWindow) -> None:
     assert table.rowCount() == 2
     selection = table.selectionModel()
     for row in (0, 1):
-        selection.select(table.model().index(row, 0),
-                         QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
+        selection.select(
+            table.model().index(row, 0),
+            QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows,
+        )
     assert perf.compare_button.isEnabled()
     qtbot.mouseClick(perf.compare_button, Qt.MouseButton.LeftButton)
     assert perf.compare_table.rowCount() == 1
@@ -127,11 +129,30 @@ def test_live_figures_during_generation(qtbot: QtBot, window: MainWindow) -> Non
 
 def test_import_llama_bench_output(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
     record = {
-        "build_commit": "abc1234", "cpu_info": "Some CPU", "gpu_info": "", "backends": "CPU",
-        "model_filename": "models/x.gguf", "model_type": "llama ?B Q4_1", "model_size": 1, "model_n_params": 1,
-        "n_batch": 512, "n_ubatch": 512, "n_threads": 4, "type_k": "f16", "type_v": "f16", "n_gpu_layers": 0,
-        "flash_attn": 0, "n_prompt": 512, "n_gen": 0, "n_depth": 0, "test_time": "2026-11-01T00:00:00Z",
-        "avg_ns": 1000, "stddev_ns": 0, "avg_ts": 1.0, "stddev_ts": 0.0, "samples_ns": [1000000000],
+        "build_commit": "abc1234",
+        "cpu_info": "Some CPU",
+        "gpu_info": "",
+        "backends": "CPU",
+        "model_filename": "models/x.gguf",
+        "model_type": "llama ?B Q4_1",
+        "model_size": 1,
+        "model_n_params": 1,
+        "n_batch": 512,
+        "n_ubatch": 512,
+        "n_threads": 4,
+        "type_k": "f16",
+        "type_v": "f16",
+        "n_gpu_layers": 0,
+        "flash_attn": 0,
+        "n_prompt": 512,
+        "n_gen": 0,
+        "n_depth": 0,
+        "test_time": "2026-11-01T00:00:00Z",
+        "avg_ns": 1000,
+        "stddev_ns": 0,
+        "avg_ts": 1.0,
+        "stddev_ts": 0.0,
+        "samples_ns": [1000000000],
         "samples_ts": [512.0],
     }
     path = tmp_path / "lb.json"

@@ -1,0 +1,87 @@
+"""What live plotting costs generation: tokens/s with the Performance panel's live view on vs off.
+
+The main window streams 256-token generations of the demo model; in alternate runs the panel's
+live view (speed plot, tiles) is disconnected from the token stream. Same window, same model,
+same settings, interleaved, medians. Target: plots cost <= 2 % (ratio on/off >= 0.98).
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/plot_overhead.py [--runs 5] [--tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gui_responsiveness import wait_until  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtWidgets import QApplication, QSpinBox  # noqa: E402
+
+from app.history import HistoryStore  # noqa: E402
+from ui.gc_guard import GuiThreadGarbageCollector  # noqa: E402
+from ui.main_window import MainWindow  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=256)
+    args = parser.parse_args()
+    app = QApplication(sys.argv)
+    collector = GuiThreadGarbageCollector(app)
+    tmp = tempfile.mkdtemp()
+    window = MainWindow(
+        settings=QSettings(os.path.join(tmp, "b.ini"), QSettings.Format.IniFormat),
+        history=HistoryStore(os.path.join(tmp, "h.sqlite3")),
+    )
+    window.show()
+    panel, console, bridge, perf = window.model_panel, window.console, window.bridge, window.performance_panel
+    wait_until(app, lambda: panel.selected_path() in panel._infos)
+    panel.findChild(QSpinBox, "field_max_tokens").setValue(args.tokens)
+    panel.findChild(QSpinBox, "field_n_ctx").setValue(1024)
+    panel.findChild(QSpinBox, "field_top_k").setValue(1)  # greedy: every run the same length
+    panel.request_load()
+    wait_until(app, lambda: console.generate_button.isEnabled())
+    console.completion_radio.setChecked(True)
+    console.prompt_edit.setPlainText("Once upon a time, in a land far away,")
+
+    def generate() -> float:
+        results: list[object] = []
+        bridge.generation_finished.connect(results.append)
+        console.generate_button.click()
+        wait_until(app, lambda: bool(results))
+        bridge.generation_finished.disconnect(results.append)
+        wait_until(app, lambda: console.generate_button.isEnabled())
+        return results[0].gen_tokens_per_s  # type: ignore[attr-defined]
+
+    generate()  # warm-up
+    on, off = [], []
+    for _ in range(args.runs):
+        on.append(generate())
+        bridge.token_received.disconnect(perf.on_token_received)
+        off.append(generate())
+        bridge.token_received.connect(perf.on_token_received)
+    window.close()
+    collector.stop()
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    print(f"{args.runs} interleaved runs of {args.tokens} tokens each; platform {app.platformName()}")
+    print()
+    print("| live view | median gen t/s | min | max |")
+    print("|---|---:|---:|---:|")
+    print(f"| off | {m_off:.1f} | {min(off):.1f} | {max(off):.1f} |")
+    print(f"| on (speed plot + tiles) | {m_on:.1f} | {min(on):.1f} | {max(on):.1f} |")
+    ratio = m_on / m_off
+    print()
+    print(f"ratio on/off = {ratio:.3f} (target >= 0.98): {'met' if ratio >= 0.98 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
