@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from app import __version__, cli_bench
+from app import __version__, cli_bench, cli_hardware, cli_quality, cli_tune
 from app.formatting import fmt as _fmt
 from app.formatting import stats_line
 
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llamascope",
         description="Run, measure and tune local LLMs with llama.cpp. Without a command, opens the window.",
+        epilog="llamascope --self-test [MODEL] checks this installation headless and prints a JSON report.",
     )
     parser.add_argument("--version", action="version", version=f"LlamaScope {__version__}")
     sub = parser.add_subparsers(dest="command")
@@ -189,10 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_gui.add_argument("model", nargs="?", default=None, help="GGUF file to select")
     p_gui.set_defaults(func=_cmd_gui)
     cli_bench.register(sub)
+    cli_hardware.register(sub)
+    cli_quality.register(sub)
+    cli_tune.register(sub)
     return parser
 
 
+def _self_test(argv: list[str]) -> int:
+    # Like the window, the self-test needs Qt, so it is reached by name at run time (see _cmd_gui).
+    self_test = importlib.import_module("ui.self_test")
+    return int(self_test.main(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--self-test"]:
+        return _self_test(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

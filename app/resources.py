@@ -1,9 +1,17 @@
-"""Where LlamaScope's resource files are, from a source checkout or a frozen bundle."""
+"""Where LlamaScope's resource files are, from a source checkout or a frozen bundle.
+
+This is the one place that knows about PyInstaller's layout: everything else asks here.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+
+
+def is_frozen() -> bool:
+    """True inside a PyInstaller bundle (packaging/llamascope.spec)."""
+    return bool(getattr(sys, "frozen", False)) and hasattr(sys, "_MEIPASS")
 
 
 def resource_root() -> str:

@@ -12,7 +12,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Hashable, Iterable
+import time
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,12 +135,26 @@ class CpuFrequency:
 
 
 class CpuFrequencyReader:
-    """cpufreq's scaling_cur_freq per CPU, else "cpu MHz" from /proc/cpuinfo (VMs have no cpufreq)."""
+    """cpufreq's scaling_cur_freq per CPU, else "cpu MHz" from /proc/cpuinfo (VMs have no cpufreq).
 
-    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+    /proc/cpuinfo is the expensive fallback (the kernel formats every CPU's block and samples its
+    clock), and where it is needed the clock does not scale visibly anyway, so it is read at most
+    once per `cpuinfo_every_s` (on `clock`).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "/",
+        *,
+        cpuinfo_every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._root = root
         self._cur_files: list[Path] | None = None
         self._limits: tuple[float | None, float | None] | None = None
+        self._cpuinfo_every_s = cpuinfo_every_s
+        self._clock = clock
+        self._cpuinfo_cache: tuple[float, list[float]] | None = None  # (read at, MHz per CPU)
 
     def _discover(self) -> None:
         dirs = [d / "cpufreq" for d in cpu_dirs(self._root)]
@@ -154,7 +169,11 @@ class CpuFrequencyReader:
         assert self._cur_files is not None and self._limits is not None
         values = [v / 1000 for f in self._cur_files if (v := read_int(f)) is not None and v > 0]
         if not values:
-            values = _cpuinfo_mhz(self._root)
+            now = self._clock()
+            cached = self._cpuinfo_cache
+            if cached is None or not 0 <= now - cached[0] < self._cpuinfo_every_s:
+                cached = self._cpuinfo_cache = (now, _cpuinfo_mhz(self._root))
+            values = cached[1]
         current = sum(values) / len(values) if values else None
         return CpuFrequency(current, *self._limits)
 
@@ -169,6 +188,33 @@ def _cpuinfo_mhz(root: str | os.PathLike[str]) -> list[float]:
         if mhz > 0:
             out.append(mhz)
     return out
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemInfo:
+    total_bytes: int | None
+    available_bytes: int | None
+    swap_total_bytes: int | None
+    swap_free_bytes: int | None
+
+
+def read_meminfo(root: str | os.PathLike[str] = "/") -> MemInfo | None:
+    """RAM and swap from /proc/meminfo in one read (psutil needs two calls and /proc/vmstat too)."""
+    text = read_text(under(root, "/proc/meminfo"))
+    if not text:
+        return None
+    kib: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            kib[key] = int(fields[0]) * 1024
+    if "MemTotal" not in kib or "MemAvailable" not in kib:
+        return None  # kernels before 3.14 have no MemAvailable: let psutil estimate it
+    return MemInfo(kib["MemTotal"], kib["MemAvailable"], kib.get("SwapTotal"), kib.get("SwapFree"))
 
 
 # ---- temperatures and fans (hwmon, thermal zones) ----------------------------------------------
@@ -218,7 +264,8 @@ class SensorReader:
         out = []
         for path in glob_sorted(base, f"{kind}*_input"):
             number = path.name[len(kind) : -len("_input")]
-            label = read_text(base / f"{kind}{number}_label") if (base / f"{kind}{number}_label").exists() else None
+            label_file = base / f"{kind}{number}_label"
+            label = read_text(label_file) if label_file.exists() else None
             out.append(_Sensor(f"{chip} {label or kind + number}", path, scale))
         return out
 

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.nvml import NVML_CLOCK_MEM, NVML_CLOCK_SM, NVML_TEMPERATURE_GPU, Nvml, shared_nvml, text
-from app.sysfs import CpuFrequencyReader, LogOnce, RaplReader, SensorReader, ThrottleCounterReader
+from app.sysfs import (
+    CpuFrequencyReader,
+    LogOnce,
+    RaplReader,
+    SensorReader,
+    ThrottleCounterReader,
+    read_meminfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +130,8 @@ class Snapshot:
 
     @property
     def max_temperature_c(self) -> float | None:
-        values = [v for _, v in self.temperatures_c] + [g.temperature_c for g in self.gpus if g.temperature_c is not None]
+        values = [v for _, v in self.temperatures_c]
+        values += [g.temperature_c for g in self.gpus if g.temperature_c is not None]
         return max(values) if values else None
 
     def verdict_for(self, device: str) -> DeviceVerdict | None:
@@ -204,7 +212,7 @@ def cpu_verdict(
             )
     if thermal_events is not None or freq_known:
         return DeviceVerdict("CPU", ThrottleVerdict.NOT_THROTTLING, "no throttle events, clock normal")
-    return DeviceVerdict("CPU", ThrottleVerdict.NOT_AVAILABLE, "no throttle counters or clock limits readable")
+    return DeviceVerdict("CPU", ThrottleVerdict.NOT_AVAILABLE, "no throttle counters or clock limit readable")
 
 
 # ---- collector --------------------------------------------------------------------------------
@@ -254,7 +262,8 @@ class SnapshotCollector:
         self._wall_clock = wall_clock
         self._pid = pid if pid is not None else os.getpid()
         self._process: Any = None
-        self._freq = CpuFrequencyReader(root)
+        self._root = root
+        self._freq = CpuFrequencyReader(root, clock=clock)
         self._sensors = SensorReader(root)
         self._rapl = RaplReader(root)
         self._throttle = ThrottleCounterReader(root)
@@ -288,18 +297,16 @@ class SnapshotCollector:
         freq_mhz = getattr(freq, "current_mhz", None)
         freq_max = getattr(freq, "max_mhz", None)
         load = self._safe("load_avg", lambda: tuple(float(x) for x in self._ps.getloadavg()))
-        vm = self._safe("virtual_memory", self._ps.virtual_memory)
-        swap = self._safe("swap_memory", self._ps.swap_memory)
+        total_mem, available, swap_used = self._safe("memory", self._memory, (None, None, None))
         rss, proc_cpu = self._safe("process", lambda: self._process_usage(interval), (None, None))
         temps, fans = self._safe("sensors", self._sensors.read, ((), ()))
         power = self._safe("rapl", lambda: self._cpu_power(interval))
         counts = self._safe("throttle_counters", self._throttle.read)
         if counts is not None:
-            self._throttle_total = (self._throttle_total or 0) + counts.thermal_events + counts.power_limit_events
+            new_events = counts.thermal_events + counts.power_limit_events
+            self._throttle_total = (self._throttle_total or 0) + new_events
         gpus = self._safe("nvml", self._gpus, ())
 
-        total_mem = _int_attr(vm, "total")
-        available = _int_attr(vm, "available")
         verdicts = [
             cpu_verdict(
                 thermal_events=counts.thermal_events if counts else None,
@@ -322,7 +329,7 @@ class SnapshotCollector:
             mem_total_bytes=total_mem,
             mem_used_bytes=total_mem - available if total_mem is not None and available is not None else None,
             mem_available_bytes=available,
-            swap_used_bytes=_int_attr(swap, "used"),
+            swap_used_bytes=swap_used,
             process_rss_bytes=rss,
             process_cpu_percent=proc_cpu,
             gpus=tuple(gpus),
@@ -352,6 +359,18 @@ class SnapshotCollector:
         # invent one, the per-core view is left out for this tick.
         cores = () if any(p is None for p in per_core) else tuple(p for p in per_core if p is not None)
         return cores, _percent(busy_sum, total_sum)
+
+    def _memory(self) -> tuple[int | None, int | None, int | None]:
+        """(total, available, swap used): /proc/meminfo where there is one, psutil elsewhere."""
+        info = read_meminfo(self._root)
+        if info is not None:
+            swap_used = None
+            if info.swap_total_bytes is not None and info.swap_free_bytes is not None:
+                swap_used = info.swap_total_bytes - info.swap_free_bytes
+            return info.total_bytes, info.available_bytes, swap_used
+        vm = self._safe("virtual_memory", self._ps.virtual_memory)
+        swap = self._safe("swap_memory", self._ps.swap_memory)
+        return _int_attr(vm, "total"), _int_attr(vm, "available"), _int_attr(swap, "used")
 
     def _process_usage(self, interval: float | None) -> tuple[int | None, float | None]:
         if self._process is None:
@@ -441,7 +460,7 @@ def clamp_interval(seconds: float) -> float:
     return min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, float(seconds)))
 
 
-def next_deadline(anchor: float, ticks: int, interval: float, now: float) -> tuple[float, int, int]:
+def next_deadline(anchor: float, ticks: int, interval: float, now: float) -> tuple[float, int, float]:
     """The next tick on the schedule anchor + k x interval after tick number `ticks`.
 
     Returns (anchor, k, deadline). The deadline never drifts with the time each tick takes; a
@@ -620,8 +639,9 @@ def _interval_energy(previous: Snapshot | None, s: Snapshot) -> tuple[float | No
     for g in s.gpus:
         before = prev_gpus.get(g.index)
         joules: float | None = None
-        if before is not None and before.energy_joules_total is not None and g.energy_joules_total is not None:
-            delta = g.energy_joules_total - before.energy_joules_total
+        counter_before = before.energy_joules_total if before is not None else None
+        if counter_before is not None and g.energy_joules_total is not None:
+            delta = g.energy_joules_total - counter_before
             if delta >= 0:  # the counter resets when the driver reloads
                 joules = delta
         if joules is None and g.power_watts is not None:

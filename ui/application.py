@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from PySide6.QtCore import QSettings
-from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QLockFile, QSettings
+from PySide6.QtGui import QGuiApplication, QIcon
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app import __version__
 from app.resources import resource_path
@@ -17,6 +17,8 @@ from ui.gc_guard import GuiThreadGarbageCollector
 from ui.main_window import MainWindow
 
 APP_NAME = "LlamaScope"
+EXIT_ALREADY_RUNNING = 3
+_HEADLESS_PLATFORMS = ("offscreen", "minimal")
 
 
 def create_application(argv: Sequence[str]) -> QApplication:
@@ -31,10 +33,53 @@ def create_application(argv: Sequence[str]) -> QApplication:
     return app
 
 
+def instance_lock_path() -> str:
+    """The lock one running LlamaScope holds, beside the history database it protects."""
+    import platformdirs
+
+    return os.path.join(platformdirs.user_data_dir(APP_NAME, appauthor=False), "instance.lock")
+
+
+def acquire_instance_lock(path: str | None = None) -> QLockFile | None:
+    """Lock out a second instance; None when another live process holds the lock.
+
+    Two instances would overwrite each other's settings and interleave history writes. A lock
+    left by a crashed instance is stale (its process is gone) and is taken over. When the lock
+    cannot be created at all (read-only folder), LlamaScope runs unprotected rather than not at all.
+    """
+    path = path or instance_lock_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError:
+        pass  # tryLock below fails with a reason other than "held", and we run unprotected
+    lock = QLockFile(path)
+    lock.setStaleLockTime(0)  # stale only when its owner is dead, however long the app has run
+    if lock.tryLock(100):
+        return lock
+    if lock.error() == QLockFile.LockError.LockFailedError:
+        return None
+    logging.getLogger(__name__).warning("cannot create the instance lock %s; running without it", path)
+    return lock
+
+
+def _refuse_second_instance() -> int:
+    message = (
+        "LlamaScope is already running. Close the other window first: two instances would "
+        "overwrite each other's settings and history."
+    )
+    print(f"llamascope: {message}", file=sys.stderr)
+    if QGuiApplication.platformName() not in _HEADLESS_PLATFORMS:
+        QMessageBox.warning(None, APP_NAME, message)
+    return EXIT_ALREADY_RUNNING
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = create_application(argv)
+    instance_lock = acquire_instance_lock()
+    if instance_lock is None:
+        return _refuse_second_instance()
     initial_model = argv[1] if len(argv) > 1 else None
     collector = GuiThreadGarbageCollector(app)
     window = MainWindow(settings=QSettings(), initial_model=initial_model)
@@ -43,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(app.exec())
     finally:
         collector.stop()
+        instance_lock.unlock()
 
 
 if __name__ == "__main__":

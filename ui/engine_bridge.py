@@ -10,6 +10,9 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from app.bench import BenchPlan
+from app.gguf_info import inspect_model
+from app.tuner import TuneConfig, Tuner
+from app.tuner_space import TUNABLE_PARAMS, default_search_space
 from app.engine import (
     Engine,
     EngineError,
@@ -20,6 +23,7 @@ from app.engine import (
 )
 from app.history import HistoryError, HistoryStore, run_and_record
 from app.settings import LoadSettings
+from widgets.tune_box import TuneRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,9 @@ class EngineBridge(QObject):
     benchmark_progressed = Signal(int, int, str)  # done steps, total steps, what runs
     benchmark_result = Signal(object)  # BenchResult, as each test finishes
     benchmark_finished = Signal(object)  # (results, run ids) when the plan ends or is stopped
+    tune_progressed = Signal(object)  # TuneProgress
+    tune_trial = Signal(object)  # TrialRecord, as each trial ends
+    tune_finished = Signal(object)  # TuneResult
     operation_failed = Signal(str, str)  # (operation, message for the user)
 
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
@@ -97,6 +104,21 @@ class EngineBridge(QObject):
             )
 
         self._start("benchmark", lambda: self.engine.run_exclusive(job), self.benchmark_finished)
+
+    def request_tune(self, model_path: str, base: LoadSettings, request: TuneRequest) -> None:
+        """Auto-tune on the engine thread: trials and progress arrive as signals, Stop keeps the best."""
+
+        def job(cancel: threading.Event) -> Any:
+            info = inspect_model(model_path)
+            space = default_search_space(info, base=base)
+            for name in TUNABLE_PARAMS:
+                if name not in request.parameters:
+                    space = space.with_values(name, (getattr(base, name),))
+            config = TuneConfig(n_trials=request.n_trials, time_budget_s=request.time_budget_s)
+            tuner = Tuner(info, request.objective, space=space, base=base, config=config)
+            return tuner.run(cancel=cancel, on_trial=self.tune_trial.emit, on_progress=self.tune_progressed.emit)
+
+        self._start("tune", lambda: self.engine.run_exclusive(job), self.tune_finished)
 
     def record_generation(self, history: HistoryStore | None) -> None:
         """Store every finished generation's stats in `history` (written on the engine thread)."""

@@ -10,6 +10,7 @@ from PySide6.QtCore import QObject, Signal
 from app.bandwidth import cached_bandwidth
 from app.gguf_info import ModelFileError, inspect_model
 from app.llama_runtime import platform_line
+from app.quant_types import supported_quant_types
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ class ModelInspector(QObject):
 
     inspected = Signal(str, object, str)
     platform_read = Signal(str)
+    quant_types_read = Signal(object)  # tuple[QuantType, ...] this llama.cpp build supports
     bandwidth_measured = Signal(object)  # app.bandwidth.Bandwidth, or None if it could not be measured
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -40,6 +42,9 @@ class ModelInspector(QObject):
     def request_platform(self) -> None:
         """Read the llama.cpp build facts (a call into llama.cpp, so not on the GUI thread)."""
         self._executor.submit(lambda: self.platform_read.emit(platform_line()))
+
+    def request_quant_types(self) -> None:
+        self._executor.submit(lambda: self.quant_types_read.emit(supported_quant_types()))
 
     def request_bandwidth(self) -> None:
         """This machine's memory bandwidth: from the cache, else measured once (about a second)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
@@ -15,6 +16,7 @@ from app.settings import SettingsError
 from app.telemetry import Sampler
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
+from ui.quality_bridge import QualityBridge
 from ui.telemetry_bridge import TelemetryBridge
 from widgets.generation_console import GenerationConsole
 from widgets.hardware_panel import HardwarePanel
@@ -23,6 +25,12 @@ from widgets.performance_panel import PerformancePanel
 from widgets.quantization_panel import QuantizationPanel
 
 log = logging.getLogger(__name__)
+
+
+def _logits_folder() -> str:
+    import platformdirs
+
+    return os.path.join(platformdirs.user_cache_dir("LlamaScope", appauthor=False), "kld-base")
 
 
 def _open_history() -> HistoryStore | None:
@@ -54,7 +62,8 @@ class MainWindow(QMainWindow):
 
         self.model_panel = ModelConfigPanel(settings)
         self.hardware_panel = HardwarePanel()
-        self.quantization_panel = QuantizationPanel()
+        self.quality = QualityBridge(self.bridge.engine, parent=self)
+        self.quantization_panel = QuantizationPanel(logits_folder=_logits_folder())
         self.history = history or _open_history()
         self.performance_panel = PerformancePanel(self.history)
         self.console = GenerationConsole()
@@ -79,6 +88,7 @@ class MainWindow(QMainWindow):
         self._build_menu()
         self._wire()
         self._wire_hardware()
+        self._wire_quantization()
         self._restore_layout()
         self.model_panel.select_initial_model(initial_model)
         self.inspector.request_platform()
@@ -87,7 +97,9 @@ class MainWindow(QMainWindow):
     # ---- construction ------------------------------------------------------------------------
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
-        self._add_action(file_menu, "&Open Model…", QKeySequence.StandardKey.Open, self.model_panel.open_file_dialog)
+        self._add_action(
+            file_menu, "&Open Model…", QKeySequence.StandardKey.Open, self.model_panel.open_file_dialog
+        )
         self._add_action(file_menu, "Add Model &Folder…", None, self.model_panel.add_folder_dialog)
         file_menu.addSeparator()
         self._add_action(file_menu, "&Quit", QKeySequence.StandardKey.Quit, self.close)
@@ -96,7 +108,9 @@ class MainWindow(QMainWindow):
         self._add_action(model_menu, "&Unload", QKeySequence("Ctrl+U"), self.model_panel.request_unload)
         self._add_action(model_menu, "&Cancel / Stop", None, self.bridge.cancel)
         model_menu.addSeparator()
-        self._add_action(model_menu, "Run &Benchmark", QKeySequence("Ctrl+B"), self.performance_panel.request_benchmark)
+        self._add_action(
+            model_menu, "Run &Benchmark", QKeySequence("Ctrl+B"), self.performance_panel.request_benchmark
+        )
         help_menu = self.menuBar().addMenu("&Help")
         self._add_action(help_menu, "&About LlamaScope", None, self._show_about)
 
@@ -130,6 +144,14 @@ class MainWindow(QMainWindow):
         perf.set_plan_source(lambda: (panel.selected_path(), panel.load_settings()))
         b.record_generation(self.history)
         perf.benchmark_requested.connect(self._on_benchmark_requested)
+        tune = perf.tune_box
+        tune.tune_requested.connect(self._on_tune_requested)
+        tune.stop_requested.connect(b.cancel)
+        tune.apply_requested.connect(panel.apply_recommendations)
+        tune.save_profile_requested.connect(panel.save_profile)
+        b.tune_progressed.connect(tune.on_progress)
+        b.tune_trial.connect(tune.on_trial)
+        b.tune_finished.connect(tune.on_finished)
         perf.stop_requested.connect(b.cancel)
         b.benchmark_progressed.connect(perf.on_benchmark_progressed)
         b.benchmark_result.connect(perf.on_benchmark_result)
@@ -148,9 +170,28 @@ class MainWindow(QMainWindow):
         b.generation_finished.connect(console.on_generation_finished)
         b.tokenized.connect(console.on_tokenized)
 
+    def _wire_quantization(self) -> None:
+        q, quant = self.quality, self.quantization_panel
+        self.model_panel.model_info_changed.connect(quant.set_source)
+        self.inspector.quant_types_read.connect(quant.set_quant_types)
+        self.inspector.request_quant_types()
+        quant.quantize_requested.connect(q.start_quantize)
+        quant.perplexity_requested.connect(q.start_perplexity)
+        quant.kld_requested.connect(q.start_kl_divergence)
+        quant.speed_requested.connect(q.start_speed)
+        quant.cancel_requested.connect(q.cancel)
+        q.busy_changed.connect(quant.set_busy)
+        q.quantize_progressed.connect(quant.on_quantize_progressed)
+        q.quantize_finished.connect(quant.on_quantize_finished)
+        q.quantize_finished.connect(lambda result: self.model_panel.add_model_file(result.output_path))
+        q.eval_progressed.connect(quant.on_eval_progressed)
+        q.eval_finished.connect(quant.on_eval_finished)
+        q.failed.connect(quant.on_failed)
+
     def _wire_hardware(self) -> None:
         t, hw = self.telemetry, self.hardware_panel
         t.snapshot_received.connect(hw.on_snapshot)
+        t.snapshot_received.connect(self.performance_panel.on_sample)
         t.hardware_detected.connect(hw.on_hardware_detected)
         t.detection_failed.connect(hw.on_detection_failed)
         t.interval_changed.connect(hw.set_sampling_interval)
@@ -171,8 +212,15 @@ class MainWindow(QMainWindow):
         self.performance_panel.on_generation_started()
         self.bridge.request_generation(GenerationRequest(prompt, sampling, chat, system_prompt or None))
 
+    def _on_tune_requested(self, request: object) -> None:
+        model = self.model_panel.selected_path()
+        if model is None:
+            self.performance_panel.tune_box.on_failed("Select a model in Model Config first.")
+            return
+        self.bridge.request_tune(model, self.model_panel.load_settings(), request)  # type: ignore[arg-type]
+
     def _on_benchmark_requested(self, plan: object) -> None:
-        self.bridge.request_benchmark(plan, self.history, getattr(self, "sampler", None))  # type: ignore[arg-type]
+        self.bridge.request_benchmark(plan, self.history, self.sampler)  # type: ignore[arg-type]
 
     def _on_model_loaded(self, result: object) -> None:
         self.console.set_model_ready(True)
@@ -191,6 +239,8 @@ class MainWindow(QMainWindow):
             self.performance_panel.on_generation_failed()
         elif operation == "benchmark":
             self.performance_panel.on_benchmark_failed(message)
+        elif operation == "tune":
+            self.performance_panel.tune_box.on_failed(message)
         elif operation == "tokenize":
             self.console.token_count_label.setText(f"Not tokenized: {message}")
         self.statusBar().showMessage(f"{operation.capitalize()} failed: {message}", 10000)
@@ -222,6 +272,7 @@ class MainWindow(QMainWindow):
         self.model_panel.save_state()
         # Stops a running generation or load (llama.cpp's abort callback) and joins the worker,
         # so no thread outlives the window.
+        self.quality.shutdown()  # stops a quantization child process; evaluations stop with the engine
         self.bridge.shutdown()
         self.inspector.shutdown()
         self.telemetry.shutdown()  # stops and joins the sampler and the detection thread

@@ -12,9 +12,19 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QHideEvent, QShowEvent
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QSize, QTimer
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontMetrics,
+    QHideEvent,
+    QPainter,
+    QPaintEvent,
+    QPalette,
+    QResizeEvent,
+    QShowEvent,
+)
+from PySide6.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")
@@ -50,10 +60,126 @@ class _Ring:
         self.n = 0
 
 
+Segment = tuple[str, QColor | None, bool]  # (text, swatch colour or None, bold)
+_BREAK: Segment = ("\n", None, False)
+
+
+class ReadoutLabel(QWidget):
+    """Text that changes every tick, painted directly: a QLabel would ask the whole panel to lay
+    itself out again on every setText (that cost as much CPU as the plots). It wraps between
+    segments and asks for a new layout only when its number of lines changes.
+    """
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._segments: list[Segment] = []
+        self._lines = 1
+        sp = self.sizePolicy()
+        sp.setHeightForWidth(True)
+        sp.setHorizontalPolicy(QSizePolicy.Policy.Preferred)
+        sp.setVerticalPolicy(QSizePolicy.Policy.Fixed)
+        self.setSizePolicy(sp)
+        if text:
+            self.set_text(text)
+
+    # ---- content -----------------------------------------------------------------------------
+    def set_text(self, text: str) -> None:
+        """Plain text; it may wrap after each " · " and always breaks at a newline."""
+        segments: list[Segment] = []
+        for i, line in enumerate(text.split("\n")):
+            if i:
+                segments.append(_BREAK)
+            parts = line.split(" · ")
+            segments += [(part + " ·", None, False) for part in parts[:-1]]
+            segments.append((parts[-1], None, False))
+        self.set_segments(segments)
+
+    def set_segments(self, segments: list[Segment]) -> None:
+        """Segments wrap as units: (text, colour of a ■ swatch before it or None, bold)."""
+        if segments == self._segments:
+            return
+        self._segments = list(segments)
+        lines = self._count_lines(self.width() if self.width() > 0 else 10_000)
+        if lines != self._lines:
+            self._lines = lines
+            self.updateGeometry()
+        self.update()
+
+    def text(self) -> str:
+        return " ".join(t for t, _c, _b in self._segments if (t, _c, _b) != _BREAK)
+
+    # ---- geometry ----------------------------------------------------------------------------
+    def _segment_width(self, segment: Segment) -> int:
+        text, colour, bold = segment
+        font = QFont(self.font())
+        font.setBold(bold)
+        metrics = QFontMetrics(font)
+        swatch = metrics.height() if colour is not None else 0
+        return swatch + metrics.horizontalAdvance(text)
+
+    def _flow(self, width: int) -> list[list[tuple[int, Segment]]]:
+        gap = self.fontMetrics().horizontalAdvance("  ")
+        lines: list[list[tuple[int, Segment]]] = [[]]
+        x = 0
+        for segment in self._segments:
+            if segment == _BREAK:
+                lines.append([])
+                x = 0
+                continue
+            w = self._segment_width(segment)
+            if lines[-1] and x + w > width:
+                lines.append([])
+                x = 0
+            lines[-1].append((x, segment))
+            x += w + gap
+        return lines
+
+    def _count_lines(self, width: int) -> int:
+        return max(1, len(self._flow(width)))
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+        return True
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+        return self._count_lines(width) * self.fontMetrics().lineSpacing() + 2
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return QSize(200, self._lines * self.fontMetrics().lineSpacing() + 2)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return QSize(50, self.fontMetrics().lineSpacing() + 2)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        lines = self._count_lines(event.size().width())
+        if lines != self._lines:
+            self._lines = lines
+            self.updateGeometry()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt override)
+        painter = QPainter(self)
+        line_height = self.fontMetrics().lineSpacing()
+        ascent = self.fontMetrics().ascent()
+        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        for row, line in enumerate(self._flow(self.width())):
+            y = row * line_height + 1
+            for x, (text, colour, bold) in line:
+                font = QFont(self.font())
+                font.setBold(bold)
+                painter.setFont(font)
+                if colour is not None:
+                    size = QFontMetrics(font).height() // 2
+                    painter.fillRect(x + 1, y + (line_height - size) // 2, size, size, colour)
+                    x += QFontMetrics(font).height()
+                painter.drawText(x, y + ascent, text)
+        painter.end()
+
+
 class _Curve:
-    def __init__(self, name: str, item: pg.PlotDataItem, capacity: int) -> None:
+    def __init__(self, name: str, item: pg.PlotDataItem, capacity: int, colour: QColor) -> None:
         self.name = name
         self.item = item
+        self.colour = colour
         self.ring = _Ring(capacity)
         self.latest: float | None = None
 
@@ -88,10 +214,8 @@ class LivePlot(QWidget):
         self._curves: dict[str, _Curve] = {}
         self._dirty = False
 
-        self.header = QLabel()
+        self.header = ReadoutLabel()
         self.header.setObjectName("livePlotHeader")
-        self.header.setTextFormat(Qt.TextFormat.RichText)
-        self.header.setWordWrap(True)
         self.plot_widget = pg.PlotWidget(background=None)
         self.plot_widget.setMinimumHeight(height)
         self.plot_widget.setMaximumHeight(int(height * 1.6))
@@ -132,7 +256,7 @@ class LivePlot(QWidget):
         pen = pg.mkPen(color, width=width)
         pen.setCosmetic(True)
         item = self.plot_widget.getPlotItem().plot(name=name, pen=pen, connect="finite", antialias=False)
-        self._curves[name] = _Curve(name, item, self._capacity)
+        self._curves[name] = _Curve(name, item, self._capacity, QColor(color))
         self._update_header()
 
     def has_curve(self, name: str) -> bool:
@@ -202,12 +326,11 @@ class LivePlot(QWidget):
         self.plot_widget.getPlotItem().setXRange(-self._window_s, 0, padding=0)
 
     def _update_header(self) -> None:
-        parts = []
+        segments: list[Segment] = [(self.title, None, True)]
         for curve in self._curves.values():
-            colour = curve.item.opts["pen"].color().name() if curve.item.opts.get("pen") is not None else ""
             value = "n/a" if curve.latest is None else f"{curve.latest:{self._value_format}} {self.unit}"
-            parts.append(f"<span style='color:{colour}'>■</span> {curve.name} {value}")
-        self.header.setText(f"<b>{self.title}</b>" + (" &nbsp; " + " &nbsp; ".join(parts) if parts else ""))
+            segments.append((f"{curve.name} {value}", curve.colour, False))
+        self.header.set_segments(segments)
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
         super().showEvent(event)

@@ -70,6 +70,7 @@ class ModelConfigPanel(Panel):
     unload_requested = Signal()
     cancel_requested = Signal()
     inspection_requested = Signal(str)  # path whose GGUF header should be read off the GUI thread
+    model_info_changed = Signal(object)  # ModelInfo | None: the selected model's header, once known
 
     def __init__(
         self,
@@ -115,8 +116,10 @@ class ModelConfigPanel(Panel):
         self.model_list.setObjectName("modelList")
         self.model_list.setMinimumHeight(80)
         self.model_list.setMaximumHeight(150)
-        self.model_list.setToolTip("GGUF models: the demo model, recent models and files in your folders. "
-                                   "Drop a .gguf file here to add it.")
+        self.model_list.setToolTip(
+            "GGUF models: the demo model, recent models and files in your folders. "
+            "Drop a .gguf file here to add it."
+        )
         self.model_list.currentItemChanged.connect(self._on_current_item_changed)
         self.model_list.itemDoubleClicked.connect(lambda _item: self.request_load())
         open_button = QPushButton("Open file…")
@@ -128,7 +131,12 @@ class ModelConfigPanel(Panel):
         row = QHBoxLayout()
         row.addWidget(open_button)
         row.addWidget(folder_button)
+        # Shown only while the list is empty (no demo model bundled, nothing remembered yet).
+        self.empty_list_hint = _note("No models yet — Open file… or drop a .gguf here")
+        self.empty_list_hint.setObjectName("emptyModelListHint")
+        self.empty_list_hint.hide()
         layout.addWidget(self.model_list)
+        layout.addWidget(self.empty_list_hint)
         layout.addLayout(row)
         self.add_box("Models", body)
 
@@ -138,9 +146,21 @@ class ModelConfigPanel(Panel):
         self._meta_form.setContentsMargins(0, 0, 0, 0)
         self._meta_labels: dict[str, QLabel] = {}
         for key in (
-            "Name", "Architecture", "Parameters", "Size class", "File type", "File size", "Bits/weight",
-            "Train context", "Layers", "Embedding", "Heads / KV", "Vocabulary", "Chat template",
-            "Tensor types", "Format",
+            "Name",
+            "Architecture",
+            "Parameters",
+            "Size class",
+            "File type",
+            "File size",
+            "Bits/weight",
+            "Train context",
+            "Layers",
+            "Embedding",
+            "Heads / KV",
+            "Vocabulary",
+            "Chat template",
+            "Tensor types",
+            "Format",
         ):
             label = _note("n/a")
             self._meta_labels[key] = label
@@ -165,8 +185,10 @@ class ModelConfigPanel(Panel):
         layout.setContentsMargins(0, 0, 0, 0)
         self.preset_combo = QComboBox()
         self.preset_combo.setObjectName("presetCombo")
-        self.preset_combo.setToolTip("Starting settings by model size, read from the GGUF's parameter count. "
-                                     "Auto picks the selected model's class; editing a setting makes it Custom.")
+        self.preset_combo.setToolTip(
+            "Starting settings by model size, read from the GGUF's parameter count. "
+            "Auto picks the selected model's class; editing a setting makes it Custom."
+        )
         self.preset_combo.addItem("Auto (by model size)", _PRESET_AUTO)
         for size_class in SizeClass:
             self.preset_combo.addItem(size_class.label, size_class.value)
@@ -174,8 +196,9 @@ class ModelConfigPanel(Panel):
         self.preset_combo.activated.connect(self._on_preset_activated)
         self.profile_combo = QComboBox()
         self.profile_combo.setObjectName("profileCombo")
-        self.profile_combo.setToolTip("Named profiles of load and sampling settings, saved as TOML "
-                                      "in your configuration folder")
+        self.profile_combo.setToolTip(
+            "Named profiles of load and sampling settings, saved as TOML in your configuration folder"
+        )
         self.profile_combo.activated.connect(self._on_profile_activated)
         save_profile = QPushButton("Save…")
         save_profile.setToolTip("Save the current settings as a named profile")
@@ -288,6 +311,26 @@ class ModelConfigPanel(Panel):
         sampling = SamplingSettings.from_dict(self.sampling_form.values())
         sampling.validate()
         return sampling
+
+    def apply_recommendations(self, values: dict[str, Any]) -> None:
+        """Set recommended load settings (e.g. from the Hardware panel); unknown keys are ignored.
+
+        Like an edit by hand, this makes the preset Custom and refreshes the memory estimate.
+        """
+        known = {k: v for k, v in values.items() if k in LOAD_FIELDS}
+        self.load_form.set_values({k: v for k, v in known.items() if k in _BASIC_LOAD_FIELDS})
+        advanced = {k: v for k, v in known.items() if k in _ADVANCED_LOAD_FIELDS}
+        if advanced:
+            self.advanced_form.set_values(advanced)
+
+    def save_profile(self, name: str, load: LoadSettings) -> None:
+        """Save `load` with the current sampling settings as a named profile (e.g. a tuned one)."""
+        try:
+            self._profiles.save(name, load, self.sampling_settings())
+        except (ProfileError, SettingsError, OSError) as exc:
+            QMessageBox.warning(self, "Profile not saved", str(exc))
+            return
+        self._refresh_profiles()
 
     def set_platform_text(self, text: str) -> None:
         self.platform_label.setText(text)
@@ -428,6 +471,7 @@ class ModelConfigPanel(Panel):
             self._describe_item(item)
         if path == self._selected_path:
             self._show_metadata()
+            self.model_info_changed.emit(info)
             if info is not None and self.preset_combo.currentData() == _PRESET_AUTO:
                 self._apply_settings(*preset_for_model(info))
             self._schedule_estimate()
@@ -490,6 +534,7 @@ class ModelConfigPanel(Panel):
                 seen.add(path)
                 self._add_item(path, origin)
         self.model_list.blockSignals(blocked)
+        self.empty_list_hint.setVisible(self.model_list.count() == 0)
         if selected and (item := self._find_item(selected)) is not None:
             self.model_list.setCurrentItem(item)
 
@@ -498,6 +543,7 @@ class ModelConfigPanel(Panel):
         item.setData(PathRole, path)
         item.setData(PathRole + 1, origin)
         self.model_list.addItem(item)
+        self.empty_list_hint.hide()
         self._describe_item(item)
         if path not in self._infos and path not in self._errors:
             self.inspection_requested.emit(path)
@@ -528,6 +574,7 @@ class ModelConfigPanel(Panel):
     def _on_current_item_changed(self, current: QListWidgetItem | None, _previous: object) -> None:
         self._selected_path = current.data(PathRole) if current is not None else None
         self._show_metadata()
+        self.model_info_changed.emit(self._infos.get(self._selected_path) if self._selected_path else None)
         if self._selected_path is not None:
             info = self._infos.get(self._selected_path)
             if info is not None and self.preset_combo.currentData() == _PRESET_AUTO:
@@ -547,7 +594,9 @@ class ModelConfigPanel(Panel):
         else:
             labels["Name"].setText(info.display_name)
             labels["Architecture"].setText(info.architecture or "n/a")
-            labels["Parameters"].setText(f"{info.n_params:,}" + (f" ({info.size_label})" if info.size_label else ""))
+            labels["Parameters"].setText(
+                f"{info.n_params:,}" + (f" ({info.size_label})" if info.size_label else "")
+            )
             labels["Size class"].setText(info.size_class.label)
             labels["File type"].setText(info.file_type or "n/a")
             labels["File size"].setText(format_bytes(info.file_size_bytes))
@@ -559,7 +608,9 @@ class ModelConfigPanel(Panel):
             labels["Vocabulary"].setText(fmt(info.vocab_size, ","))
             labels["Chat template"].setText("✓ present" if info.has_chat_template else "✗ none")
             labels["Tensor types"].setText(
-                ", ".join(f"{t.type_name} ×{t.n_tensors} ({format_bytes(t.n_bytes)})" for t in info.tensor_types)
+                ", ".join(
+                    f"{t.type_name} ×{t.n_tensors} ({format_bytes(t.n_bytes)})" for t in info.tensor_types
+                )
             )
             labels["Format"].setText(f"GGUF v{info.gguf_version} ✓")
         self.metadata_error.setVisible(bool(error))
@@ -660,7 +711,8 @@ class ModelConfigPanel(Panel):
             self.memory_verdict.setStyleSheet("")
             self.memory_bar.setValue(0)
             self.memory_detail.setText(
-                "Select a loadable model to estimate its memory." if info is None
+                "Select a loadable model to estimate its memory."
+                if info is None
                 else "Fix the settings above to estimate memory."
             )
             return
@@ -709,5 +761,3 @@ class ModelConfigPanel(Panel):
         for path in paths:
             self.add_model_file(path)
         event.acceptProposedAction()
-
-

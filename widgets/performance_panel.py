@@ -38,6 +38,7 @@ from app.settings import LoadSettings
 from app.telemetry import DeviceVerdict, Snapshot, ThrottleVerdict, summarize
 from widgets.live_plot import LivePlot
 from widgets.panel import Panel
+from widgets.tune_box import TuneBox
 
 PlanSource = Callable[[], tuple[str | None, LoadSettings]]  # (selected model, Model Config's load settings)
 
@@ -111,10 +112,8 @@ class PerformancePanel(Panel):
         self._build_thermal_box()
         self._build_benchmark_box()
         self._build_history_box()
-        label = QLabel("Auto-tune (find the fastest settings for this model) arrives with the tuner.")
-        label.setWordWrap(True)
-        label.setEnabled(False)
-        self.add_box("Optimization", label)
+        self.tune_box = TuneBox()
+        self.add_box("Optimization: Auto-Tune", self.tune_box)
         self.refresh_history()
 
     # ---- construction ------------------------------------------------------------------------
@@ -322,6 +321,7 @@ class PerformancePanel(Panel):
 
     def set_busy(self, busy: bool) -> None:
         self.bench_run.setEnabled(not busy)
+        self.tune_box.set_busy(busy)
 
     # ---- live generation ---------------------------------------------------------------------
     def on_generation_started(self) -> None:

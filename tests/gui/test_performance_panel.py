@@ -165,3 +165,31 @@ def test_import_llama_bench_output(qtbot: QtBot, window: MainWindow, tmp_path: P
     broken.write_text("[{]")
     perf.import_llama_bench(str(broken))
     assert perf.bench_status.text().startswith("✗")
+
+
+def test_auto_tune_stop_keeps_the_best_and_applies_it(qtbot: QtBot, window: MainWindow) -> None:
+    tune = window.performance_panel.tune_box
+    for label, check in tune.param_checks.items():
+        check.setChecked(label == "Threads")
+    tune.trials.setValue(50)
+    trials: list[object] = []
+
+    def stop_after_first_measured_trial(trial: object) -> None:
+        if trial.state.measured:  # type: ignore[attr-defined]
+            trials.append(trial)
+            if len(trials) == 1:
+                qtbot.mouseClick(tune.stop_button, Qt.MouseButton.LeftButton)
+
+    window.bridge.tune_trial.connect(stop_after_first_measured_trial)
+    with qtbot.waitSignal(window.bridge.tune_finished, timeout=WAIT_MS) as finished:
+        qtbot.mouseClick(tune.run_button, Qt.MouseButton.LeftButton)
+    result = finished.args[0]
+    assert result.stop_reason.startswith("cancel") or "stop" in result.stop_reason.lower()
+    assert len(result.measured_trials) < 50
+    assert tune.table.rowCount() >= 1
+    assert "Best" in tune.result_label.text()
+    if result.best_trial is not None:
+        assert tune.apply_button.isEnabled()
+        qtbot.mouseClick(tune.apply_button, Qt.MouseButton.LeftButton)
+        applied = window.model_panel.load_settings()
+        assert applied.n_threads == result.best.n_threads

@@ -1,0 +1,135 @@
+"""The standalone bundle: build it with PyInstaller, then run it as a user would.
+
+Marked `bundle` and deselected by default (pyproject's addopts): building takes a minute or more.
+Run it with `make test-bundle` (or `pytest -m bundle`). To test a bundle built already, point
+LLAMASCOPE_BUNDLE_DIR at its folder (it must carry the demo model: `make bundle DEMO_MODEL=1`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_DIR = ROOT / "build" / "test-bundle"
+# On Windows LlamaScope.exe is windowed (no stdout); its console twin prints the report.
+EXECUTABLE = {"win32": "llamascope-cli.exe"}.get(sys.platform, "LlamaScope")
+UNUSED_QT = ("WebEngine", "Qml", "Quick", "3D", "Multimedia", "Pdf", "Designer", "Charts")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir() -> Path:
+    prebuilt = os.environ.get("LLAMASCOPE_BUNDLE_DIR")
+    if prebuilt:
+        return Path(prebuilt).resolve()
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        pytest.fail("PyInstaller is not installed: run `make test-bundle`")
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--distpath",
+            str(BUILD_DIR / "dist"),
+            "--workpath",
+            str(BUILD_DIR / "work"),
+            str(ROOT / "packaging" / "llamascope.spec"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "LLAMASCOPE_BUNDLE_DEMO_MODEL": "1"},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    print(f"\nbundle built in {time.monotonic() - t0:.0f} s")
+    return BUILD_DIR / "dist" / "LlamaScope"
+
+
+def _size_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _bundle_env(home: Path) -> dict[str, str]:
+    """The environment of a user's shell: no venv, no checkout on the path, own user folders."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "QT_"))}
+    env.update(XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"))
+    return env
+
+
+def test_self_test_runs_from_a_path_with_spaces_and_umlauts(bundle_dir: Path, tmp_path: Path) -> None:
+    installed = tmp_path / "Mein Ördner mit Leerzeichen" / "LlamaScope"
+    shutil.copytree(bundle_dir, installed, symlinks=True)  # a copy: a symlink would resolve away
+    home = tmp_path / "home"
+    try:
+        result = subprocess.run(
+            [str(installed / EXECUTABLE), "--self-test"],
+            cwd=tmp_path,  # not the checkout: nothing may be imported from it
+            env=_bundle_env(home),
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=600,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(installed, ignore_errors=True)  # pytest keeps its temp folders; this is 300 MB
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["frozen"] is True
+    # The bundled demo model, found through app.resources inside the copied folder.
+    assert report["model"].startswith(str(installed))
+    assert report["window_shown"] is True
+    assert "CPU" in report["backends"]
+    assert report["generated_tokens"] >= 1
+    assert report["telemetry"]["samples"] == 2
+    if sys.platform.startswith("linux"):
+        assert {"xcb", "offscreen", "wayland"} <= set(report["qt_platform_plugins"])
+    assert not (home / "config").exists() and not (home / "data").exists()  # self-test: temp only
+    print(
+        f"\nbundle self-test: window shown {report['startup_s']} s after start, "
+        f"{report['tokens_per_s']} tokens/s, backends {report['backends']}, "
+        f"{_size_bytes(bundle_dir) / 2**20:.0f} MiB"
+    )
+
+
+def test_the_command_line_works_in_the_bundle(bundle_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(bundle_dir / EXECUTABLE), "info", "--json"],
+        cwd=tmp_path,
+        env=_bundle_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["file_type"] == "Q4_1"
+
+
+def test_the_bundle_carries_what_it_needs_and_no_more(bundle_dir: Path) -> None:
+    internal = bundle_dir / "_internal"
+    files = [p.relative_to(internal).as_posix() for p in internal.rglob("*")]
+    assert any(f.startswith("llama_cpp/lib/") and "llama" in f.rsplit("/", 1)[1] for f in files)
+    assert any(f.startswith("llama_cpp/lib/") and "ggml-cpu" in f for f in files)
+    assert "resources/icons/llamascope.svg" in files
+    assert "resources/models/SmolLM2-135M-Instruct.Q4_1.gguf" in files
+    assert not [f for f in files if "/tests/" in f"/{f}/"], "test folders in the bundle"
+    assert not [f for f in files if "nvidia-ml" in f or f.endswith("nvml.dll")], "the NVIDIA driver"
+    qt = [f for f in files if "Qt" in f]
+    assert not [f for f in qt if any(name in f for name in UNUSED_QT)], "unused Qt modules"

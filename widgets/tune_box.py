@@ -1,0 +1,233 @@
+"""Auto-tune controls and results for the Performance panel's Optimization box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.settings import LoadSettings
+from app.tuner import TrialRecord, TuneProgress, TuneResult
+
+# Checkbox label -> the LoadSettings fields it lets the tuner vary.
+PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
+    "Threads": ("n_threads", "n_threads_batch"),
+    "Batch sizes": ("n_batch", "n_ubatch"),
+    "Flash attention": ("flash_attn",),
+    "KV cache types": ("type_k", "type_v"),
+    "GPU layers": ("n_gpu_layers",),
+    "mmap / mlock / NUMA": ("use_mmap", "use_mlock", "numa"),
+}
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    objective: str  # "tg", "pp" or "mix:P,G"
+    n_trials: int
+    time_budget_s: float | None
+    parameters: tuple[str, ...]  # LoadSettings fields the tuner may vary
+
+
+class TuneBox(QWidget):
+    tune_requested = Signal(object)  # TuneRequest
+    stop_requested = Signal()
+    apply_requested = Signal(object)  # dict of load settings for Model Config
+    save_profile_requested = Signal(str, object)  # profile name, LoadSettings
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._result: TuneResult | None = None
+        self._scores: list[float] = []
+        form = QFormLayout()
+        self.objective = QComboBox()
+        self.objective.addItem("Generation speed (tg 128)", "tg")
+        self.objective.addItem("Prompt speed (pp 512)", "pp")
+        self.objective.addItem("Chat turn: 512 prompt + 128 generated", "mix:512,128")
+        self.objective.setToolTip("What 'fastest' means: the chat mix minimises the time of a whole turn")
+        self.trials = QSpinBox()
+        self.trials.setRange(1, 500)
+        self.trials.setValue(12)
+        self.trials.setToolTip("Configurations to measure (Optuna TPE for numbers, a grid for the rest)")
+        self.budget = QSpinBox()
+        self.budget.setRange(0, 24 * 60)
+        self.budget.setSuffix(" min")
+        self.budget.setSpecialValueText("no limit")
+        self.budget.setToolTip("Stop searching after this long (the final comparison still runs)")
+        form.addRow("Objective", self.objective)
+        form.addRow("Trials", self.trials)
+        form.addRow("Time budget", self.budget)
+        self.param_checks: dict[str, QCheckBox] = {}
+        params = QWidget()
+        params_layout = QHBoxLayout(params)
+        params_layout.setContentsMargins(0, 0, 0, 0)
+        column = QVBoxLayout()
+        for i, label in enumerate(PARAMETER_GROUPS):
+            check = QCheckBox(label)
+            check.setChecked(label in ("Threads", "Batch sizes", "Flash attention", "KV cache types", "GPU layers"))
+            check.setToolTip("Let the tuner vary " + ", ".join(PARAMETER_GROUPS[label]) +
+                             " (only values this machine and build support are tried)")
+            self.param_checks[label] = check
+            column.addWidget(check)
+            if i == 2:
+                params_layout.addLayout(column)
+                column = QVBoxLayout()
+        params_layout.addLayout(column)
+        form.addRow("Tune", params)
+
+        self.run_button = QPushButton("Auto-Tune")
+        self.run_button.setObjectName("tuneRun")
+        self.run_button.setToolTip("Measure configurations of the selected model and find the fastest; "
+                                   "nothing else runs meanwhile")
+        self.run_button.clicked.connect(self._on_run)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop searching; the best configuration so far is kept")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop_requested)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.plot = pg.PlotWidget()
+        self.plot.setMinimumHeight(110)
+        self.plot.setLabel("left", "score (t/s)")
+        self.plot.setLabel("bottom", "trial")
+        self.trial_points = self.plot.plot([], [], pen=None, symbol="o", symbolSize=5)
+        self.best_line = self.plot.plot([], [], pen=pg.mkPen(width=1))
+        self.table = QTableWidget(0, 4)
+        self.table.setObjectName("tuneTrials")
+        self.table.setHorizontalHeaderLabels(["#", "settings", "t/s", "state"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.setMinimumHeight(110)
+        self.result_label = QLabel("No tuning result yet.")
+        self.result_label.setObjectName("tuneResult")
+        self.result_label.setWordWrap(True)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.apply_button = QPushButton("Apply to Model Config")
+        self.apply_button.setToolTip("Set the best configuration's load settings (a reload applies them)")
+        self.apply_button.clicked.connect(self._on_apply)
+        self.profile_button = QPushButton("Save as profile…")
+        self.profile_button.clicked.connect(self._on_save_profile)
+        self.flags_button = QPushButton("Copy flags")
+        self.flags_button.setToolTip("Copy the llama-server / llama-cli flags of the best configuration")
+        self.flags_button.clicked.connect(self._on_copy_flags)
+        result_buttons = QHBoxLayout()
+        for b in (self.apply_button, self.profile_button, self.flags_button):
+            b.setEnabled(False)
+            result_buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.table)
+        layout.addWidget(self.result_label)
+        layout.addLayout(result_buttons)
+
+    def request(self) -> TuneRequest:
+        params = tuple(f for label, check in self.param_checks.items() if check.isChecked()
+                       for f in PARAMETER_GROUPS[label])
+        return TuneRequest(self.objective.currentData(), self.trials.value(),
+                           self.budget.value() * 60.0 or None, params)
+
+    def set_busy(self, busy: bool) -> None:
+        self.run_button.setEnabled(not busy)
+
+    def _on_run(self) -> None:
+        request = self.request()
+        if not request.parameters:
+            self.status.setText("✗ Choose at least one kind of setting to tune.")
+            return
+        self._scores = []
+        self._result = None
+        self.table.setRowCount(0)
+        self.trial_points.setData([], [])
+        self.best_line.setData([], [])
+        self.result_label.setText("Tuning…")
+        for b in (self.apply_button, self.profile_button, self.flags_button):
+            b.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText("Preparing…")
+        self.tune_requested.emit(request)
+
+    def on_progress(self, progress: TuneProgress) -> None:
+        budget = f"/{progress.trial_budget}" if progress.trial_budget else ""
+        self.status.setText(f"{progress.stage}: {progress.message} · trials {progress.trials_done}{budget} · "
+                            f"{progress.elapsed_s:.0f} s")
+
+    def on_trial(self, trial: TrialRecord) -> None:
+        row = self.table.rowCount()
+        self.table.setRowCount(row + 1)
+        settings = " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in trial.params.items())
+        state = trial.state.value + (f": {trial.reason}" if trial.reason else "")
+        for col, text in enumerate((str(trial.number), settings, f"{trial.score:.1f}", state)):
+            self.table.setItem(row, col, QTableWidgetItem(text))
+        if trial.state.measured:
+            self._scores.append(trial.score)
+            best, running = [], 0.0
+            for s in self._scores:
+                running = max(running, s)
+                best.append(running)
+            xs = list(range(1, len(self._scores) + 1))
+            self.trial_points.setData(xs, self._scores)
+            self.best_line.setData(xs, best)
+
+    def on_finished(self, result: TuneResult) -> None:
+        self._result = result
+        self.stop_button.setEnabled(False)
+        gain = result.gain.text() if result.gain is not None else "gain not measured (stopped before the comparison)"
+        importances = ", ".join(f"{k} {v:.0%}" for k, v in sorted(result.importances.items(), key=lambda kv: -kv[1]))
+        self.result_label.setText(
+            f"<b>Best</b> (trial {result.best_trial if result.best_trial is not None else 'n/a'}): "
+            f"{result.flags(include_ctx=False)}<br><b>Against the default:</b> {gain}<br>"
+            f"<b>Importance:</b> {importances or 'n/a (needs 2+ measured trials)'}<br>"
+            f"<i>Stopped by: {result.stop_reason}</i>"
+        )
+        self.status.setText(f"Done: {len(result.measured_trials)} trials measured in {result.elapsed_s:.0f} s")
+        for b in (self.apply_button, self.profile_button, self.flags_button):
+            b.setEnabled(result.best_trial is not None)
+
+    def on_failed(self, message: str) -> None:
+        self.stop_button.setEnabled(False)
+        self.status.setText(f"✗ {message}")
+        self.result_label.setText("No tuning result.")
+
+    def _on_apply(self) -> None:
+        if self._result is not None:
+            self.apply_requested.emit(self._result.to_profile().to_dict())
+
+    def _on_save_profile(self) -> None:
+        if self._result is None:
+            return
+        name, ok = QInputDialog.getText(self, "Save tuned profile", "Profile name:")
+        if ok and name.strip():
+            self.save_profile_requested.emit(name.strip(), self._result.to_profile())
+
+    def _on_copy_flags(self) -> None:
+        if self._result is not None:
+            QGuiApplication.clipboard().setText(self._result.flags())
+            self.status.setText("Flags copied: " + self._result.flags())
+
+    def best_settings(self) -> LoadSettings | None:
+        return self._result.to_profile() if self._result is not None else None
