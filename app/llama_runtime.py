@@ -48,7 +48,7 @@ def llama() -> ModuleType:
                     _partial_line.clear()
                     _serial += 1
                     _LOG_LINES.append((_serial, line))
-                    if level == 3:  # GGML_LOG_LEVEL_ERROR
+                    if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml: 1 debug, 2 info, 3 warn, 4 error)
                         log.warning("llama.cpp: %s", line)
 
         _log_callback_ref = _on_log
