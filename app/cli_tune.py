@@ -109,6 +109,7 @@ def _result_json(result: Any) -> dict[str, Any]:
             "method": gain.method,
         },
         "proven": result.proven,
+        "recommended": result.recommended.to_dict(),
         "importances": dict(result.importances),
         "flags": llama_cpp_args(result.best),
         "llama_cpp_python_kwargs": result.llama_kwargs(),
@@ -143,6 +144,10 @@ def _print_result(result: Any) -> None:
             f"            re-measured alternately: default {gain.default_mean:.2f} {unit} "
             f"(n={len(gain.default_scores)}), best {gain.best_mean:.2f} {unit} (n={len(gain.best_scores)})"
         )
+    if result.proven:
+        print("Verdict:    use the best settings: the gain is significant")
+    elif gain is not None:
+        print("Verdict:    keep the default: the best settings were not significantly faster re-measured")
     if result.importances:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in result.importances.items())
         print(f"Importance: {parts}")

@@ -291,6 +291,12 @@ class TuneResult:
         return self.gain is not None and self.gain.significant and self.gain.gain_percent > 0
 
     @property
+    def recommended(self) -> LoadSettings:
+        """The best settings when the final comparison proved them faster, else the default: on a noisy
+        machine the search's winner can be a lucky measurement of an equally fast configuration."""
+        return self.best if self.proven else self.default
+
+    @property
     def measured_trials(self) -> tuple[TrialRecord, ...]:
         return tuple(t for t in self.trials if t.state.measured)
 

@@ -203,6 +203,7 @@ class LivePlot(QWidget):
         y_range: tuple[float, float] | None = None,
         value_format: str = ".1f",
         height: int = 110,
+        refresh_ms: int | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -243,7 +244,7 @@ class LivePlot(QWidget):
         layout.addWidget(self.plot_widget)
 
         self._timer = QTimer(self)
-        self._timer.setInterval(self.REFRESH_MS)
+        self._timer.setInterval(refresh_ms or self.REFRESH_MS)
         self._timer.timeout.connect(self.flush)
         self._update_header()
 

@@ -316,6 +316,7 @@ def test_finds_a_known_optimum_within_its_budget(model: ModelInfo, tmp_path: Pat
     # The default (the base settings) was measured again against the best, and lost clearly.
     assert result.default == base_settings()
     assert result.gain is not None and result.gain.significant and result.proven
+    assert result.recommended == result.best
     assert result.gain.gain_percent == pytest.approx((108.0 / peaked(base_settings()) - 1) * 100, rel=0.01)
     assert result.gain.ci_low_percent is not None and result.gain.ci_low_percent > 0
     assert set(result.importances) <= set(SMALL_SPACE.tuned)
@@ -324,6 +325,19 @@ def test_finds_a_known_optimum_within_its_budget(model: ModelInfo, tmp_path: Pat
     search_calls = measure.calls[: len(measure.calls) - 2]
     keys = [(c.n_threads, c.n_batch, c.flash_attn, c.type_k) for c in search_calls]
     assert len(keys) == len(set(keys)) == 20
+
+
+def test_a_gain_within_noise_is_not_proven_and_the_default_stays_recommended(
+    model: ModelInfo, tmp_path: Path
+) -> None:
+    flat = FakeMeasure(lambda load: 100.0 + (0.2 if load.n_batch == 256 else 0.0))  # 0.2% apart, spread 0.2%
+    result = make_tuner(model, tmp_path, flat, SMALL_SPACE, config=quiet(n_trials=6)).run()
+    assert result.gain is not None and not result.gain.significant and not result.proven
+    assert (
+        result.gain.ci_low_percent is not None
+        and result.gain.ci_low_percent < 0 < result.gain.ci_high_percent
+    )
+    assert result.recommended == result.default == base_settings()
 
 
 def test_a_failing_trial_scores_zero_with_its_reason_and_the_search_goes_on(
