@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import enum
 import importlib
 import json
 import sys
@@ -13,29 +12,13 @@ from typing import Any
 
 from app import __version__, cli_bench, cli_hardware, cli_quality, cli_tune
 from app.formatting import fmt as _fmt
+from app.formatting import jsonable as _jsonable
 from app.formatting import stats_line
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        # Derived figures a reader of the JSON expects next to the stored ones.
-        for name in ("has_chat_template", "n_embd_k_gqa", "n_embd_v_gqa"):
-            if hasattr(type(value), name):
-                out[name] = getattr(value, name)
-        return out
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
 
 
 def _default_model() -> str | None:

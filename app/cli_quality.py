@@ -13,12 +13,12 @@ file behind.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import enum
 import json
 import os
 import sys
 from typing import Any
+
+from app.formatting import jsonable as _jsonable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -66,18 +66,6 @@ def register(subparsers: Any) -> None:
                      help="format of --mc")
     p_e.add_argument("--json", action="store_true", help="print one JSON object with every result")
     p_e.set_defaults(func=_cmd_eval)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
 
 
 def _err(message: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import enum
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from app.engine import RunStats
@@ -31,3 +33,21 @@ def stats_line(stats: RunStats) -> str:
         f"generation {fmt(stats.gen_tokens_per_s, '.1f', ' t/s')} ({stats.generated_tokens} tok) · "
         f"stop: {stats.stop_reason.value}"
     )
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses, enums and containers as plain JSON values (the CLI's --json output)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        # Derived figures a reader of the JSON expects next to the stored ones.
+        for name in ("has_chat_template", "n_embd_k_gqa", "n_embd_v_gqa"):
+            if hasattr(type(value), name):
+                out[name] = getattr(value, name)
+        return out
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value
