@@ -298,7 +298,7 @@ class PerformancePanel(Panel):
         buttons.addStretch(1)
         self.compare_table = _table(["test", "config", "A t/s", "B t/s", "change", "significance"])
         self.compare_table.setObjectName("compareTable")
-        self.history_plot = pg.PlotWidget()
+        self.history_plot = pg.PlotWidget(background=None)
         self.history_plot.setMinimumHeight(120)
         self.history_plot.setLabel("left", "t/s")
         self.history_plot.setLabel("bottom", "run (oldest → newest)")

@@ -172,7 +172,7 @@ class QuantizationPanel(Panel):
         buttons.addWidget(self.measure_button)
         self.quality_status = _label("")
         self.quality_status.setObjectName("qualityStatus")
-        self.ppl_plot = pg.PlotWidget()
+        self.ppl_plot = pg.PlotWidget(background=None)
         self.ppl_plot.setMinimumHeight(110)
         self.ppl_plot.setLabel("left", "PPL")
         self.ppl_plot.setLabel("bottom", "chunk")
@@ -199,7 +199,7 @@ class QuantizationPanel(Panel):
         self.compare_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.compare_table.setMinimumHeight(110)
         self.compare_table.setToolTip("Quality score = 100 × exp(−mean KLD against the base); n/a when not measured")
-        self.chart = pg.PlotWidget()
+        self.chart = pg.PlotWidget(background=None)
         self.chart.setMinimumHeight(140)
         self.chart.setLabel("bottom", "file size (MiB)")
         self.chart.setLabel("left", "mean KLD vs base")
@@ -267,6 +267,7 @@ class QuantizationPanel(Panel):
                 self.type_table.setItem(row, col, item)
         default = next((r for r, t in enumerate(types) if t.name == "Q4_K_M"), 0)
         self.type_table.selectRow(default)
+        self.type_table.scrollToItem(self.type_table.item(default, 0))
 
     def set_source(self, info: ModelInfo | None) -> None:
         """The model selected in Model Config: what quantize, measure and base act on."""

@@ -106,7 +106,7 @@ class TuneBox(QWidget):
         buttons.addWidget(self.stop_button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.plot = pg.PlotWidget()
+        self.plot = pg.PlotWidget(background=None)
         self.plot.setMinimumHeight(110)
         self.plot.setLabel("left", "score (t/s)")
         self.plot.setLabel("bottom", "trial")
