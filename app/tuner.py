@@ -14,10 +14,10 @@ The search, in one Optuna study kept in SQLite (so a session resumes after a res
 Each trial is measured with repetitions and scored by their median; a trial whose first repetitions
 fall below 70% of the best so far is pruned. A failed or timed-out trial scores 0 and keeps its
 reason; a configuration estimate_memory says will not fit is skipped, and one already measured is not
-measured again (both are free: the trial budget counts measurements). Finally the best and the default
-settings are measured again, alternately, in the same session, and Welch's t-test says whether the gain
-is real. The GUI drives `Tuner.run` from a worker thread: callbacks for each finished trial and for
-progress, a cancel Event, and frozen dataclasses out.
+measured again unless it was pruned (both are free: the trial budget counts measurements). Finally the
+best and the default settings are measured again, alternately, in the same session, and Welch's t-test
+says whether the gain is real. The GUI drives `Tuner.run` from a worker thread: callbacks for each
+finished trial and for progress, a cancel Event, and frozen dataclasses out.
 """
 
 from __future__ import annotations
@@ -825,9 +825,12 @@ class _Session:
             self.remember(record)
 
     def remember(self, record: TrialRecord) -> None:
+        """Settings not to measure again. A pruned configuration is not among them: pruning judges one
+        or two repetitions under the load of that moment, and a burst of background load can prune a
+        good configuration (seen on the shared test machine: eight in a row). It may come back; TPE,
+        which ranks pruned trials last, proposes it only when little else is left."""
         if record.settings is not None and record.state in (
             TrialStatus.COMPLETE,
-            TrialStatus.PRUNED,
             TrialStatus.FAILED,
             TrialStatus.SKIPPED,
         ):
@@ -950,7 +953,7 @@ class _Session:
             )
         previous = self.known.get(config_key(load))
         if previous is not None:
-            reused = previous.score if previous.state in (TrialStatus.COMPLETE, TrialStatus.FAILED) else None
+            reused = previous.score if previous.state is not TrialStatus.SKIPPED else None
             return finish(
                 TrialStatus.DUPLICATE,
                 previous.score,
