@@ -69,6 +69,29 @@ class TokenEvent:
     t_ns: int  # time.monotonic_ns() when the token was sampled
 
 
+class TokenStream:
+    """The tokens of one generation: appended by the engine thread, read by others at their own pace.
+
+    A reader (a GUI panel) asks for `since(n)` a few times a second instead of being called per
+    token, so a fast model does not wake it 100+ times a second; on a small machine every wake-up
+    is CPU taken from llama.cpp's threads. `list.append` and slicing are atomic under the GIL, so
+    no lock is needed for one writer and any number of readers.
+    """
+
+    def __init__(self) -> None:
+        self._events: list[TokenEvent] = []
+
+    def append(self, event: TokenEvent) -> None:
+        self._events.append(event)
+
+    def since(self, start: int) -> list[TokenEvent]:
+        """The events from index `start` on (empty if none arrived yet)."""
+        return self._events[start:]
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
 @dataclass(frozen=True)
 class TokenPiece:
     token_id: int

@@ -10,19 +10,19 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from app.bench import BenchPlan
-from app.gguf_info import inspect_model
-from app.tuner import TuneConfig, Tuner
-from app.tuner_space import TUNABLE_PARAMS, default_search_space
 from app.engine import (
     Engine,
     EngineError,
     GenerationRequest,
     LoadProgress,
     OperationCancelled,
-    TokenEvent,
+    TokenStream,
 )
+from app.gguf_info import inspect_model
 from app.history import HistoryError, HistoryStore, run_and_record
 from app.settings import LoadSettings
+from app.tuner import TuneConfig, Tuner
+from app.tuner_space import TUNABLE_PARAMS, default_search_space
 from widgets.tune_box import TuneRequest
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class EngineBridge(QObject):
     load_finished = Signal(object)  # LoadResult
     load_cancelled = Signal()
     unloaded = Signal()
-    token_received = Signal(object)  # TokenEvent
+    generation_started = Signal(object)  # TokenStream: read it at your own pace, see TokenReader
     generation_finished = Signal(object)  # RunStats
     tokenized = Signal(object)  # list[TokenPiece]
     benchmark_progressed = Signal(int, int, str)  # done steps, total steps, what runs
@@ -55,6 +55,7 @@ class EngineBridge(QObject):
         super().__init__(parent)
         self.engine = engine or Engine()
         self._history: HistoryStore | None = None
+        self.tokens = TokenStream()  # the running or last generation's tokens
 
     # ---- requests (GUI thread) ---------------------------------------------------------------
     def request_load(self, path: str, settings: LoadSettings, override_memory: bool = False) -> None:
@@ -70,8 +71,14 @@ class EngineBridge(QObject):
         self._start("unload", self.engine.unload, self.unloaded)
 
     def request_generation(self, request: GenerationRequest) -> None:
+        """Generate on the engine thread. Accepted, `generation_started` hands out the stream the
+        tokens will be appended to; no signal per token (see TokenStream)."""
+        stream = TokenStream()
+
         def generate() -> Future[Any]:
-            future = self.engine.generate(request, self._emit_token)
+            future = self.engine.generate(request, stream.append)
+            self.tokens = stream
+            self.generation_started.emit(stream)
             future.add_done_callback(lambda fut: self._store_generation(fut, request))
             return future
 
@@ -134,9 +141,6 @@ class EngineBridge(QObject):
     # ---- plumbing ----------------------------------------------------------------------------
     def _emit_progress(self, progress: LoadProgress) -> None:
         self.load_progressed.emit(progress)
-
-    def _emit_token(self, event: TokenEvent) -> None:
-        self.token_received.emit(event)
 
     def _start(self, operation: str, submit: Any, done_signal: Any) -> None:
         try:

@@ -159,14 +159,14 @@ class MainWindow(QMainWindow):
         b.busy_changed.connect(perf.set_busy)
         b.load_finished.connect(perf.set_loaded)
         b.unloaded.connect(lambda: perf.set_loaded(None))
-        b.token_received.connect(perf.on_token_received)
+        b.generation_started.connect(perf.on_generation_started)
         b.generation_finished.connect(perf.on_generation_finished)
         self.inspector.bandwidth_measured.connect(perf.set_bandwidth)
 
         console.generation_requested.connect(self._on_generation_requested)
         console.stop_requested.connect(b.cancel)
         console.tokenize_requested.connect(b.request_tokenize)
-        b.token_received.connect(console.on_token_received)
+        b.generation_started.connect(console.on_generation_started)
         b.generation_finished.connect(console.on_generation_finished)
         b.tokenized.connect(console.on_tokenized)
 
@@ -209,7 +209,6 @@ class MainWindow(QMainWindow):
         except SettingsError as exc:
             self.console.on_generation_failed(str(exc))
             return
-        self.performance_panel.on_generation_started()
         self.bridge.request_generation(GenerationRequest(prompt, sampling, chat, system_prompt or None))
 
     def _on_tune_requested(self, request: object) -> None:
@@ -264,12 +263,16 @@ class MainWindow(QMainWindow):
             state = self._settings.value(f"window/{splitter.objectName()}")
             if state is not None:
                 splitter.restoreState(state)
+        live = self._settings.value("performance/liveView")
+        if live is not None:
+            self.performance_panel.set_live_view(str(live).lower() == "true")
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
         self._settings.setValue("window/geometry", self.saveGeometry())
         for splitter in (self.panels_splitter, self.main_splitter):
             self._settings.setValue(f"window/{splitter.objectName()}", splitter.saveState())
         self.model_panel.save_state()
+        self._settings.setValue("performance/liveView", self.performance_panel.live_check.isChecked())
         # Stops a running generation or load (llama.cpp's abort callback) and joins the worker,
         # so no thread outlives the window.
         self.quality.shutdown()  # stops a quantization child process; evaluations stop with the engine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -21,8 +21,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine import RunStats, TokenEvent, TokenPiece
+from app.engine import RunStats, TokenEvent, TokenPiece, TokenStream
 from app.formatting import stats_line
+from widgets.token_reader import TokenReader
 
 
 class GenerationConsole(QTabWidget):
@@ -37,11 +38,9 @@ class GenerationConsole(QTabWidget):
         self._model_ready = False
         self._busy = False
         self._generating = False
-        self._pending_text: list[str] = []
-        self._flush_timer = QTimer(self)
-        self._flush_timer.setSingleShot(True)
-        self._flush_timer.setInterval(50)
-        self._flush_timer.timeout.connect(self._flush_output)
+        # Appending (and re-laying out) the text per token would keep the GUI thread busy competing
+        # with llama.cpp's threads for the CPU; new text is read and shown 20 times a second.
+        self.token_reader = TokenReader(50, self._append_tokens, self)
         self.addTab(self._build_generate_tab(), "Generate")
         self.addTab(self._build_tokenizer_tab(), "Tokenizer")
         self._update_enabled()
@@ -172,7 +171,6 @@ class GenerationConsole(QTabWidget):
         if not self.generate_button.isEnabled():
             return
         self._generating = True
-        self._pending_text.clear()
         self.output_view.clear()
         self.stats_label.setText("Generating…")
         self._update_enabled()
@@ -185,39 +183,32 @@ class GenerationConsole(QTabWidget):
             self.stop_requested.emit()
 
     def _on_clear_clicked(self) -> None:
-        self._pending_text.clear()
         self.output_view.clear()
 
     def _on_tokenize_clicked(self) -> None:
         if self.tokenize_button.isEnabled():
             self.tokenize_requested.emit(self.tokenizer_input.toPlainText())
 
-    def on_token_received(self, event: TokenEvent) -> None:
-        # Appending (and re-laying out) the text for every token would keep the GUI thread busy
-        # competing with llama.cpp's threads for the CPU; text is gathered and shown ~20 times a second.
-        if event.text:
-            self._pending_text.append(event.text)
-            if not self._flush_timer.isActive():
-                self._flush_timer.start()
+    def on_generation_started(self, stream: TokenStream) -> None:
+        self.token_reader.start(stream)
 
-    def _flush_output(self) -> None:
-        if not self._pending_text:
+    def _append_tokens(self, events: list[TokenEvent]) -> None:
+        text = "".join(event.text for event in events)
+        if not text:
             return
-        text = "".join(self._pending_text)
-        self._pending_text.clear()
         cursor = self.output_view.textCursor()
         cursor.movePosition(QTextCursor.MoveOperation.End)
         cursor.insertText(text)
         self.output_view.setTextCursor(cursor)
 
     def on_generation_finished(self, stats: RunStats) -> None:
-        self._flush_output()
+        self.token_reader.finish()
         self._generating = False
         self.stats_label.setText(stats_line(stats))
         self._update_enabled()
 
     def on_generation_failed(self, message: str) -> None:
-        self._flush_output()
+        self.token_reader.finish()
         self._generating = False
         self.stats_label.setText(f"Not generated: {message}")
         self._update_enabled()

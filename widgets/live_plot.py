@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QSize, QTimer
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -24,10 +24,45 @@ from PySide6.QtGui import (
     QResizeEvent,
     QShowEvent,
 )
-from PySide6.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QSizePolicy, QVBoxLayout, QWidget
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")
+
+
+def cache_axes(plot: pg.PlotItem) -> None:
+    """Keep each axis as a cached pixmap. pyqtgraph replays an axis's drawing (ticks and text)
+    on every repaint of the plot; cached, a repaint where only the curves moved blits the axes
+    instead, about 5 times cheaper per repaint. pyqtgraph calls `update()` whenever an axis's
+    range or labels change, which invalidates the cache, so the drawing is unchanged."""
+    for name in ("left", "bottom", "right", "top"):
+        plot.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+
+
+def _nice_step(x: float) -> float:
+    """The smallest of 1, 2, 2.5 and 5 times a power of ten that is at least x (x > 0)."""
+    power = 10 ** math.floor(math.log10(x))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * power >= x:
+            return m * power
+    return 10 * power
+
+
+def nice_range(lo: float, hi: float) -> tuple[float, float]:
+    """A y range with round ends holding [lo, hi]: ticks land on round numbers."""
+    if hi <= lo:
+        half = abs(hi) * 0.5 or 0.5
+        lo, hi = lo - half, hi + half
+    step = _nice_step((hi - lo) / 4)
+    return math.floor(lo / step) * step, math.ceil(hi / step) * step
+
+
+def keeps_range(current: tuple[float, float], lo: float, hi: float) -> bool:
+    """Whether a y range still suits data spanning [lo, hi]: it holds the data and the data fill
+    at least a third of it. Changing the range only then keeps the axis (a cached picture) and
+    the reader's eye still while values wobble."""
+    a, b = current
+    return a <= lo and hi <= b and (hi - lo) >= (b - a) / 3
 
 
 class _Ring:
@@ -47,6 +82,16 @@ class _Ring:
         self._v[i] = self._v[i + self.capacity] = v
         self._head = (i + 1) % self.capacity
         self.n = min(self.n + 1, self.capacity)
+
+    def extend(self, t: np.ndarray, v: np.ndarray) -> None:
+        """Append many samples at once (the last `capacity` of them are kept)."""
+        t, v = t[-self.capacity :], v[-self.capacity :]
+        n = len(t)
+        idx = (self._head + np.arange(n)) % self.capacity
+        self._t[idx] = self._t[idx + self.capacity] = t
+        self._v[idx] = self._v[idx + self.capacity] = v
+        self._head = (self._head + n) % self.capacity
+        self.n = min(self.n + n, self.capacity)
 
     def view(self) -> tuple[np.ndarray, np.ndarray]:
         start = (self._head - self.n) % self.capacity
@@ -175,6 +220,58 @@ class ReadoutLabel(QWidget):
         painter.end()
 
 
+class ValueLabel(QWidget):
+    """One line of plain text that changes often (a live figure), painted directly.
+
+    A QLabel asks its whole panel to lay itself out again on every new text. This asks only when
+    a text is wider than any it showed before, so a changing number costs one small repaint and
+    the layout around it does not jitter. `reserve` is a sample of the widest expected text.
+    """
+
+    def __init__(self, text: str = "", parent: QWidget | None = None, *, reserve: str = "") -> None:
+        super().__init__(parent)
+        self._text = text
+        self._reserve = reserve
+        self._hint_width = self._measure()
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+
+    def text(self) -> str:
+        return self._text
+
+    def setText(self, text: str) -> None:  # noqa: N802 (the QLabel name, so either fits)
+        if text == self._text:
+            return
+        self._text = text
+        width = self._measure()
+        if width > self._hint_width:
+            self._hint_width = width
+            self.updateGeometry()
+        self.update()
+
+    def _measure(self) -> int:
+        metrics = self.fontMetrics()
+        return max(metrics.horizontalAdvance(self._text), metrics.horizontalAdvance(self._reserve)) + 2
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return QSize(self._hint_width, self.fontMetrics().height() + 2)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return self.sizeHint()
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.FontChange:
+            self._hint_width = self._measure()
+            self.updateGeometry()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt override)
+        painter = QPainter(self)
+        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        text = self.fontMetrics().elidedText(self._text, Qt.TextElideMode.ElideRight, self.width())
+        painter.drawText(self.rect(), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
+        painter.end()
+
+
 class _Curve:
     def __init__(self, name: str, item: pg.PlotDataItem, capacity: int, colour: QColor) -> None:
         self.name = name
@@ -189,6 +286,10 @@ class LivePlot(QWidget):
 
     `append(name, t, value)` takes a monotonic time in seconds and a value (None = not measured,
     drawn as a gap). The plot refreshes at most every REFRESH_MS while visible.
+
+    With `since_start`, x is instead the time itself (seconds since something began, e.g. a
+    generation) and the x range grows in round steps from `window_s` to hold every sample, so a
+    run of any length fills the plot.
     """
 
     REFRESH_MS = 100
@@ -204,9 +305,12 @@ class LivePlot(QWidget):
         value_format: str = ".1f",
         height: int = 110,
         refresh_ms: int | None = None,
+        since_start: bool = False,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
+        self._since_start = since_start
+        self._x_max = window_s
         self.title = title
         self.unit = unit
         self._window_s = float(window_s)
@@ -225,16 +329,20 @@ class LivePlot(QWidget):
         item.setDownsampling(auto=True, mode="peak")
         item.setMenuEnabled(False)
         item.hideButtons()
+        cache_axes(item)
         item.showGrid(x=False, y=True, alpha=0.25)
         item.setMouseEnabled(x=False, y=False)
         item.getAxis("left").setWidth(42)
         item.setLabel("left", units=None, text=unit)
+        # The y range is set here, not by pyqtgraph's auto-range: that repaints the plot a second
+        # time after each new sample (the range is worked out during the first paint) and changes
+        # the axis on every wobble of the data. Here it moves in round steps, only when needed.
+        self._auto_y = y_range is None
+        self._y_range: tuple[float, float] | None = None
+        item.enableAutoRange(axis="y", enable=False)
+        item.enableAutoRange(axis="x", enable=False)
         if y_range is not None:
             item.setYRange(*y_range, padding=0.05)
-            item.enableAutoRange(axis="y", enable=False)
-        else:
-            item.enableAutoRange(axis="y", enable=True)
-        item.enableAutoRange(axis="x", enable=False)
         self._apply_x_range()
 
         layout = QVBoxLayout(self)
@@ -279,6 +387,25 @@ class LivePlot(QWidget):
         curve.latest = None if math.isnan(v) else v
         self._dirty = True
 
+    def extend(self, name: str, t: np.ndarray, values: np.ndarray) -> None:
+        """Add many samples to curve `name` at once: times ascending, NaN = not measured.
+        Samples before the curve's last time are dropped, as `append` drops them."""
+        if name not in self._curves:
+            self.add_curve(name)
+        curve = self._curves[name]
+        t = np.asarray(t, dtype=float)
+        v = np.asarray(values, dtype=float)
+        last = curve.ring.last_t()
+        keep = np.isfinite(t)
+        if last is not None:
+            keep &= t >= last
+        t, v = t[keep], v[keep]
+        if not len(t):
+            return
+        curve.ring.extend(t, v)
+        curve.latest = None if math.isnan(v[-1]) else float(v[-1])
+        self._dirty = True
+
     def set_window(self, window_s: float) -> None:
         self._window_s = float(window_s)
         self._apply_x_range()
@@ -292,6 +419,8 @@ class LivePlot(QWidget):
         for curve in self._curves.values():
             curve.ring.clear()
             curve.latest = None
+        if self._since_start:
+            self._apply_x_range()
         self._dirty = True
 
     def latest(self, name: str) -> float | None:
@@ -316,15 +445,39 @@ class LivePlot(QWidget):
         self._dirty = False
         lasts = [t for c in self._curves.values() if (t := c.ring.last_t()) is not None]
         now = max(lasts) if lasts else 0.0
+        lo, hi = math.inf, -math.inf
+        if self._since_start and now > self._x_max:
+            self._x_max = _nice_step(now)  # grows in round steps: the axis is redrawn rarely
+            self.plot_widget.getPlotItem().setXRange(0, self._x_max, padding=0)
         for curve in self._curves.values():
             t, v = curve.ring.view()
-            first = int(np.searchsorted(t, now - self._window_s, side="left"))
-            curve.item.setData(t[first:] - now, v[first:], connect="finite")
+            first = 0 if self._since_start else int(np.searchsorted(t, now - self._window_s, side="left"))
+            shown = v[first:]
+            if self._auto_y and np.isfinite(shown).any():
+                lo, hi = min(lo, float(np.nanmin(shown))), max(hi, float(np.nanmax(shown)))
+            curve.item.setData(t[first:] if self._since_start else t[first:] - now, shown, connect="finite")
+        if lo <= hi and (self._y_range is None or not keeps_range(self._y_range, lo, hi)):
+            self._y_range = nice_range(lo, hi)
+            self.plot_widget.getPlotItem().setYRange(*self._y_range, padding=0)
         self._update_header()
         return True
 
+    def y_range(self) -> tuple[float, float]:
+        """The y range shown now."""
+        (_x0, _x1), (y0, y1) = self.plot_widget.getPlotItem().viewRange()
+        return float(y0), float(y1)
+
     def _apply_x_range(self) -> None:
-        self.plot_widget.getPlotItem().setXRange(-self._window_s, 0, padding=0)
+        if self._since_start:
+            self._x_max = self._window_s
+            self.plot_widget.getPlotItem().setXRange(0, self._x_max, padding=0)
+        else:
+            self.plot_widget.getPlotItem().setXRange(-self._window_s, 0, padding=0)
+
+    def x_range(self) -> tuple[float, float]:
+        """The x range shown now."""
+        (x0, x1), _y = self.plot_widget.getPlotItem().viewRange()
+        return float(x0), float(x1)
 
     def _update_header(self) -> None:
         segments: list[Segment] = [(self.title, None, True)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 
@@ -22,7 +22,7 @@ class Panel(QWidget):
         self._boxes = QVBoxLayout(self._content)
         self._boxes.setContentsMargins(0, 0, 0, 0)
         self._boxes.addStretch(1)
-        scroll = QScrollArea()
+        self._scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -31,7 +31,15 @@ class Panel(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(title_label)
         layout.addWidget(scroll, 1)
-        self.setMinimumWidth(260)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """As narrow as the boxes allow and no narrower: the scroll area never scrolls sideways,
+        so a column narrower than its content would cut the right edge off."""
+        hint = super().minimumSizeHint()
+        margins = self.layout().contentsMargins()
+        scrollbar = self._scroll.verticalScrollBar().sizeHint().width()
+        width = self._content.minimumSizeHint().width() + scrollbar + margins.left() + margins.right()
+        return QSize(max(260, width), hint.height())
 
     def add_box(self, title: str, body: QWidget | None = None) -> QGroupBox:
         box = QGroupBox(title)

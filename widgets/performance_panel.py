@@ -6,8 +6,9 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -31,13 +32,14 @@ from PySide6.QtWidgets import (
 from app.bandwidth import Bandwidth, roofline_efficiency
 from app.bench import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
 from app.bench_export import export, load_llama_bench
-from app.engine import LoadResult, RunStats, TokenEvent
+from app.engine import LoadResult, RunStats, TokenEvent, TokenStream
 from app.formatting import fmt, fmt_bytes
 from app.history import HistoryError, HistoryStore, hardware_fingerprint
 from app.settings import LoadSettings
 from app.telemetry import DeviceVerdict, Snapshot, ThrottleVerdict, summarize
-from widgets.live_plot import LivePlot
+from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
+from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
 
 PlanSource = Callable[[], tuple[str | None, LoadSettings]]  # (selected model, Model Config's load settings)
@@ -49,7 +51,7 @@ class StatTile(QWidget):
     def __init__(self, caption: str, tooltip: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.caption = QLabel(caption)
-        self.value = QLabel("n/a")
+        self.value = ValueLabel("n/a", reserve="9999.9 t/s")  # painted: a new value costs no relayout
         self.value.setObjectName(f"tile_{caption.replace(' ', '_').lower()}")
         font = self.value.font()
         font.setPointSizeF(font.pointSizeF() * 1.3)
@@ -64,8 +66,7 @@ class StatTile(QWidget):
             self.setToolTip(tooltip)
 
     def set(self, text: str) -> None:
-        if self.value.text() != text:  # an unchanged text would still cost a relayout
-            self.value.setText(text)
+        self.value.setText(text)
 
 
 def _table(headers: Sequence[str]) -> QTableWidget:
@@ -106,11 +107,7 @@ class PerformancePanel(Panel):
         self._smoothed: float | None = None
         self._run_samples: list[Snapshot] = []  # telemetry snapshots during the current generation
         self._generating = False
-        self._live_tiles: dict[str, str] = {}
-        self._tile_timer = QTimer(self)
-        self._tile_timer.setSingleShot(True)
-        self._tile_timer.setInterval(250)
-        self._tile_timer.timeout.connect(self._flush_tiles)
+        self.token_reader = TokenReader(250, self._on_tokens, self)
         self._bench_results: list[BenchResult] = []
         self._bench_swept: tuple[str, ...] = ()
         self._build_realtime_box()
@@ -128,12 +125,16 @@ class PerformancePanel(Panel):
         layout = QVBoxLayout(body)
         layout.setContentsMargins(0, 0, 0, 0)
         # Redrawn 4 times a second: every redraw is CPU taken from llama.cpp's threads.
-        self.speed_plot = LivePlot("Generation speed", "tok/s", window_s=60, refresh_ms=250)
+        self.speed_plot = LivePlot(
+            "Generation speed", "tok/s", window_s=5, refresh_ms=250, since_start=True
+        )
+        self.speed_plot.plot_widget.setLabel("bottom", "s since the first token")
         self.speed_plot.add_curve("per token")
         self.speed_plot.add_curve("smoothed")
         self.speed_plot.setMinimumHeight(140)
         self.speed_plot.setToolTip(
-            "Per-token rate (1 ÷ time since the previous token) and its moving average"
+            "Per-token rate (1 ÷ time since the previous token) and its moving average, over the "
+            "running or last generation"
         )
         grid = QGridLayout()
         self.tile_speed = StatTile(
@@ -155,8 +156,18 @@ class PerformancePanel(Panel):
             )
         ):
             grid.addWidget(tile, i // 3, i % 3)
+        self.live_check = QCheckBox("Live while generating")
+        self.live_check.setObjectName("liveView")
+        self.live_check.setChecked(True)
+        self.live_check.setToolTip(
+            "Draw the speed plot and tiles 4 times a second while tokens arrive. Off, they are "
+            "drawn once the generation ends: on a machine with few cores the GUI's drawing takes "
+            "a little CPU from llama.cpp."
+        )
+        self.live_check.toggled.connect(self._on_live_toggled)
         layout.addWidget(self.speed_plot)
         layout.addLayout(grid)
+        layout.addWidget(self.live_check)
         self.add_box("Real-time", body)
 
     def _build_efficiency_box(self) -> None:
@@ -236,7 +247,7 @@ class PerformancePanel(Panel):
         self.bench_reps.setToolTip("Timed repetitions per test (after one warm-up); mean ± stdev over them")
         form.addRow("Repetitions", self.bench_reps)
         layout.addLayout(form)
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()
         self.bench_run = QPushButton("Run benchmark")
         self.bench_run.setObjectName("benchRun")
         self.bench_run.setToolTip("Benchmark the selected model (Ctrl+B); nothing else runs meanwhile")
@@ -255,8 +266,8 @@ class PerformancePanel(Panel):
             "Add llama-bench -o json/jsonl output to the history, beside LlamaScope's runs"
         )
         self.bench_import.clicked.connect(self._on_import_clicked)
-        for b in (self.bench_run, self.bench_stop, self.bench_export, self.bench_import):
-            buttons.addWidget(b)
+        for i, b in enumerate((self.bench_run, self.bench_stop, self.bench_export, self.bench_import)):
+            buttons.addWidget(b, i // 2, i % 2)  # two by two: one row would widen the whole column
         layout.addLayout(buttons)
         self.bench_progress = QProgressBar()
         self.bench_progress.setRange(0, 1)
@@ -331,7 +342,7 @@ class PerformancePanel(Panel):
         self.tune_box.set_busy(busy)
 
     # ---- live generation ---------------------------------------------------------------------
-    def on_generation_started(self) -> None:
+    def on_generation_started(self, stream: TokenStream) -> None:
         self._generating = True
         self._t0_ns = None
         self._last_token_ns = None
@@ -339,34 +350,43 @@ class PerformancePanel(Panel):
         self._run_samples.clear()
         self.speed_plot.clear()
         self.tile_tokens.set("0")
+        # Tokens are read 4 times a second, not handed over one by one: at 100+ tokens/s every
+        # wake-up of the GUI thread is CPU taken from llama.cpp's threads on a small machine.
+        self.token_reader.start(stream, ticking=self.live_check.isChecked())
 
-    def on_token_received(self, event: TokenEvent) -> None:
+    def set_live_view(self, live: bool) -> None:
+        """Draw the plot and tiles while generating (True) or only once it has finished."""
+        self.live_check.setChecked(live)
+
+    def _on_live_toggled(self, live: bool) -> None:
+        self.token_reader.set_ticking(live)
+
+    def _on_tokens(self, events: list[TokenEvent]) -> None:
         if self._t0_ns is None:
-            self._t0_ns = event.t_ns
-        if self._last_token_ns is not None and event.t_ns > self._last_token_ns:
-            rate = 1e9 / (event.t_ns - self._last_token_ns)
-            self._smoothed = rate if self._smoothed is None else 0.85 * self._smoothed + 0.15 * rate
-            t = (event.t_ns - self._t0_ns) / 1e9
-            self.speed_plot.append("per token", t, rate)
-            self.speed_plot.append("smoothed", t, self._smoothed)
-            self._live_tiles["speed"] = f"{self._smoothed:.1f} t/s"
-        self._last_token_ns = event.t_ns
-        self._live_tiles["tokens"] = str(event.index + 1)
-        # A label's text change makes the panel lay itself out again; at 100+ tokens/s that took CPU
-        # from llama.cpp (-20 % speed on 2 cores). The tiles show the latest values 4 times a second.
-        if not self._tile_timer.isActive():
-            self._tile_timer.start()
-
-    def _flush_tiles(self) -> None:
-        if "speed" in self._live_tiles:
-            self.tile_speed.set(self._live_tiles["speed"])
-        if "tokens" in self._live_tiles:
-            self.tile_tokens.set(self._live_tiles["tokens"])
-        self._live_tiles.clear()
+            self._t0_ns = events[0].t_ns
+        times: list[float] = []
+        rates: list[float] = []
+        smoothed: list[float] = []
+        for event in events:
+            t_ns = event.t_ns
+            if self._last_token_ns is not None and t_ns > self._last_token_ns:
+                rate = 1e9 / (t_ns - self._last_token_ns)
+                self._smoothed = rate if self._smoothed is None else 0.85 * self._smoothed + 0.15 * rate
+                times.append((t_ns - self._t0_ns) / 1e9)
+                rates.append(rate)
+                smoothed.append(self._smoothed)
+            self._last_token_ns = t_ns
+        if times:
+            t = np.array(times)
+            self.speed_plot.extend("per token", t, np.array(rates))
+            self.speed_plot.extend("smoothed", t, np.array(smoothed))
+            self.speed_plot.flush()  # with the tiles, not up to a refresh period later
+            self.tile_speed.set(f"{self._smoothed:.1f} t/s")
+        # Painted labels: a new value costs a small repaint, not a relayout of the panel.
+        self.tile_tokens.set(str(events[-1].index + 1))
 
     def on_generation_finished(self, stats: RunStats) -> None:
-        self._tile_timer.stop()
-        self._live_tiles.clear()
+        self.token_reader.finish()  # the last tokens' rates belong on the plot too
         self._generating = False
         self._last_stats = stats
         self.tile_speed.set(fmt(stats.gen_tokens_per_s, ".1f", " t/s"))
@@ -378,6 +398,7 @@ class PerformancePanel(Panel):
         self.refresh_history()
 
     def on_generation_failed(self) -> None:
+        self.token_reader.finish()
         self._generating = False
 
     def on_sample(self, snapshot: Snapshot) -> None:

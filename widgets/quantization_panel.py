@@ -41,6 +41,7 @@ from app.quant_compare import (
 )
 from app.quant_types import QuantType
 from app.quantize import QuantizeProgress, QuantizeRequest, QuantizeResult, f16_base_request
+from widgets.live_plot import cache_axes
 from widgets.panel import Panel
 
 _TENSOR_TYPES = ("", "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0")
@@ -173,6 +174,7 @@ class QuantizationPanel(Panel):
         self.quality_status = _label("")
         self.quality_status.setObjectName("qualityStatus")
         self.ppl_plot = pg.PlotWidget(background=None)
+        cache_axes(self.ppl_plot.getPlotItem())  # redrawn live while work runs
         self.ppl_plot.setMinimumHeight(110)
         self.ppl_plot.setLabel("left", "PPL")
         self.ppl_plot.setLabel("bottom", "chunk")

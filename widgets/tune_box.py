@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from app.settings import LoadSettings
 from app.tuner import TrialRecord, TuneProgress, TuneResult
+from widgets.live_plot import cache_axes
 
 # Checkbox label -> the LoadSettings fields it lets the tuner vary.
 PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -107,6 +108,7 @@ class TuneBox(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.plot = pg.PlotWidget(background=None)
+        cache_axes(self.plot.getPlotItem())  # redrawn live while work runs
         self.plot.setMinimumHeight(110)
         self.plot.setLabel("left", "score (t/s)")
         self.plot.setLabel("bottom", "trial")

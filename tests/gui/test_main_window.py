@@ -12,7 +12,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QLabel, QSpinBox
 from pytestqt.qtbot import QtBot
 
-from app.engine import RunStats, StopReason
+from app.engine import RunStats, StopReason, TokenStream
 from ui.main_window import MainWindow
 
 WAIT_MS = 120_000  # generous for a shared machine; a hang still fails
@@ -95,11 +95,11 @@ def test_load_generate_stop_and_unload_through_the_widgets(qtbot: QtBot, window:
 
     # Stop during a long generation keeps what was generated.
     _set_spin(window, "max_tokens", 900)
-    first_token = threading.Event()
-    window.bridge.token_received.connect(lambda _e: first_token.set())
+    streams: list[TokenStream] = []
+    window.bridge.generation_started.connect(streams.append)
     with qtbot.waitSignal(window.bridge.generation_finished, timeout=WAIT_MS) as finished:
         _generate(qtbot, window, "Once upon a time, in a land far away,")
-        qtbot.waitUntil(first_token.is_set, timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: bool(streams) and len(streams[-1]) > 0, timeout=WAIT_MS)
         assert console.stop_button.isEnabled()
         assert not panel.load_form.isEnabled()  # no reload-needing edits while busy
         qtbot.mouseClick(console.stop_button, Qt.MouseButton.LeftButton)
@@ -151,10 +151,10 @@ def test_closing_the_window_during_generation_exits_cleanly(
     qtbot.waitUntil(lambda: demo_model in win.model_panel._infos, timeout=WAIT_MS)
     _load(qtbot, win)
     _set_spin(win, "max_tokens", 900)
-    first_token = threading.Event()
-    win.bridge.token_received.connect(lambda _e: first_token.set())
+    streams: list[TokenStream] = []
+    win.bridge.generation_started.connect(streams.append)
     _generate(qtbot, win, "Once upon a time, in a land far away,")
-    qtbot.waitUntil(first_token.is_set, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bool(streams) and len(streams[-1]) > 0, timeout=WAIT_MS)
     assert win.bridge.engine.busy
     win.close()  # must cancel, join the worker and free the model without hanging
     assert win.bridge.engine.loaded is None
