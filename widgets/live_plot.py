@@ -119,6 +119,7 @@ class ReadoutLabel(QWidget):
         super().__init__(parent)
         self._segments: list[Segment] = []
         self._lines = 1
+        self._fonts: tuple[tuple[QFont, QFontMetrics], tuple[QFont, QFontMetrics]] | None = None
         sp = self.sizePolicy()
         sp.setHeightForWidth(True)
         sp.setHorizontalPolicy(QSizePolicy.Policy.Preferred)
@@ -140,12 +141,16 @@ class ReadoutLabel(QWidget):
         self.set_segments(segments)
 
     def set_segments(self, segments: list[Segment]) -> None:
-        """Segments wrap as units: (text, colour of a ■ swatch before it or None, bold)."""
+        """Segments wrap as units: (text, colour of a ■ swatch before it or None, bold).
+
+        The number of lines only grows while the width stays the same: a value that wobbles
+        between wrapping and not wrapping would otherwise resize everything below it every tick.
+        """
         if segments == self._segments:
             return
         self._segments = list(segments)
         lines = self._count_lines(self.width() if self.width() > 0 else 10_000)
-        if lines != self._lines:
+        if lines > self._lines:
             self._lines = lines
             self.updateGeometry()
         self.update()
@@ -154,16 +159,25 @@ class ReadoutLabel(QWidget):
         return " ".join(t for t, _c, _b in self._segments if (t, _c, _b) != _BREAK)
 
     # ---- geometry ----------------------------------------------------------------------------
+    def _font(self, bold: bool) -> tuple[QFont, QFontMetrics]:
+        """The normal or the bold font and its metrics, made once per font change."""
+        if self._fonts is None:
+            normal, bold_font = QFont(self.font()), QFont(self.font())
+            bold_font.setBold(True)
+            self._fonts = ((normal, QFontMetrics(normal)), (bold_font, QFontMetrics(bold_font)))
+        return self._fonts[bold]
+
+    def _metrics(self, bold: bool) -> QFontMetrics:
+        return self._font(bold)[1]
+
     def _segment_width(self, segment: Segment) -> int:
         text, colour, bold = segment
-        font = QFont(self.font())
-        font.setBold(bold)
-        metrics = QFontMetrics(font)
+        metrics = self._metrics(bold)
         swatch = metrics.height() if colour is not None else 0
         return swatch + metrics.horizontalAdvance(text)
 
     def _flow(self, width: int) -> list[list[tuple[int, Segment]]]:
-        gap = self.fontMetrics().horizontalAdvance("  ")
+        gap = self._metrics(False).horizontalAdvance("  ")
         lines: list[list[tuple[int, Segment]]] = [[]]
         x = 0
         for segment in self._segments:
@@ -186,7 +200,10 @@ class ReadoutLabel(QWidget):
         return True
 
     def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
-        return self._count_lines(width) * self.fontMetrics().lineSpacing() + 2
+        lines = self._count_lines(width)
+        if width == self.width():
+            lines = max(lines, self._lines)  # as set_segments keeps it
+        return lines * self.fontMetrics().lineSpacing() + 2
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
         return QSize(200, self._lines * self.fontMetrics().lineSpacing() + 2)
@@ -194,8 +211,17 @@ class ReadoutLabel(QWidget):
     def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
         return QSize(50, self.fontMetrics().lineSpacing() + 2)
 
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.FontChange:
+            self._fonts = None
+            self._lines = self._count_lines(self.width() if self.width() > 0 else 10_000)
+            self.updateGeometry()
+
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
         super().resizeEvent(event)
+        if event.size().width() == event.oldSize().width():
+            return
         lines = self._count_lines(event.size().width())
         if lines != self._lines:
             self._lines = lines
@@ -209,13 +235,12 @@ class ReadoutLabel(QWidget):
         for row, line in enumerate(self._flow(self.width())):
             y = row * line_height + 1
             for x, (text, colour, bold) in line:
-                font = QFont(self.font())
-                font.setBold(bold)
+                font, metrics = self._font(bold)
                 painter.setFont(font)
                 if colour is not None:
-                    size = QFontMetrics(font).height() // 2
+                    size = metrics.height() // 2
                     painter.fillRect(x + 1, y + (line_height - size) // 2, size, size, colour)
-                    x += QFontMetrics(font).height()
+                    x += metrics.height()
                 painter.drawText(x, y + ascent, text)
         painter.end()
 
@@ -351,7 +376,9 @@ class LivePlot(QWidget):
         layout.addWidget(self.header)
         layout.addWidget(self.plot_widget)
 
+        # Single-shot, started by the first new sample after a redraw: an idle plot wakes nobody.
         self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
         self._timer.setInterval(refresh_ms or self.REFRESH_MS)
         self._timer.timeout.connect(self.flush)
         self._update_header()
@@ -385,7 +412,7 @@ class LivePlot(QWidget):
         v = float(value) if value is not None and math.isfinite(value) else math.nan
         curve.ring.append(t, v)
         curve.latest = None if math.isnan(v) else v
-        self._dirty = True
+        self._mark_dirty()
 
     def extend(self, name: str, t: np.ndarray, values: np.ndarray) -> None:
         """Add many samples to curve `name` at once: times ascending, NaN = not measured.
@@ -404,12 +431,17 @@ class LivePlot(QWidget):
             return
         curve.ring.extend(t, v)
         curve.latest = None if math.isnan(v[-1]) else float(v[-1])
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
         self._dirty = True
+        if not self._timer.isActive() and self.isVisible():
+            self._timer.start()
 
     def set_window(self, window_s: float) -> None:
         self._window_s = float(window_s)
         self._apply_x_range()
-        self._dirty = True
+        self._mark_dirty()
 
     @property
     def window_s(self) -> float:
@@ -421,7 +453,7 @@ class LivePlot(QWidget):
             curve.latest = None
         if self._since_start:
             self._apply_x_range()
-        self._dirty = True
+        self._mark_dirty()
 
     def latest(self, name: str) -> float | None:
         curve = self._curves.get(name)
@@ -488,8 +520,7 @@ class LivePlot(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
         super().showEvent(event)
-        self._timer.start()
-        self.flush()
+        self.flush()  # samples that arrived while hidden
 
     def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 (Qt override)
         self._timer.stop()
