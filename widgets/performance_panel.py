@@ -42,6 +42,8 @@ from widgets.panel import Panel
 from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
 
+LIVE_REFRESH_MS = 500  # how often the live view reads new tokens and redraws
+
 PlanSource = Callable[[], tuple[str | None, LoadSettings]]  # (selected model, Model Config's load settings)
 
 
@@ -107,7 +109,9 @@ class PerformancePanel(Panel):
         self._smoothed: float | None = None
         self._run_samples: list[Snapshot] = []  # telemetry snapshots during the current generation
         self._generating = False
-        self.token_reader = TokenReader(250, self._on_tokens, self)
+        # Twice a second: each redraw takes the GUI thread ~3 ms of Python, which on 2 cores stalls
+        # llama.cpp; 4 times a second cost ~2-3 % generation speed, twice ~0 (plot_overhead.py).
+        self.token_reader = TokenReader(LIVE_REFRESH_MS, self._on_tokens, self)
         self._bench_results: list[BenchResult] = []
         self._bench_swept: tuple[str, ...] = ()
         self._build_realtime_box()
@@ -124,9 +128,9 @@ class PerformancePanel(Panel):
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.setContentsMargins(0, 0, 0, 0)
-        # Redrawn 4 times a second: every redraw is CPU taken from llama.cpp's threads.
+        # Redrawn twice a second while generating (see token_reader above).
         self.speed_plot = LivePlot(
-            "Generation speed", "tok/s", window_s=5, refresh_ms=250, since_start=True
+            "Generation speed", "tok/s", window_s=5, refresh_ms=LIVE_REFRESH_MS, since_start=True
         )
         self.speed_plot.plot_widget.setLabel("bottom", "s since the first token")
         self.speed_plot.add_curve("per token")
@@ -160,7 +164,7 @@ class PerformancePanel(Panel):
         self.live_check.setObjectName("liveView")
         self.live_check.setChecked(True)
         self.live_check.setToolTip(
-            "Draw the speed plot and tiles 4 times a second while tokens arrive. Off, they are "
+            "Draw the speed plot and tiles twice a second while tokens arrive. Off, they are "
             "drawn once the generation ends: on a machine with few cores the GUI's drawing takes "
             "a little CPU from llama.cpp."
         )
@@ -350,7 +354,7 @@ class PerformancePanel(Panel):
         self._run_samples.clear()
         self.speed_plot.clear()
         self.tile_tokens.set("0")
-        # Tokens are read 4 times a second, not handed over one by one: at 100+ tokens/s every
+        # Tokens are read twice a second, not handed over one by one: at 100+ tokens/s every
         # wake-up of the GUI thread is CPU taken from llama.cpp's threads on a small machine.
         self.token_reader.start(stream, ticking=self.live_check.isChecked())
 
