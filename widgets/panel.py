@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 
@@ -25,21 +25,15 @@ class Panel(QWidget):
         self._scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # Sideways only when a column is squeezed below what its boxes need: cut off, the right
+        # edge of a box (values, buttons) would be out of reach.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         scroll.setWidget(self._content)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(title_label)
         layout.addWidget(scroll, 1)
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
-        """As narrow as the boxes allow and no narrower: the scroll area never scrolls sideways,
-        so a column narrower than its content would cut the right edge off."""
-        hint = super().minimumSizeHint()
-        margins = self.layout().contentsMargins()
-        scrollbar = self._scroll.verticalScrollBar().sizeHint().width()
-        width = self._content.minimumSizeHint().width() + scrollbar + margins.left() + margins.right()
-        return QSize(max(260, width), hint.height())
+        self.setMinimumWidth(260)
 
     def add_box(self, title: str, body: QWidget | None = None) -> QGroupBox:
         box = QGroupBox(title)

@@ -353,6 +353,7 @@ class PerformancePanel(Panel):
         self._smoothed = None
         self._run_samples.clear()
         self.speed_plot.clear()
+        self.speed_plot.flush()  # the last run's curve goes now, not at the first redraw
         self.tile_tokens.set("0")
         # Tokens are read twice a second, not handed over one by one: at 100+ tokens/s every
         # wake-up of the GUI thread is CPU taken from llama.cpp's threads on a small machine.

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QInputDialog,
@@ -63,6 +64,9 @@ class TuneBox(QWidget):
         self.objective.addItem("Prompt speed (pp 512)", "pp")
         self.objective.addItem("Chat turn: 512 prompt + 128 generated", "mix:512,128")
         self.objective.setToolTip("What 'fastest' means: the chat mix minimises the time of a whole turn")
+        # Narrower than its longest choice (the list still shows it whole), so the column stays slim.
+        self.objective.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.objective.setMinimumContentsLength(18)
         self.trials = QSpinBox()
         self.trials.setRange(1, 500)
         self.trials.setValue(12)
@@ -92,6 +96,7 @@ class TuneBox(QWidget):
                 column = QVBoxLayout()
         params_layout.addLayout(column)
         form.addRow("Tune", params)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # checkboxes under "Tune" when narrow
 
         self.run_button = QPushButton("Auto-Tune")
         self.run_button.setObjectName("tuneRun")
@@ -133,10 +138,12 @@ class TuneBox(QWidget):
         self.flags_button = QPushButton("Copy flags")
         self.flags_button.setToolTip("Copy the llama-server / llama-cli flags of the best configuration")
         self.flags_button.clicked.connect(self._on_copy_flags)
-        result_buttons = QHBoxLayout()
+        result_buttons = QGridLayout()  # two rows: one would widen the whole column
         for b in (self.apply_button, self.profile_button, self.flags_button):
             b.setEnabled(False)
-            result_buttons.addWidget(b)
+        result_buttons.addWidget(self.apply_button, 0, 0, 1, 2)
+        result_buttons.addWidget(self.profile_button, 1, 0)
+        result_buttons.addWidget(self.flags_button, 1, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)

@@ -127,6 +127,67 @@ def test_live_figures_during_generation(qtbot: QtBot, window: MainWindow) -> Non
     assert perf.history_table.item(0, 2).text() == "generation"
 
 
+def test_live_view_draws_while_generating_or_only_at_the_end(
+    qtbot: QtBot, window: MainWindow, tmp_path: Path
+) -> None:
+    perf, console, engine = window.performance_panel, window.console, window.bridge.engine
+    with qtbot.waitSignal(window.bridge.load_finished, timeout=WAIT_MS):
+        qtbot.mouseClick(window.model_panel.load_button, Qt.MouseButton.LeftButton)
+    window.model_panel.findChild(QSpinBox, "field_max_tokens").setValue(400)
+    window.model_panel.findChild(QSpinBox, "field_top_k").setValue(1)  # greedy: no early end of text
+    console.completion_radio.setChecked(True)
+    console.prompt_edit.setPlainText("Once upon a time, in a land far away,")
+
+    def points() -> int:
+        return len(perf.speed_plot.data("per token")[0])
+
+    # Live: the plot and the tokens tile fill while the engine is still generating.
+    assert perf.live_check.isChecked()
+    seen_live: list[int] = []
+    with qtbot.waitSignal(window.bridge.generation_finished, timeout=WAIT_MS) as finished:
+        qtbot.mouseClick(console.generate_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: points() > 0 or not engine.busy, timeout=WAIT_MS)
+        if engine.busy:
+            seen_live.append(points())
+    stats = finished.args[0]
+    assert seen_live and 0 < seen_live[0] < stats.generated_tokens - 1
+    assert points() == stats.generated_tokens - 1  # one rate per gap between tokens
+    x, _ = perf.speed_plot.data("per token")
+    assert 0 < x[-1] <= perf.speed_plot.x_range()[1]  # the whole run in view
+
+    # Not live: nothing is drawn until the generation ends, then all of it.
+    perf.live_check.setChecked(False)
+    with qtbot.waitSignal(window.bridge.generation_finished, timeout=WAIT_MS) as finished:
+        qtbot.mouseClick(console.generate_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: len(window.bridge.tokens) > 20 or not engine.busy, timeout=WAIT_MS)
+        assert points() == 0 and perf.tile_tokens.value.text() == "0"
+    assert points() == finished.args[0].generated_tokens - 1
+    assert perf.tile_tokens.value.text() == str(finished.args[0].generated_tokens)
+
+    # The choice is remembered.
+    window.close()
+    settings = QSettings(str(tmp_path / "llamascope.ini"), QSettings.Format.IniFormat)
+    again = MainWindow(settings=settings, history=HistoryStore(str(tmp_path / "history.sqlite3")))
+    qtbot.addWidget(again)
+    assert not again.performance_panel.live_check.isChecked()
+    again.close()
+
+
+def test_no_column_cuts_its_boxes_off(qtbot: QtBot, window: MainWindow) -> None:
+    """At the default size every box fits its column; squeezed, a column scrolls sideways rather
+    than cutting off the right edge of its boxes."""
+    panels = (window.model_panel, window.hardware_panel, window.quantization_panel, window.performance_panel)
+    window.resize(1600, 950)
+    qtbot.wait(50)
+    for panel in panels:
+        assert panel._scroll.horizontalScrollBar().maximum() == 0, type(panel).__name__
+    window.resize(1100, 700)
+    qtbot.wait(50)
+    for panel in panels:
+        content = panel._content
+        assert content.width() >= content.minimumSizeHint().width(), type(panel).__name__
+
+
 def test_import_llama_bench_output(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
     record = {
         "build_commit": "abc1234",
