@@ -89,6 +89,9 @@ class GpuSnapshot:
     throttle_reasons_mask: int | None  # NVML clock-event reasons bitmask
     throttle_reasons: tuple[str, ...]  # the mask in words
     energy_joules_total: float | None  # NVML's counter since the driver loaded
+    # This process's memory on the GPU (NVML's compute processes); None when the driver does not
+    # list it (no per-process accounting, or a container whose PIDs differ from the host's).
+    process_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -423,7 +426,19 @@ class SnapshotCollector:
             throttle_reasons_mask=mask_int,
             throttle_reasons=decode_clock_event_reasons(mask_int),
             energy_joules_total=_to_float(energy_mj, 1000.0),
+            process_memory_bytes=_process_memory(q(i, "nvmlDeviceGetComputeRunningProcesses")),
         )
+
+
+def _process_memory(processes: Any) -> int | None:
+    """This process's GPU memory from NVML's process list; None when it is not listed or unknown."""
+    if not processes:
+        return None
+    mine = [p for p in processes if getattr(p, "pid", None) == os.getpid()]
+    used = [_int_attr(p, "usedGpuMemory") for p in mine]
+    if not used or any(u is None for u in used):
+        return None
+    return sum(u for u in used if u is not None)
 
 
 def _percent(part: float, whole: float) -> float | None:

@@ -5,6 +5,7 @@ Imported by tests/core and tests/gui (pytest puts tests/ on sys.path for its con
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import namedtuple
 from collections.abc import Callable
@@ -229,9 +230,19 @@ class FakeNvmlModule:
         return call
 
 
+def gpu_processes(*used: tuple[int, int | None]) -> list[SimpleNamespace]:
+    """NVML's compute-process list: (pid, bytes used or None when the driver does not say)."""
+    return [SimpleNamespace(pid=pid, usedGpuMemory=b) for pid, b in used]
+
+
 def two_gpu_nvml() -> FakeNvmlModule:
-    """Two GPUs: the first throttled by power cap and heat; the second lacks fan and energy readings."""
-    first = FakeGpu("RTX 4090", nvmlDeviceGetCurrentClocksEventReasons=0x4 | 0x40)
+    """Two GPUs: the first throttled by power cap and heat, with this process and another on it;
+    the second lacks fan, energy and process readings."""
+    first = FakeGpu(
+        "RTX 4090",
+        nvmlDeviceGetCurrentClocksEventReasons=0x4 | 0x40,
+        nvmlDeviceGetComputeRunningProcesses=gpu_processes((os.getpid(), 3 * 1024**3 // 2), (1, 1024**3)),
+    )
     second = FakeGpu("RTX 3060", total_gib=12, used_gib=1)
     del second.answers["nvmlDeviceGetFanSpeed"]
     del second.answers["nvmlDeviceGetTotalEnergyConsumption"]

@@ -147,16 +147,28 @@ class PerformancePanel(Panel):
         self.tile_ttft = StatTile("TTFT", "Time to first token: request to first token sampled")
         self.tile_prompt = StatTile("Prompt", "Prompt tokens ÷ time to first token")
         self.tile_tokens = StatTile("Tokens", "Tokens generated so far")
-        self.tile_memory = StatTile("Memory", "LlamaScope's resident memory (RSS)")
+        self.tile_memory = StatTile("Memory", "LlamaScope's resident memory (RSS), with the model it loaded")
+        self.tile_vram = StatTile(
+            "VRAM",
+            "LlamaScope's memory on the GPU(s), as the NVIDIA driver lists it per process; n/a "
+            "without an NVIDIA GPU or when the driver does not report it",
+        )
         self.tile_cpu = StatTile("CPU", "Whole-machine CPU utilisation")
+        self.tile_power = StatTile(
+            "Power", "CPU package (RAPL) + GPU (NVML) power; n/a when the machine exposes neither"
+        )
+        self.tile_temp = StatTile("Temp", "Hottest sensor (CPU or GPU); n/a without readable sensors")
         for i, tile in enumerate(
             (
                 self.tile_speed,
                 self.tile_ttft,
                 self.tile_prompt,
                 self.tile_tokens,
-                self.tile_memory,
                 self.tile_cpu,
+                self.tile_power,
+                self.tile_memory,
+                self.tile_vram,
+                self.tile_temp,
             )
         ):
             grid.addWidget(tile, i // 3, i % 3)
@@ -411,7 +423,11 @@ class PerformancePanel(Panel):
         if self._generating:
             self._run_samples.append(snapshot)
         self.tile_memory.set(fmt_bytes(snapshot.process_rss_bytes))
+        vram = [g.process_memory_bytes for g in snapshot.gpus if g.process_memory_bytes is not None]
+        self.tile_vram.set(fmt_bytes(sum(vram)) if vram else "n/a")
         self.tile_cpu.set(fmt(snapshot.cpu_percent, ".0f", " %"))
+        self.tile_power.set(fmt(snapshot.total_power_watts, ".1f", " W"))
+        self.tile_temp.set(fmt(snapshot.max_temperature_c, ".0f", " °C"))
         if snapshot.mem_used_bytes is not None and snapshot.mem_total_bytes:
             self.eff_memory.setText(
                 f"{100 * snapshot.mem_used_bytes / snapshot.mem_total_bytes:.0f} % of RAM in use"

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from hardware_fakes import (
     FakeNvmlModule,
     FakePsutil,
     build_x86_tree,
+    gpu_processes,
     remove,
     two_gpu_nvml,
     write,
@@ -407,6 +409,18 @@ def test_failing_sources_are_n_a_only_where_they_matter(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == len(set(messages))
     assert sum("virtual_memory" in m for m in messages) == 1
+
+
+def test_this_process_gpu_memory_comes_from_nvml_process_list(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    s = rig.tick()
+    assert s.gpus[0].process_memory_bytes == 3 * 1024**3 // 2  # ours, not the other process's
+    assert s.gpus[1].process_memory_bytes is None  # no process list: not known, not zero
+    first = rig.module.gpus[0]
+    first.answers["nvmlDeviceGetComputeRunningProcesses"] = gpu_processes((1, 1024**3))
+    assert rig.tick().gpus[0].process_memory_bytes is None  # not listed (another PID namespace?)
+    first.answers["nvmlDeviceGetComputeRunningProcesses"] = gpu_processes((os.getpid(), None))
+    assert rig.tick().gpus[0].process_memory_bytes is None  # listed, amount not reported
 
 
 def test_a_gpu_that_vanishes_is_n_a_and_nothing_else(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from app.telemetry import DeviceVerdict, GpuSnapshot, Sampler, Snapshot, Throttl
 from ui.telemetry_bridge import TelemetryBridge
 from widgets.hardware_panel import THROTTLE_HOLD_S, HardwarePanel
 from widgets.live_plot import LivePlot
+from widgets.performance_panel import PerformancePanel
 
 GIB = 1024**3
 WAIT_MS = 120_000
@@ -214,6 +215,23 @@ def test_time_window_choice_applies_to_every_plot(qtbot: QtBot, panel: HardwareP
     panel.cpu_plot.flush()
     x, _y = panel.cpu_plot.data("total")
     assert x[0] == -300.0 and len(x) == 301
+
+
+def test_performance_tiles_show_what_the_sampler_measured(qtbot: QtBot) -> None:
+    perf = PerformancePanel(history=None)
+    qtbot.addWidget(perf)
+    perf.on_sample(_snap(1.0))  # a CPU-only machine without sensors
+    assert perf.tile_memory.value.text() == "512 MiB"
+    assert perf.tile_cpu.value.text() == "40 %"
+    assert [t.value.text() for t in (perf.tile_vram, perf.tile_power, perf.tile_temp)] == ["n/a"] * 3
+    gpus = (
+        dataclasses.replace(_gpu(0), process_memory_bytes=GIB),
+        dataclasses.replace(_gpu(1), process_memory_bytes=GIB // 2),
+    )
+    perf.on_sample(_snap(1.5, gpus=gpus, cpu_power=35.0, temps=(("Package id 0", 71.0),)))
+    assert perf.tile_vram.value.text() == "1.5 GiB"  # LlamaScope's share on both GPUs
+    assert perf.tile_power.value.text() == "435.0 W"  # CPU package + both GPUs
+    assert perf.tile_temp.value.text() == "71 °C"
 
 
 # ---- LivePlot ---------------------------------------------------------------------------------
