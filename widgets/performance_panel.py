@@ -114,6 +114,8 @@ class PerformancePanel(Panel):
         self.token_reader = TokenReader(LIVE_REFRESH_MS, self._on_tokens, self)
         self._bench_results: list[BenchResult] = []
         self._bench_swept: tuple[str, ...] = ()
+        self._bench_several_models = False
+        self._extra_models: list[str] = []  # benchmarked after the model selected in Model Config
         self._build_realtime_box()
         self._build_efficiency_box()
         self._build_thermal_box()
@@ -239,6 +241,9 @@ class PerformancePanel(Panel):
         self.bench_ubatch = QLineEdit("")
         self.bench_fa = QLineEdit("")
         self.bench_ctk = QLineEdit("")
+        self.bench_ctv = QLineEdit("")
+        self.bench_ngl = QLineEdit("")
+        self.bench_mmap = QLineEdit("")
         self.bench_reps = QSpinBox()
         self.bench_reps.setRange(1, 100)
         self.bench_reps.setValue(5)
@@ -257,11 +262,34 @@ class PerformancePanel(Panel):
             ("n_ubatch", self.bench_ubatch, "Empty = Model Config's value. " + list_tip),
             ("Flash attn", self.bench_fa, "0, 1 or 0,1; empty = Model Config's value"),
             ("K cache", self.bench_ctk, "e.g. f16,q8_0; empty = Model Config's value"),
+            (
+                "V cache",
+                self.bench_ctv,
+                "e.g. f16,q8_0 (a quantized V cache needs flash attention); empty = Model Config's value",
+            ),
+            ("GPU layers", self.bench_ngl, "e.g. 0,99; empty = Model Config's value. " + list_tip),
+            ("mmap", self.bench_mmap, "0, 1 or 0,1; empty = Model Config's value"),
         ):
             edit.setToolTip(tip)
             form.addRow(label, edit)
         self.bench_reps.setToolTip("Timed repetitions per test (after one warm-up); mean ± stdev over them")
         form.addRow("Repetitions", self.bench_reps)
+        models_row = QHBoxLayout()
+        self.bench_models_label = QLabel("the model selected in Model Config")
+        self.bench_models_label.setWordWrap(True)
+        self.bench_models_add = QPushButton("Add…")
+        self.bench_models_add.setToolTip(
+            "Benchmark more GGUF files with the same tests and settings, one after another"
+        )
+        self.bench_models_add.clicked.connect(self._on_add_models_clicked)
+        self.bench_models_clear = QPushButton("Clear")
+        self.bench_models_clear.setToolTip("Benchmark only the model selected in Model Config")
+        self.bench_models_clear.clicked.connect(lambda: self.set_extra_models([]))
+        self.bench_models_clear.setEnabled(False)
+        models_row.addWidget(self.bench_models_label, 1)
+        models_row.addWidget(self.bench_models_add)
+        models_row.addWidget(self.bench_models_clear)
+        form.addRow("Models", models_row)
         layout.addLayout(form)
         buttons = QGridLayout()
         self.bench_run = QPushButton("Run benchmark")
@@ -497,16 +525,40 @@ class PerformancePanel(Panel):
             ("n_ubatch", self.bench_ubatch, int),
             ("flash_attn", self.bench_fa, bool),
             ("type_k", self.bench_ctk, str),
+            ("type_v", self.bench_ctv, str),
+            ("n_gpu_layers", self.bench_ngl, int),
+            ("use_mmap", self.bench_mmap, bool),
         ):
             chosen = values(edit, kind)
             if chosen:
                 sweep.append((field, chosen))
+        models = (model, *(m for m in self._extra_models if m != model))
+        missing = [m for m in models if not os.path.isfile(m)]
+        if missing:
+            raise BenchError(f"no such model file: {missing[0]}")
         plan = BenchPlan(
-            models=(model,), tests=tests, base=base, sweep=tuple(sweep), repetitions=self.bench_reps.value()
+            models=models, tests=tests, base=base, sweep=tuple(sweep), repetitions=self.bench_reps.value()
         )
         for _model, load, _test in plan.instances():
             load.validate()
         return plan
+
+    def set_extra_models(self, paths: Sequence[str]) -> None:
+        """Models benchmarked after the selected one (llama-bench's several -m)."""
+        self._extra_models = list(dict.fromkeys(paths))
+        names = ", ".join(os.path.basename(p) for p in self._extra_models)
+        self.bench_models_label.setText(
+            "the model selected in Model Config" + (f" + {names}" if names else "")
+        )
+        self.bench_models_label.setToolTip("\n".join(self._extra_models))
+        self.bench_models_clear.setEnabled(bool(self._extra_models))
+
+    def _on_add_models_clicked(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "More models to benchmark", "", "GGUF models (*.gguf);;All files (*)"
+        )
+        if paths:
+            self.set_extra_models([*self._extra_models, *paths])
 
     def request_benchmark(self) -> None:
         if not self.bench_run.isEnabled():
@@ -518,6 +570,7 @@ class PerformancePanel(Panel):
             return
         self._bench_results = []
         self._bench_swept = plan.swept_fields
+        self._bench_several_models = len(plan.models) > 1
         self.bench_table.setRowCount(0)
         self.bench_progress.setRange(0, 1)
         self.bench_progress.setValue(0)
@@ -538,6 +591,8 @@ class PerformancePanel(Panel):
             f"{SWEEPABLE[f][1]}={int(v) if isinstance(v := getattr(result, f), bool) else v}"
             for f in (self._bench_swept or ("n_threads",))
         )
+        if self._bench_several_models:
+            config = f"{os.path.basename(result.model_filename)} {config}"
         notes = []
         if not result.complete:
             notes.append(f"stopped after {len(result.samples_ns)} rep.")

@@ -98,6 +98,35 @@ def test_two_runs_compare_with_welch(qtbot: QtBot, window: MainWindow) -> None:
     assert "p =" in perf.compare_table.item(0, 5).text()
 
 
+def test_sweeps_every_parameter_and_several_models(
+    qtbot: QtBot, window: MainWindow, tmp_path: Path, demo_model: str
+) -> None:
+    perf = window.performance_panel
+    second = tmp_path / "second copy.gguf"
+    second.symlink_to(demo_model)
+    _small_benchmark(window, reps=1)
+    perf.bench_tg.setText("0")
+    perf.bench_mmap.setText("0,1")
+    perf.bench_ctv.setText("f16")
+    perf.bench_ngl.setText("0")
+    perf.set_extra_models([str(second), str(tmp_path / "gone.gguf")])
+    assert "second copy.gguf" in perf.bench_models_label.text()
+    perf.request_benchmark()
+    assert "no such model file" in perf.bench_status.text()  # named before anything runs
+    perf.set_extra_models([str(second)])
+    plan = perf.build_plan()
+    assert plan.models == (demo_model, str(second))
+    assert dict(plan.sweep) == {"n_threads": (1,), "use_mmap": (False, True), "type_v": ("f16",), "n_gpu_layers": (0,)}
+    with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS):
+        perf.request_benchmark()
+    configs = [perf.bench_table.item(r, 1).text() for r in range(perf.bench_table.rowCount())]
+    assert len(configs) == 4  # 2 models x mmap 0/1 x pp16
+    assert sum(c.startswith("second copy.gguf") for c in configs) == 2
+    assert {c.split()[-1] for c in configs} == {"mmap=0", "mmap=1"}
+    perf.bench_models_clear.click()
+    assert perf.build_plan().models == (demo_model,)
+
+
 def test_bad_benchmark_input_is_named(qtbot: QtBot, window: MainWindow) -> None:
     perf = window.performance_panel
     perf.bench_pp.setText("abc")
