@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QGraphicsItem, QVBoxLayout, QWidget
 from pytestqt.qtbot import QtBot
 
 from app.engine import TokenEvent, TokenStream
-from widgets.live_plot import LivePlot, ReadoutLabel, ValueLabel, cache_axes, keeps_range, nice_range
+from widgets.live_plot import LivePlot, ReadoutLabel, ValueLabel, keeps_range, nice_range
 from widgets.token_reader import TokenReader
 
 WAIT_MS = 30_000
