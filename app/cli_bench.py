@@ -53,9 +53,13 @@ def register(sub: Any) -> None:
     h.add_argument("--json", action="store_true", help="print JSON")
     h.set_defaults(func=_cmd_history)
 
-    c = sub.add_parser("compare", help="compare two stored runs (Welch's t-test over the repetitions)")
+    c = sub.add_parser(
+        "compare",
+        help="compare two stored runs, or the configurations of one sweep run (Welch's t-test "
+        "over the repetitions)",
+    )
     c.add_argument("run_a", type=int)
-    c.add_argument("run_b", type=int)
+    c.add_argument("run_b", type=int, nargs="?", help="omit to compare the configurations within RUN_A")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=_cmd_compare)
 
@@ -228,7 +232,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
-    print(f"| test | config | run {args.run_a} t/s | run {args.run_b} t/s | change | Welch's t-test |")
+    a_head, b_head = (
+        (f"run {args.run_a} t/s", f"run {args.run_b} t/s") if args.run_b is not None else ("A t/s", "B t/s")
+    )
+    print(f"| test | config (A → B) | {a_head} | {b_head} | change | Welch's t-test |"
+          if args.run_b is None else f"| test | config | {a_head} | {b_head} | change | Welch's t-test |")
     print("|---|---|---:|---:|---:|---|")
     for r in rows:
         print(

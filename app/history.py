@@ -322,18 +322,18 @@ class HistoryStore:
         with self._connect() as conn:
             return [(row[0], float(row[1]), row[2]) for row in conn.execute(sql, args).fetchall()]
 
-    def compare(self, run_a: int, run_b: int) -> list[ComparisonRow]:
-        """Results of two runs matched by test and configuration, B against A (Welch's t-test)."""
+    def compare(self, run_a: int, run_b: int | None = None) -> list[ComparisonRow]:
+        """Results of two runs matched by test and configuration, B against A (Welch's t-test).
+
+        With one run (`run_b` None), its configurations are compared instead: for each test
+        measured in several configurations (a sweep), every configuration against the first.
+        """
+        if run_b is None:
+            return self.compare_configurations(run_a)
         a_results, b_results = self.results(run_a), self.results(run_b)
         if not a_results or not b_results:
             raise HistoryError(f"run {run_a if not a_results else run_b} has no benchmark results to compare")
-
-        def key(r: BenchResult) -> tuple[str, str]:
-            config = (
-                f"t={r.n_threads} b={r.n_batch} ub={r.n_ubatch} fa={int(r.flash_attn)} "
-                f"ctk={r.type_k} ctv={r.type_v} ngl={r.n_gpu_layers}"
-            )
-            return r.test.name, config
+        key = _comparison_key
 
         a_by_key = {key(r): r for r in a_results}
         rows = []
@@ -351,6 +351,32 @@ class HistoryStore:
         if not rows:
             raise HistoryError("the two runs have no test in common")
         return rows
+
+    def compare_configurations(self, run: int) -> list[ComparisonRow]:
+        """Within one run: per test, each configuration against the first one measured."""
+        results = self.results(run)
+        if not results:
+            raise HistoryError(f"run {run} has no benchmark results to compare")
+        first: dict[str, BenchResult] = {}
+        rows = []
+        for r in results:
+            test, config = _comparison_key(r)
+            base = first.setdefault(test, r)
+            if base is not r and _comparison_key(base) != (test, config):
+                label = f"{_comparison_key(base)[1]} → {config}"
+                rows.append(ComparisonRow(test, label, base, r, welch(base.samples_ts, r.samples_ts)))
+        if not rows:
+            raise HistoryError(f"run {run} measured each test in one configuration only: select two runs")
+        return rows
+
+
+def _comparison_key(r: BenchResult) -> tuple[str, str]:
+    """(test, configuration) by which results of two runs are matched."""
+    config = (
+        f"t={r.n_threads} b={r.n_batch} ub={r.n_ubatch} fa={int(r.flash_attn)} "
+        f"ctk={r.type_k} ctv={r.type_v} ngl={r.n_gpu_layers} mmap={int(r.use_mmap)}"
+    )
+    return r.test.name, config  # the depth is in the test's name ("tg128 @ d512")
 
 
 def run_and_record(

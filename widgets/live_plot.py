@@ -489,7 +489,8 @@ class LivePlot(QWidget):
                 lo, hi = min(lo, float(np.nanmin(shown))), max(hi, float(np.nanmax(shown)))
             curve.item.setData(t[first:] if self._since_start else t[first:] - now, shown, connect="finite")
         if lo <= hi and (self._y_range is None or not keeps_range(self._y_range, lo, hi)):
-            self._y_range = nice_range(lo, hi)
+            pad = 0.05 * (hi - lo)  # a little room, so the extremes do not run along the frame
+            self._y_range = nice_range(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
             self.plot_widget.getPlotItem().setYRange(*self._y_range, padding=0)
         self._update_header()
         return True

@@ -343,9 +343,10 @@ class PerformancePanel(Panel):
         self.history_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.history_table.itemSelectionChanged.connect(self._on_history_selection)
         buttons = QHBoxLayout()
-        self.compare_button = QPushButton("Compare 2 runs")
+        self.compare_button = QPushButton("Compare")
         self.compare_button.setToolTip(
-            "Select two benchmark runs: change in % with Welch's t-test over repetitions"
+            "Select two benchmark runs, or one sweep run to compare its configurations: change "
+            "in % with Welch's t-test over the repetitions"
         )
         self.compare_button.setEnabled(False)
         self.compare_button.clicked.connect(self.compare_selected)
@@ -699,7 +700,7 @@ class PerformancePanel(Panel):
 
     def _on_history_selection(self) -> None:
         ids = self._selected_run_ids()
-        self.compare_button.setEnabled(len(ids) == 2)
+        self.compare_button.setEnabled(len(ids) in (1, 2))
         if len(ids) == 1 and self._history is not None:
             self._plot_history_of(ids[0])
 
@@ -720,9 +721,9 @@ class PerformancePanel(Panel):
 
     def compare_selected(self) -> None:
         ids = self._selected_run_ids()
-        if len(ids) != 2 or self._history is None:
+        if len(ids) not in (1, 2) or self._history is None:
             return
-        a, b = sorted(ids)
+        a, b = sorted(ids) if len(ids) == 2 else (ids[0], None)
         try:
             rows = self._history.compare(a, b)
         except HistoryError as exc:
@@ -742,7 +743,7 @@ class PerformancePanel(Panel):
                     f"{r.comparison.diff_percent:+.1f} %",
                     r.comparison.verdict(),
                 ],
-                tooltip=f"run {a} (A) against run {b} (B)",
+                tooltip=f"run {a} (A) against run {b} (B)" if b is not None else f"within run {a}",
             )
 
 

@@ -319,6 +319,28 @@ def test_history_store_and_compare(tmp_path: Path) -> None:
         store.compare(a, 9999)
 
 
+def test_the_configurations_of_one_sweep_run_compare(tmp_path: Path) -> None:
+    store = HistoryStore(str(tmp_path / "h.sqlite3"))
+    run = store.start_run("benchmark", "/m/model.gguf", {"sweep": {"n_threads": [1, 2, 4]}})
+    slow = (1_000_000_000, 1_010_000_000, 990_000_000)
+    fast = (500_000_000, 505_000_000, 495_000_000)
+    for threads, samples in ((1, slow), (2, fast), (4, slow)):
+        store.add_result(run, _result(n_threads=threads, samples_ns=samples))
+        store.add_result(run, _result(n_threads=threads, n_prompt=0, n_gen=16, samples_ns=samples))
+    store.finish_run(run)
+    rows = store.compare(run)  # one run: its configurations, each against the first
+    assert [(r.test, r.config.split(" → ")[1].split()[0]) for r in rows] == [
+        ("pp512", "t=2"), ("tg16", "t=2"), ("pp512", "t=4"), ("tg16", "t=4")
+    ]
+    assert all(r.config.startswith("t=1 ") for r in rows)
+    assert rows[0].comparison.diff_percent == pytest.approx(100.0, abs=2.0) and rows[0].comparison.significant
+    assert abs(rows[2].comparison.diff_percent) < 1e-9 and not rows[2].comparison.significant
+    single = store.start_run("benchmark", "/m/model.gguf", {})
+    store.add_result(single, _result())
+    with pytest.raises(HistoryError, match="one configuration"):
+        store.compare(single)
+
+
 def test_generations_are_stored(tmp_path: Path) -> None:
     from app.engine import RunStats, StopReason
 

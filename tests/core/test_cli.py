@@ -92,3 +92,37 @@ def test_missing_model(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "nope.gguf" in result.stderr
+
+
+def test_bench_history_and_compare_from_the_command_line(demo_model: str, tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", *args],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=False,
+            env=env,
+        )
+
+    bench = ["bench", demo_model, "-p", "16", "-n", "0", "-r", "2", "--no-telemetry", "-o", "json"]
+    first = run(*bench, "-t", "1,2")
+    assert first.returncode == 0, first.stderr
+    records = json.loads(first.stdout)  # one JSON array, as llama-bench prints it
+    shape = [(r["n_threads"], r["n_prompt"], len(r["samples_ts"])) for r in records]
+    assert shape == [(1, 16, 2), (2, 16, 2)]
+    second = run(*bench, "-t", "2")
+    assert second.returncode == 0, second.stderr
+    runs = json.loads(run("history", "--json").stdout)
+    newest, oldest = runs[0]["id"], runs[1]["id"]
+    within = run("compare", str(oldest), "--json")  # the two thread counts of the sweep run
+    assert within.returncode == 0, within.stderr
+    (row,) = json.loads(within.stdout)
+    assert row["config"].startswith("t=1 ") and " → t=2 " in row["config"]
+    across = run("compare", str(oldest), str(newest))
+    assert across.returncode == 0, across.stderr
+    assert "| pp16 |" in across.stdout and "Welch" in across.stdout
+    single = run("compare", str(newest))
+    assert single.returncode != 0 and "one configuration" in single.stderr

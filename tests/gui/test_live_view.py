@@ -50,9 +50,16 @@ def _holder(qtbot: QtBot, *widgets: QWidget) -> QWidget:
 
 @pytest.mark.parametrize(
     ("lo", "hi", "expected"),
-    [(95.0, 140.0, (80.0, 140.0)), (0.0, 100.0, (0.0, 100.0)), (0.31, 0.33, (0.31, 0.33)), (5.0, 5.0, (2.0, 8.0))],
+    [
+        (95.0, 140.0, (80.0, 140.0)),
+        (0.0, 100.0, (0.0, 100.0)),
+        (0.31, 0.33, (0.31, 0.33)),
+        (5.0, 5.0, (2.0, 8.0)),
+    ],
 )
-def test_nice_range_has_round_ends_holding_the_data(lo: float, hi: float, expected: tuple[float, float]) -> None:
+def test_nice_range_has_round_ends_holding_the_data(
+    lo: float, hi: float, expected: tuple[float, float]
+) -> None:
     a, b = nice_range(lo, hi)
     assert a <= lo and hi <= b
     assert (a, b) == pytest.approx(expected)
@@ -89,7 +96,10 @@ def test_y_range_steps_instead_of_following_every_wobble(qtbot: QtBot) -> None:
 
 
 def test_extend_is_many_appends(qtbot: QtBot) -> None:
-    one, many = LivePlot("One", "u", window_s=1000.0, capacity=16), LivePlot("Many", "u", window_s=1000.0, capacity=16)
+    one, many = (
+        LivePlot("One", "u", window_s=1000.0, capacity=16),
+        LivePlot("Many", "u", window_s=1000.0, capacity=16),
+    )
     qtbot.addWidget(one)
     qtbot.addWidget(many)
     t = np.arange(40) * 0.25
@@ -186,7 +196,11 @@ def test_readout_label_keeps_its_lines_while_values_wobble(qtbot: QtBot) -> None
     holder = _holder(qtbot, label)
     label.setFixedWidth(160)
     qtbot.wait(10)
-    long = [("Speed", None, True), ("per token 123.4 tok/s", None, False), ("smoothed 120.1 tok/s", None, False)]
+    long = [
+        ("Speed", None, True),
+        ("per token 123.4 tok/s", None, False),
+        ("smoothed 120.1 tok/s", None, False),
+    ]
     short = [("Speed", None, True), ("a 1", None, False)]
     label.set_segments(long)
     qtbot.wait(10)

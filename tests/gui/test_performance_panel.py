@@ -96,6 +96,12 @@ def test_two_runs_compare_with_welch(qtbot: QtBot, window: MainWindow) -> None:
     assert perf.compare_table.item(0, 0).text() == "tg4"
     assert "%" in perf.compare_table.item(0, 4).text()
     assert "p =" in perf.compare_table.item(0, 5).text()
+    # One run selected: it measured one configuration, so the message says to pick two runs.
+    table.clearSelection()
+    table.selectRow(0)
+    assert perf.compare_button.isEnabled()
+    qtbot.mouseClick(perf.compare_button, Qt.MouseButton.LeftButton)
+    assert "select two runs" in perf.bench_status.text()
 
 
 def test_sweeps_every_parameter_and_several_models(
@@ -116,13 +122,25 @@ def test_sweeps_every_parameter_and_several_models(
     perf.set_extra_models([str(second)])
     plan = perf.build_plan()
     assert plan.models == (demo_model, str(second))
-    assert dict(plan.sweep) == {"n_threads": (1,), "use_mmap": (False, True), "type_v": ("f16",), "n_gpu_layers": (0,)}
+    assert dict(plan.sweep) == {
+        "n_threads": (1,),
+        "use_mmap": (False, True),
+        "type_v": ("f16",),
+        "n_gpu_layers": (0,),
+    }
     with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS):
         perf.request_benchmark()
     configs = [perf.bench_table.item(r, 1).text() for r in range(perf.bench_table.rowCount())]
     assert len(configs) == 4  # 2 models x mmap 0/1 x pp16
     assert sum(c.startswith("second copy.gguf") for c in configs) == 2
     assert {c.split()[-1] for c in configs} == {"mmap=0", "mmap=1"}
+    # One run per model; one selected compares its two configurations.
+    qtbot.waitUntil(lambda: perf.history_table.rowCount() == 2, timeout=WAIT_MS)
+    perf.history_table.selectRow(0)
+    qtbot.mouseClick(perf.compare_button, Qt.MouseButton.LeftButton)
+    assert perf.compare_table.rowCount() == 1
+    config = perf.compare_table.item(0, 1).text()
+    assert config.endswith("mmap=0 → t=1 b=512 ub=512 fa=0 ctk=f16 ctv=f16 ngl=0 mmap=1")
     perf.bench_models_clear.click()
     assert perf.build_plan().models == (demo_model,)
 
