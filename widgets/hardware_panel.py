@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPaintEvent
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -77,7 +77,11 @@ class CoreBars(QWidget):
         n = len(self._values)
         if n:
             width = rect.width() / n
+            slot_colour = self.palette().color(QPalette.ColorRole.Mid)
+            slot_colour.setAlpha(60)
             for i, value in enumerate(self._values):
+                # Each core's slot is drawn faintly, so idle cores read as "0 %", not as a blank strip.
+                painter.fillRect(QRectF(i * width + 0.5, 0, max(1.0, width - 1.0), rect.height()), slot_colour)
                 height = rect.height() * max(0.0, min(100.0, value)) / 100.0
                 colour = QColor(_BAD) if value > 90 else QColor("#1f77b4")
                 bar = QRectF(i * width + 0.5, rect.height() - height, max(1.0, width - 1.0), height)

@@ -54,7 +54,8 @@ def nice_range(lo: float, hi: float) -> tuple[float, float]:
         half = abs(hi) * 0.5 or 0.5
         lo, hi = lo - half, hi + half
     step = _nice_step((hi - lo) / 4)
-    return math.floor(lo / step) * step, math.ceil(hi / step) * step
+    digits = max(0, 2 - math.floor(math.log10(step)))  # 0.6, not 0.6000000000000001
+    return round(math.floor(lo / step) * step, digits), round(math.ceil(hi / step) * step, digits)
 
 
 def keeps_range(current: tuple[float, float], lo: float, hi: float) -> bool:
@@ -358,6 +359,7 @@ class LivePlot(QWidget):
         item.showGrid(x=False, y=True, alpha=0.25)
         item.setMouseEnabled(x=False, y=False)
         item.getAxis("left").setWidth(42)
+        item.getAxis("left").enableAutoSIPrefix(False)  # 0.3 GiB, not "300" under "GiB (x0.001)"
         item.setLabel("left", units=None, text=unit)
         # The y range is set here, not by pyqtgraph's auto-range: that repaints the plot a second
         # time after each new sample (the range is worked out during the first paint) and changes
