@@ -37,6 +37,11 @@ from pathlib import Path
 
 import gguf
 
+try:
+    import fcntl  # POSIX: advisory locks mark a temporary file as in use
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from app import quantize_worker
 from app.gguf_info import ModelFileError, detect_format, inspect_model
 from app.memory import format_bytes
@@ -396,6 +401,7 @@ class QuantizeJob:
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._thread: threading.Thread | None = None
         self._temp_path: str | None = None
+        self._temp_fd: int | None = None  # open and locked while the job may write the temporary file
         self.plan: QuantizePlan | None = None
 
     @property
@@ -472,11 +478,12 @@ class QuantizeJob:
         return self.wait()
 
     # ---- internals ---------------------------------------------------------------------------
-    @staticmethod
-    def _create_temp_file(output_path: str) -> str:
+    def _create_temp_file(self, output_path: str) -> str:
         # Creating the file is the real writability test: os.access says yes to root on a
         # read-only mount, and a path under a regular file fails only here. Mode 0o666 (less the
         # umask) gives the finished file the permissions any new file would get.
+        for stale in remove_stale_partials(output_path):
+            log.info("removed %s, left by a quantization that did not finish", stale)
         folder, name = os.path.split(output_path)
         for _attempt in range(100):
             temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.partial")
@@ -488,9 +495,22 @@ class QuantizeJob:
                 raise QuantizeError(
                     f"Cannot write in {folder}: {exc.strerror or exc}. Choose another destination folder."
                 ) from None
+            # Held until the file is renamed or removed: it marks the file as in use, so another
+            # LlamaScope's sweep of stale files leaves it alone. If a sweep removed it before the
+            # lock was taken, the name now points elsewhere (or nowhere): try another name.
+            if _try_lock(fd) and _still_named(fd, temp):
+                if fcntl is None:  # Windows: an open handle would block the final rename
+                    os.close(fd)
+                else:
+                    self._temp_fd = fd
+                return temp
             os.close(fd)
-            return temp
         raise QuantizeError(f"Cannot create a temporary file in {folder}.")
+
+    def _release_temp(self) -> None:
+        fd, self._temp_fd = self._temp_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _kill(self) -> None:
         # No is_alive() here: it would read the exit status the supervisor thread waits for.
@@ -503,6 +523,7 @@ class QuantizeJob:
                 pass
 
     def _remove_temp(self) -> None:
+        self._release_temp()
         if self._temp_path is not None:
             try:
                 os.remove(self._temp_path)
@@ -625,6 +646,7 @@ class QuantizeJob:
                 self._remove_temp()
                 self._future.set_exception(QuantizeError(f"Could not move the result into place: {exc}"))
                 return
+            self._release_temp()
             self._temp_path = None
             self._future.set_result(
                 QuantizeResult(
@@ -643,6 +665,64 @@ class QuantizeJob:
                     log_tail=tail,
                 )
             )
+
+
+def remove_stale_partials(output_path: str) -> list[str]:
+    """Delete the temporary files that quantizations into `output_path` left behind when
+    LlamaScope itself was killed mid-way; returns their paths.
+
+    Only LlamaScope's own names (".NAME.<8 hex digits>.partial" beside the output) are touched,
+    and only when no running job holds the file's lock (POSIX); on Windows a file that another
+    process has open cannot be deleted, which is lock enough.
+    """
+    folder, name = os.path.split(output_path)
+    prefix, suffix = f".{name}.", ".partial"
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        tag = entry[len(prefix) : -len(suffix)]
+        if not (entry.startswith(prefix) and entry.endswith(suffix) and _is_hex8(tag)):
+            continue
+        path = os.path.join(folder, entry)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd):
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            pass  # in use (Windows) or not ours to delete: leave it
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _is_hex8(text: str) -> bool:
+    return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive advisory lock on an open file, without waiting (always True without fcntl)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _still_named(fd: int, path: str) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def _optional_type_id(name: str | None) -> int | None:

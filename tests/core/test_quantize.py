@@ -118,6 +118,51 @@ def test_cancel_stops_the_child_and_leaves_nothing(f16_base: str, tmp_path: Path
     job.cancel()  # a second cancel after the end is harmless
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX advisory locks")
+def test_a_killed_run_leaves_a_partial_that_the_next_run_sweeps(f16_base: str, tmp_path: Path) -> None:
+    import fcntl
+    import signal
+    import time
+
+    out = tmp_path / "demo.Q8_0.gguf"
+    # LlamaScope killed mid-way (the CLI here): its hidden temporary file stays behind.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "quantize", f16_base, "--type", "q8_0", "-o", str(out), "--threads", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait for the child to be writing
+            if "quantizing [" in line:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while not leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (stale,) = leftovers(tmp_path)
+    assert not out.exists()
+    # A job still running in another LlamaScope holds its file's lock: that one is left alone,
+    # and so is anything not named as LlamaScope names its temporary files.
+    live = tmp_path / ".demo.Q8_0.gguf.00c0ffee.partial"
+    live.write_bytes(b"being written")
+    others = [tmp_path / ".demo.Q8_0.gguf.notmine.partial", tmp_path / ".other.gguf.0badc0de.partial"]
+    for other in others:
+        other.write_bytes(b"not ours to delete")
+    fd = os.open(live, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        quantize(QuantizeRequest(f16_base, "Q8_0", str(out), n_threads=2))
+    finally:
+        os.close(fd)
+    assert out.is_file()
+    assert not (tmp_path / stale).exists()
+    assert live.exists() and all(other.exists() for other in others)
+
+
 def test_cancel_before_start(f16_base: str, tmp_path: Path) -> None:
     job = QuantizeJob(QuantizeRequest(f16_base, "Q8_0", str(tmp_path / "x.gguf")))
     job.cancel()
