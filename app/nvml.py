@@ -38,8 +38,9 @@ NVML_CLOCK_MEM = 2
 
 
 def _import_pynvml() -> Any:
-    # The "pynvml" distribution is a shim that warns on import and defers to nvidia-ml-py's
-    # module of the same name; the warning is for packagers, not for LlamaScope's users.
+    # LlamaScope depends on nvidia-ml-py, whose module is named pynvml. Where the old "pynvml"
+    # distribution (a shim that warns on import) is installed too, its warning is for packagers,
+    # not for LlamaScope's users.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         import pynvml
