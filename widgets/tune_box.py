@@ -48,6 +48,20 @@ class TuneRequest:
     parameters: tuple[str, ...]  # LoadSettings fields the tuner may vary
 
 
+def recommendation_text(result: TuneResult) -> str:
+    """What to do with the result, in words: the search's winner can be a lucky measurement."""
+    if result.gain is None:
+        return "not known: the final comparison with the default did not run"
+    if result.proven:
+        return "apply the best settings: faster than the default beyond the noise of this machine"
+    if result.gain.significant:  # significantly slower: the search's pick lost the re-measurement
+        return "keep the default: it was faster when both were measured again"
+    return (
+        "the default is as fast within the noise of this machine; applying the best settings "
+        "does no harm but is not proven to help"
+    )
+
+
 class TuneBox(QWidget):
     tune_requested = Signal(object)  # TuneRequest
     stop_requested = Signal()
@@ -210,6 +224,7 @@ class TuneBox(QWidget):
         self.result_label.setText(
             f"<b>Best</b> (trial {result.best_trial if result.best_trial is not None else 'n/a'}): "
             f"{result.flags(include_ctx=False)}<br><b>Against the default:</b> {gain}<br>"
+            f"<b>Recommendation:</b> {recommendation_text(result)}<br>"
             f"<b>Importance:</b> {importances or 'n/a (needs 2+ measured trials)'}<br>"
             f"<i>Stopped by: {result.stop_reason}</i>"
         )

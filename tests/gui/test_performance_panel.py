@@ -295,9 +295,23 @@ def test_auto_tune_stop_keeps_the_best_and_applies_it(qtbot: QtBot, window: Main
     assert result.stop_reason.startswith("cancel") or "stop" in result.stop_reason.lower()
     assert len(result.measured_trials) < 50
     assert tune.table.rowCount() >= 1
-    assert "Best" in tune.result_label.text()
+    assert "Best" in tune.result_label.text() and "Recommendation" in tune.result_label.text()
     if result.best_trial is not None:
         assert tune.apply_button.isEnabled()
         qtbot.mouseClick(tune.apply_button, Qt.MouseButton.LeftButton)
         applied = window.model_panel.load_settings()
         assert applied.n_threads == result.best.n_threads
+
+
+def test_the_tune_result_says_whether_the_gain_is_proven() -> None:
+    from types import SimpleNamespace
+
+    from widgets.tune_box import recommendation_text
+
+    def text(gain: SimpleNamespace | None, proven: bool) -> str:
+        return recommendation_text(SimpleNamespace(gain=gain, proven=proven))  # type: ignore[arg-type]
+
+    assert text(None, False).startswith("not known")
+    assert text(SimpleNamespace(significant=True, gain_percent=12.0), True).startswith("apply the best")
+    assert text(SimpleNamespace(significant=True, gain_percent=-8.0), False).startswith("keep the default")
+    assert "not proven" in text(SimpleNamespace(significant=False, gain_percent=3.0), False)
