@@ -275,8 +275,7 @@ class PerformancePanel(Panel):
         self.bench_reps.setToolTip("Timed repetitions per test (after one warm-up); mean ± stdev over them")
         form.addRow("Repetitions", self.bench_reps)
         models_row = QHBoxLayout()
-        self.bench_models_label = QLabel("the model selected in Model Config")
-        self.bench_models_label.setWordWrap(True)
+        self.bench_models_label = QLabel("selected model")
         self.bench_models_add = QPushButton("Add…")
         self.bench_models_add.setToolTip(
             "Benchmark more GGUF files with the same tests and settings, one after another"
@@ -547,11 +546,12 @@ class PerformancePanel(Panel):
     def set_extra_models(self, paths: Sequence[str]) -> None:
         """Models benchmarked after the selected one (llama-bench's several -m)."""
         self._extra_models = list(dict.fromkeys(paths))
-        names = ", ".join(os.path.basename(p) for p in self._extra_models)
-        self.bench_models_label.setText(
-            "the model selected in Model Config" + (f" + {names}" if names else "")
+        n = len(self._extra_models)
+        self.bench_models_label.setText("selected model" + (f" + {n} more" if n else ""))
+        self.bench_models_label.setToolTip(
+            "The model selected in Model Config"
+            + "".join(f"\n+ {p}" for p in self._extra_models)
         )
-        self.bench_models_label.setToolTip("\n".join(self._extra_models))
         self.bench_models_clear.setEnabled(bool(self._extra_models))
 
     def _on_add_models_clicked(self) -> None:

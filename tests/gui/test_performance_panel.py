@@ -116,7 +116,8 @@ def test_sweeps_every_parameter_and_several_models(
     perf.bench_ctv.setText("f16")
     perf.bench_ngl.setText("0")
     perf.set_extra_models([str(second), str(tmp_path / "gone.gguf")])
-    assert "second copy.gguf" in perf.bench_models_label.text()
+    assert perf.bench_models_label.text() == "selected model + 2 more"
+    assert "second copy.gguf" in perf.bench_models_label.toolTip()
     perf.request_benchmark()
     assert "no such model file" in perf.bench_status.text()  # named before anything runs
     perf.set_extra_models([str(second)])
