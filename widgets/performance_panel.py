@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -276,12 +277,14 @@ class PerformancePanel(Panel):
         form.addRow("Repetitions", self.bench_reps)
         models_row = QHBoxLayout()
         self.bench_models_label = QLabel("selected model")
-        self.bench_models_add = QPushButton("Add…")
+        self.bench_models_add = QToolButton()  # compact: push buttons would widen the column
+        self.bench_models_add.setText("Add…")
         self.bench_models_add.setToolTip(
             "Benchmark more GGUF files with the same tests and settings, one after another"
         )
         self.bench_models_add.clicked.connect(self._on_add_models_clicked)
-        self.bench_models_clear = QPushButton("Clear")
+        self.bench_models_clear = QToolButton()
+        self.bench_models_clear.setText("Clear")
         self.bench_models_clear.setToolTip("Benchmark only the model selected in Model Config")
         self.bench_models_clear.clicked.connect(lambda: self.set_extra_models([]))
         self.bench_models_clear.setEnabled(False)
