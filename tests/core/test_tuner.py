@@ -597,9 +597,12 @@ def test_a_small_real_run_on_the_demo_model(demo_model: str, tmp_path: Path) -> 
     )
     result: TuneResult = tuner.run()
     measured = result.measured_trials
-    assert [t.state for t in measured] == [TrialStatus.COMPLETE, TrialStatus.COMPLETE], result.trials
+    # The baseline runs in full; the other trial may be pruned as clearly slower (1 thread of 2
+    # often is, depending on the machine's load), which is a measured outcome too.
+    assert [t.state for t in measured][0] is TrialStatus.COMPLETE, result.trials
+    assert {t.state for t in measured} <= {TrialStatus.COMPLETE, TrialStatus.PRUNED}, result.trials
     assert {t.settings.n_threads for t in measured if t.settings} == {1, 2}
-    assert all(len(t.repetitions) == 2 and t.score > 0 for t in measured)
+    assert all(1 <= len(t.repetitions) <= 2 and t.score > 0 for t in measured)
     assert (
         result.gain is not None and len(result.gain.default_scores) == 2 and len(result.gain.best_scores) == 2
     )
