@@ -687,6 +687,13 @@ def remove_stale_partials(output_path: str) -> list[str]:
         if not (entry.startswith(prefix) and entry.endswith(suffix) and _is_hex8(tag)):
             continue
         path = os.path.join(folder, entry)
+        if fcntl is None:  # Windows: deleting fails while the writing process has the file open
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+            continue
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:
@@ -696,7 +703,7 @@ def remove_stale_partials(output_path: str) -> list[str]:
                 os.remove(path)
                 removed.append(path)
         except OSError:
-            pass  # in use (Windows) or not ours to delete: leave it
+            pass  # not ours to delete: leave it
         finally:
             os.close(fd)
     return removed
