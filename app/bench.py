@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app import llama_runtime
+from app.build_check import require_working_build
 from app.gguf_info import inspect_model
 from app.model_info import ModelInfo
 from app.settings import LoadSettings
@@ -275,6 +276,7 @@ class _Runner:
         settings.validate()
         label = f"{os.path.basename(model_path)} {test.name} (t={load.n_threads}, b={load.n_batch})"
         self._progress(f"loading {label}")
+        require_working_build(BenchError)
         llama = self.lc.Llama(model_path=model_path, verbose=False, **settings.to_llama_kwargs())
         try:
             ctx = llama.ctx

@@ -101,6 +101,9 @@ def _cmd_hw(args: argparse.Namespace) -> int:
                                   f" · mmap {yes(build.mmap)} · mlock {yes(build.mlock)}"))
     else:
         rows.append(("llama.cpp", f"n/a ({report.build_error})"))
+    check = report.build_check
+    rows.append(("Build check", NOT_AVAILABLE if check is None else
+                 f"{check.status}: {check.message.splitlines()[0]}"))
     os_info = report.os_info
     rows.append(("OS", f"{os_info.system} {os_info.release} · {os_info.machine} · "
                        f"Python {os_info.python_version}"))

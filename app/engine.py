@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app import llama_runtime
+from app.build_check import require_working_build
 from app.gguf_info import ModelFileError, inspect_model
 from app.llama_runtime import LlamaMemoryReport
 from app.memory import MemoryEstimate, check_fits, estimate_memory
@@ -263,6 +264,7 @@ class Engine:
         settings.validate(model)
         estimate = estimate_memory(model, settings)
         check_fits(estimate, override=override_memory)
+        require_working_build(EngineError)  # before the old model is freed: a refusal keeps it
         self._free()
         if self._cancel.is_set():
             raise OperationCancelled("Loading was cancelled.")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from app.build_check import BuildVerdict
 from app.llama_runtime import BuildInfo
 from app.nvml import NVML_CLOCK_MEM, NVML_CLOCK_SM, Nvml, shared_nvml, text
 from app.sysfs import (
@@ -229,6 +230,7 @@ class HardwareReport:
     build_error: str | None
     build_features: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     os_info: OsInfo = field(default_factory=lambda: current_os())
+    build_check: BuildVerdict | None = None  # app.build_check: does this build run on this CPU?
     notes: tuple[str, ...] = ()
 
     @property
@@ -376,8 +378,13 @@ def detect_hardware(
     build: Callable[[], BuildInfo] | None = None,
     ps: Any | None = None,
     machine: str | None = None,
+    build_check: Callable[[], BuildVerdict] | None = None,
 ) -> HardwareReport:
-    """Detect the machine. Calls llama.cpp (through `build`) and NVML: never on the GUI thread."""
+    """Detect the machine. Calls llama.cpp (through `build`) and NVML: never on the GUI thread.
+
+    `build_check` gives the verdict of app.build_check; by default it runs (once per installed
+    build, in a child process) when the installed build is read, and not with a fake `build`.
+    """
     nvml = nvml or shared_nvml()
     ps = ps or _psutil()
     machine = machine or platform.machine()
@@ -401,8 +408,23 @@ def detect_hardware(
         build=build_info,
         build_error=build_error,
         build_features=parsed,
+        build_check=_verdict(build_check, default=build is None and build_info is not None),
     )
     return _with_notes(report)
+
+
+def _verdict(build_check: Callable[[], BuildVerdict] | None, default: bool) -> BuildVerdict | None:
+    if build_check is None and default:
+        from app.build_check import session_verdict
+
+        build_check = session_verdict
+    if build_check is None:
+        return None
+    try:
+        return build_check()
+    except Exception as exc:  # noqa: BLE001 (the check's own failure must not hide the rest)
+        log.warning("llama.cpp build check failed: %s", exc)
+        return None
 
 
 def _with_notes(report: HardwareReport) -> HardwareReport:
@@ -419,11 +441,21 @@ def _with_notes(report: HardwareReport) -> HardwareReport:
                          "(reinstall llama-cpp-python with CMAKE_ARGS=\"-DGGML_CUDA=on\")")
         if "Metal" in build.backends:
             notes.append("Apple GPU through Metal (unified memory shared with the CPU)")
-    unused = cpu.features_unused_by_build
+    verdict = report.build_check
+    if verdict is not None and verdict.crashed:
+        notes.append(f"this llama.cpp build crashed LlamaScope's build check on this CPU "
+                     f"({verdict.signal_text}); models are not loaded with it. Rebuild it: "
+                     f"{verdict.rebuild_command}")
+    # AMX is left out on purpose (app/llama_build.py): never recommend the build that has it.
+    unused = tuple(f for f in cpu.features_unused_by_build if f != "AMX_INT8")
     if unused:
         notes.append(f"the CPU supports {', '.join(unused)} but this llama.cpp build does not use "
                      f"{'it' if len(unused) == 1 else 'them'} (a native build would)")
-    if "AMX_INT8" in cpu.features_build:
+    if "AMX_INT8" in cpu.features_cpu and "AMX_INT8" not in cpu.features_build and cpu.features_build:
+        notes.append("the CPU has Intel AMX; this llama.cpp build leaves llama.cpp's AMX path out on "
+                     "purpose: it dies with an illegal instruction on llama.cpp's worker threads "
+                     "(llama.cpp PR #26954)")
+    if "AMX_INT8" in cpu.features_build and not (verdict is not None and verdict.crashed):
         notes.append("Intel AMX in use for int8 matrix multiplication")
     if cpu.is_virtual_machine:
         notes.append("virtual machine: temperatures, power counters and clock limits are usually hidden")

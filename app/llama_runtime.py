@@ -9,7 +9,9 @@ terminal of a CLI user is not flooded.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
+import os
 import platform
 import re
 import sys
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
+from typing import TextIO
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +29,58 @@ _LOG_LINES: deque[tuple[int, str]] = deque(maxlen=20000)  # (serial number, line
 _serial = 0
 _log_lock = threading.Lock()
 _partial_line: list[str] = []
+_line_level = [0]  # the level of the line being joined
 _log_callback_ref: object | None = None  # the ctypes callback must outlive every llama.cpp call
 
 
+def llama_lib_dir() -> Path:
+    """The folder llama-cpp-python loads libllama from: LLAMA_CPP_LIB_PATH, else its own lib/."""
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("llama_cpp")  # locates the package without importing it
+    if spec is None or spec.origin is None:
+        raise ImportError("llama-cpp-python is not installed")
+    return Path(spec.origin).parent / "lib"
+
+
+def _ggml_library(lib_dir: Path) -> ctypes.CDLL:
+    names = {"linux": "libggml.so", "darwin": "libggml.dylib", "win32": "ggml.dll"}
+    return ctypes.CDLL(str(lib_dir / names.get(sys.platform, "libggml.so")))
+
+
+def _load_backend_modules(lib_dir: Path) -> None:
+    """Load the ggml backends of a GGML_BACKEND_DL build (the bundle's portable llama.cpp).
+
+    Such a build ships its CPU backend as one library per CPU generation (libggml-cpu-haswell,
+    -skylakex, ...) and registers none until asked; ggml_backend_load_all_from_path then loads
+    the best variant this CPU can run. A regular build registers its backends when loaded, so
+    this does nothing there.
+    """
+    try:
+        ggml = _ggml_library(lib_dir)
+        ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+        if int(ggml.ggml_backend_reg_count()) > 0:
+            return
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path.restype = None
+        ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    except (OSError, AttributeError) as exc:
+        log.debug("ggml backends not loadable by path: %s", exc)
+
+
+def cpu_backend_variant() -> str | None:
+    """Which CPU variant a GGML_BACKEND_DL build loaded ("haswell", "zen4"...), None otherwise."""
+    return _cpu_variant
+
+
+_cpu_variant: str | None = None
+# ggml logs "load_backend: loaded CPU backend from .../libggml-cpu-<variant>.so" when it loads one.
+_RE_CPU_VARIANT = re.compile(r"loaded CPU backend from .*ggml-cpu-([\w.]+?)\.(?:so|dll|dylib)")
+
+
 def llama() -> ModuleType:
-    """Import llama_cpp once, with LlamaScope's log routing installed."""
+    """Import llama_cpp once, with LlamaScope's log routing installed and its backends loaded."""
     import llama_cpp
 
     global _log_callback_ref
@@ -42,6 +92,8 @@ def llama() -> ModuleType:
             chunk = text.decode("utf-8", errors="replace")
             with _log_lock:
                 # llama.cpp sends one line in several calls (level CONT); join them.
+                if not _partial_line:
+                    _line_level[0] = level
                 _partial_line.append(chunk)
                 if chunk.endswith("\n"):
                     line = "".join(_partial_line).rstrip("\n")
@@ -50,10 +102,28 @@ def llama() -> ModuleType:
                     _LOG_LINES.append((_serial, line))
                     if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml: 1 debug, 2 info, 3 warn, 4 error)
                         log.warning("llama.cpp: %s", line)
+                    if _echo_stream is not None and _line_level[0] != 1:  # debug lines flood
+                        _echo_stream.write(line + "\n")
+                        _echo_stream.flush()
 
         _log_callback_ref = _on_log
         llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+        mark = log_mark()
+        _load_backend_modules(llama_lib_dir())
+        global _cpu_variant
+        _cpu_variant = next((m.group(1) for line in log_since(mark) for m in [_RE_CPU_VARIANT.search(line)] if m),
+                            None)
     return llama_cpp
+
+
+_echo_stream: TextIO | None = None
+
+
+def echo_log_to(stream: TextIO | None) -> None:
+    """Also write every llama.cpp log line to `stream` as it arrives (a child process's stderr,
+    so that the lines before a native crash reach the parent)."""
+    global _echo_stream
+    _echo_stream = stream
 
 
 def log_mark() -> int:
@@ -122,11 +192,8 @@ def _registered_backends(lc: ModuleType) -> list[str]:
     The Python bindings do not wrap ggml's backend registry, so it is called through ctypes on
     the libggml shipped beside libllama; any failure means "unknown" and the caller falls back.
     """
-    lib_dir = Path(lc.__file__).parent / "lib"
-    names = {"linux": "libggml.so", "darwin": "libggml.dylib", "win32": "ggml.dll"}
-    candidate = lib_dir / names.get(sys.platform, "libggml.so")
     try:
-        ggml = ctypes.CDLL(str(candidate))
+        ggml = _ggml_library(llama_lib_dir())
         ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
         ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
         ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]

@@ -58,6 +58,7 @@ import numpy as np
 
 from app import __version__, llama_runtime
 from app.eval_text import EvalText
+from app.build_check import require_working_build
 from app.gguf_info import ModelFileError, inspect_model
 from app.memory import format_bytes
 from app.settings import count_logical_cores, count_physical_cores
@@ -537,6 +538,8 @@ class EvalModel:
             self.info = inspect_model(path)
         except ModelFileError as exc:
             raise EvalError(str(exc)) from None
+        if not vocab_only:
+            require_working_build(EvalError)
         self.path = os.path.abspath(path)
         lc = self._lc = llama_runtime.llama()
         self._cancel = cancel or threading.Event()

@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.main_splitter)
 
         self.engine_status = QLabel("No model loaded")
+        self.build_warning: QMessageBox | None = None  # shown once if the build check saw a crash
         self.statusBar().addPermanentWidget(self.engine_status)
         self._build_menu()
         self._wire()
@@ -194,6 +195,7 @@ class MainWindow(QMainWindow):
         t.snapshot_received.connect(self.performance_panel.on_sample)
         t.hardware_detected.connect(hw.on_hardware_detected)
         t.detection_failed.connect(hw.on_detection_failed)
+        t.hardware_detected.connect(self._on_hardware_detected)
         t.interval_changed.connect(hw.set_sampling_interval)
         hw.detection_requested.connect(t.request_detection)
         hw.apply_requested.connect(self.model_panel.apply_recommendations)
@@ -243,6 +245,19 @@ class MainWindow(QMainWindow):
         elif operation == "tokenize":
             self.console.token_count_label.setText(f"Not tokenized: {message}")
         self.statusBar().showMessage(f"{operation.capitalize()} failed: {message}", 10000)
+
+    def _on_hardware_detected(self, report: object) -> None:
+        """Say at once, before any load, when this llama.cpp build crashed the build check."""
+        verdict = getattr(report, "build_check", None)
+        if verdict is None or not verdict.crashed or self.build_warning is not None:
+            return
+        self.engine_status.setText("llama.cpp build crashes on this CPU — see Hardware")
+        box = QMessageBox(QMessageBox.Icon.Critical, "This llama.cpp build crashes on this CPU",
+                          verdict.message, QMessageBox.StandardButton.Ok, self)
+        box.setDetailedText("\n".join(verdict.log_tail) or "llama.cpp logged nothing.")
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy the command
+        box.open()  # window-modal, does not block the event loop
+        self.build_warning = box
 
     def _show_about(self) -> None:
         QMessageBox.about(

@@ -1,6 +1,7 @@
 """`llamascope --self-test [MODEL]`: prove that this installation (or bundle) works, headless.
 
-It opens the main window offscreen and closes it (timing the start-up to a shown window), loads
+It opens the main window offscreen and closes it (timing the start-up to a shown window), checks
+that the llama.cpp build runs on this CPU (app.build_check, in a child process), loads
 the model (the demo model by default), generates 8 tokens, reads two telemetry snapshots, and
 prints one JSON report on stdout. Exit 0 when every step passed; otherwise the report names the
 step that failed and why, the same line goes to stderr, and the exit status is 1.
@@ -160,12 +161,14 @@ def _runtime_step(report: _Report) -> None:
     import numpy
     import pyqtgraph
 
-    from app.llama_runtime import build_info
+    from app.llama_runtime import build_info, cpu_backend_variant
 
     info = build_info()
     report.data.update(
         llama_cpp_python=info.llama_cpp_python_version,
         backends=list(info.backends),
+        # The CPU backend a GGML_BACKEND_DL build (the bundle's) chose for this CPU; None otherwise.
+        cpu_variant=cpu_backend_variant(),
         gpu_offload=info.gpu_offload,
         llama_system_info=info.system_info,
         numpy=numpy.__version__,
@@ -173,6 +176,22 @@ def _runtime_step(report: _Report) -> None:
     )
     if not info.backends:
         raise SelfTestFailure("llama.cpp reports no backend")
+
+
+def _build_check_step(report: _Report, model: str) -> None:
+    from app.build_check import OK, check_build
+
+    verdict = check_build(model)  # cached per installed build; the first run decodes in a child
+    report.data["build_check"] = {
+        "status": verdict.status,
+        "message": verdict.message,
+        "cached": verdict.cached,
+        "cpu_variant": verdict.cpu_variant,
+        "signal": verdict.signal_text,
+        "rebuild_command": verdict.rebuild_command,
+    }
+    if verdict.status != OK:
+        raise SelfTestFailure(verdict.message)
 
 
 def _engine_step(report: _Report, model: str) -> None:
@@ -268,6 +287,7 @@ def run(model: str | None) -> tuple[int, dict[str, Any]]:
             # The window first, so its start-up is timed as a user would see it.
             report.step("window", lambda: _window_step(report, model, folder))
             and report.step("runtime", lambda: _runtime_step(report))
+            and report.step("build_check", lambda: _build_check_step(report, model))
             and report.step("engine", lambda: _engine_step(report, model))
             and report.step("telemetry", lambda: _telemetry_step(report))
         )

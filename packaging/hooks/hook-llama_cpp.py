@@ -5,17 +5,24 @@ with ctypes, and app/llama_runtime.py loads libggml from the same folder; in a b
 folder is `_internal/llama_cpp/lib`, so the libraries go there, as binaries (PyInstaller then
 collects what they link to, such as libgomp). The ggml backends (CPU, CUDA, Metal, Vulkan…) are
 separate libraries in the same folder and come along. LLAMA_CPP_LIB_PATH still overrides it.
+
+`make bundle` sets LLAMASCOPE_LLAMA_LIB_DIR to the portable build of the same llama.cpp
+(packaging/build_llama_portable.py: GGML_BACKEND_DL, one CPU backend per CPU generation); its
+libraries then replace the venv's, which were compiled for the build machine's CPU only.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from PyInstaller.utils.hooks import get_package_paths
 
 _, package_dir = get_package_paths("llama_cpp")
-lib_dir = Path(package_dir) / "lib"
+lib_dir = Path(os.environ.get("LLAMASCOPE_LLAMA_LIB_DIR") or Path(package_dir) / "lib")
+if not (lib_dir / "libllama.so").exists() and not any(lib_dir.glob("*llama.*")):
+    raise SystemExit(f"no llama.cpp libraries in {lib_dir}")
 
 # A Linux wheel holds each library three times as copies, not links: libllama.so (what ctypes
 # opens), libllama.so.0 (the soname the other libraries link to) and libllama.so.0.5.0 (the

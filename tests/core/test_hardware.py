@@ -300,3 +300,52 @@ def test_removed_cpu_files_between_detections(tmp_path: Path) -> None:
     second = detect_hardware(str(tmp_path), nvml, build=fake_build(), ps=FakePsutil(), machine="x86_64")
     assert first.cpu.caches and second.cpu.caches == ()
     assert second.cpu.model_name is None and second.cpu.max_freq_mhz == 4800.0
+
+
+# ---- AMX and the build check -------------------------------------------------------------------
+
+AMX_FLAGS = " avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16"
+AMX_FREE_BUILD = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+                  "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | REPACK = 1 |")
+NATIVE_AMX_BUILD = AMX_FREE_BUILD.replace("REPACK = 1", "AMX_INT8 = 1 | REPACK = 1")
+
+
+def _amx_machine(tmp_path: Path) -> Path:
+    build_x86_tree(tmp_path)
+    cpuinfo = tmp_path / "proc" / "cpuinfo"
+    cpuinfo.write_text(
+        "\n".join(line + AMX_FLAGS if line.startswith("flags") else line
+                  for line in cpuinfo.read_text(encoding="utf-8").splitlines()) + "\n",
+        encoding="utf-8",
+    )
+    return tmp_path
+
+
+def test_an_amx_free_build_is_explained_not_called_a_missed_opportunity(tmp_path: Path) -> None:
+    report = detect_hardware(str(_amx_machine(tmp_path)), Nvml(FakeNvmlModule([])),
+                             build=fake_build(AMX_FREE_BUILD), ps=FakePsutil(cores=2), machine="x86_64")
+    assert "AMX_INT8" in report.cpu.features_cpu and "AMX_INT8" not in report.cpu.features_build
+    notes = " ".join(report.notes)
+    assert "native build would" not in notes  # the native build is the one that crashes
+    assert "AMX path out on purpose" in notes and "illegal instruction" in notes
+    assert report.build_check is None  # a fake build is not checked
+
+
+def test_a_build_that_crashed_the_check_is_never_recommended(tmp_path: Path) -> None:
+    from app.build_check import CRASHED, OK, BuildVerdict
+
+    crashed = BuildVerdict(key="k", status=CRASHED, message="crashed", signal_text="illegal instruction (SIGILL)",
+                           rebuild_command='CMAKE_ARGS="-DGGML_AMX_INT8=OFF" python -m pip install ...')
+    report = detect_hardware(str(_amx_machine(tmp_path)), Nvml(FakeNvmlModule([])),
+                             build=fake_build(NATIVE_AMX_BUILD), ps=FakePsutil(cores=2), machine="x86_64",
+                             build_check=lambda: crashed)
+    notes = " ".join(report.notes)
+    assert report.build_check is crashed
+    assert "crashed LlamaScope's build check" in notes and "illegal instruction (SIGILL)" in notes
+    assert crashed.rebuild_command in notes
+    assert "AMX in use" not in notes
+    fine = BuildVerdict(key="k", status=OK, message="ok")
+    report = detect_hardware(str(_amx_machine(tmp_path)), Nvml(FakeNvmlModule([])),
+                             build=fake_build(NATIVE_AMX_BUILD), ps=FakePsutil(cores=2), machine="x86_64",
+                             build_check=lambda: fine)
+    assert "AMX in use" in " ".join(report.notes)  # a build with AMX that passed (a fixed llama.cpp)

@@ -243,3 +243,36 @@ def test_scrolling_over_the_settings_does_not_change_them(qtbot: QtBot, window: 
     )
     QApplication.sendEvent(spin, event)
     assert spin.value() == before
+
+
+def test_a_build_that_crashed_the_check_is_reported_before_any_load(
+    qtbot: QtBot, window: MainWindow, demo_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from app import build_check
+    from app.build_check import CRASHED, BuildVerdict
+
+    crashed = BuildVerdict(
+        key="k", status=CRASHED, signal_text="illegal instruction (SIGILL)", log_tail=("ggml: AMX buffer",),
+        message="This llama.cpp build crashed LlamaScope's build check on this CPU: illegal instruction.",
+        rebuild_command='CMAKE_ARGS="-DGGML_AMX_INT8=OFF" python -m pip install llama-cpp-python',
+    )
+    qtbot.waitUntil(lambda: window.hardware_panel._report is not None, timeout=WAIT_MS)
+    report = dataclasses.replace(window.hardware_panel._report, build_check=crashed)
+    window.telemetry.hardware_detected.emit(report)
+    box = window.build_warning
+    assert box is not None and box.isVisible()
+    assert "illegal instruction" in box.text() and "log" not in box.text().lower()
+    assert box.detailedText() == "ggml: AMX buffer"
+    assert "crashes on this CPU" in window.engine_status.text()
+    window.telemetry.hardware_detected.emit(report)  # detection again: still one box
+    assert window.build_warning is box
+    box.close()
+    # A load is refused with the same message, and nothing is loaded.
+    monkeypatch.setattr(build_check, "_session_verdict", crashed)
+    monkeypatch.delenv(build_check.SKIP_ENV, raising=False)
+    with qtbot.waitSignal(window.bridge.operation_failed, timeout=WAIT_MS) as failed:
+        window.model_panel.request_load()
+    assert failed.args[0] == "load" and "illegal instruction" in failed.args[1]
+    assert window.bridge.engine.loaded is None

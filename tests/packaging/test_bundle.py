@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD_DIR = ROOT / "build" / "test-bundle"
 # On Windows LlamaScope.exe is windowed (no stdout); its console twin prints the report.
 EXECUTABLE = {"win32": "llamascope-cli.exe"}.get(sys.platform, "LlamaScope")
+# Linux x86-64 bundles carry the portable llama.cpp: one CPU backend per CPU generation.
+PORTABLE = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+CPU_VARIANTS = ("x64", "sse42", "sandybridge", "ivybridge", "piledriver", "haswell", "skylakex", "cannonlake",
+                "cascadelake", "icelake", "cooperlake", "zen4", "alderlake")
+DEMO_PROMPT_TOKENS = 32
 UNUSED_QT = ("WebEngine", "Qml", "Quick", "3D", "Multimedia", "Pdf", "Designer", "Charts")
 
 
@@ -36,6 +43,13 @@ def bundle_dir() -> Path:
     except ImportError:
         pytest.fail("PyInstaller is not installed: run `make test-bundle`")
     t0 = time.monotonic()
+    # The portable llama.cpp the bundle ships (cached; the first build of a version takes long).
+    portable = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "build_llama_portable.py")],
+        capture_output=True, text=True, timeout=3 * 3600, check=False,
+    )
+    assert portable.returncode == 0, portable.stdout[-3000:] + portable.stderr[-6000:]
+    print(f"\nportable llama.cpp ready in {time.monotonic() - t0:.0f} s: {portable.stdout.strip() or 'n/a'}")
     result = subprocess.run(
         [
             sys.executable,
@@ -49,7 +63,8 @@ def bundle_dir() -> Path:
             str(ROOT / "packaging" / "llamascope.spec"),
         ],
         cwd=ROOT,
-        env={**os.environ, "LLAMASCOPE_BUNDLE_DEMO_MODEL": "1"},
+        env={**os.environ, "LLAMASCOPE_BUNDLE_DEMO_MODEL": "1",
+             "LLAMASCOPE_LLAMA_LIB_DIR": portable.stdout.strip()},
         capture_output=True,
         text=True,
         timeout=3600,
@@ -98,12 +113,16 @@ def test_self_test_runs_from_a_path_with_spaces_and_umlauts(bundle_dir: Path, tm
     assert "CPU" in report["backends"]
     assert report["generated_tokens"] >= 1
     assert report["telemetry"]["samples"] == 2
+    assert report["build_check"]["status"] == "ok"
+    if PORTABLE:
+        # The bundle's llama.cpp picked the CPU backend for this CPU at run time.
+        assert report["cpu_variant"] in CPU_VARIANTS, report["cpu_variant"]
     if sys.platform.startswith("linux"):
         assert {"xcb", "offscreen", "wayland"} <= set(report["qt_platform_plugins"])
     assert not (home / "config").exists() and not (home / "data").exists()  # self-test: temp only
     print(
         f"\nbundle self-test: window shown {report['startup_s']} s after start, "
-        f"{report['tokens_per_s']} tokens/s, backends {report['backends']}, "
+        f"{report['tokens_per_s']} tokens/s, backends {report['backends']}, CPU variant {report['cpu_variant']}, "
         f"{_size_bytes(bundle_dir) / 2**20:.0f} MiB"
     )
 
@@ -133,3 +152,61 @@ def test_the_bundle_carries_what_it_needs_and_no_more(bundle_dir: Path) -> None:
     assert not [f for f in files if "nvidia-ml" in f or f.endswith("nvml.dll")], "the NVIDIA driver"
     qt = [f for f in files if "Qt" in f]
     assert not [f for f in qt if any(name in f for name in UNUSED_QT)], "unused Qt modules"
+
+
+def _bundle_libs(bundle_dir: Path) -> Path:
+    return bundle_dir / "_internal" / "llama_cpp" / "lib"
+
+
+@pytest.mark.skipif(not PORTABLE, reason="the portable llama.cpp is built for Linux x86-64")
+def test_the_bundle_ships_a_cpu_backend_per_cpu_generation_without_amx(bundle_dir: Path) -> None:
+    names = {p.name for p in _bundle_libs(bundle_dir).iterdir()}
+    variants = {n.removeprefix("libggml-cpu-").removesuffix(".so") for n in names if n.startswith("libggml-cpu-")}
+    assert {"x64", "sse42", "haswell", "skylakex", "zen4"} <= variants
+    assert "sapphirerapids" not in variants  # the AMX variant (app/llama_build.py)
+    assert "libggml-cpu.so" not in names  # no backend compiled for the build machine alone
+
+
+def _under_qemu_haswell(lib_dir: Path | None, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The build check's child, under an emulated AVX2-only CPU (no AVX-512): it loads the given
+    llama.cpp libraries (LLAMA_CPP_LIB_PATH) into the venv's Python and decodes a prompt.
+
+    qemu-user does not follow an exec and the bundle's bootloader re-executes itself, so the
+    bundle's libraries are loaded by a Python that qemu runs itself.
+    """
+    from app.demo_model import demo_model_path
+
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
+    if lib_dir is not None:
+        env["LLAMA_CPP_LIB_PATH"] = str(lib_dir)
+    command = [shutil.which("qemu-x86_64") or "qemu-x86_64", "-cpu", "Haswell", sys.executable, "-m",
+               "app.build_check", "--child", str(demo_model_path()), "--prompt-tokens", str(DEMO_PROMPT_TOKENS)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
+
+
+@pytest.mark.skipif(not PORTABLE or shutil.which("qemu-x86_64") is None,
+                    reason="needs Linux x86-64 and qemu-user (Debian: apt-get install qemu-user)")
+def test_the_bundles_llama_cpp_decodes_on_an_avx2_only_cpu(bundle_dir: Path, tmp_path: Path) -> None:
+    result = _under_qemu_haswell(_bundle_libs(bundle_dir), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    facts = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {"ok": True, "prompt_tokens": DEMO_PROMPT_TOKENS, "stage": "done"} in facts
+    assert any(f.get("cpu_variant") == "haswell" for f in facts), facts
+    print(f"\nunder qemu -cpu Haswell the bundle's llama.cpp chose {[f.get('cpu_variant') for f in facts][1]}")
+
+
+def _native_build_has_avx512() -> bool:
+    from app.llama_runtime import build_info
+
+    return "AVX512 = 1" in build_info().system_info
+
+
+@pytest.mark.skipif(not PORTABLE or shutil.which("qemu-x86_64") is None,
+                    reason="needs Linux x86-64 and qemu-user (Debian: apt-get install qemu-user)")
+# A string condition is evaluated when the test runs, not when the module is collected.
+@pytest.mark.skipif("not _native_build_has_avx512()", reason="the venv's native build has no AVX-512 code")
+def test_a_native_avx512_build_dies_there(tmp_path: Path) -> None:
+    """The control: the venv's build, compiled with this machine's native flags, is what a bundle
+    used to ship. Where this machine has AVX-512, that build dies on the emulated Haswell."""
+    result = _under_qemu_haswell(None, tmp_path)
+    assert result.returncode == -signal.SIGILL, (result.returncode, result.stderr[-3000:])
