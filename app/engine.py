@@ -1,5 +1,11 @@
 """The engine: owns one llama.cpp model and runs every call to it on a single worker thread.
 
+Two layers. `EngineCore` does the work on the caller's thread through app.llama_driver (llama.cpp's
+C API): load, unload, tokenize, detokenize, clear the KV cache, generate. It has no threads and no
+futures, and takes and returns plain picklable data apart from its callbacks, so that it can later
+run in a child process. `Engine` is the front the app uses: one worker thread, futures, busy
+refusal and cancel.
+
 llama.cpp contexts are not safe for concurrent use, so the engine runs one operation at a time:
 a request made while another runs is refused at once with `EngineBusyError`, never queued
 behind it. Requests return a `concurrent.futures.Future`; the CLI waits on it, the GUI turns its
@@ -9,7 +15,6 @@ worker thread and must not touch widgets.
 
 from __future__ import annotations
 
-import codecs
 import enum
 import logging
 import threading
@@ -22,10 +27,22 @@ from typing import Any, TypeVar
 from app import llama_runtime
 from app.build_check import require_working_build
 from app.gguf_info import ModelFileError, inspect_model
+from app.llama_driver import (
+    CancelFlag,
+    DriverCancelled,
+    DriverError,
+    LlamaContext,
+    LlamaModel,
+    SamplerChain,
+    StopMatcher,
+    TextStream,
+    apply_chat_template,
+    init_numa,
+)
 from app.llama_runtime import LlamaMemoryReport
 from app.memory import MemoryEstimate, check_fits, estimate_memory
 from app.model_info import ModelInfo
-from app.settings import LoadSettings, SamplingSettings
+from app.settings import GGML_TYPE_IDS, LLAMA_DEFAULT_SEED, LoadSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +158,239 @@ class LoadResult:
     memory: LlamaMemoryReport
 
 
-_PATCH_LOCK = threading.Lock()
+class EngineCore:
+    """Owns one loaded model and its context, and runs operations on them on the caller's thread.
+
+    No threads, no futures, no busy check: the caller runs one operation at a time (Engine does,
+    and so will the engine host process). Everything it takes and returns is plain picklable data
+    (dataclasses, lists, str) except the callbacks. `cancel` is polled between tokens, inside
+    prompt evaluation and during a load; the caller sets and clears it.
+    """
+
+    def __init__(self, cancel: CancelFlag) -> None:
+        self._cancel = cancel
+        self._model: LlamaModel | None = None
+        self._ctx: LlamaContext | None = None
+        self._loaded: LoadResult | None = None
+        self._seed = LLAMA_DEFAULT_SEED
+
+    @property
+    def loaded(self) -> LoadResult | None:
+        return self._loaded
+
+    # ---- model ----------------------------------------------------------------------------------
+    def load(
+        self,
+        path: str,
+        settings: LoadSettings,
+        *,
+        override_memory: bool = False,
+        on_progress: Callable[[LoadProgress], None] | None = None,
+    ) -> LoadResult:
+        """Inspect, check and load a model, replacing any loaded one."""
+        model_info = inspect_model(path)  # raises ModelFileError with a readable message
+        settings.validate(model_info)
+        estimate = estimate_memory(model_info, settings)
+        check_fits(estimate, override=override_memory)
+        require_working_build(EngineError)  # before the old model is freed: a refusal keeps it
+        self.unload()
+        if self._cancel.is_set():
+            raise OperationCancelled("Loading was cancelled.")
+        if settings.numa:
+            init_numa()
+
+        def progress(fraction: float) -> bool:
+            if on_progress is not None:
+                try:
+                    on_progress(LoadProgress(min(1.0, max(0.0, fraction))))
+                except Exception:  # a listener's bug must not fail the load
+                    log.exception("load progress listener failed")
+            return not self._cancel.is_set()  # False makes llama.cpp abort the load
+
+        mark = llama_runtime.log_mark()
+        t0 = time.perf_counter()
+        try:
+            model = LlamaModel(
+                path,
+                n_gpu_layers=settings.n_gpu_layers,
+                use_mmap=settings.use_mmap,
+                use_mlock=settings.use_mlock,
+                progress=progress,
+            )
+        except DriverCancelled:
+            raise OperationCancelled("Loading was cancelled.") from None
+        except DriverError as exc:
+            if self._cancel.is_set():
+                raise OperationCancelled("Loading was cancelled.") from None
+            raise EngineError(str(exc)) from None
+        try:
+            ctx = LlamaContext(
+                model,
+                n_ctx=settings.n_ctx,
+                n_batch=settings.n_batch,
+                n_ubatch=settings.n_ubatch,
+                n_threads=settings.n_threads,
+                n_threads_batch=settings.n_threads_batch,
+                flash_attn=settings.flash_attn,
+                type_k=GGML_TYPE_IDS[settings.type_k],
+                type_v=GGML_TYPE_IDS[settings.type_v],
+                offload_kqv=settings.offload_kqv,
+                cancel=self._cancel,
+            )
+        except DriverError as exc:
+            model.close()
+            raise EngineError(str(exc)) from None
+        load_time_s = time.perf_counter() - t0
+        self._model, self._ctx = model, ctx
+        # Seed 0 meant random under llama-cpp-python (`seed or LLAMA_DEFAULT_SEED`), and the
+        # settings still warn so; keep that meaning rather than let old profiles change behaviour.
+        self._seed = LLAMA_DEFAULT_SEED if settings.seed in (-1, 0) else settings.seed
+        self._loaded = LoadResult(
+            model=model_info,
+            settings=settings,
+            n_ctx=ctx.n_ctx,
+            load_time_s=load_time_s,
+            estimate=estimate,
+            memory=llama_runtime.parse_memory_report(llama_runtime.log_since(mark)),
+        )
+        return self._loaded
+
+    def unload(self) -> None:
+        """Free the model, its context and their buffers now. Safe to call when nothing is loaded."""
+        ctx, model = self._ctx, self._model
+        self._ctx = self._model = None
+        self._loaded = None
+        if ctx is not None:
+            ctx.close()
+        if model is not None:
+            model.close()
+
+    close = unload
+
+    def _require(self) -> tuple[LlamaModel, LlamaContext]:
+        if self._model is None or self._ctx is None:
+            raise NoModelLoadedError("No model is loaded. Load a model first.")
+        return self._model, self._ctx
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[TokenPiece]:
+        model, _ = self._require()
+        ids = model.tokenize(text, add_special=add_bos, parse_special=special)
+        return [
+            TokenPiece(t, model.token_to_piece(t, special=True).decode("utf-8", errors="backslashreplace"))
+            for t in ids
+        ]
+
+    def detokenize(self, token_ids: Sequence[int], *, special: bool = True) -> str:
+        model, _ = self._require()
+        bad = [t for t in token_ids if not 0 <= t < model.n_vocab]
+        if bad:
+            raise PromptError(f"Token ids must be between 0 and {model.n_vocab - 1}; got {bad[:5]}.")
+        return model.detokenize(list(token_ids), special=special)
+
+    def clear_kv_cache(self) -> None:
+        _, ctx = self._require()
+        ctx.clear(data=True)
+
+    # ---- generation -----------------------------------------------------------------------------
+    def _prompt_tokens(self, model: LlamaModel, request: GenerationRequest) -> tuple[list[int], list[str]]:
+        """Tokens to evaluate and extra stop strings the chat template asks for."""
+        if not request.prompt.strip():
+            raise PromptError("The prompt is empty: type something to send to the model.")
+        if not request.chat:
+            return model.tokenize(request.prompt, add_special=True, parse_special=False), []
+        messages = []
+        if request.system_prompt:
+            messages.append({"role": "system", "content": request.system_prompt})
+        messages.append({"role": "user", "content": request.prompt})
+        try:
+            chat = apply_chat_template(model, messages)
+        except DriverError as exc:
+            raise PromptError(str(exc)) from None
+        return chat.tokens, chat.stops
+
+    def generate(
+        self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None = None
+    ) -> RunStats:
+        """Evaluate the prompt from an empty cache and generate until EOS, max_tokens, a full
+        context, a stop string or the cancel flag. Failures after the prompt was accepted come
+        back as a RunStats with stop_reason ERROR, keeping the text generated so far."""
+        model, ctx = self._require()
+        request.sampling.validate()
+        t_start_ns = time.monotonic_ns()
+        tokens, template_stops = self._prompt_tokens(model, request)
+        n_ctx = ctx.n_ctx
+        if len(tokens) >= n_ctx:
+            raise PromptError(
+                f"The prompt is {len(tokens)} tokens but the context holds {n_ctx}: "
+                "shorten the prompt or raise n_ctx and reload."
+            )
+        max_new = min(request.sampling.max_tokens, n_ctx - len(tokens))
+        stops = StopMatcher([*request.sampling.stop, *template_stops])
+        text = TextStream(model)
+        cancel = self._cancel
+        text_parts: list[str] = []
+        stamps: list[int] = []
+        stop_reason = StopReason.LENGTH
+        error: str | None = None
+        # A fresh evaluation every run: prompt statistics then always mean the whole prompt.
+        ctx.clear(data=False)
+        with SamplerChain(model, request.sampling, self._seed) as sampler:
+            try:
+                ctx.watch_for_abort(True)
+                try:
+                    ctx.decode(tokens)
+                finally:
+                    ctx.watch_for_abort(False)
+                while True:
+                    token = sampler.sample(ctx)
+                    now = time.monotonic_ns()
+                    if cancel.is_set():
+                        stop_reason = StopReason.CANCELLED
+                        break
+                    if model.is_eog(token):
+                        stop_reason = StopReason.EOS
+                        break
+                    stamps.append(now)
+                    emitted, hit = stops.feed(text.feed(token))
+                    if emitted:
+                        text_parts.append(emitted)
+                    if on_token is not None:
+                        on_token(TokenEvent(len(stamps) - 1, token, emitted, now))
+                    if hit:
+                        stop_reason = StopReason.STOP_STRING
+                        break
+                    if len(stamps) >= max_new:
+                        stop_reason = StopReason.LENGTH
+                        break
+                    if cancel.is_set():  # set by a listener, or meanwhile: skip the next evaluation
+                        stop_reason = StopReason.CANCELLED
+                        break
+                    ctx.decode_one(token)
+            except DriverError as exc:
+                if isinstance(exc, DriverCancelled) or cancel.is_set():
+                    stop_reason = StopReason.CANCELLED
+                else:
+                    stop_reason, error = StopReason.ERROR, str(exc)
+        if stop_reason is not StopReason.STOP_STRING:
+            text_parts.append(stops.flush() + text.flush())
+        t_end_ns = time.monotonic_ns()
+        return _stats(
+            request.chat,
+            len(tokens),
+            stamps,
+            t_start_ns,
+            t_end_ns,
+            stop_reason,
+            "".join(text_parts),
+            ctx.n_tokens,
+            error,
+        )
 
 
 class Engine:
-    """Owns one `llama_cpp.Llama` and runs every operation on it on one worker thread."""
+    """The app's engine: an EngineCore driven by one worker thread, with futures, busy refusal
+    and cancel."""
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamascope-engine")
@@ -153,10 +398,7 @@ class Engine:
         self._busy = False
         self._closed = False
         self._cancel = threading.Event()
-        self._llama: Any = None
-        self._loaded: LoadResult | None = None
-        self._abort_cb: Any = None  # kept alive while the context may call it
-        self._progress_cb: Any = None
+        self._core = EngineCore(self._cancel)
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -165,7 +407,7 @@ class Engine:
 
     @property
     def loaded(self) -> LoadResult | None:
-        return self._loaded
+        return self._core.loaded
 
     # ---- requests ----------------------------------------------------------------------------
     def load(
@@ -177,24 +419,27 @@ class Engine:
         on_progress: Callable[[LoadProgress], None] | None = None,
     ) -> Future[LoadResult]:
         """Inspect, check and load a model, replacing any loaded one."""
-        return self._submit(self._do_load, path, settings, override_memory, on_progress)
+        return self._submit(
+            lambda: self._core.load(path, settings, override_memory=override_memory, on_progress=on_progress)
+        )
 
     def unload(self) -> Future[None]:
-        return self._submit(self._do_unload)
+        return self._submit(self._core.unload)
 
     def generate(
         self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None = None
     ) -> Future[RunStats]:
-        return self._submit(self._do_generate, request, on_token)
+        return self._submit(self._core.generate, request, on_token)
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> Future[list[TokenPiece]]:
-        return self._submit(self._do_tokenize, text, add_bos, special)
+        return self._submit(lambda: self._core.tokenize(text, add_bos=add_bos, special=special))
 
     def detokenize(self, token_ids: Sequence[int], *, special: bool = True) -> Future[str]:
-        return self._submit(self._do_detokenize, list(token_ids), special)
+        ids = list(token_ids)
+        return self._submit(lambda: self._core.detokenize(ids, special=special))
 
     def clear_kv_cache(self) -> Future[None]:
-        return self._submit(self._do_clear_kv_cache)
+        return self._submit(self._core.clear_kv_cache)
 
     def run_exclusive(self, job: Callable[[threading.Event], T]) -> Future[T]:
         """Run other llama.cpp work (a benchmark, an evaluation) on the engine thread.
@@ -216,7 +461,7 @@ class Engine:
                 return
             self._closed = True
         self._cancel.set()
-        self._executor.submit(self._free)
+        self._executor.submit(self._core.close)
         self._executor.shutdown(wait=True)
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -236,247 +481,6 @@ class Engine:
                     self._busy = False
 
         return self._executor.submit(run)
-
-    # ---- worker-thread operations ------------------------------------------------------------
-    def _require_model(self) -> Any:
-        if self._llama is None:
-            raise NoModelLoadedError("No model is loaded. Load a model first.")
-        return self._llama
-
-    def _free(self) -> None:
-        if self._llama is not None:
-            llama, self._llama = self._llama, None
-            self._loaded = None
-            # close() frees llama.cpp's model, context and buffers now, whatever else holds the object.
-            llama.close()
-
-    def _do_unload(self) -> None:
-        self._free()
-
-    def _do_load(
-        self,
-        path: str,
-        settings: LoadSettings,
-        override_memory: bool,
-        on_progress: Callable[[LoadProgress], None] | None,
-    ) -> LoadResult:
-        model = inspect_model(path)  # raises ModelFileError with a readable message
-        settings.validate(model)
-        estimate = estimate_memory(model, settings)
-        check_fits(estimate, override=override_memory)
-        require_working_build(EngineError)  # before the old model is freed: a refusal keeps it
-        self._free()
-        if self._cancel.is_set():
-            raise OperationCancelled("Loading was cancelled.")
-
-        lc = llama_runtime.llama()
-        mark = llama_runtime.log_mark()
-        t0 = time.perf_counter()
-        llama = self._construct(lc, path, settings, on_progress)
-        load_time_s = time.perf_counter() - t0
-
-        self._abort_cb = lc.ggml_abort_callback(lambda _data: self._cancel.is_set())
-        self._llama = llama
-        memory = llama_runtime.parse_memory_report(llama_runtime.log_since(mark))
-        self._loaded = LoadResult(
-            model=model,
-            settings=settings,
-            n_ctx=int(llama.n_ctx()),
-            load_time_s=load_time_s,
-            estimate=estimate,
-            memory=memory,
-        )
-        return self._loaded
-
-    def _construct(
-        self,
-        lc: Any,
-        path: str,
-        settings: LoadSettings,
-        on_progress: Callable[[LoadProgress], None] | None,
-    ) -> Any:
-        import llama_cpp.llama as llama_module
-
-        def progress(fraction: float, _data: Any) -> bool:
-            if on_progress is not None:
-                try:
-                    on_progress(LoadProgress(min(1.0, max(0.0, float(fraction)))))
-                except Exception:  # a listener's bug must not crash native code
-                    log.exception("load progress listener failed")
-            return not self._cancel.is_set()  # False makes llama.cpp abort the load
-
-        self._progress_cb = lc.llama_progress_callback(progress)
-        bindings = llama_module.llama_cpp
-        original = bindings.llama_model_default_params
-
-        def params_with_progress() -> Any:
-            params = original()
-            params.progress_callback = self._progress_cb
-            return params
-
-        # Llama() takes no progress callback, but it builds its model parameters from this one
-        # function; wrapping it for the duration of the constructor is the narrowest hook.
-        mark = llama_runtime.log_mark()
-        with _PATCH_LOCK:
-            bindings.llama_model_default_params = params_with_progress
-            try:
-                return llama_module.Llama(model_path=path, verbose=False, **settings.to_llama_kwargs())
-            except Exception as exc:
-                if self._cancel.is_set():
-                    raise OperationCancelled("Loading was cancelled.") from None
-                raise EngineError(_explain_load_failure(path, llama_runtime.log_since(mark), exc)) from exc
-            finally:
-                bindings.llama_model_default_params = original
-
-    def _watch_for_abort(self, llama: Any, enabled: bool) -> None:
-        """Let llama.cpp poll the cancel flag inside llama_decode, or stop it polling.
-
-        ggml calls the abort callback once per graph node (hundreds per token) and each call
-        takes the GIL. That is what makes a long prompt evaluation cancellable, but during token
-        generation it would cost a few per cent of speed, and there the cancel flag is checked
-        between tokens anyway. So it is on for the prompt only.
-        """
-        lc = llama_runtime.llama()
-        # Calling the callback type with no function gives the NULL pointer llama.cpp expects for "none".
-        callback = self._abort_cb if enabled else lc.ggml_abort_callback()
-        lc.llama_set_abort_callback(llama.ctx, callback, None)
-
-    def _do_tokenize(self, text: str, add_bos: bool, special: bool) -> list[TokenPiece]:
-        llama = self._require_model()
-        ids = llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
-        return [
-            TokenPiece(int(t), llama.detokenize([t], special=True).decode("utf-8", errors="backslashreplace"))
-            for t in ids
-        ]
-
-    def _do_detokenize(self, token_ids: list[int], special: bool) -> str:
-        llama = self._require_model()
-        n_vocab = int(llama.n_vocab())
-        bad = [t for t in token_ids if not 0 <= t < n_vocab]
-        if bad:
-            raise PromptError(f"Token ids must be between 0 and {n_vocab - 1}; got {bad[:5]}.")
-        return llama.detokenize(token_ids, special=special).decode("utf-8", errors="replace")
-
-    def _do_clear_kv_cache(self) -> None:
-        llama = self._require_model()
-        llama.reset()
-        llama._ctx.kv_cache_clear()
-
-    def _prompt_tokens(self, llama: Any, request: GenerationRequest) -> tuple[list[int], list[str]]:
-        """Tokens to evaluate and extra stop strings the chat template asks for."""
-        if not request.prompt.strip():
-            raise PromptError("The prompt is empty: type something to send to the model.")
-        if not request.chat:
-            return llama.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False), []
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise PromptError("This model has no chat template; switch to completion mode.")
-        from llama_cpp import llama_chat_format
-
-        def token_text(token_id: int) -> str:
-            return llama._model.token_get_text(token_id) if token_id != -1 else ""
-
-        formatter = llama_chat_format.Jinja2ChatFormatter(
-            template=template,
-            eos_token=token_text(llama.token_eos()),
-            bos_token=token_text(llama.token_bos()),
-            stop_token_ids=[llama.token_eos()],
-        )
-        messages = []
-        if request.system_prompt:
-            messages.append({"role": "system", "content": request.system_prompt})
-        messages.append({"role": "user", "content": request.prompt})
-        result = formatter(messages=messages)
-        tokens = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-        stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
-        return tokens, stops
-
-    def _do_generate(
-        self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None
-    ) -> RunStats:
-        llama = self._require_model()
-        request.sampling.validate()
-        t_start_ns = time.monotonic_ns()
-        tokens, template_stops = self._prompt_tokens(llama, request)
-        n_ctx = int(llama.n_ctx())
-        if len(tokens) >= n_ctx:
-            raise PromptError(
-                f"The prompt is {len(tokens)} tokens but the context holds {n_ctx}: "
-                "shorten the prompt or raise n_ctx and reload."
-            )
-        max_new = min(request.sampling.max_tokens, n_ctx - len(tokens))
-        stops = _StopMatcher([*request.sampling.stop, *template_stops])
-        vocab = llama_runtime.llama().llama_model_get_vocab(llama.model)
-        is_eog = llama_runtime.llama().llama_vocab_is_eog
-        s = request.sampling
-        # A fresh evaluation every run: prompt statistics then always mean the whole prompt.
-        llama.reset()
-        token_iter = llama.generate(
-            tokens,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            min_p=s.min_p,
-            temp=s.temperature,
-            repeat_penalty=s.repeat_penalty,
-            frequency_penalty=s.frequency_penalty,
-            presence_penalty=s.presence_penalty,
-            mirostat_mode=s.mirostat_mode,
-            mirostat_tau=s.mirostat_tau,
-            mirostat_eta=s.mirostat_eta,
-            reset=False,
-        )
-        self._watch_for_abort(llama, True)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text_parts: list[str] = []
-        stamps: list[int] = []
-        stop_reason = StopReason.LENGTH
-        error: str | None = None
-        try:
-            for token in token_iter:
-                now = time.monotonic_ns()
-                if not stamps:
-                    self._watch_for_abort(llama, False)  # the prompt is evaluated
-                if self._cancel.is_set():
-                    stop_reason = StopReason.CANCELLED
-                    break
-                if is_eog(vocab, token):
-                    stop_reason = StopReason.EOS
-                    break
-                stamps.append(now)
-                piece = decoder.decode(llama.detokenize([token], special=False))
-                emitted, hit = stops.feed(piece)
-                if emitted:
-                    text_parts.append(emitted)
-                if on_token is not None:
-                    on_token(TokenEvent(len(stamps) - 1, int(token), emitted, now))
-                if hit:
-                    stop_reason = StopReason.STOP_STRING
-                    break
-                if len(stamps) >= max_new:
-                    stop_reason = StopReason.LENGTH
-                    break
-        except RuntimeError as exc:
-            if self._cancel.is_set():  # llama_decode returned 2: our abort callback fired
-                stop_reason = StopReason.CANCELLED
-            else:
-                stop_reason, error = StopReason.ERROR, str(exc)
-        finally:
-            token_iter.close()
-            self._watch_for_abort(llama, False)
-        if stop_reason is not StopReason.STOP_STRING:
-            text_parts.append(stops.flush() + decoder.decode(b"", final=True))
-        t_end_ns = time.monotonic_ns()
-        return _stats(
-            request.chat,
-            len(tokens),
-            stamps,
-            t_start_ns,
-            t_end_ns,
-            stop_reason,
-            "".join(text_parts),
-            int(llama.n_tokens),
-            error,
-        )
 
 
 def _stats(
@@ -509,52 +513,9 @@ def _stats(
     )
 
 
-class _StopMatcher:
-    """Finds stop strings in streamed text, holding back only what could be the start of one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = [s for s in stops if s]
-        self._pending = ""
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """Returns (text safe to show, whether a stop string was hit)."""
-        text = self._pending + piece
-        hits = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            self._pending = ""
-            return text[: min(hits)], True
-        hold = 0
-        for stop in self._stops:
-            for k in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:k]):
-                    hold = max(hold, k)
-                    break
-        self._pending = text[len(text) - hold :] if hold else ""
-        return text[: len(text) - hold], False
-
-    def flush(self) -> str:
-        rest, self._pending = self._pending, ""
-        return rest
-
-
-def _explain_load_failure(path: str, log_lines: list[str], exc: Exception) -> str:
-    """Turn llama.cpp's load failure into a sentence a user can act on, quoting its own reason."""
-    marker = "error loading model:"
-    reasons = [line.split(marker, 1)[1].strip() for line in log_lines if marker in line]
-    if not reasons:  # other llama.cpp versions word it differently; take its last error line
-        reasons = [line.strip() for line in log_lines if "error" in line.lower()][-1:]
-    reason = reasons[-1] if reasons else str(exc)
-    if "architecture" in reason:
-        version = llama_runtime.build_info().llama_cpp_python_version
-        return (
-            f"llama.cpp cannot load {path}: {reason}. This build (llama-cpp-python {version}) does "
-            "not support that model architecture; a newer llama-cpp-python may."
-        )
-    return f"llama.cpp could not load {path}: {reason}"
-
-
 __all__ = [
     "Engine",
+    "EngineCore",
     "EngineBusyError",
     "EngineError",
     "GenerationRequest",

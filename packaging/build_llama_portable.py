@@ -14,7 +14,7 @@ installed in the venv, so the libraries match the Python bindings. The Sapphire 
 is left out: it is the only one with AMX, and llama.cpp's AMX path crashes on worker threads
 (app/llama_build.py); an AMX machine gets the best variant below it.
 
-The result is cached in the user's cache folder, keyed by the version and this script, so only
+The result is cached in the user's cache folder, keyed by the version and the options, so only
 the first build of a version takes long (every CPU variant compiles ggml's CPU backend again:
 about 20-30 minutes on 2 cores).
 """
@@ -26,6 +26,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,11 +63,16 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
 
 
+def user_cmake_args() -> list[str]:
+    """The user's CMAKE_ARGS (a GPU backend, say), added after LlamaScope's options."""
+    return shlex.split(os.environ.get("CMAKE_ARGS", ""))
+
+
 def build_key(version: str) -> str:
     digest = hashlib.sha256()
     digest.update(version.encode())
-    digest.update(Path(__file__).read_bytes())
-    digest.update(platform.machine().encode())
+    for part in (*CMAKE_OPTIONS, "|", *user_cmake_args(), "|", *LEFT_OUT_VARIANTS, "|", platform.machine()):
+        digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:12]
 
 
@@ -97,7 +103,8 @@ def build(version: str, out_dir: Path, jobs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="llama-portable-", dir=root) as tmp:
         source = _extract_llama_cpp(_sdist(version, root / "sdist"), Path(tmp) / "src")
         build_dir = Path(tmp) / "build"
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_OPTIONS], check=True)
+        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_OPTIONS, *user_cmake_args()],
+                       check=True)
         # libllama links libggml, which depends on every CPU variant: this builds them all.
         subprocess.run(
             ["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", "llama"],

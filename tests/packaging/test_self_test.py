@@ -42,7 +42,9 @@ def test_self_test_passes_and_reports_in_json(demo_model: str) -> None:
     assert report["tokens_per_s"] is None or report["tokens_per_s"] > 0
     assert report["telemetry"]["samples"] == 2
     assert report["telemetry"]["mem_total_bytes"] > 0
-    assert set(report["steps_s"]) == {"window", "runtime", "engine", "telemetry"}
+    assert set(report["steps_s"]) == {"window", "runtime", "build_check", "engine", "telemetry"}
+    assert report["build_check"]["status"] == "ok", report["build_check"]
+    assert report["cpu_variant"] is None  # the venv's build has one CPU backend, not per-CPU variants
     assert "self-test passed" in result.stderr
 
 
