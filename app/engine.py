@@ -319,6 +319,8 @@ class EngineCore:
         request.sampling.validate()
         t_start_ns = time.monotonic_ns()
         tokens, template_stops = self._prompt_tokens(model, request)
+        if not tokens:
+            raise PromptError("The prompt gave no tokens to evaluate: type some text.")
         n_ctx = ctx.n_ctx
         if len(tokens) >= n_ctx:
             raise PromptError(

@@ -10,8 +10,8 @@ Every call was checked against the llama.h vendored with the installed llama-cpp
 (0.3.36): its bindings agree with that header for every function used here (argument lists,
 return types, and the layouts of llama_model_params, llama_context_params, llama_batch,
 llama_sampler_chain_params). Note that in this llama.cpp `llama_sampler_init_penalties` takes
-n_vocab first (upstream dropped it; this vendored copy has it), and that a negative
-n_gpu_layers means "all layers".
+n_vocab before the four penalty arguments (some llama.cpp versions take only the four), and
+that the model parameters choose mmap/mlock through `load_mode`, not the older booleans.
 
 The objects here are not thread-safe: use each from one thread at a time, and close a
 LlamaContext (and SamplerChain) before the LlamaModel it was made from.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,13 +84,28 @@ def init_numa() -> None:
             _numa_ready = True
 
 
+_RE_LOG_ORIGIN = re.compile(r"^\w+:\s+")  # the C function that logged the line ("gguf_init_from_file: ")
+# The ring buffer keeps no log levels, so error lines are told by their words.
+_RE_FAILURE_WORDS = re.compile(r"error|fail|invalid|unable|cannot|could not|out of memory", re.IGNORECASE)
+
+
 def last_log_error(lines: Sequence[str]) -> str | None:
-    """llama.cpp's own reason for a failure, from the log lines written while it failed."""
+    """llama.cpp's own reason for a failure, from the log lines written while it failed.
+
+    A failure is logged from the inside out ("failed to open GGUF file 'x' (No such file or
+    directory)", then "error loading model: failed to load model from x", then "failed to load
+    model"), so the last line that says more than "failed to load model" is the reason.
+    """
     marker = "error loading model:"
-    reasons = [line.split(marker, 1)[1].strip() for line in lines if marker in line]
-    if not reasons:  # other steps and llama.cpp versions word it differently
-        reasons = [line.strip() for line in lines if "error" in line.lower() or "failed" in line.lower()]
-    return reasons[-1] if reasons else None
+    reasons: list[str] = []
+    for line in lines:
+        if marker in line:
+            reasons.append(line.split(marker, 1)[1].strip())
+        elif _RE_FAILURE_WORDS.search(line):
+            reasons.append(_RE_LOG_ORIGIN.sub("", line.strip()))
+    specific = [r for r in reasons if "failed to load model" not in r]
+    return (specific or reasons)[-1] if reasons else None
+
 
 
 def explain_load_failure(path: str, log_lines: Sequence[str]) -> str:
@@ -137,7 +153,7 @@ class LlamaModel:
             params.load_mode = lc.LLAMA_LOAD_MODE_MMAP
         else:
             params.load_mode = lc.LLAMA_LOAD_MODE_NONE
-        # Held by self: llama.cpp calls it until llama_model_load_from_file returns.
+        # Held until close(): the model keeps a copy of its parameters, pointer included.
         self._progress_cb: Any = None
         if progress is not None:
 
@@ -154,7 +170,6 @@ class LlamaModel:
             params.progress_callback = self._progress_cb
         mark = llama_runtime.log_mark()
         handle = lc.llama_model_load_from_file(path.encode("utf-8"), params)
-        self._progress_cb = None
         if not handle:
             if self._aborted:
                 raise DriverCancelled("Loading was cancelled.")
@@ -183,6 +198,7 @@ class LlamaModel:
         handle, self._handle = self._handle, None
         if handle is not None:
             self._lc.llama_model_free(handle)
+        self._progress_cb = None
 
     def __enter__(self) -> LlamaModel:
         return self
@@ -193,7 +209,7 @@ class LlamaModel:
     # ---- vocabulary ------------------------------------------------------------------------------
     def is_eog(self, token: int) -> bool:
         """End of generation: EOS, EOT, <|im_end|> and whatever else the vocabulary marks so."""
-        return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
+        return bool(self._lc.llama_vocab_is_eog(self._vocab_checked(), token))
 
     def token_text(self, token: int) -> str:
         """The vocabulary's text of a token ("<|im_start|>", "Ġthe"), "" for -1 (no such token)."""
@@ -230,8 +246,8 @@ class LlamaModel:
         capacity = len(data) + 8  # at most one token per byte, plus BOS/EOS and a space prefix
         for _ in range(2):
             buf = (lc.llama_token * capacity)()
-            n = int(lc.llama_tokenize(self._vocab_checked(), data, len(data), buf, capacity,
-                                      add_special, parse_special))
+            vocab = self._vocab_checked()
+            n = int(lc.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special))
             if n >= 0:
                 return list(buf[:n])
             capacity = -n
@@ -300,7 +316,9 @@ class LlamaContext:
         params.n_ubatch = min(params.n_batch, n_ubatch)
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
-        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.type_k = type_k
         params.type_v = type_v
         params.offload_kqv = offload_kqv
@@ -322,6 +340,7 @@ class LlamaContext:
         # One prebuilt batch for generation: a token costs a store and a llama_decode, no allocation.
         self._one = (lc.llama_token * 1)()
         self._one_batch = lc.llama_batch_get_one(self._one, 1)
+        self._logits_ready = False
 
     @property
     def handle(self) -> Any:
@@ -360,8 +379,14 @@ class LlamaContext:
         generation it would cost a few per cent of speed, and there the caller checks the flag
         between tokens anyway. So switch it on for prompts only.
         """
-        callback = self._abort_cb if enabled and self._cancel is not None else self._no_abort_cb
+        callback = self._no_abort_cb
         self._lc.llama_set_abort_callback(self.handle, callback, None)
+
+    @property
+    def logits_ready(self) -> bool:
+        """Whether the last decode succeeded, so there are logits to sample from. (Sampling without
+        them fails an assertion inside llama.cpp, which aborts the whole process.)"""
+        return self._logits_ready and self._handle is not None
 
     @property
     def n_tokens(self) -> int:
@@ -371,6 +396,7 @@ class LlamaContext:
     def clear(self, *, data: bool = True) -> None:
         """Empty the KV cache. `data=False` forgets the cells without zeroing the buffers, which is
         all a fresh evaluation needs and costs nothing even for a multi-GiB cache."""
+        self._logits_ready = False
         self._lc.llama_memory_clear(self._memory_checked(), data)
 
     def decode(self, tokens: Sequence[int]) -> None:
@@ -378,14 +404,18 @@ class LlamaContext:
         are then ready for sampling. Raises DriverCancelled if the abort callback stopped it."""
         lc = self._lc
         for start in range(0, len(tokens), self.n_batch):
+            self._logits_ready = False
             chunk = tokens[start : start + self.n_batch]
             ids = (lc.llama_token * len(chunk))(*chunk)
             self._check(int(lc.llama_decode(self.handle, lc.llama_batch_get_one(ids, len(chunk)))))
+            self._logits_ready = True
 
     def decode_one(self, token: int) -> None:
         """Evaluate one generated token (the per-token path: no allocation)."""
+        self._logits_ready = False
         self._one[0] = token
         self._check(int(self._lc.llama_decode(self.handle, self._one_batch)))
+        self._logits_ready = True
 
     def _check(self, rc: int) -> None:
         if rc == 0:
@@ -442,7 +472,9 @@ class SamplerChain:
             stages.append(lc.llama_sampler_init_greedy())
         elif s.mirostat_mode == 1:
             stages.append(lc.llama_sampler_init_temp(s.temperature))
-            stages.append(lc.llama_sampler_init_mirostat(n_vocab, seed, s.mirostat_tau, s.mirostat_eta, MIROSTAT_M))
+            stages.append(
+                lc.llama_sampler_init_mirostat(n_vocab, seed, s.mirostat_tau, s.mirostat_eta, MIROSTAT_M)
+            )
         elif s.mirostat_mode == 2:
             stages.append(lc.llama_sampler_init_temp(s.temperature))
             stages.append(lc.llama_sampler_init_mirostat_v2(seed, s.mirostat_tau, s.mirostat_eta))
@@ -460,6 +492,8 @@ class SamplerChain:
     def sample(self, ctx: LlamaContext, idx: int = -1) -> int:
         """A token from the logits of output `idx` (-1: the last decoded), accepted into the
         chain's state (penalty history, mirostat's mu)."""
+        if not ctx.logits_ready:
+            raise DriverError("Nothing to sample from: no evaluation succeeded since the cache was cleared.")
         return int(self._lc.llama_sampler_sample(self._chain_checked(), ctx.handle, idx))
 
     def accept(self, token: int) -> None:

@@ -45,6 +45,20 @@ def llama_lib_dir() -> Path:
 
 
 def _ggml_library(lib_dir: Path) -> ctypes.CDLL:
+    """The libggml that libllama itself uses (call after importing llama_cpp).
+
+    On Linux libllama links libggml by its soname (libggml.so.0), which a wheel ships as a copy
+    beside libggml.so and a PyInstaller bundle also puts in its top folder, found first through
+    the bootloader's LD_LIBRARY_PATH. Opening another copy by path would give a second ggml with a
+    backend registry of its own, so the soname already loaded is asked for first (RTLD_NOLOAD).
+    """
+    rtld_noload = getattr(os, "RTLD_NOLOAD", None)
+    if rtld_noload is not None and sys.platform.startswith("linux"):
+        for soname in sorted((p.name for p in lib_dir.glob("libggml.so.*")), key=len):
+            try:
+                return ctypes.CDLL(soname, mode=rtld_noload)
+            except OSError:
+                continue  # not loaded under this name
     names = {"linux": "libggml.so", "darwin": "libggml.dylib", "win32": "ggml.dll"}
     return ctypes.CDLL(str(lib_dir / names.get(sys.platform, "libggml.so")))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import re
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from gguf import GGUFWriter
 from app.engine import (
     Engine,
     EngineBusyError,
+    EngineCore,
     EngineError,
     GenerationRequest,
     LoadProgress,
@@ -34,6 +36,123 @@ from app.settings import LoadSettings, SamplingSettings, SettingsError
 GREEDY = SamplingSettings(temperature=0.0, max_tokens=16)
 SMALL = LoadSettings(n_ctx=512, n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, seed=1)
 WAIT_S = 120  # generous: the machine is shared; a hang still fails the test
+
+
+@dataclasses.dataclass(frozen=True)
+class GreedyCase:
+    prompt: str
+    chat: bool
+    system_prompt: str | None
+    repeat_penalty: float
+    tokens: list[int]
+    text: str
+    stop_reason: StopReason
+    prompt_tokens: int
+    context_tokens: int
+
+
+# What the Engine gave while it still ran llama-cpp-python's `Llama` (Llama.generate with its
+# sampler), recorded before app.llama_driver replaced it: loaded with SMALL, each request at
+# SamplingSettings(temperature=0.0, max_tokens=64, repeat_penalty=<as given>), the token ids taken
+# from its on_token events and the rest from its RunStats. Greedy output must not change.
+GREEDY_REFERENCE = [
+    GreedyCase(
+        'The capital of France is',
+        chat=False,
+        system_prompt=None,
+        repeat_penalty=1.1,
+        tokens=[
+            7042, 30, 198, 29, 378, 1797, 1918, 553, 253, 2155, 282, 4723, 216, 35, 34, 33, 2215,
+            701, 28, 351, 690, 216, 37, 32, 21, 2242, 281, 4343, 1721, 30, 198, 29, 378, 1797, 8378,
+            553, 253, 2155, 282, 1130, 216, 38, 39, 36, 2215, 701, 28, 979, 260, 3284, 4353, 365,
+            25953, 25, 553, 253, 2155, 282, 563, 216, 40, 41, 33, 2215
+        ],
+        text=(
+            ' Paris.\n- The United States has a population of approximately 321 million '
+            'people, with over 50% living in urban areas.\n- The United Kingdom has a '
+            'population of around 674 million people, while the European Union (EU) has '
+            'a population of about 891 million'
+        ),
+        stop_reason=StopReason.LENGTH,
+        prompt_tokens=5,
+        context_tokens=68,
+    ),
+    GreedyCase(
+        'Once upon a time, in a land far away,',
+        chat=False,
+        system_prompt=None,
+        repeat_penalty=1.1,
+        tokens=[
+            665, 436, 253, 10054, 1217, 414, 4298, 376, 30, 378, 701, 282, 414, 4298, 376, 4161,
+            281, 260, 1666, 282, 414, 318, 5484, 28, 837, 502, 592, 1343, 347, 260, 414, 541, 373,
+            992, 1506, 30, 198, 198, 504, 1977, 5634, 351, 260, 10898, 282, 253, 12833, 284, 14905,
+            414, 541, 373, 992, 697, 3365, 414, 257, 2740, 28, 617, 761, 719, 5958, 411
+        ],
+        text=(
+            ' there was a kingdom called Eridus. The people of Eridus lived in the land '
+            'of Elyria, where they were known as the Erythronians.\n\nThe story begins '
+            'with the arrival of a brave and noble Erythronian named Erebo, who had been '
+            'chosen by'
+        ),
+        stop_reason=StopReason.LENGTH,
+        prompt_tokens=11,
+        context_tokens=74,
+    ),
+    GreedyCase(
+        'def fibonacci(n):',
+        chat=False,
+        system_prompt=None,
+        repeat_penalty=1.0,
+        tokens=[
+            472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 2822, 24, 38572, 46477,
+            24, 94, 731, 216, 33, 25, 1232, 3987, 46477, 24, 94, 731, 216, 34, 643, 304, 25, 198,
+            198, 19, 4246, 260, 1517, 198, 3272, 24, 38572, 46477, 24, 33, 32, 1292, 216, 907,
+            21367, 42, 216, 35, 35, 198, 3272, 24, 38572, 46477, 24, 34, 1292
+        ],
+        text=(
+            '\n    if n == 0:\n        return 1\n    return max(fibonacci(n - 1) + '
+            'fibonacci(n - 2), n)\n\n# Test the function\nprint(fibonacci(10))  # '
+            'Output: 33\nprint(fibonacci(2))'
+        ),
+        stop_reason=StopReason.LENGTH,
+        prompt_tokens=6,
+        context_tokens=69,
+    ),
+    GreedyCase(
+        'What is 2+2?',
+        chat=True,
+        system_prompt=None,
+        repeat_penalty=1.1,
+        tokens=[
+            504, 2988, 288, 451, 8170, 4119, 1732, 314, 216, 36, 30
+        ],
+        text=(
+            'The answer to this classic math problem is 4.'
+        ),
+        stop_reason=StopReason.EOS,
+        prompt_tokens=37,
+        context_tokens=48,
+    ),
+    GreedyCase(
+        'Name three colours of the rainbow.',
+        chat=True,
+        system_prompt='You are a concise assistant.',
+        repeat_penalty=1.1,
+        tokens=[
+            504, 24594, 314, 1129, 2188, 351, 1296, 14797, 42, 4461, 28, 2382, 28, 284, 5724, 30,
+            1423, 28, 281, 4174, 28, 260, 3018, 17714, 282, 623, 4683, 359, 441, 1811, 253, 2232,
+            6714, 282, 14797, 288, 582, 1372, 30
+        ],
+        text=(
+            'The rainbow is often associated with three colours: blue, red, and yellow. '
+            'However, in reality, the exact proportions of these colors are not always a '
+            'simple ratio of colours to one another.'
+        ),
+        stop_reason=StopReason.EOS,
+        prompt_tokens=27,
+        context_tokens=66,
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +211,27 @@ def test_load_progress_is_reported_and_cancel_during_load_leaves_nothing_loaded(
     assert seen == sorted(seen)
 
 
+def test_the_core_works_on_the_callers_thread_with_plain_data(demo_model: str) -> None:
+    """EngineCore is what a child process will host: no threads of its own, picklable results."""
+    threads_before = set(threading.enumerate())
+    core = EngineCore(threading.Event())
+    try:
+        loaded = core.load(demo_model, SMALL)
+        stats = core.generate(GenerationRequest("The capital of France is", GREEDY))
+        pieces = core.tokenize("Hello world")
+        assert core.detokenize([p.token_id for p in pieces]) == "Hello world"
+        assert set(threading.enumerate()) == threads_before
+        for value in (loaded, stats, pieces):
+            assert pickle.loads(pickle.dumps(value)) == value
+        assert stats.text.startswith(" Paris")
+        core.clear_kv_cache()
+    finally:
+        core.close()
+    assert core.loaded is None
+    with pytest.raises(NoModelLoadedError):
+        core.tokenize("Hello")
+
+
 def test_unload_frees_memory(fresh_engine: Engine, demo_model: str) -> None:
     process = psutil.Process()
     before = process.memory_info().rss
@@ -125,6 +265,38 @@ def test_streaming_completion_events_and_stats(engine: Engine) -> None:
     assert stats.prompt_tokens_per_s is not None and stats.prompt_tokens_per_s > 0
     assert stats.gen_tokens_per_s is not None and stats.gen_tokens_per_s > 0
     assert stats.context_tokens == stats.prompt_tokens + stats.generated_tokens - 1
+
+
+@pytest.mark.parametrize("case", GREEDY_REFERENCE, ids=lambda c: c.prompt[:20])
+def test_greedy_output_is_what_the_llama_based_engine_gave(engine: Engine, case: GreedyCase) -> None:
+    events: list[TokenEvent] = []
+    sampling = SamplingSettings(temperature=0.0, max_tokens=64, repeat_penalty=case.repeat_penalty)
+    request = GenerationRequest(case.prompt, sampling, chat=case.chat, system_prompt=case.system_prompt)
+    stats = engine.generate(request, events.append).result(WAIT_S)
+    assert [e.token_id for e in events] == case.tokens
+    assert stats.text == case.text
+    assert stats.stop_reason is case.stop_reason
+    assert (stats.prompt_tokens, stats.context_tokens) == (case.prompt_tokens, case.context_tokens)
+
+
+def test_a_fixed_seed_repeats_a_sampled_generation(engine: Engine) -> None:
+    assert SMALL.seed == 1
+    sampling = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24)
+    request = GenerationRequest("Once upon a time", sampling)
+    first = engine.generate(request).result(WAIT_S)
+    assert first.generated_tokens > 0
+    assert engine.generate(request).result(WAIT_S).text == first.text
+    greedy = dataclasses.replace(GREEDY, max_tokens=24)
+    assert engine.generate(GenerationRequest("Once upon a time", greedy)).result(WAIT_S).text != first.text
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_mirostat_generates(engine: Engine, mode: int) -> None:
+    sampling = SamplingSettings(temperature=0.8, mirostat_mode=mode, max_tokens=16)
+    stats = engine.generate(GenerationRequest("Once upon a time", sampling)).result(WAIT_S)
+    assert stats.generated_tokens > 0
+    assert stats.stop_reason in (StopReason.LENGTH, StopReason.EOS)
+    assert stats.error is None
 
 
 def test_greedy_generation_is_deterministic(engine: Engine) -> None:

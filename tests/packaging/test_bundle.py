@@ -114,6 +114,7 @@ def test_self_test_runs_from_a_path_with_spaces_and_umlauts(bundle_dir: Path, tm
     assert report["generated_tokens"] >= 1
     assert report["telemetry"]["samples"] == 2
     assert report["build_check"]["status"] == "ok"
+    assert "CPU :" in report["llama_system_info"]  # libllama sees the backend ggml loaded
     if PORTABLE:
         # The bundle's llama.cpp picked the CPU backend for this CPU at run time.
         assert report["cpu_variant"] in CPU_VARIANTS, report["cpu_variant"]
