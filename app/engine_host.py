@@ -120,9 +120,13 @@ def host_main(
     """The host's whole life: serve calls until told to exit or the client goes away."""
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="llamascope-lifeline", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the client's to handle
+    # A failed GGML_ASSERT prints its message to stderr, not to the log callback, then would attach
+    # gdb for a backtrace (seconds, and noise): keep the message, skip the backtrace.
+    os.environ["GGML_NO_BACKTRACE"] = "1"
+    log_file = open(log_path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
+    os.dup2(log_file.fileno(), 2)
     from app import llama_runtime
 
-    log_file = open(log_path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
     llama_runtime.echo_log_to(log_file)  # line by line: what was logged survives a crash
     context = HostContext(SharedFlag(cancel_value), lambda kind, payload: conn.send(("event", kind, payload)),
                           log_path)
