@@ -259,7 +259,8 @@ def run_check(
 ) -> BuildVerdict:
     """Run the check's child on `model` and judge how it ended. `command` replaces the child (tests)."""
     argv = list(command) if command is not None else child_command(model)
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a Python-level stack on stderr if it dies
+    # A Python-level stack on stderr if it dies; a GGML_ASSERT message without a gdb backtrace.
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "GGML_NO_BACKTRACE": "1"}
     t0 = time.monotonic()
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout_s,

@@ -379,7 +379,7 @@ class LlamaContext:
         generation it would cost a few per cent of speed, and there the caller checks the flag
         between tokens anyway. So switch it on for prompts only.
         """
-        callback = self._no_abort_cb
+        callback = self._abort_cb if enabled and self._cancel is not None else self._no_abort_cb
         self._lc.llama_set_abort_callback(self.handle, callback, None)
 
     @property
