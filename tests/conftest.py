@@ -43,3 +43,21 @@ def no_thread_left_running() -> Iterator[None]:
         thread.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"threads left running: {still}"
+
+
+def crafted_copy(demo_model: str, folder: str, key: str, value: int) -> str:
+    """A copy of the demo model with one integer metadata field changed (gguf-set-metadata's way):
+    passes LlamaScope's header check, then trips an assertion in llama.cpp's loader."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    path = os.path.join(folder, f"crafted-{key.replace('.', '_')}-{value}.gguf")
+    shutil.copyfile(demo_model, path)
+    reader = GGUFReader(path, "r+")
+    field = reader.get_field(key)
+    assert field is not None, key
+    field.parts[field.data[0]][0] = value
+    reader.data.flush()
+    del reader
+    return path

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PySide6.QtCore import QObject, Signal
 
 from app.bandwidth import cached_bandwidth
+from app.crash_registry import CrashRegistry
 from app.gguf_info import ModelFileError, inspect_model
 from app.llama_runtime import platform_line
 from app.quant_types import supported_quant_types
@@ -19,12 +20,14 @@ class ModelInspector(QObject):
     """`request(path)` reads the header in a worker; `inspected(path, ModelInfo | None, error)` reports it."""
 
     inspected = Signal(str, object, str)
+    crash_record_read = Signal(str, object)  # path, CrashRecord | None: did it crash llama.cpp at load?
     platform_read = Signal(str)
     quant_types_read = Signal(object)  # tuple[QuantType, ...] this llama.cpp build supports
     bandwidth_measured = Signal(object)  # app.bandwidth.Bandwidth, or None if it could not be measured
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None, crashes: CrashRegistry | None = None) -> None:
         super().__init__(parent)
+        self._crashes = crashes or CrashRegistry()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamascope-inspector")
 
     def request(self, path: str) -> None:
@@ -38,6 +41,7 @@ class ModelInspector(QObject):
         except OSError as exc:  # e.g. permission denied, a file vanishing mid-read
             info, error = None, f"{path} could not be read: {exc.strerror or exc}"
         self.inspected.emit(path, info, error)
+        self.crash_record_read.emit(path, self._crashes.lookup(path) if info is not None else None)
 
     def request_platform(self) -> None:
         """Read the llama.cpp build facts (a call into llama.cpp, so not on the GUI thread)."""

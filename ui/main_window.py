@@ -127,6 +127,7 @@ class MainWindow(QMainWindow):
         b, panel, console = self.bridge, self.model_panel, self.console
         panel.inspection_requested.connect(self.inspector.request)
         self.inspector.inspected.connect(panel.on_model_inspected)
+        self.inspector.crash_record_read.connect(panel.on_crash_record_read)
         self.inspector.platform_read.connect(panel.set_platform_text)
         panel.load_requested.connect(b.request_load)
         panel.unload_requested.connect(b.request_unload)
@@ -235,6 +236,9 @@ class MainWindow(QMainWindow):
     def _on_operation_failed(self, operation: str, message: str) -> None:
         if operation == "load":
             self.model_panel.on_load_failed(message)
+            path = self.model_panel.selected_path()
+            if path is not None:
+                self.inspector.request(path)  # a crash at load is now on record: mark the model
         elif operation == "generate":
             self.console.on_generation_failed(message)
             self.performance_panel.on_generation_failed()

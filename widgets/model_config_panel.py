@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.crash_registry import CrashRecord
 from app.demo_model import demo_model_path
 from app.engine import LoadProgress, LoadResult
 from app.formatting import fmt, fmt_bytes
@@ -84,6 +85,7 @@ class ModelConfigPanel(Panel):
         self._profiles = profile_store or ProfileStore()
         self._infos: dict[str, ModelInfo] = {}
         self._errors: dict[str, str] = {}
+        self._crashes: dict[str, CrashRecord] = {}  # models that crashed llama.cpp when last loaded
         self._selected_path: str | None = None
         self._loaded: LoadResult | None = None
         self._busy = False
@@ -388,12 +390,36 @@ class ModelConfigPanel(Panel):
         except SettingsError as exc:
             self.on_load_failed(str(exc))
             return
+        crash = self._crashes.get(self._selected_path)
+        if crash is not None and not self._confirm_load_after_crash(crash):
+            return
         self._loading = True
         self.load_progress.setValue(0)
         self.load_status.setText(f"Loading {os.path.basename(self._selected_path)}…")
         self.load_status.setStyleSheet("")
         self._update_buttons()
         self.load_requested.emit(self._selected_path, load, self.override_check.isChecked())
+
+    def _confirm_load_after_crash(self, crash: CrashRecord) -> bool:
+        answer = QMessageBox.warning(
+            self,
+            "This model crashed llama.cpp",
+            f"{os.path.basename(crash.path)} crashed llama.cpp the last time it was loaded "
+            f"({crash.signal_text}).\n\nLlamaScope survives it, but the load will most likely fail "
+            "again. Load it anyway?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def on_crash_record_read(self, path: str, record: CrashRecord | None) -> None:
+        if record is None:
+            self._crashes.pop(path, None)
+        else:
+            self._crashes[path] = record
+        item = self._find_item(path)
+        if item is not None:
+            self._describe_item(item)
 
     def request_unload(self) -> None:
         if not self._busy and self._loaded is not None:
@@ -416,6 +442,10 @@ class ModelConfigPanel(Panel):
 
     def on_load_finished(self, result: LoadResult) -> None:
         self._loaded = result
+        if self._crashes.pop(result.model.path, None) is not None:  # the engine forgot it too
+            item = self._find_item(result.model.path)
+            if item is not None:
+                self._describe_item(item)
         self._loading = False
         self.load_progress.setValue(100)
         self.load_status.setText(f"✓ Loaded {result.model.display_name}")
@@ -561,8 +591,14 @@ class ModelConfigPanel(Panel):
             text = f"{os.path.basename(path)}\nreading header…"
         if origin == "demo":
             text += " · demo"
+        crash = self._crashes.get(path)
+        if crash is not None:
+            text += " · ⚠ crashed llama.cpp"
         item.setText(text)
-        item.setToolTip(path if path not in self._errors else f"{path}\n{self._errors[path]}")
+        tip = path if path not in self._errors else f"{path}\n{self._errors[path]}"
+        if crash is not None:
+            tip += "\n" + crash.summary() + ("\n" + "\n".join(crash.log_tail[-3:]) if crash.log_tail else "")
+        item.setToolTip(tip)
 
     def _find_item(self, path: str) -> QListWidgetItem | None:
         for row in range(self.model_list.count()):
