@@ -15,8 +15,10 @@ worker thread and must not touch widgets.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +28,8 @@ from typing import Any, TypeVar
 
 from app import llama_runtime
 from app.build_check import require_working_build
+from app.crash_registry import CrashRegistry
+from app.engine_host import CANCEL_GRACE_S, HostCancelled, HostContext, HostCrashed, HostError, HostClient
 from app.gguf_info import ModelFileError, inspect_model
 from app.llama_driver import (
     CancelFlag,
@@ -67,6 +71,15 @@ class PromptError(EngineError):
 
 class OperationCancelled(EngineError):
     """The user cancelled the operation before it finished."""
+
+
+class EngineCrashedError(EngineError):
+    """llama.cpp crashed the engine host; the message names the signal and its last log lines."""
+
+    def __init__(self, message: str, signal_text: str | None = None, log_tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.signal_text = signal_text
+        self.log_tail = log_tail
 
 
 class StopReason(enum.Enum):
@@ -310,14 +323,21 @@ class EngineCore:
         return chat.tokens, chat.stops
 
     def generate(
-        self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None = None
+        self,
+        request: GenerationRequest,
+        on_token: Callable[[TokenEvent], None] | None = None,
+        *,
+        t_start_ns: int | None = None,
     ) -> RunStats:
         """Evaluate the prompt from an empty cache and generate until EOS, max_tokens, a full
         context, a stop string or the cancel flag. Failures after the prompt was accepted come
-        back as a RunStats with stop_reason ERROR, keeping the text generated so far."""
+        back as a RunStats with stop_reason ERROR, keeping the text generated so far.
+
+        `t_start_ns` (time.monotonic_ns, a clock all processes share) is when the request was
+        made, if earlier than this call: the time to the first token counts from there."""
         model, ctx = self._require()
         request.sampling.validate()
-        t_start_ns = time.monotonic_ns()
+        t_start_ns = time.monotonic_ns() if t_start_ns is None else t_start_ns
         tokens, template_stops = self._prompt_tokens(model, request)
         if not tokens:
             raise PromptError("The prompt gave no tokens to evaluate: type some text.")
@@ -390,17 +410,95 @@ class EngineCore:
         )
 
 
-class Engine:
-    """The app's engine: an EngineCore driven by one worker thread, with futures, busy refusal
-    and cancel."""
+def _return_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it for reuse otherwise).
 
-    def __init__(self) -> None:
+    llama.cpp frees the model and its buffers on unload, but glibc's malloc keeps freed blocks
+    below its mmap threshold, which it raises each time a large block is freed; without this the
+    host kept about 40 MB after the first unloads of the demo model.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        pass
+
+
+class EngineService:
+    """The engine host's side (app.engine_host): an EngineCore whose callbacks become events.
+
+    Load progress goes out when it moved by a per cent; tokens go out in batches, the first at
+    once (so the time to the first token shows) and then at most every TOKEN_BATCH_S, so the
+    client is never woken per token.
+    """
+
+    TOKEN_BATCH_S = 0.05
+
+    def __init__(self, context: HostContext) -> None:
+        self._core = EngineCore(context.cancel)
+        self._emit = context.emit
+
+    def load(self, path: str, settings: LoadSettings, override_memory: bool) -> LoadResult:
+        last = [-1.0]
+
+        def on_progress(progress: LoadProgress) -> None:
+            if progress.fraction - last[0] >= 0.01 or progress.fraction >= 1.0:
+                last[0] = progress.fraction
+                self._emit("load_progress", progress)
+
+        return self._core.load(path, settings, override_memory=override_memory, on_progress=on_progress)
+
+    def unload(self) -> None:
+        self._core.unload()
+        _return_free_memory()
+
+    def tokenize(self, text: str, add_bos: bool, special: bool) -> list[TokenPiece]:
+        return self._core.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, token_ids: list[int], special: bool) -> str:
+        return self._core.detokenize(token_ids, special=special)
+
+    def clear_kv_cache(self) -> None:
+        self._core.clear_kv_cache()
+
+    def generate(self, request: GenerationRequest, t_start_ns: int | None = None) -> RunStats:
+        batch: list[TokenEvent] = []
+        sent_ns = [0]
+
+        def on_token(event: TokenEvent) -> None:
+            batch.append(event)
+            if event.index == 0 or event.t_ns - sent_ns[0] >= self.TOKEN_BATCH_S * 1e9:
+                self._emit("tokens", batch.copy())
+                batch.clear()
+                sent_ns[0] = event.t_ns
+
+        stats = self._core.generate(request, on_token, t_start_ns=t_start_ns)
+        if batch:
+            self._emit("tokens", batch)
+        return stats
+
+    def close(self) -> None:
+        self._core.close()
+
+
+class Engine:
+    """The app's engine: one worker thread with futures, busy refusal and cancel, in front of an
+    engine host process (app.engine_host) where an EngineCore does the llama.cpp work.
+
+    A native crash of the host fails the running request with a message (and, at load, records
+    the model in the crash registry); the next request starts a fresh host with nothing loaded.
+    """
+
+    def __init__(self, crashes: CrashRegistry | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamascope-engine")
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
-        self._cancel = threading.Event()
-        self._core = EngineCore(self._cancel)
+        self._cancel = threading.Event()  # for run_exclusive jobs, which run in this process
+        self._host = HostClient("app.engine:EngineService")
+        self._crashes = crashes
+        self._loaded: LoadResult | None = None
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -409,7 +507,18 @@ class Engine:
 
     @property
     def loaded(self) -> LoadResult | None:
-        return self._core.loaded
+        return self._loaded
+
+    @property
+    def host_pid(self) -> int | None:
+        """The engine host's process id while it runs (tests, diagnostics)."""
+        return self._host.pid
+
+    def start_host(self) -> None:
+        """Start the host process in the background, so the first load does not wait for it."""
+        with self._lock:
+            if not self._closed:
+                self._executor.submit(self._host.start)
 
     # ---- requests ----------------------------------------------------------------------------
     def load(
@@ -421,27 +530,24 @@ class Engine:
         on_progress: Callable[[LoadProgress], None] | None = None,
     ) -> Future[LoadResult]:
         """Inspect, check and load a model, replacing any loaded one."""
-        return self._submit(
-            lambda: self._core.load(path, settings, override_memory=override_memory, on_progress=on_progress)
-        )
+        return self._submit(self._do_load, path, settings, override_memory, on_progress)
 
     def unload(self) -> Future[None]:
-        return self._submit(self._core.unload)
+        return self._submit(self._do_unload)
 
     def generate(
         self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None = None
     ) -> Future[RunStats]:
-        return self._submit(self._core.generate, request, on_token)
+        return self._submit(self._do_generate, request, on_token)
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> Future[list[TokenPiece]]:
-        return self._submit(lambda: self._core.tokenize(text, add_bos=add_bos, special=special))
+        return self._submit(self._call, "tokenize", text, add_bos, special)
 
     def detokenize(self, token_ids: Sequence[int], *, special: bool = True) -> Future[str]:
-        ids = list(token_ids)
-        return self._submit(lambda: self._core.detokenize(ids, special=special))
+        return self._submit(self._call, "detokenize", [int(t) for t in token_ids], special)
 
     def clear_kv_cache(self) -> Future[None]:
-        return self._submit(self._core.clear_kv_cache)
+        return self._submit(self._call, "clear_kv_cache")
 
     def run_exclusive(self, job: Callable[[threading.Event], T]) -> Future[T]:
         """Run other llama.cpp work (a benchmark, an evaluation) on the engine thread.
@@ -453,18 +559,99 @@ class Engine:
         return self._submit(job, self._cancel)
 
     def cancel(self) -> None:
-        """Ask the running operation to stop: between tokens, inside prompt evaluation, or mid-load."""
+        """Stop the running operation: cooperatively between tokens, inside prompt evaluation and
+        mid-load; a host that does not stop within its grace period is ended."""
         self._cancel.set()
+        self._host.cancel()
 
     def shutdown(self) -> None:
-        """Cancel what runs, wait for the worker, free the model. Safe to call twice."""
+        """Cancel what runs, end the host, wait for the worker. Safe to call twice."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self._cancel.set()
-        self._executor.submit(self._core.close)
+        self._host.cancel()
+        self._host.shutdown()  # ends a call in progress too: the worker then returns at once
         self._executor.shutdown(wait=True)
+
+    # ---- on the worker thread ----------------------------------------------------------------
+    def _call(self, operation: str, *args: Any, on_event: Callable[[str, Any], None] | None = None) -> Any:
+        """One host call; a crash or a forced stop becomes an EngineError for the user."""
+        try:
+            return self._host.call(operation, *args, on_event=on_event)
+        except HostCancelled:
+            self._loaded = None  # the host was ended: its model is gone
+            raise OperationCancelled("Stopped; the engine had to be restarted, so no model is loaded.") from None
+        except HostCrashed as exc:
+            self._loaded = None
+            raise EngineCrashedError(str(exc), exc.signal_text, exc.log_tail) from None
+        except HostError as exc:
+            raise EngineError(str(exc)) from None
+
+    def _do_load(
+        self,
+        path: str,
+        settings: LoadSettings,
+        override_memory: bool,
+        on_progress: Callable[[LoadProgress], None] | None,
+    ) -> LoadResult:
+        require_working_build(EngineError)  # checked here first: a crashing build never starts the host
+
+        def on_event(kind: str, payload: Any) -> None:
+            if kind == "load_progress" and on_progress is not None:
+                on_progress(payload)
+
+        crashes = self._crash_registry()
+        try:
+            result: LoadResult = self._call("load", path, settings, override_memory, on_event=on_event)
+        except OperationCancelled:
+            raise OperationCancelled("Loading was cancelled.") from None
+        except EngineCrashedError as exc:
+            crashes.record(path, exc.signal_text or "a crash", exc.log_tail)
+            raise
+        except Exception:
+            self._loaded = None if self._host.pid is None else self._loaded
+            raise
+        self._loaded = result
+        crashes.forget(path)  # it loads now: a repaired llama.cpp, or a crash that had another cause
+        return result
+
+    def _do_unload(self) -> None:
+        self._call("unload")
+        self._loaded = None
+
+    def _do_generate(self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None) -> RunStats:
+        t_start_ns = time.monotonic_ns()  # TTFT counts from here: the trip to the host included
+        seen: list[TokenEvent] = []
+
+        def on_event(kind: str, payload: Any) -> None:
+            if kind != "tokens":
+                return
+            for event in payload:
+                if seen:
+                    # A stop waits one token for the host to notice (a slow model's token can take
+                    # longer than the default grace) before the host is ended.
+                    gap_s = (event.t_ns - seen[-1].t_ns) / 1e9
+                    self._host.grace_s = max(self._host.grace_s, min(2 * gap_s, 10.0))
+                seen.append(event)
+                if on_token is not None:
+                    on_token(event)
+
+        self._host.grace_s = CANCEL_GRACE_S
+        try:
+            return self._call("generate", request, t_start_ns, on_event=on_event)  # type: ignore[no-any-return]
+        except OperationCancelled:
+            stamps = [e.t_ns for e in seen]
+            return _stats(request.chat, 0, stamps, t_start_ns, time.monotonic_ns(), StopReason.CANCELLED,
+                          "".join(e.text for e in seen), 0, None)
+        finally:
+            self._host.grace_s = CANCEL_GRACE_S
+
+    def _crash_registry(self) -> CrashRegistry:
+        if self._crashes is None:
+            self._crashes = CrashRegistry()
+        return self._crashes
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         with self._lock:
@@ -474,6 +661,7 @@ class Engine:
                 raise EngineBusyError("The engine is busy with another operation; wait or press Stop.")
             self._busy = True
             self._cancel.clear()
+            self._host.clear_cancel()
 
         def run() -> T:
             try:
@@ -519,6 +707,8 @@ __all__ = [
     "Engine",
     "EngineCore",
     "EngineBusyError",
+    "EngineCrashedError",
+    "EngineService",
     "EngineError",
     "GenerationRequest",
     "LoadProgress",

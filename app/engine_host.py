@@ -146,9 +146,9 @@ def host_main(
             result = getattr(service, operation)(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 (every failure goes back to the client as a message)
             try:
-                conn.send(("error", type(exc).__module__, type(exc).__qualname__, str(exc)))
-            except Exception:  # noqa: BLE001 (the message itself may not pickle)
-                conn.send(("error", "", "HostError", f"{type(exc).__name__}: {exc}"))
+                conn.send(("error", type(exc).__module__, type(exc).__qualname__, str(exc), vars(exc)))
+            except Exception:  # noqa: BLE001 (its attributes may not pickle: the message alone then)
+                conn.send(("error", type(exc).__module__, type(exc).__qualname__, str(exc), {}))
             continue
         try:
             conn.send(("result", result))
@@ -174,16 +174,23 @@ def _test_crash(how: str = "abort") -> None:
 # ---- the client --------------------------------------------------------------------------------
 
 
-def _rebuild_exception(module: str, name: str, message: str) -> BaseException:
-    """The host's exception as the same class on this side, when it is one of LlamaScope's own."""
-    if module.startswith("app.") or module == "app":
+def _rebuild_exception(module: str, name: str, message: str, state: dict[str, Any]) -> BaseException:
+    """The host's exception as the same class on this side, when it is one of LlamaScope's own.
+
+    Built without calling its __init__ (whose arguments differ from class to class): the message
+    and the attributes the host sent are put in place directly.
+    """
+    if module == "app" or module.startswith("app."):
         try:
             cls = getattr(importlib.import_module(module), name)
-            if isinstance(cls, type) and issubclass(cls, Exception):
-                return cls(message)
-        except Exception:  # noqa: BLE001 (a class that takes other arguments: plain HostError)
-            pass
-    if name in ("MemoryError",):
+        except (ImportError, AttributeError):
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            exc = cls.__new__(cls)
+            exc.args = (message,)
+            exc.__dict__.update(state)
+            return exc
+    if name == "MemoryError":
         return MemoryError(message)
     return HostError(message)
 
@@ -206,6 +213,7 @@ class HostClient:
         self._lifeline: multiprocessing.connection.Connection | None = None
         self._log_path: str | None = None
         self._in_call = threading.Event()
+        self.grace_s = CANCEL_GRACE_S  # how long `cancel` waits for a cooperative stop; callers may widen it
         self._killed_for_cancel = False
         self._kill_timer: threading.Timer | None = None
         self.starts = 0  # how many hosts this client has started (tests, diagnostics)
@@ -267,7 +275,7 @@ class HostClient:
                         continue
                     if message[0] == "result":
                         return message[1]
-                    raise _rebuild_exception(*message[1:4])
+                    raise _rebuild_exception(*message[1:5])
             except (EOFError, OSError, BrokenPipeError):
                 raise self._death(operation, args) from None
         finally:
@@ -309,8 +317,10 @@ class HostClient:
             return ()
 
     # ---- stopping -----------------------------------------------------------------------------
-    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
-        """Ask the running call to stop; end the host if it has not stopped after `grace_s`."""
+    def cancel(self, grace_s: float | None = None) -> None:
+        """Ask the running call to stop; end the host if it has not stopped after `grace_s`
+        (default: the `grace_s` attribute)."""
+        grace_s = self.grace_s if grace_s is None else grace_s
         self.cancel_flag.set()
         if not self._in_call.is_set():
             return

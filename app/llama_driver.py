@@ -588,7 +588,8 @@ def apply_chat_template(model: LlamaModel, messages: Sequence[dict[str, str]]) -
     template = model.chat_template
     if not template:
         raise DriverError("This model has no chat template; switch to completion mode.")
-    from jinja2 import TemplateError
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import SecurityError
     from llama_cpp import llama_chat_format
 
     try:
@@ -598,8 +599,19 @@ def apply_chat_template(model: LlamaModel, messages: Sequence[dict[str, str]]) -
             bos_token=model.token_text(model.bos),
         )
         result = formatter(messages=list(messages))  # type: ignore[arg-type]
-    except (TemplateError, ValueError, TypeError) as exc:
-        raise DriverError(f"The model's chat template could not render the conversation: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (a template is a program from the model file: anything can fail)
+        if isinstance(exc, TemplateSyntaxError):
+            problem = f"it is not valid Jinja (line {exc.lineno}: {exc.message})"
+        elif isinstance(exc, SecurityError):
+            problem = f"it tried something the template sandbox forbids ({exc})"
+        elif isinstance(exc, ValueError) and exc.args:  # raise_exception('...') in the template
+            problem = f"it refused the conversation: {exc}"
+        else:
+            problem = f"{type(exc).__name__}: {exc}"
+        raise DriverError(
+            f"The model's chat template could not render the conversation: {problem}. "
+            "Completion mode works without it."
+        ) from None
     # The template writes BOS itself when the model wants one (added_special).
     tokens = model.tokenize(result.prompt, add_special=not result.added_special, parse_special=True)
     stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])

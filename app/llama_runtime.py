@@ -112,11 +112,15 @@ def llama() -> ModuleType:
                 if chunk.endswith("\n"):
                     line = "".join(_partial_line).rstrip("\n")
                     _partial_line.clear()
+                    # Debug lines (level 1) are most of what llama.cpp logs (2,000 lines of graph
+                    # inputs per load of the demo model) and nothing here reads them.
+                    if _line_level[0] == 1:
+                        return
                     _serial += 1
                     _LOG_LINES.append((_serial, line))
                     if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml: 1 debug, 2 info, 3 warn, 4 error)
                         log.warning("llama.cpp: %s", line)
-                    if _echo_stream is not None and _line_level[0] != 1:  # debug lines flood
+                    if _echo_stream is not None:
                         _echo_stream.write(line + "\n")
                         _echo_stream.flush()
 

@@ -232,17 +232,26 @@ def test_the_core_works_on_the_callers_thread_with_plain_data(demo_model: str) -
         core.tokenize("Hello")
 
 
-def test_unload_frees_memory(fresh_engine: Engine, demo_model: str) -> None:
-    process = psutil.Process()
-    before = process.memory_info().rss
+def _rss_with_host(engine: Engine) -> int:
+    """The memory of this process and of the engine host, the way a user's task manager adds them."""
+    pids = [os.getpid()] + ([engine.host_pid] if engine.host_pid else [])
+    return sum(psutil.Process(pid).memory_info().rss for pid in pids)
+
+
+def test_unload_gives_the_memory_back_over_20_cycles(fresh_engine: Engine, demo_model: str) -> None:
+    fresh_engine.unload().result(WAIT_S)  # starts the host: its start-up is not the model's memory
+    before = _rss_with_host(fresh_engine)
     # Without mmap the weights are read into allocated memory, so freeing them shows in RSS.
-    fresh_engine.load(demo_model, dataclasses.replace(SMALL, use_mmap=False)).result(WAIT_S)
-    loaded_rss = process.memory_info().rss
-    assert loaded_rss - before > 50 * 2**20
-    fresh_engine.unload().result(WAIT_S)
+    settings = dataclasses.replace(SMALL, use_mmap=False)
+    after_each: list[int] = []
+    for _ in range(20):
+        fresh_engine.load(demo_model, settings).result(WAIT_S)
+        loaded = _rss_with_host(fresh_engine)
+        assert loaded - before > 50 * 2**20  # the weights are really in memory
+        fresh_engine.unload().result(WAIT_S)
+        after_each.append(_rss_with_host(fresh_engine) - before)
     assert fresh_engine.loaded is None
-    after = process.memory_info().rss
-    assert after - before < (loaded_rss - before) / 2
+    assert max(after_each) < 20 * 2**20, [f"{d / 2**20:.1f} MiB" for d in after_each]
     exc = _failure(fresh_engine.generate(GenerationRequest("Hello", GREEDY)))
     assert isinstance(exc, NoModelLoadedError)
 
@@ -345,7 +354,9 @@ def test_stop_between_tokens_keeps_what_was_generated(engine: Engine) -> None:
         GenerationRequest("Once upon a time, in a land far away,", sampling), on_token
     ).result(WAIT_S)
     assert stats.stop_reason is StopReason.CANCELLED
-    assert stats.generated_tokens == 3
+    # The host notices the stop at its next token; the tokens in flight still arrive.
+    assert 3 <= stats.generated_tokens < 100
+    assert stats.generated_tokens == len(events)
     assert stats.text == "".join(e.text for e in events)
 
 
