@@ -237,7 +237,7 @@ class HostClient:
             os.close(fd)
             parent_conn, child_conn = self._ctx.Pipe(duplex=True)
             lifeline_r, lifeline_w = self._ctx.Pipe(duplex=False)
-            self.cancel_flag.clear()
+            # The cancel flag is left as it is: a Stop pressed before this start still counts.
             proc = self._ctx.Process(
                 target=host_main,
                 args=(child_conn, lifeline_r, self.cancel_flag.raw(), self._log_path, self._spec),
