@@ -86,6 +86,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(f"llamascope: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    from app.crash_registry import CrashRegistry
+
+    crash = CrashRegistry().lookup(args.model)
+    if crash is not None:
+        print(f"llamascope: warning: {args.model}: {crash.summary()} Trying again.", file=sys.stderr)
     engine = Engine()
     stream = not args.json
 

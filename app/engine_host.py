@@ -300,7 +300,7 @@ class HostClient:
             words = f"it exited with status {code}"
         last = ("\nllama.cpp's last lines:\n" + "\n".join(tail)) if tail else ""
         return HostCrashed(
-            f"llama.cpp crashed while {what}: {words}. LlamaScope is still running; the next "
+            f"llama.cpp crashed while {what}: {words}. LlamaScope itself is unaffected; the next "
             f"request starts a fresh engine.{last}",
             words,
             tail,

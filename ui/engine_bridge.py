@@ -54,6 +54,7 @@ class EngineBridge(QObject):
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.engine = engine or Engine()
+        self.engine.start_host()  # the engine process starts while the window opens, not at the first load
         self._history: HistoryStore | None = None
         self.tokens = TokenStream()  # the running or last generation's tokens
 
@@ -149,10 +150,15 @@ class EngineBridge(QObject):
             self.operation_failed.emit(operation, str(exc))
             return
         self.busy_changed.emit(True)
+        was_loaded = self.engine.loaded is not None
 
         def finished(fut: Future[Any]) -> None:  # runs on the engine thread
             exc = fut.exception()
             self.busy_changed.emit(False)
+            if was_loaded and self.engine.loaded is None and operation != "unload":
+                # The engine host crashed or had to be ended (or a reload failed after freeing the
+                # old model): say the model is gone before anything else is reported.
+                self.unloaded.emit()
             if exc is None:
                 result = fut.result()
                 if result is None:  # unload: the signal carries nothing
