@@ -453,6 +453,9 @@ class EngineService:
         self._core.unload()
         _return_free_memory()
 
+    def is_loaded(self) -> bool:
+        return self._core.loaded is not None
+
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[TokenPiece]:
         return self._core.tokenize(text, add_bos=add_bos, special=special)
 
@@ -574,6 +577,7 @@ class Engine:
         self._host.cancel()
         self._host.shutdown()  # ends a call in progress too: the worker then returns at once
         self._executor.shutdown(wait=True)
+        self._loaded = None  # it went with the host
 
     # ---- on the worker thread ----------------------------------------------------------------
     def _call(self, operation: str, *args: Any, on_event: Callable[[str, Any], None] | None = None) -> Any:
@@ -611,7 +615,14 @@ class Engine:
             crashes.record(path, exc.signal_text or "a crash", exc.log_tail)
             raise
         except Exception:
-            self._loaded = None if self._host.pid is None else self._loaded
+            # A load that failed after the old model was freed leaves nothing loaded: ask the host.
+            if self._loaded is not None:
+                try:
+                    still = self._host.call("is_loaded") if self._host.alive() else False
+                except Exception:  # noqa: BLE001 (cannot tell: assume the worst)
+                    still = False
+                if not still:
+                    self._loaded = None
             raise
         self._loaded = result
         crashes.forget(path)  # it loads now: a repaired llama.cpp, or a crash that had another cause
