@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import importlib
 import logging
 import sys
 import threading
@@ -436,6 +437,7 @@ class EngineService:
     TOKEN_BATCH_S = 0.05
 
     def __init__(self, context: HostContext) -> None:
+        self._cancel = context.cancel
         self._core = EngineCore(context.cancel)
         self._emit = context.emit
 
@@ -455,6 +457,16 @@ class EngineService:
 
     def is_loaded(self) -> bool:
         return self._core.loaded is not None
+
+    def run_job(self, job: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run `job` ("module:function", one of LlamaScope's own) here in the host: a benchmark,
+        an evaluation, a tuning session. It is called as `function(*args, cancel=..., emit=...,
+        **kwargs)`: `cancel` is the host's cancel flag, `emit(kind, payload)` sends an event."""
+        module_name, _, function_name = job.partition(":")
+        if not module_name.startswith("app."):
+            raise EngineError(f"not a LlamaScope job: {job}")
+        function = getattr(importlib.import_module(module_name), function_name)
+        return function(*args, cancel=self._cancel, emit=self._emit, **kwargs)
 
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[TokenPiece]:
         return self._core.tokenize(text, add_bos=add_bos, special=special)
@@ -560,6 +572,22 @@ class Engine:
         `cancel()` sets.
         """
         return self._submit(job, self._cancel)
+
+    def run_job(
+        self, job: str, *args: Any, on_event: Callable[[str, Any], None] | None = None, **kwargs: Any
+    ) -> Future[Any]:
+        """Run llama.cpp work other than generation (a benchmark, an evaluation, a tuning session)
+        in the engine host, taking its turn like any request.
+
+        `job` names a function "app.module:function" that takes `cancel` and `emit` keywords (see
+        EngineService.run_job); its events reach `on_event(kind, payload)` on the worker thread.
+        The host's loaded model stays loaded: a job loads what it measures itself.
+        """
+        return self._submit(self._call_job, job, args, kwargs, on_event)
+
+    def _call_job(self, job: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  on_event: Callable[[str, Any], None] | None) -> Any:
+        return self._call("run_job", job, args, kwargs, on_event=on_event)
 
     def cancel(self) -> None:
         """Stop the running operation: cooperatively between tokens, inside prompt evaluation and

@@ -23,6 +23,7 @@ OS does when the client dies, even by kill -9.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import logging
 import multiprocessing
@@ -33,7 +34,7 @@ import signal
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -394,11 +395,30 @@ class HostClient:
 
 
 def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:
-    model = next((a for a in args if isinstance(a, str) and a.lower().endswith(".gguf")), None)
+    def paths(value: Any) -> Iterator[str]:
+        if isinstance(value, str) and value.lower().endswith(".gguf"):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                yield from paths(item)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                yield from paths(getattr(value, f.name))
+
+    model = next(paths(args), None)
     words = {
         "load": "loading", "generate": "generating", "tokenize": "tokenizing", "detokenize": "detokenizing",
-        "unload": "unloading the model", "run_job": "running", "_test_crash": "running a test crash",
+        "unload": "unloading the model", "_test_crash": "running a test crash",
     }.get(operation, operation)
     if operation == "run_job" and args:
-        words = f"running {args[0]}"
+        job = str(args[0]).rpartition(":")[2]
+        words = JOB_WORDS.get(job, f"running {job}")
     return f"{words} {model}" if model else words
+
+
+# What each host job is doing, for a crash message ("llama.cpp crashed while <words> <model>").
+JOB_WORDS = {
+    "run_benchmark_job": "benchmarking",
+    "run_tune_job": "auto-tuning",
+    "run_eval_job": "evaluating",
+}
