@@ -6,10 +6,19 @@ first, untimed). Tokens are random ids (BOS first), prepared before the clock st
 is sampled or detokenized, exactly as in llama-bench's test_prompt/test_gen. Each test runs a
 warm-up, then R timed repetitions from a cleared cache; a sample's speed is
 (n_prompt + n_gen) / time, and the result is the mean ± sample standard deviation of those.
+
+The model and its contexts come from app.llama_driver, llama.cpp's C API with nothing in
+between: a prompt costs its llama_decode calls, a generated token one llama_decode and one
+llama_synchronize. Instances that differ only in context settings (threads, batch, KV cache,
+flash attention) share one model load and get a fresh context each, as in llama-bench.
+
+Plans, results and progress are plain frozen data and the callbacks plain functions, so a run
+can move to another process without changing them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import itertools
@@ -17,17 +26,20 @@ import os
 import platform
 import random
 import re
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from app import llama_runtime
 from app.build_check import require_working_build
 from app.gguf_info import inspect_model
+from app.llama_driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel, init_numa
 from app.model_info import ModelInfo
-from app.settings import LoadSettings
+from app.settings import GGML_TYPE_IDS, LoadSettings
 from app.stats import mean, stdev
 
 # Parameters a plan can sweep: LoadSettings field -> llama-bench flag and its markdown header.
@@ -226,13 +238,23 @@ def model_type(info: ModelInfo) -> str:
     return f"{info.architecture or 'unknown'} {size} {info.file_type or ''}".strip()
 
 
+@dataclass(frozen=True)
+class _ModelKey:
+    """What a loaded model depends on: instances that agree on it share one load, as in llama-bench."""
+
+    path: str
+    n_gpu_layers: int
+    use_mmap: bool
+    use_mlock: bool
+
+
 class _Runner:
     """Runs a plan on one thread; owns at most one llama.cpp model at a time."""
 
     def __init__(
         self,
         plan: BenchPlan,
-        cancel: threading.Event,
+        cancel: CancelFlag,
         on_progress: ProgressCallback | None,
         on_result: Callable[[BenchResult], None] | None,
         sampler: Any | None,
@@ -249,6 +271,8 @@ class _Runner:
         instances = plan.instances()
         self.total_steps = sum(plan.repetitions + (1 if plan.warmup else 0) for _ in instances)
         self.done_steps = 0
+        self._model: LlamaModel | None = None
+        self._model_key: _ModelKey | None = None
 
     def _progress(self, what: str) -> None:
         if self.on_progress is not None:
@@ -257,50 +281,104 @@ class _Runner:
     def run(self) -> list[BenchResult]:
         results: list[BenchResult] = []
         infos: dict[str, ModelInfo] = {}
-        for model_path, load, test in self.plan.instances():
-            if self.cancel.is_set():
-                break
-            info = infos.get(model_path) or infos.setdefault(model_path, inspect_model(model_path))
-            result = self._run_instance(model_path, info, load, test)
-            if result is not None:
-                results.append(result)
-                if self.on_result is not None:
-                    self.on_result(result)
+        try:
+            for model_path, load, test in self.plan.instances():
+                if self.cancel.is_set():
+                    break
+                info = infos.get(model_path) or infos.setdefault(model_path, inspect_model(model_path))
+                result = self._run_instance(model_path, info, load, test)
+                if result is not None:
+                    results.append(result)
+                    if self.on_result is not None:
+                        self.on_result(result)
+        finally:
+            self._unload()
         return results
+
+    # ---- model and context ---------------------------------------------------------------------
+    def _keep_loading(self, _fraction: float) -> bool:
+        return not self.cancel.is_set()
+
+    def _unload(self) -> None:
+        model, self._model, self._model_key = self._model, None, None
+        if model is not None:
+            model.close()
+
+    def _load(self, model_path: str, settings: LoadSettings, label: str) -> LlamaModel | None:
+        """The model for these settings: the one already loaded when only context settings differ
+        (llama-bench keeps it too), else a fresh load. None if the load was cancelled."""
+        key = _ModelKey(model_path, settings.n_gpu_layers, settings.use_mmap, settings.use_mlock)
+        if self._model is not None and self._model_key == key:
+            self._progress(f"starting {label}")
+            return self._model
+        self._unload()
+        self._progress(f"loading {label}")
+        require_working_build(BenchError)
+        if settings.numa:
+            init_numa()
+        try:
+            self._model = LlamaModel(
+                model_path,
+                n_gpu_layers=settings.n_gpu_layers,
+                use_mmap=settings.use_mmap,
+                use_mlock=settings.use_mlock,
+                progress=self._keep_loading,
+            )
+        except DriverCancelled:
+            return None
+        except DriverError as exc:
+            raise BenchError(str(exc)) from None
+        self._model_key = key
+        return self._model
 
     def _run_instance(
         self, model_path: str, info: ModelInfo, load: LoadSettings, test: BenchTest
     ) -> BenchResult | None:
         n_ctx = max(test.n_prompt + test.n_gen + test.n_depth, 16)
+        # llama-bench's -t sets both counts: a prompt runs on n_threads too.
         settings = dataclasses.replace(load, n_ctx=n_ctx, n_threads_batch=load.n_threads)
         settings.validate()
         label = f"{os.path.basename(model_path)} {test.name} (t={load.n_threads}, b={load.n_batch})"
-        self._progress(f"loading {label}")
-        require_working_build(BenchError)
-        llama = self.lc.Llama(model_path=model_path, verbose=False, **settings.to_llama_kwargs())
+        model = self._load(model_path, settings, label)
+        if model is None:
+            return None
         try:
-            ctx = llama.ctx
-            vocab = self.lc.llama_model_get_vocab(llama.model)
-            self.lc.llama_set_n_threads(ctx, load.n_threads, load.n_threads)
-            n_batch = min(load.n_batch, n_ctx)
+            ctx = LlamaContext(
+                model,
+                n_ctx=n_ctx,
+                n_batch=settings.n_batch,
+                n_ubatch=settings.n_ubatch,
+                n_threads=settings.n_threads,
+                n_threads_batch=settings.n_threads_batch,
+                flash_attn=settings.flash_attn,
+                type_k=GGML_TYPE_IDS[settings.type_k],
+                type_v=GGML_TYPE_IDS[settings.type_v],
+                offload_kqv=settings.offload_kqv,
+                cancel=self.cancel,
+            )
+        except DriverError as exc:
+            raise BenchError(str(exc)) from None
+        samples: list[int] = []
+        recorder: Any = None
+        summary: Any = None
+        try:
             if self.plan.warmup:
-                self._clear(ctx)
+                ctx.clear(data=False)
                 if test.n_prompt:
-                    self._decode_prompt(ctx, self._prompt_batches(vocab, test.n_prompt, n_batch))
+                    self._decode_prompt(ctx, self._random_ids(model, test.n_prompt, first=True))
                 if test.n_gen:
-                    self._decode_gen(ctx, self._gen_tokens(vocab, 1))
+                    self._decode_gen(ctx, self._random_ids(model, 1, first=True))
                 self.done_steps += 1
                 self._progress(f"warm-up done: {label}")
             recorder = self._start_recorder()
-            samples: list[int] = []
             for rep in range(self.plan.repetitions):
                 if self.cancel.is_set():
                     break
-                self._clear(ctx)
+                ctx.clear(data=False)
                 if test.n_depth:
-                    self._decode_prompt(ctx, self._prompt_batches(vocab, test.n_depth, n_batch))
-                prompt = self._prompt_batches(vocab, test.n_prompt, n_batch, first=not test.n_depth)
-                gen = self._gen_tokens(vocab, test.n_gen, first=not (test.n_depth or test.n_prompt))
+                    self._decode_prompt(ctx, self._random_ids(model, test.n_depth, first=True))
+                prompt = self._random_ids(model, test.n_prompt, first=not test.n_depth)
+                gen = self._random_ids(model, test.n_gen, first=not (test.n_depth or test.n_prompt))
                 t0 = time.perf_counter_ns()
                 if prompt:
                     self._decode_prompt(ctx, prompt)
@@ -309,47 +387,48 @@ class _Runner:
                 samples.append(time.perf_counter_ns() - t0)
                 self.done_steps += 1
                 self._progress(f"{label}: repetition {rep + 1}/{self.plan.repetitions}")
-            summary = recorder.stop() if recorder is not None else None
+        except DriverCancelled:
+            pass  # Stop inside a repetition: that one is dropped, the finished ones are kept
+        except DriverError as exc:
+            raise BenchError(f"{label}: {exc}") from None
         finally:
-            llama.close()
+            if recorder is not None:
+                summary = recorder.stop()
+            ctx.close()
         if not samples:
             return None
         return self._result(model_path, info, load, test, samples, summary)
 
     # ---- llama-bench's test_prompt / test_gen -------------------------------------------------
-    def _clear(self, ctx: Any) -> None:
-        self.lc.llama_memory_clear(self.lc.llama_get_memory(ctx), False)
-
-    def _random_ids(self, vocab: Any, n: int, first: bool) -> list[int]:
-        n_vocab = self.lc.llama_vocab_n_tokens(vocab)
-        ids = [self.rng.randrange(n_vocab) for _ in range(n)]
-        if first and ids and self.lc.llama_vocab_get_add_bos(vocab):
-            ids[0] = self.lc.llama_vocab_bos(vocab)
+    def _random_ids(self, model: LlamaModel, n: int, first: bool) -> list[int]:
+        """Random token ids, BOS first when they start the sequence and the vocabulary adds one.
+        Drawn before the clock starts."""
+        ids = [self.rng.randrange(model.n_vocab) for _ in range(n)]
+        if first and ids and model.add_bos:
+            ids[0] = model.bos
         return ids
 
-    def _prompt_batches(self, vocab: Any, n: int, n_batch: int, first: bool = True) -> list[Any]:
-        """ctypes token arrays of at most n_batch ids, built before timing starts."""
-        ids = self._random_ids(vocab, n, first)
-        chunks = [ids[i : i + n_batch] for i in range(0, n, n_batch)]
-        return [(self.lc.llama_token * len(chunk))(*chunk) for chunk in chunks]
+    def _decode_prompt(self, ctx: LlamaContext, ids: Sequence[int]) -> None:
+        """n_batch-sized llama_decode calls, then one synchronize (llama-bench's test_prompt)."""
+        # A prompt batch can run for seconds: let llama.cpp poll the cancel flag inside it.
+        ctx.watch_for_abort(True)
+        ctx.decode(ids)
+        self.lc.llama_synchronize(ctx.handle)
 
-    def _gen_tokens(self, vocab: Any, n: int, first: bool = True) -> list[Any]:
-        ids = self._random_ids(vocab, n, first)
-        return [(self.lc.llama_token * 1)(t) for t in ids]
-
-    def _decode_prompt(self, ctx: Any, batches: Sequence[Any]) -> None:
-        for arr in batches:
-            rc = self.lc.llama_decode(ctx, self.lc.llama_batch_get_one(arr, len(arr)))
-            if rc != 0:
-                raise BenchError(f"llama_decode failed on a prompt batch (code {rc})")
-        self.lc.llama_synchronize(ctx)
-
-    def _decode_gen(self, ctx: Any, tokens: Sequence[Any]) -> None:
-        for arr in tokens:
-            rc = self.lc.llama_decode(ctx, self.lc.llama_batch_get_one(arr, 1))
-            if rc != 0:
-                raise BenchError(f"llama_decode failed on a generation step (code {rc})")
-            self.lc.llama_synchronize(ctx)
+    def _decode_gen(self, ctx: LlamaContext, ids: Sequence[int]) -> None:
+        """One-token llama_decode calls, each synchronized (llama-bench's test_gen)."""
+        # Polled per graph node, the flag would cost generation a few per cent; a token takes
+        # milliseconds, so checking between tokens stops it just as promptly.
+        ctx.watch_for_abort(False)
+        decode_one = ctx.decode_one
+        synchronize = self.lc.llama_synchronize
+        handle = ctx.handle
+        is_set = self.cancel.is_set
+        for token in ids:
+            if is_set():
+                raise DriverCancelled("Cancelled between generated tokens.")
+            decode_one(token)
+            synchronize(handle)
 
     # ---- telemetry and the result record ------------------------------------------------------
     def _start_recorder(self) -> Any:
@@ -370,19 +449,7 @@ class _Runner:
         samples: list[int],
         summary: Any,
     ) -> BenchResult:
-        telemetry: dict[str, Any] = {}
-        if summary is not None:
-            n_tokens = test.n_tokens * len(samples)
-            telemetry = {
-                "mean_cpu_percent": summary.mean_cpu_percent,
-                "peak_rss_bytes": summary.peak_rss_bytes,
-                "mean_power_watts": summary.mean_power_watts,
-                "energy_joules": summary.energy_joules,
-                "joules_per_token": (summary.energy_joules / n_tokens) if summary.energy_joules else None,
-                "max_temp_c": summary.max_temp_c,
-                "throttle_events": summary.throttle_events,
-                "throttled": bool(summary.throttled),
-            }
+        telemetry = telemetry_fields(summary, test.n_tokens * len(samples)) if summary is not None else {}
         return BenchResult(
             model_filename=model_path,
             model_type=model_type(info),
@@ -410,21 +477,80 @@ class _Runner:
         )
 
 
+def telemetry_fields(summary: Any, n_tokens: int) -> dict[str, Any]:
+    """BenchResult's hardware fields from a TelemetrySummary of a test's timed repetitions."""
+    return {
+        "mean_cpu_percent": summary.mean_cpu_percent,
+        "peak_rss_bytes": summary.peak_rss_bytes,
+        "mean_power_watts": summary.mean_power_watts,
+        "energy_joules": summary.energy_joules,
+        "joules_per_token": (summary.energy_joules / n_tokens) if summary.energy_joules else None,
+        "max_temp_c": summary.max_temp_c,
+        "throttle_events": summary.throttle_events,
+        "throttled": bool(summary.throttled),
+    }
+
+
 def run_benchmark(
     plan: BenchPlan,
     *,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_progress: ProgressCallback | None = None,
     on_result: Callable[[BenchResult], None] | None = None,
     sampler: Any | None = None,
 ) -> list[BenchResult]:
     """Run every test of the plan on the calling thread; returns the finished results.
 
-    `cancel` is checked between repetitions: a cancelled run returns what finished, and a test
-    stopped part-way keeps its finished repetitions with `complete=False`. `sampler` (a running
+    `cancel` (threading.Event, multiprocessing.Event, anything with is_set()) stops the run
+    within a fraction of a second: llama.cpp polls it inside every prompt batch, generation
+    checks it between tokens, and a load checks it between tensors. A cancelled run returns
+    what finished; a test stopped part-way keeps its finished repetitions with
+    `complete=False` and drops the one that was running. Called on the main thread, Ctrl+C
+    stops the run the same way, then raises KeyboardInterrupt. `sampler` (a running
     app.telemetry.Sampler) adds the hardware figures of each test's timed repetitions.
     """
-    return _Runner(plan, cancel or threading.Event(), on_progress, on_result, sampler).run()
+    with _ctrl_c_as_stop(cancel or threading.Event()) as flag:
+        return _Runner(plan, flag, on_progress, on_result, sampler).run()
+
+
+class AnyFlag:
+    """A cancel flag that is set when any of its flags is."""
+
+    def __init__(self, *flags: CancelFlag) -> None:
+        self._flags = flags
+
+    def is_set(self) -> bool:
+        return any(flag.is_set() for flag in self._flags)
+
+
+@contextlib.contextmanager
+def _ctrl_c_as_stop(cancel: CancelFlag) -> Iterator[CancelFlag]:
+    """On the main thread, make Ctrl+C a Stop, then raise KeyboardInterrupt once the run is over.
+
+    Python runs signal handlers on the main thread in whatever Python code runs next, and during a
+    prompt batch that is llama.cpp's abort callback: a KeyboardInterrupt raised there is swallowed
+    by ctypes (which prints its traceback) and the run goes on, so Ctrl+C would not stop
+    `llamascope bench`. A handler that only sets a flag is safe there, and the abort callback then
+    sees the flag. Another thread, or a program with its own SIGINT handler, is left alone.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield cancel
+        return
+    pressed = threading.Event()
+
+    def on_ctrl_c(_signum: int, _frame: FrameType | None) -> None:
+        pressed.set()
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield AnyFlag(cancel, pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed.is_set():
+        raise KeyboardInterrupt
 
 
 def build_tests(

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import threading
 from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -136,25 +135,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def on_progress(done: int, total: int, what: str) -> None:
         print(f"\r[{done}/{total}] {what[:70]:<70}", end="", file=sys.stderr, flush=True)
 
-    cancel = threading.Event()
+    from app.engine import Engine, EngineError
+    from app.host_jobs import host_benchmark
+
+    # The plan runs in the engine host: a model that crashes llama.cpp fails the run with a message.
+    engine = Engine()
     status = "finished"
     try:
-        run_and_record(
-            plan,
-            store,
-            cancel=cancel,
-            on_progress=on_progress,
-            on_result=on_result,
-            sampler=sampler,
-            run_ids=run_ids,
+        future = engine.run_exclusive(
+            lambda cancel: run_and_record(
+                plan,
+                store,
+                cancel=cancel,
+                on_progress=on_progress,
+                on_result=on_result,
+                sampler=sampler,
+                run_ids=run_ids,
+                run=host_benchmark(engine),
+            )
         )
-    except KeyboardInterrupt:
-        cancel.set()
-        status = "cancelled"
-    except (BenchError, ModelFileError, SettingsError, RuntimeError, ValueError) as exc:
+        try:
+            future.result()
+        except KeyboardInterrupt:
+            engine.cancel()  # the finished repetitions are kept, as llama-bench's Ctrl+C does not
+            status = "cancelled"
+            future.exception()
+    except (BenchError, ModelFileError, SettingsError, EngineError, RuntimeError, ValueError) as exc:
         print(f"\nllamascope: benchmark failed: {exc}", file=sys.stderr)
         status = "failed"
     finally:
+        engine.shutdown()
         print(file=sys.stderr)
         if sampler is not None:
             sampler.stop()

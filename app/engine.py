@@ -589,6 +589,15 @@ class Engine:
                   on_event: Callable[[str, Any], None] | None) -> Any:
         return self._call("run_job", job, args, kwargs, on_event=on_event)
 
+    def call_job_here(self, job: str, *args: Any, on_event: Callable[[str, Any], None] | None = None,
+                      **kwargs: Any) -> Any:
+        """`run_job` for code already on the worker thread (a `run_exclusive` job): runs the host
+        job and returns its result. A crash becomes EngineCrashedError, a forced stop
+        OperationCancelled."""
+        if threading.current_thread().name.split("_")[0] != "llamascope-engine":
+            raise EngineError("call_job_here is for the engine's worker thread; use run_job")
+        return self._call_job(job, args, kwargs, on_event)
+
     def cancel(self) -> None:
         """Stop the running operation: cooperatively between tokens, inside prompt evaluation and
         mid-load; a host that does not stop within its grace period is ended."""

@@ -388,6 +388,7 @@ def run_and_record(
     on_result: Any = None,
     sampler: Any = None,
     run_ids: dict[str, int] | None = None,
+    run: Any = None,
 ) -> tuple[list[BenchResult], dict[str, int]]:
     """Run a benchmark plan, storing each result the moment it finishes (one run per model).
 
@@ -396,8 +397,8 @@ def run_and_record(
     re-raised after the runs are closed).
     """
     from app.bench import run_benchmark
-    from app.llama_runtime import build_info
 
+    run = run or run_benchmark  # app.host_jobs.host_benchmark(engine) runs it in the engine host
     run_ids = {} if run_ids is None else run_ids
     settings = {"repetitions": plan.repetitions, "sweep": {name: list(values) for name, values in plan.sweep}}
 
@@ -405,7 +406,7 @@ def run_and_record(
         if store is not None:
             if result.model_filename not in run_ids:
                 run_ids[result.model_filename] = store.start_run(
-                    "benchmark", result.model_filename, settings, build=build_info().llama_cpp_python_version
+                    "benchmark", result.model_filename, settings, build=result.build
                 )
             store.add_result(run_ids[result.model_filename], result)
         if on_result is not None:
@@ -413,9 +414,7 @@ def run_and_record(
 
     status = "failed"
     try:
-        results = run_benchmark(
-            plan, cancel=cancel, on_progress=on_progress, on_result=stored, sampler=sampler
-        )
+        results = run(plan, cancel=cancel, on_progress=on_progress, on_result=stored, sampler=sampler)
         status = "cancelled" if cancel is not None and cancel.is_set() else "finished"
         return results, run_ids
     except KeyboardInterrupt:

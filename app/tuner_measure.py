@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from app.bench import BenchPlan, BenchTest, run_benchmark
+from app.bench import AnyFlag, BenchPlan, BenchTest, run_benchmark
 from app.settings import LoadSettings
 from app.tuner_space import Objective
 
@@ -114,7 +114,8 @@ class BenchMeasure:
         cancel: threading.Event,
         estimate: Callable[[int], float] | None,
     ) -> list[int]:
-        """Samples (ns) of one test; stops between repetitions when keep_going says so or on cancel."""
+        """Samples (ns) of one test; stops between repetitions when keep_going says so, and inside
+        one on cancel (that repetition is dropped)."""
         stop = threading.Event()
         last_ns: list[int] = []
 
@@ -139,5 +140,9 @@ class BenchMeasure:
         plan = BenchPlan(
             models=(self.model_path,), tests=(test,), base=load, repetitions=repetitions, warmup=True
         )
-        results = run_benchmark(plan, cancel=stop, on_progress=on_progress, sampler=self.sampler)
+        # The tuner's own cancel goes to the runner too, not only through `stop` at progress calls:
+        # llama.cpp then sees a Stop inside a repetition and cuts a long prompt short.
+        results = run_benchmark(
+            plan, cancel=AnyFlag(stop, cancel), on_progress=on_progress, sampler=self.sampler
+        )
         return list(results[0].samples_ns) if results else []

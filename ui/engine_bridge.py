@@ -18,11 +18,9 @@ from app.engine import (
     OperationCancelled,
     TokenStream,
 )
-from app.gguf_info import inspect_model
 from app.history import HistoryError, HistoryStore, run_and_record
+from app.host_jobs import host_benchmark, host_call
 from app.settings import LoadSettings
-from app.tuner import TuneConfig, Tuner
-from app.tuner_space import TUNABLE_PARAMS, default_search_space
 from widgets.tune_box import TuneRequest
 
 log = logging.getLogger(__name__)
@@ -109,6 +107,7 @@ class EngineBridge(QObject):
                 sampler=sampler,
                 on_progress=self.benchmark_progressed.emit,
                 on_result=self.benchmark_result.emit,
+                run=host_benchmark(self.engine),  # in the engine host: a crash fails the run, not the app
             )
 
         self._start("benchmark", lambda: self.engine.run_exclusive(job), self.benchmark_finished)
@@ -117,14 +116,11 @@ class EngineBridge(QObject):
         """Auto-tune on the engine thread: trials and progress arrive as signals, Stop keeps the best."""
 
         def job(cancel: threading.Event) -> Any:
-            info = inspect_model(model_path)
-            space = default_search_space(info, base=base)
-            for name in TUNABLE_PARAMS:
-                if name not in request.parameters:
-                    space = space.with_values(name, (getattr(base, name),))
-            config = TuneConfig(n_trials=request.n_trials, time_budget_s=request.time_budget_s)
-            tuner = Tuner(info, request.objective, space=space, base=base, config=config)
-            return tuner.run(cancel=cancel, on_trial=self.tune_trial.emit, on_progress=self.tune_progressed.emit)
+            return host_call(
+                self.engine, "app.host_jobs:tune", model_path, base, request.objective, tuple(request.parameters),
+                request.n_trials, request.time_budget_s,
+                callbacks={"on_trial": self.tune_trial.emit, "on_progress": self.tune_progressed.emit},
+            )
 
         self._start("tune", lambda: self.engine.run_exclusive(job), self.tune_finished)
 

@@ -1,8 +1,9 @@
 """Runs quantization (a child process) and quality evaluations off the GUI thread, as Qt signals.
 
-Evaluations (perplexity, KL divergence, speed) use llama.cpp in this process, so they take
-their turn on the engine thread (`Engine.run_exclusive`): nothing else runs beside them, and
-the engine's Stop cancels them. Quantization runs in a child process of its own.
+Evaluations (perplexity, KL divergence, speed) run in the engine host (app.host_jobs), taking
+their turn on the engine thread (`Engine.run_exclusive`): nothing else runs beside them, the
+engine's Stop cancels them, and a native crash fails them with a message. Quantization runs in a
+child process of its own.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from PySide6.QtCore import QObject, Signal
 
 from app.engine import Engine, EngineError
 from app.eval_text import load_text
-from app.perplexity import EvalSettings, evaluate_kl_divergence, evaluate_perplexity
-from app.quant_compare import measure_speed
+from app.host_jobs import host_call
+from app.perplexity import EvalSettings
 from app.quantize import QuantizeError, QuantizeJob, QuantizeRequest
 
 
@@ -73,26 +74,27 @@ class QualityBridge(QObject):
         self, model_path: str, text_source: str, settings: EvalSettings, save_logits: str | None = None
     ) -> None:
         def job(cancel: threading.Event) -> Any:
-            return evaluate_perplexity(
-                model_path, load_text(text_source), settings, save_logits=save_logits, cancel=cancel,
-                on_progress=self.eval_progressed.emit,
+            return host_call(
+                self._engine, "app.perplexity:evaluate_perplexity", model_path, load_text(text_source), settings,
+                save_logits=save_logits, callbacks={"on_progress": self.eval_progressed.emit},
             )
 
         self._run("ppl", job)
 
     def start_kl_divergence(self, model_path: str, logits_file: str, settings: EvalSettings) -> None:
         def job(cancel: threading.Event) -> Any:
-            return evaluate_kl_divergence(
-                model_path, logits_file, settings, cancel=cancel, on_progress=self.eval_progressed.emit
+            return host_call(
+                self._engine, "app.perplexity:evaluate_kl_divergence", model_path, logits_file, settings,
+                callbacks={"on_progress": self.eval_progressed.emit},
             )
 
         self._run("kld", job)
 
     def start_speed(self, model_path: str, n_threads: int | None = None) -> None:
         def job(cancel: threading.Event) -> Any:
-            return measure_speed(
-                model_path, n_prompt=256, n_gen=32, repetitions=3, n_threads=n_threads, cancel=cancel,
-                on_progress=self.eval_progressed.emit,
+            return host_call(
+                self._engine, "app.quant_compare:measure_speed", model_path, n_prompt=256, n_gen=32,
+                repetitions=3, n_threads=n_threads, callbacks={"on_progress": self.eval_progressed.emit},
             )
 
         self._run("speed", job)

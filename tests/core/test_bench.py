@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,193 @@ def test_depth_fills_the_cache_before_timing(demo_model: str) -> None:
     results = run_benchmark(_plan(demo_model, tests=(BenchTest(n_gen=4, n_depth=64),), repetitions=1))
     assert results[0].test.name == "tg4 @ d64"
     assert results[0].n_depth == 64
+
+
+def test_one_load_serves_the_instances_that_differ_only_in_context_settings(demo_model: str) -> None:
+    seen: list[str] = []
+    sweep = (("use_mmap", (True, False)), ("n_ubatch", (256, 512)))
+    plan = _plan(demo_model, tests=(BenchTest(n_prompt=16),), sweep=sweep, repetitions=1, warmup=False)
+    results = run_benchmark(plan, on_progress=lambda d, t, what: seen.append(what.split()[0]))
+    assert [(r.use_mmap, r.n_ubatch) for r in results] == [
+        (True, 256), (True, 512), (False, 256), (False, 512)
+    ]
+    # n_ubatch is a context setting: a new context on the loaded model; use_mmap needs a new load.
+    assert [w for w in seen if w in ("loading", "starting")] == ["loading", "starting"] * 2
+
+
+class _PollCountingFlag:
+    """A cancel flag that counts how often it is polled once armed, and says when that reached `polls`.
+    Armed as the timed repetitions start; from then on the runner polls it once per generated token and
+    llama.cpp once per graph node of a prompt batch, so a Stop made then lands inside a repetition."""
+
+    def __init__(self, polls: int) -> None:
+        self.event = threading.Event()
+        self.armed = False
+        self.polls = 0
+        self.target = polls
+        self.reached = threading.Event()
+
+    def is_set(self) -> bool:
+        if self.armed:
+            self.polls += 1
+            if self.polls == self.target:
+                self.reached.set()
+        return self.event.is_set()
+
+
+class _RepetitionsStart:
+    """Stands in for a telemetry Sampler: the runner starts recording right before a test's timed
+    repetitions, the moment this test needs to know."""
+
+    def __init__(self, flag: _PollCountingFlag) -> None:
+        self.flag = flag
+
+    def add_listener(self, listener: object) -> None:
+        self.flag.armed = True
+
+    def remove_listener(self, listener: object) -> None:
+        pass
+
+
+def _stop_when_polled(plan: BenchPlan, polls: int) -> tuple[list[BenchResult], float]:
+    """Run `plan`; once its timed repetitions have polled the cancel flag `polls` times, press Stop
+    from another thread. Returns the results and the seconds from the Stop to the run's return."""
+    flag = _PollCountingFlag(polls)
+    stopped_at: list[float] = []
+    run_over = threading.Event()
+
+    def press_stop() -> None:
+        flag.reached.wait(timeout=300)
+        if not run_over.is_set():
+            stopped_at.append(time.monotonic())
+            flag.event.set()
+
+    stopper = threading.Thread(target=press_stop)
+    stopper.start()
+    try:
+        results = run_benchmark(plan, cancel=flag, sampler=_RepetitionsStart(flag))
+        returned_at = time.monotonic()
+    finally:
+        run_over.set()
+        flag.reached.set()  # never leave the stopper waiting, whatever happened
+        stopper.join()
+    assert stopped_at, f"the run ended before it polled the cancel flag {polls} times (only {flag.polls})"
+    return results, returned_at - stopped_at[0]
+
+
+def test_stop_inside_a_long_prompt_repetition_ends_within_a_second(demo_model: str) -> None:
+    """pp2048 on one thread takes seconds per repetition. 50 polls in, llama.cpp is inside the first
+    batch (it polls once per graph node); the Stop must end the run within a second."""
+    from app import llama_runtime
+
+    mark = llama_runtime.log_mark()
+    plan = _plan(demo_model, tests=(BenchTest(n_prompt=2048),), repetitions=2, warmup=False)
+    results, seconds = _stop_when_polled(plan, polls=50)
+    assert seconds < 1.0
+    assert results == []  # the only repetition that ran was cut short: nothing to report
+    assert any("failed to decode, ret = 2" in line for line in llama_runtime.log_since(mark))  # aborted
+
+
+def test_stop_inside_a_long_generation_repetition_ends_within_a_second(demo_model: str) -> None:
+    plan = _plan(demo_model, tests=(BenchTest(n_gen=512),), repetitions=2, warmup=False)
+    results, seconds = _stop_when_polled(plan, polls=4)  # the loop's own check, then a poll per token
+    assert seconds < 1.0
+    assert results == []  # 512 tokens take seconds: a result would mean the repetition ran out
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job would ignore Ctrl+C
+
+
+def test_ctrl_c_stops_the_command_line_benchmark_inside_a_prompt(demo_model: str, tmp_path: Path) -> None:
+    """Ctrl+C reaches Python inside llama.cpp's abort callback, where ctypes would swallow the
+    KeyboardInterrupt (printing its traceback) and the run would go on: it must stop the run at once
+    and end the command as cancelled."""
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
+    args = ["bench", demo_model, "-p", "16,8192", "-n", "0", "-r", "2", "-t", "1", "--no-warmup"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", *args, "--no-telemetry", "-o", "jsonl"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""  # pp16 is done; pp8192 starts
+        assert json.loads(first)["n_prompt"] == 16
+        # A second into pp8192's first batch (context creation takes milliseconds; the batch, on one
+        # thread, tens of seconds): the user presses Ctrl+C while llama.cpp is computing.
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)
+        pressed = time.monotonic()
+        _out, err = proc.communicate(timeout=300)
+        seconds = time.monotonic() - pressed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err  # the command's "cancelled"
+    assert seconds < 5.0  # process exit included; one pp8192 repetition takes far longer
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def _plain_rates(model: str, n_prompt: int, n_gen: int, reps: int) -> tuple[float, float]:
+    """The best pp and tg tokens/s of `reps` runs of the same decode calls made through
+    llama-cpp-python's Llama, the way the runner measured before it moved to app.llama_driver."""
+    import random
+
+    from app import llama_runtime
+
+    lc = llama_runtime.llama()
+    llama = lc.Llama(
+        model_path=model, n_ctx=max(n_prompt, n_gen), n_threads=1, n_threads_batch=1, verbose=False
+    )
+    try:
+        ctx = llama.ctx
+        n_vocab = llama.n_vocab()
+        rng = random.Random(1)
+
+        def pp() -> float:
+            ids = (lc.llama_token * n_prompt)(*(rng.randrange(n_vocab) for _ in range(n_prompt)))
+            lc.llama_memory_clear(lc.llama_get_memory(ctx), False)
+            t0 = time.perf_counter_ns()
+            assert lc.llama_decode(ctx, lc.llama_batch_get_one(ids, n_prompt)) == 0
+            lc.llama_synchronize(ctx)
+            return 1e9 * n_prompt / (time.perf_counter_ns() - t0)
+
+        def tg() -> float:
+            tokens = [(lc.llama_token * 1)(rng.randrange(n_vocab)) for _ in range(n_gen)]
+            lc.llama_memory_clear(lc.llama_get_memory(ctx), False)
+            t0 = time.perf_counter_ns()
+            for token in tokens:
+                assert lc.llama_decode(ctx, lc.llama_batch_get_one(token, 1)) == 0
+                lc.llama_synchronize(ctx)
+            return 1e9 * n_gen / (time.perf_counter_ns() - t0)
+
+        pp(), tg()  # warm-up, as the runner does
+        return max(pp() for _ in range(reps)), max(tg() for _ in range(reps))
+    finally:
+        llama.close()
+
+
+def test_speeds_on_the_driver_agree_with_the_previous_way(demo_model: str) -> None:
+    plan = _plan(demo_model, tests=(BenchTest(n_prompt=64), BenchTest(n_gen=16)), repetitions=3)
+    # Best repetitions, not means: other work on the machine only ever slows a repetition down.
+    pp, tg = (max(r.samples_ts) for r in run_benchmark(plan))
+    plain_pp, plain_tg = _plain_rates(demo_model, 64, 16, 3)
+    assert 0 < tg < pp  # a batch of 64 is far cheaper per token than 16 single-token decodes
+    # The same order of magnitude as the same calls made through Llama (generous: the machine is shared).
+    assert plain_pp / 3 < pp < plain_pp * 3
+    assert plain_tg / 3 < tg < plain_tg * 3
+
+
+def test_plans_and_results_cross_a_process_boundary() -> None:
+    """Plain picklable data in and out, so a run can move to a worker process unchanged."""
+    plan = _plan("/m/model.gguf", sweep=(("n_threads", (1, 2)),))
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    result = _result(throttled=True, mean_cpu_percent=50.0)
+    assert pickle.loads(pickle.dumps(result)) == result
 
 
 # ---- exports and imports ----------------------------------------------------------------------------
