@@ -228,17 +228,13 @@ def _print_kld(r: Any) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from app.eval_text import EvalTextError, load_text
     from app.memory import format_bytes
-    from app.multiple_choice import MCProgress, run_benchmark_file
+    from app.multiple_choice import MCProgress
     from app.perplexity import (
         ChunkProgress,
         EvalCancelled,
         EvalError,
-        EvalJob,
         EvalSettings,
         check_same_vocabulary,
-        evaluate_against_base,
-        evaluate_kl_divergence,
-        evaluate_perplexity,
         plan_perplexity,
     )
 
@@ -272,14 +268,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             p.item / p.n_items, f"benchmark [{p.item}/{p.n_items}] accuracy {100 * p.accuracy_norm:.1f} %"
         )
 
-    def run(job_fn: Any) -> Any:
-        job = EvalJob("cli", job_fn).start()
+    from app.engine import Engine, EngineError
+    from app.host_jobs import host_call
+
+    engine = Engine()  # every evaluation runs in the engine host: a crash is a message, not an exit
+
+    def run(function: str, *fn_args: Any, on_progress: Any, **kwargs: Any) -> Any:
+        future = engine.run_exclusive(
+            lambda _cancel: host_call(engine, function, *fn_args, callbacks={"on_progress": on_progress}, **kwargs)
+        )
         try:
             try:
-                return job.wait()
+                return future.result()
             except KeyboardInterrupt:
-                job.cancel()
-                return job.wait()
+                engine.cancel()
+                return future.result()
+        except EngineError as exc:
+            raise EvalError(str(exc)) from None
         finally:
             bar.end()
 
@@ -299,17 +304,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if text is not None and not args.kld_base and not args.kld_logits:
-            ppl = run(lambda c: evaluate_perplexity(args.model, text, settings, save_logits=args.save_logits,
-                                                    cancel=c, on_progress=on_chunk))
+            ppl = run("app.perplexity:evaluate_perplexity", args.model, text, settings,
+                      save_logits=args.save_logits, on_progress=on_chunk)
             out["perplexity"] = ppl
             if not args.json:
                 _print_ppl(os.path.basename(args.model), ppl)
                 if ppl.logits_file:
                     print(f"Saved base log-probabilities to {ppl.logits_file}")
         if args.kld_base and text is not None:
-            both = run(lambda c: evaluate_against_base(args.kld_base, [args.model], text, settings,
-                                                       logits_file=args.save_logits, cancel=c,
-                                                       on_progress=on_chunk))
+            both = run("app.perplexity:evaluate_against_base", args.kld_base, [args.model], text, settings,
+                       logits_file=args.save_logits, on_progress=on_chunk)
             out["base_perplexity"] = both.base
             out["kl_divergence"] = both.variants[0]
             if not args.json:
@@ -318,14 +322,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     print(f"Saved base log-probabilities to {both.base.logits_file}")
                 _print_kld(both.variants[0])
         if args.kld_logits:
-            kld = run(lambda c: evaluate_kl_divergence(args.model, args.kld_logits, settings, text=text,
-                                                       cancel=c, on_progress=on_chunk))
+            kld = run("app.perplexity:evaluate_kl_divergence", args.model, args.kld_logits, settings, text=text,
+                      on_progress=on_chunk)
             out["kl_divergence"] = kld
             if not args.json:
                 _print_kld(kld)
         if args.mc:
-            mc = run(lambda c: run_benchmark_file(args.model, args.mc, args.mc_format, n_threads=args.threads,
-                                                  cancel=c, on_progress=on_mc))
+            mc = run("app.multiple_choice:run_benchmark_file", args.model, args.mc, args.mc_format,
+                     n_threads=args.threads, on_progress=on_mc)
             out["multiple_choice"] = mc
             if not args.json:
                 lo, hi = mc.accuracy_norm_ci95
@@ -343,6 +347,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _err("cancelled")
         return EXIT_CANCELLED
+    finally:
+        engine.shutdown()
     if args.json:
         print(json.dumps(_jsonable(out), indent=2))
     return EXIT_OK

@@ -412,6 +412,8 @@ def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:
     }.get(operation, operation)
     if operation == "run_job" and args:
         job = str(args[0]).rpartition(":")[2]
+        if job == "run_progress_job" and len(args) > 1:  # app.host_jobs: the function it runs
+            job = str(args[1]).rpartition(":")[2]
         words = JOB_WORDS.get(job, f"running {job}")
     return f"{words} {model}" if model else words
 
@@ -419,6 +421,10 @@ def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:
 # What each host job is doing, for a crash message ("llama.cpp crashed while <words> <model>").
 JOB_WORDS = {
     "run_benchmark_job": "benchmarking",
-    "run_tune_job": "auto-tuning",
-    "run_eval_job": "evaluating",
+    "tune": "auto-tuning",
+    "evaluate_perplexity": "measuring the perplexity of",
+    "evaluate_kl_divergence": "measuring the KL divergence of",
+    "evaluate_against_base": "comparing against the base",
+    "run_benchmark_file": "running the multiple-choice benchmark on",
+    "measure_speed": "measuring the speed of",
 }

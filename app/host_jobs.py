@@ -101,6 +101,8 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
 PROGRESS_JOBS = {
     "app.perplexity:evaluate_perplexity",
     "app.perplexity:evaluate_kl_divergence",
+    "app.perplexity:evaluate_against_base",
+    "app.multiple_choice:run_benchmark_file",
     "app.quant_compare:measure_speed",
     "app.host_jobs:tune",
 }
