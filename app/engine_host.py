@@ -412,8 +412,8 @@ def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:
     }.get(operation, operation)
     if operation == "run_job" and args:
         job = str(args[0]).rpartition(":")[2]
-        if job == "run_progress_job" and len(args) > 1:  # app.host_jobs: the function it runs
-            job = str(args[1]).rpartition(":")[2]
+        if job == "run_progress_job" and len(args) > 1 and args[1]:  # app.host_jobs: the function it runs
+            job = str(args[1][0]).rpartition(":")[2]
         words = JOB_WORDS.get(job, f"running {job}")
     return f"{words} {model}" if model else words
 
