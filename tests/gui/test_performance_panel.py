@@ -316,3 +316,67 @@ def test_the_tune_result_says_whether_the_gain_is_proven() -> None:
     assert text(SimpleNamespace(significant=True, gain_percent=12.0), True).startswith("apply the best")
     assert text(SimpleNamespace(significant=True, gain_percent=-8.0), False).startswith("keep the default")
     assert "not proven" in text(SimpleNamespace(significant=False, gain_percent=3.0), False)
+
+
+def _no_llamascope_threads() -> bool:
+    import threading
+
+    return not [t for t in threading.enumerate() if t.name.startswith("llamascope") and t.is_alive()]
+
+
+@pytest.mark.parametrize("what", ["benchmark", "tune"])
+def test_closing_the_window_mid_run_ends_it_at_once(qtbot: QtBot, window: MainWindow, what: str) -> None:
+    import time
+
+    import psutil
+
+    perf = window.performance_panel
+    started: list[object] = []
+    if what == "benchmark":
+        _small_benchmark(window, reps=1000)
+        perf.bench_pp.setText("256")
+        window.bridge.benchmark_progressed.connect(lambda *a: started.append(a))
+        qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
+    else:
+        tune = perf.tune_box
+        tune.trials.setValue(500)
+        window.bridge.tune_progressed.connect(started.append)
+        qtbot.mouseClick(tune.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(started) >= 2, timeout=WAIT_MS)
+    host_pid = window.bridge.engine.host_pid
+    assert host_pid is not None and window.bridge.engine.busy
+    t0 = time.monotonic()
+    window.close()
+    elapsed = time.monotonic() - t0
+    assert not window.isVisible()
+    assert elapsed < 2.0, f"closing took {elapsed:.2f} s"
+    assert _no_llamascope_threads()
+    assert not psutil.pid_exists(host_pid) or psutil.Process(host_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_host_killed_mid_benchmark_fails_the_run_with_a_message(qtbot: QtBot, window: MainWindow) -> None:
+    import os
+    import signal
+
+    perf = window.performance_panel
+    _small_benchmark(window, reps=1000)
+    killed: list[int] = []
+
+    def kill_once(done: int, total: int, what: str) -> None:
+        pid = window.bridge.engine.host_pid
+        if "repetition" in what and not killed and pid is not None:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    window.bridge.benchmark_progressed.connect(kill_once)
+    with qtbot.waitSignal(window.bridge.operation_failed, timeout=WAIT_MS) as failed:
+        qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
+    operation, message = failed.args
+    assert operation == "benchmark"
+    assert "while benchmarking" in message and "killed" in message
+    qtbot.waitUntil(lambda: not window.bridge.engine.busy, timeout=WAIT_MS)
+    # The app lives on and the next run works on a fresh host.
+    _small_benchmark(window, reps=1)
+    with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS):
+        qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
+    assert window.bridge.engine.host_pid not in (None, killed[0])
