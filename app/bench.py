@@ -529,9 +529,10 @@ def _ctrl_c_as_stop(cancel: CancelFlag) -> Iterator[CancelFlag]:
 
     Python runs signal handlers on the main thread in whatever Python code runs next, and during a
     prompt batch that is llama.cpp's abort callback: a KeyboardInterrupt raised there is swallowed
-    by ctypes (which prints its traceback) and the run goes on, so Ctrl+C would not stop
-    `llamascope bench`. A handler that only sets a flag is safe there, and the abort callback then
-    sees the flag. Another thread, or a program with its own SIGINT handler, is left alone.
+    by ctypes (which prints its traceback) and the run goes on, so Ctrl+C would not stop a script
+    that runs a benchmark. A handler that only sets a flag is safe there, and the abort callback
+    then sees the flag. Another thread, or a process with its own SIGINT handler (the engine host
+    ignores SIGINT), is left alone.
     """
     if (
         threading.current_thread() is not threading.main_thread()

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.llama_driver import CancelFlag
 from app.perplexity import EvalCancelled, EvalError, EvalJob, EvalModel, token_nll
 
 FORMATS = ("hellaswag", "arc", "mmlu")
@@ -280,7 +281,7 @@ def evaluate_multiple_choice(
     fmt: str = "",
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_progress: Callable[[MCProgress], None] | None = None,
 ) -> MCResult:
     """Score every item; the context is sized to the longest item."""
@@ -333,7 +334,7 @@ def run_benchmark_file(
     fmt: str,
     *,
     n_threads: int | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_progress: Callable[[MCProgress], None] | None = None,
 ) -> MCResult:
     """load_items + evaluate_multiple_choice."""

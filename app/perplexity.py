@@ -34,6 +34,9 @@ from outside (the abort callback), so Cancel works in-process: the cancel event 
 between chunks and polled by llama.cpp inside a decode. The evaluation loads its own model and
 context (not the GUI's Engine): it needs a context shaped for scoring (n_ctx = n_batch = the
 chunk size) and must not disturb a chat in progress. `EvalJob` runs it on a named thread.
+The model and context come from app.llama_driver. Settings, progress and results are plain
+frozen data and the cancel flag anything with is_set(), so a whole evaluation, statistics
+included, can run in another process without changing them.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from app import __version__, llama_runtime
-from app.eval_text import EvalText
 from app.build_check import require_working_build
+from app.eval_text import EvalText
 from app.gguf_info import ModelFileError, inspect_model
+from app.llama_driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel
 from app.memory import format_bytes
 from app.settings import count_logical_cores, count_physical_cores
 
@@ -495,7 +499,7 @@ def kld_summary(
     }
 
 
-# ---- llama.cpp through its C API ---------------------------------------------------------------
+# ---- the model, on app.llama_driver -----------------------------------------------------------
 def model_fingerprint(path: str) -> str:
     """A cheap identity for a model file: SHA-256 of its size, first and last MiB (not a full hash)."""
     h = hashlib.sha256()
@@ -513,12 +517,23 @@ def tokens_sha256(tokens: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest()
 
 
-class EvalModel:
-    """A model and a context shaped for scoring, used through llama.cpp's C API.
+def _flash_attn_choice(requested: bool | None) -> bool:
+    """LlamaContext takes no "auto" (llama-perplexity's default, which EvalSettings' None stands
+    for), so None is resolved here. llama.cpp's auto turns flash attention on unless the backend
+    holding a layer lacks the kernel. The CPU backend has it, so on the CPU True is exactly what
+    auto picks (the demo model's scores are bit-identical). A GPU backend without the kernel
+    would run that one operation on the CPU instead of auto's plain attention: slower, and the
+    scores differ only by rounding."""
+    return True if requested is None else requested
 
-    Not `llama_cpp.Llama`: that class keeps an n_batch x n_vocab copy of the logits and copies
-    every decode's output into it; scoring reads llama.cpp's own output buffer instead, and asks
-    only for the rows it scores. One thread at a time; close() frees everything.
+
+class EvalModel:
+    """A model and a context shaped for scoring, on app.llama_driver.
+
+    Decoding uses a batch of its own rather than LlamaContext.decode: scoring needs chosen
+    positions (to score several continuations after one prefix) and logits at chosen rows, and
+    reads them straight from llama.cpp's output buffer (no n_batch x n_vocab copy, unlike
+    `llama_cpp.Llama`). One thread at a time; close() frees everything.
     """
 
     def __init__(
@@ -532,7 +547,7 @@ class EvalModel:
         n_gpu_layers: int = 0,
         flash_attn: bool | None = None,
         vocab_only: bool = False,
-        cancel: threading.Event | None = None,
+        cancel: CancelFlag | None = None,
     ) -> None:
         try:
             self.info = inspect_model(path)
@@ -542,58 +557,46 @@ class EvalModel:
             require_working_build(EvalError)
         self.path = os.path.abspath(path)
         lc = self._lc = llama_runtime.llama()
-        self._cancel = cancel or threading.Event()
-        self._model: Any = None
-        self._ctx: Any = None
+        self._cancel: CancelFlag = cancel or threading.Event()
+        self._ctx: LlamaContext | None = None
         self._batch: Any = None
         self._batch_size = 0
-        lc.llama_backend_init()
-        mparams = lc.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        mparams.vocab_only = vocab_only
-        self._progress_cb = lc.llama_progress_callback(lambda _f, _d: not self._cancel.is_set())
-        mparams.progress_callback = self._progress_cb
-        mark = llama_runtime.log_mark()
-        self._model = lc.llama_model_load_from_file(self.path.encode("utf-8"), mparams)
-        if not self._model:
-            self._model = None
-            if self._cancel.is_set():
-                raise EvalCancelled("Evaluation cancelled while loading the model.")
-            reason = _last_log_error(llama_runtime.log_since(mark))
-            raise EvalError(f"llama.cpp could not load {self.path}: {reason}")
-        self._vocab = lc.llama_model_get_vocab(self._model)
-        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
-        self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
-        self.bos_id = int(lc.llama_vocab_bos(self._vocab))
+        try:
+            self._model = LlamaModel(
+                self.path, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only, progress=self._keep_loading
+            )
+        except DriverCancelled:
+            raise EvalCancelled("Evaluation cancelled while loading the model.") from None
+        except DriverError as exc:
+            raise EvalError(str(exc)) from None
+        # The driver has no per-token attributes; vocab_sha256 reads them through the C API.
+        self._vocab = lc.llama_model_get_vocab(self._model.handle)
+        self.n_vocab = self._model.n_vocab
+        self.add_bos = self._model.add_bos
+        self.bos_id = self._model.bos
         self.n_ctx = n_ctx
         if vocab_only:
             return
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_batch or n_ctx
-        cparams.n_ubatch = min(512, cparams.n_batch)
-        cparams.n_seq_max = 1
-        cparams.n_threads = n_threads or count_physical_cores()
-        cparams.n_threads_batch = n_threads_batch or n_threads or count_logical_cores()
-        cparams.flash_attn_type = {
-            None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
-            True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }[flash_attn]
-        cparams.no_perf = True
-        self._abort_cb = lc.ggml_abort_callback(lambda _data: self._cancel.is_set())
-        cparams.abort_callback = self._abort_cb
-        mark = llama_runtime.log_mark()
-        self._ctx = lc.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            self._ctx = None
-            self.close()
-            raise EvalError(
-                f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}: "
-                f"{_last_log_error(llama_runtime.log_since(mark))}"
+        batch_size = n_batch or n_ctx
+        try:
+            self._ctx = LlamaContext(
+                self._model,
+                n_ctx=n_ctx,
+                n_batch=batch_size,
+                n_ubatch=min(512, batch_size),
+                n_threads=n_threads or count_physical_cores(),
+                n_threads_batch=n_threads_batch or n_threads or count_logical_cores(),
+                flash_attn=_flash_attn_choice(flash_attn),
+                cancel=self._cancel,
             )
-        self.n_ctx = int(lc.llama_n_ctx(self._ctx))
-        self._batch_size = int(cparams.n_batch)
+        except DriverError as exc:
+            self.close()
+            raise EvalError(str(exc)) from None
+        # Scoring decodes whole chunks, seconds each on a large model: let llama.cpp poll the
+        # cancel flag inside them.
+        self._ctx.watch_for_abort(True)
+        self.n_ctx = self._ctx.n_ctx
+        self._batch_size = self._ctx.n_batch
         self._batch = lc.llama_batch_init(self._batch_size, 0, 1)
         b = self._batch
         n = self._batch_size
@@ -605,48 +608,55 @@ class EvalModel:
         for i in range(n):
             b.seq_id[i][0] = 0
 
+    def _keep_loading(self, _fraction: float) -> bool:
+        return not self._cancel.is_set()
+
     # -- vocabulary --
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> np.ndarray:
         """llama_tokenize over the whole text (llama.cpp's common_tokenize); int32 token ids."""
-        lc = self._lc
-        data = text.encode("utf-8")
-        capacity = len(data) + 16
-        for _ in range(2):
-            buf = (lc.llama_token * capacity)()
-            n = int(
-                lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
-            )
-            if n >= 0:
-                return np.ctypeslib.as_array(buf, shape=(capacity,))[:n].astype(np.int32)
-            capacity = -n
-        raise EvalError("The text could not be tokenized.")
+        try:
+            tokens = self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+        except DriverError as exc:
+            raise EvalError(str(exc)) from None
+        return np.array(tokens, dtype=np.int32)
 
     def vocab_sha256(self) -> str:
         """Hash of every token's text and attributes: equal for the same vocabulary, not otherwise."""
         lc = self._lc
+        if self._model.closed:  # the vocabulary lives inside the model
+            raise EvalError("The model has been unloaded.")
+        vocab = self._vocab
         h = hashlib.sha256()
         for i in range(self.n_vocab):
-            h.update(lc.llama_vocab_get_text(self._vocab, i) or b"")
-            h.update(b"\0" + str(int(lc.llama_vocab_get_attr(self._vocab, i))).encode() + b"\n")
+            # The raw bytes, not LlamaModel.token_text: files written before hash them so.
+            h.update(lc.llama_vocab_get_text(vocab, i) or b"")
+            h.update(b"\0" + str(int(lc.llama_vocab_get_attr(vocab, i))).encode() + b"\n")
         return h.hexdigest()
 
     def token_text(self, token: int) -> str:
-        return (self._lc.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
+        return self._model.token_text(token)
 
     # -- evaluation --
+    def _context(self) -> LlamaContext:
+        if self._ctx is None:
+            raise EvalError("This model was opened for its vocabulary only, or has been closed.")
+        return self._ctx
+
     def clear(self) -> None:
-        """Empty the KV cache (llama_memory_clear)."""
-        self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
+        """Empty the KV cache, zeroing it as llama-perplexity does between chunks."""
+        self._context().clear(data=True)
 
     def remove_from(self, pos: int) -> None:
         """Drop cached positions >= pos of sequence 0 (to score another continuation)."""
-        self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self._ctx), 0, pos, -1)
+        lc = self._lc
+        lc.llama_memory_seq_rm(lc.llama_get_memory(self._context().handle), 0, pos, -1)
 
     def decode(self, tokens: np.ndarray, start_pos: int, want_logits: np.ndarray | None) -> np.ndarray:
         """Evaluate `tokens` at positions start_pos…; returns the logits rows asked for.
 
         The returned array is a view of llama.cpp's buffer, valid until the next decode.
         """
+        ctx = self._context()
         n = len(tokens)
         if n == 0:
             return np.empty((0, self.n_vocab), dtype=np.float32)
@@ -660,39 +670,34 @@ class EvalModel:
         else:
             self._b_logits[:n] = want_logits
         self._batch.n_tokens = n
-        rc = int(self._lc.llama_decode(self._ctx, self._batch))
+        rc = int(self._lc.llama_decode(ctx.handle, self._batch))
         if rc != 0:
-            if self._cancel.is_set():
+            # llama_decode's codes: 2 = stopped by the abort callback, 1 = no room in the KV cache.
+            if rc == 2 or self._cancel.is_set():
                 raise EvalCancelled("Evaluation cancelled.")
-            raise EvalError(f"llama_decode failed (code {rc}).")
+            if rc == 1:
+                raise EvalError(
+                    f"The context of {ctx.n_ctx} tokens has no room for {n} more at position {start_pos}."
+                )
+            raise EvalError(f"llama.cpp failed to evaluate the tokens (llama_decode returned {rc}).")
         n_out = int(self._b_logits[:n].astype(bool).sum())
-        ptr = self._lc.llama_get_logits(self._ctx)
+        ptr = self._lc.llama_get_logits(ctx.handle)
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
 
     def close(self) -> None:
-        lc = self._lc
         if self._batch is not None:
-            lc.llama_batch_free(self._batch)
+            self._lc.llama_batch_free(self._batch)
             self._batch = None
         if self._ctx is not None:
-            lc.llama_free(self._ctx)
+            self._ctx.close()
             self._ctx = None
-        if self._model is not None:
-            lc.llama_model_free(self._model)
-            self._model = None
+        self._model.close()
 
     def __enter__(self) -> EvalModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _last_log_error(lines: list[str]) -> str:
-    for line in reversed(lines):
-        if "error" in line.lower() or "failed" in line.lower():
-            return line.strip()
-    return "see the log for details"
 
 
 # ---- the logits file ---------------------------------------------------------------------------
@@ -932,7 +937,7 @@ def evaluate_perplexity(
     settings: EvalSettings | None = None,
     *,
     save_logits: str | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_progress: Callable[[ChunkProgress], None] | None = None,
     free_bytes: Callable[[str], int] | None = None,
 ) -> PerplexityResult:
@@ -1060,7 +1065,7 @@ def evaluate_kl_divergence(
     settings: EvalSettings | None = None,
     *,
     text: EvalText | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_progress: Callable[[ChunkProgress], None] | None = None,
 ) -> KLDivergenceResult:
     """KL divergence of `model_path` from the base log-probabilities in `logits_file`.
@@ -1176,7 +1181,7 @@ def evaluate_against_base(
     settings: EvalSettings | None = None,
     *,
     logits_file: str | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_progress: Callable[[ChunkProgress], None] | None = None,
     free_bytes: Callable[[str], int] | None = None,
 ) -> BaseComparison:

@@ -39,6 +39,7 @@ import numpy as np
 
 from app.formatting import NOT_AVAILABLE
 from app.gguf_info import ModelFileError, inspect_model, read_metadata
+from app.llama_driver import CancelFlag
 from app.memory import format_bytes
 from app.perplexity import (
     EvalCancelled,
@@ -90,7 +91,7 @@ def measure_speed(
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     seed: int = 1234,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_progress: Callable[[SpeedProgress], None] | None = None,
 ) -> SpeedResult:
     """pp (n_prompt-token batch) and tg (n_gen greedy tokens) in tokens per second."""

@@ -1,9 +1,12 @@
 """LlamaScope's benchmark runner against a plain llama-cpp-python loop making the same decode calls.
 
-Both run in this process on the demo model with the same settings: `pp 512` (random tokens in
-n_batch batches from an empty cache) and `tg 128` (single-token decodes), as llama-bench does.
-Rounds alternate runner / plain so machine noise hits both; each round is 5 repetitions; the
-table shows medians of the per-round means. Target: ratio >= 0.97 for both tests.
+The runner drives llama.cpp through app.llama_driver; the plain loop is what a user of the
+bindings would write (llama_cpp.Llama for the model and context, then llama_decode), so it
+shares none of the runner's code. Both run in this process on the demo model with the same
+settings: `pp 512` (random tokens in n_batch batches from an empty cache) and `tg 128`
+(single-token decodes), as llama-bench does. Rounds alternate runner / plain so machine noise
+hits both; each round is 5 repetitions; the table shows medians of the per-round means.
+Target: ratio >= 0.97 for both tests.
 
     .venv/bin/python benchmarks/bench_accuracy.py [--rounds 3] [--threads 2]
 """

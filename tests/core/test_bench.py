@@ -244,14 +244,44 @@ def test_stop_inside_a_long_generation_repetition_ends_within_a_second(demo_mode
     assert results == []  # 512 tokens take seconds: a result would mean the repetition ran out
 
 
+def test_ctrl_c_on_the_main_thread_stops_inside_a_prompt(demo_model: str) -> None:
+    """Called on the main thread (a script such as benchmarks/bench_accuracy.py), Python runs the
+    SIGINT handler inside llama.cpp's abort callback, where ctypes would swallow a KeyboardInterrupt
+    and the run would go on. Ctrl+C must stop the run within a second, then raise KeyboardInterrupt."""
+    flag = _PollCountingFlag(polls=50)
+    pressed_at: list[float] = []
+    run_over = threading.Event()
+
+    def press_ctrl_c() -> None:
+        flag.reached.wait(timeout=300)
+        if not run_over.is_set():
+            pressed_at.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        plan = _plan(demo_model, tests=(BenchTest(n_prompt=2048),), repetitions=2, warmup=False)
+        with pytest.raises(KeyboardInterrupt):
+            run_benchmark(plan, cancel=flag, sampler=_RepetitionsStart(flag))
+        raised_at = time.monotonic()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run put it back
+    finally:
+        run_over.set()
+        flag.reached.set()
+        presser.join()
+        signal.signal(signal.SIGINT, previous)
+    assert pressed_at and raised_at - pressed_at[0] < 1.0
+
+
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job would ignore Ctrl+C
 
 
 def test_ctrl_c_stops_the_command_line_benchmark_inside_a_prompt(demo_model: str, tmp_path: Path) -> None:
-    """Ctrl+C reaches Python inside llama.cpp's abort callback, where ctypes would swallow the
-    KeyboardInterrupt (printing its traceback) and the run would go on: it must stop the run at once
-    and end the command as cancelled."""
+    """Ctrl+C a second into a prompt batch that takes tens of seconds: the command ends at once, as
+    cancelled, with no traceback."""
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
     args = ["bench", demo_model, "-p", "16,8192", "-n", "0", "-r", "2", "-t", "1", "--no-warmup"]
     proc = subprocess.Popen(

@@ -4,6 +4,7 @@ cancel, and bad files."""
 from __future__ import annotations
 
 import math
+import pickle
 import threading
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def test_benchmark_scores_every_item(demo_model: str) -> None:
     assert r.accuracy == sum(i.predicted == i.answer for i in r.items) / 5
     assert r.accuracy_norm == sum(i.predicted_norm == i.answer for i in r.items) / 5
     assert r.accuracy_norm_ci95[0] <= r.accuracy_norm <= r.accuracy_norm_ci95[1]
+    assert pickle.loads(pickle.dumps((r, seen))) == (r, seen)  # plain data, for a worker process
     assert [p.item for p in seen] == [1, 2, 3, 4, 5] and seen[-1].accuracy == r.accuracy
     # Plain everyday continuations against absurd ones: even a 135M model gets most right.
     assert r.accuracy_norm >= 0.6

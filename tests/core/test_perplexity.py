@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -258,6 +259,14 @@ def test_saved_logits_are_llama_cpp_s_format(base_logits: tuple[str, object]) ->
     assert info.has_trailer and info.n_chunks == 2 and info.vocab_sha256 and len(info.chunk_crc32) == 2
     assert result.logits_file == path  # type: ignore[attr-defined]
     assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".partial")]
+
+
+def test_settings_progress_and_results_are_plain_data(base_logits: tuple[str, object]) -> None:
+    """What goes in and comes out of an evaluation pickles, so it can run in a worker process."""
+    _path, result = base_logits
+    progress = ChunkProgress("perplexity", 1, 2, 9.5, 0.5, None, None, 1000.0, 0.1, "/m/model.gguf")
+    for value in (SMALL, default_text(), progress, result):
+        assert pickle.loads(pickle.dumps(value)) == value
 
 
 def test_kld_against_its_own_logits_is_zero(demo_model: str, base_logits: tuple[str, object]) -> None:

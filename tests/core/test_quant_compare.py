@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,7 @@ def test_speed_is_measured(demo_model: str) -> None:
     assert r.pp_std is not None and r.tg_std is not None and r.repetitions == 2
     row = build_comparison(variant_from_file(demo_model, speed=r), []).rows[0]
     assert row.pp_tokens_per_s == r.pp_tokens_per_s and row.tg_tokens_per_s == r.tg_tokens_per_s
+    assert pickle.loads(pickle.dumps(r)) == r  # plain data: a worker process could return it
 
 
 def test_speed_cancel(demo_model: str) -> None:
