@@ -30,6 +30,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.sharedctypes
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -299,7 +300,8 @@ class HostClient:
             words = describe_exit(code) or signal_in_words(-code)
         else:
             words = f"it exited with status {code}"
-        last = ("\nllama.cpp's last lines:\n" + "\n".join(tail)) if tail else ""
+        shown = _telling_lines(tail)
+        last = ("\nllama.cpp said:\n" + "\n".join(shown)) if shown else ""
         return HostCrashed(
             f"llama.cpp crashed while {what}: {words}. LlamaScope itself is unaffected; the next "
             f"request starts a fresh engine.{last}",
@@ -392,6 +394,17 @@ class HostClient:
             except OSError:
                 pass
             self._log_path = None
+
+
+_TELLING = re.compile(r"GGML_ASSERT|error|failed|abort|exception", re.IGNORECASE)
+_SOURCE_PREFIX = re.compile(r"\S*/(?=(?:vendor/)?llama\.cpp/)")  # the build machine's path to the sources
+
+
+def _telling_lines(tail: tuple[str, ...], n: int = 3) -> list[str]:
+    """The lines of a crashed host's log that say what went wrong (an assertion, an error), else
+    its last few; source paths shortened to llama.cpp/…"""
+    telling = [line for line in tail if _TELLING.search(line)] or list(tail)
+    return [_SOURCE_PREFIX.sub("", line).removeprefix("vendor/") for line in telling[-n:]]
 
 
 def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:

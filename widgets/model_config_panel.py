@@ -404,8 +404,8 @@ class ModelConfigPanel(Panel):
         answer = QMessageBox.warning(
             self,
             "This model crashed llama.cpp",
-            f"{os.path.basename(crash.path)} crashed llama.cpp the last time it was loaded "
-            f"({crash.signal_text}).\n\nLlamaScope survives it, but the load will most likely fail "
+            f"{os.path.basename(crash.path)} crashed llama.cpp the last time it was loaded: "
+            f"{crash.signal_text}.\n\nLlamaScope survives it, but the load will most likely fail "
             "again. Load it anyway?",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
