@@ -39,7 +39,7 @@ from app.build_check import require_working_build
 from app.gguf_info import inspect_model
 from app.llama_driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel, init_numa
 from app.model_info import ModelInfo
-from app.settings import GGML_TYPE_IDS, LoadSettings
+from app.settings import LoadSettings
 from app.stats import mean, stdev
 
 # Parameters a plan can sweep: LoadSettings field -> llama-bench flag and its markdown header.
@@ -343,19 +343,7 @@ class _Runner:
         if model is None:
             return None
         try:
-            ctx = LlamaContext(
-                model,
-                n_ctx=n_ctx,
-                n_batch=settings.n_batch,
-                n_ubatch=settings.n_ubatch,
-                n_threads=settings.n_threads,
-                n_threads_batch=settings.n_threads_batch,
-                flash_attn=settings.flash_attn,
-                type_k=GGML_TYPE_IDS[settings.type_k],
-                type_v=GGML_TYPE_IDS[settings.type_v],
-                offload_kqv=settings.offload_kqv,
-                cancel=self.cancel,
-            )
+            ctx = LlamaContext.for_settings(model, settings, n_ctx=n_ctx, cancel=self.cancel)
         except DriverError as exc:
             raise BenchError(str(exc)) from None
         samples: list[int] = []

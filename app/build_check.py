@@ -175,7 +175,9 @@ def write_cache(path: Path, verdict: BuildVerdict) -> None:
     entries[verdict.key] = verdict.to_json()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8"
+        ) as f:
             json.dump(entries, f, indent=1)
         os.replace(f.name, path)
     except OSError as exc:
@@ -218,8 +220,12 @@ def verdict_from_child(
     system_info = facts.get("system_info") if isinstance(facts.get("system_info"), str) else None
     variant = facts.get("cpu_variant") if isinstance(facts.get("cpu_variant"), str) else None
     common = dict(
-        key=key, system_info=system_info, cpu_variant=variant, log_tail=tail,  # type: ignore[arg-type]
-        checked_at_s=time.time(), duration_s=round(duration_s, 2),
+        key=key,
+        system_info=system_info,
+        cpu_variant=variant,
+        log_tail=tail,  # type: ignore[arg-type]
+        checked_at_s=time.time(),
+        duration_s=round(duration_s, 2),
         prompt_tokens=facts.get("prompt_tokens") if isinstance(facts.get("prompt_tokens"), int) else None,
     )
     crash = describe_exit(returncode)
@@ -232,8 +238,9 @@ def verdict_from_child(
             f"The build uses: {system_info or 'n/a'}. Rebuild llama-cpp-python without the faulty "
             f"path:\n{command}"
         )
-        return BuildVerdict(status=CRASHED, message=message, signal_text=crash, rebuild_command=command,
-                            **common)  # type: ignore[arg-type]
+        return BuildVerdict(
+            status=CRASHED, message=message, signal_text=crash, rebuild_command=command, **common
+        )  # type: ignore[arg-type]
     if returncode == 0 and facts.get("ok") is True:
         variant_text = f", CPU backend {variant}" if variant else ""
         return BuildVerdict(
@@ -246,8 +253,7 @@ def verdict_from_child(
         error: object = signal_in_words(-returncode)
     else:
         error = facts.get("error") or (tail[-1] if tail else f"exit status {returncode}")
-    return BuildVerdict(status=FAILED, message=f"The llama.cpp build check could not run: {error}",
-                        **common)  # type: ignore[arg-type]
+    return BuildVerdict(status=FAILED, message=f"The llama.cpp build check could not run: {error}", **common)  # type: ignore[arg-type]
 
 
 def run_check(
@@ -263,14 +269,23 @@ def run_check(
     env = {**os.environ, "PYTHONFAULTHANDLER": "1", "GGML_NO_BACKTRACE": "1"}
     t0 = time.monotonic()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout_s,
-                              env=env, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", timeout=timeout_s, env=env, check=False
+        )
     except subprocess.TimeoutExpired:
-        return BuildVerdict(key=key, status=FAILED, checked_at_s=time.time(),
-                            message=f"The llama.cpp build check did not finish within {timeout_s:.0f} s.")
+        return BuildVerdict(
+            key=key,
+            status=FAILED,
+            checked_at_s=time.time(),
+            message=f"The llama.cpp build check did not finish within {timeout_s:.0f} s.",
+        )
     except OSError as exc:
-        return BuildVerdict(key=key, status=FAILED, checked_at_s=time.time(),
-                            message=f"The llama.cpp build check could not start: {exc}")
+        return BuildVerdict(
+            key=key,
+            status=FAILED,
+            checked_at_s=time.time(),
+            message=f"The llama.cpp build check could not start: {exc}",
+        )
     return verdict_from_child(key, done.returncode, done.stdout, done.stderr, time.monotonic() - t0, rebuild)
 
 
@@ -305,8 +320,11 @@ def check_build(
                 pass  # an entry from another version of this file: check again
     model = model or demo_model_path()
     if model is None:
-        return BuildVerdict(key=key, status=NOT_RUN,
-                            message="The llama.cpp build check needs the demo model, which is not installed.")
+        return BuildVerdict(
+            key=key,
+            status=NOT_RUN,
+            message="The llama.cpp build check needs the demo model, which is not installed.",
+        )
     verdict = run_check(model, key)
     if verdict.status in (OK, CRASHED):
         write_cache(cache_path, verdict)
@@ -360,8 +378,11 @@ def _child(model: str, prompt_tokens: int) -> int:
     _emit(stage="loading llama.cpp")
     lc = llama_runtime.llama()
     lc.llama_backend_init()
-    _emit(system_info=lc.llama_print_system_info().decode("utf-8", "replace").strip(),
-          cpu_variant=llama_runtime.cpu_backend_variant(), stage="loading the model")
+    _emit(
+        system_info=lc.llama_print_system_info().decode("utf-8", "replace").strip(),
+        cpu_variant=llama_runtime.cpu_backend_variant(),
+        stage="loading the model",
+    )
     mparams = lc.llama_model_default_params()
     model_ptr = lc.llama_model_load_from_file(model.encode("utf-8"), mparams)
     if not model_ptr:

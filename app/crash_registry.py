@@ -62,8 +62,9 @@ class CrashRegistry:
     def _write(self, entries: dict[str, dict[str, object]]) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp",
-                                             encoding="utf-8") as f:
+            with tempfile.NamedTemporaryFile(
+                "w", dir=self.path.parent, delete=False, suffix=".tmp", encoding="utf-8"
+            ) as f:
                 json.dump(entries, f, indent=1)
             os.replace(f.name, self.path)
         except OSError as exc:  # a record is a courtesy: failing to keep it must not fail anything else
@@ -73,7 +74,9 @@ class CrashRegistry:
         fingerprint = model_fingerprint(model_path)
         if fingerprint is None:
             return None
-        entry = CrashRecord(fingerprint, os.path.abspath(model_path), signal_text, tuple(log_tail), time.time())
+        entry = CrashRecord(
+            fingerprint, os.path.abspath(model_path), signal_text, tuple(log_tail), time.time()
+        )
         with self._lock:
             entries = self._read()
             entries[fingerprint] = {**asdict(entry), "log_tail": list(entry.log_tail)}
@@ -91,7 +94,9 @@ class CrashRegistry:
             return None
         try:
             return CrashRecord(
-                fingerprint=fingerprint, path=str(raw["path"]), signal_text=str(raw["signal_text"]),
+                fingerprint=fingerprint,
+                path=str(raw["path"]),
+                signal_text=str(raw["signal_text"]),
                 log_tail=tuple(str(x) for x in raw.get("log_tail") or ()),  # type: ignore[union-attr]
                 when_s=float(raw["when_s"]),  # type: ignore[arg-type]
             )

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from app import llama_runtime
 from app.build_check import require_working_build
 from app.crash_registry import CrashRegistry
-from app.engine_host import CANCEL_GRACE_S, HostCancelled, HostContext, HostCrashed, HostError, HostClient
+from app.engine_host import CANCEL_GRACE_S, HostCancelled, HostClient, HostContext, HostCrashed, HostError
 from app.gguf_info import ModelFileError, inspect_model
 from app.llama_driver import (
     CancelFlag,
@@ -47,7 +47,7 @@ from app.llama_driver import (
 from app.llama_runtime import LlamaMemoryReport
 from app.memory import MemoryEstimate, check_fits, estimate_memory
 from app.model_info import ModelInfo
-from app.settings import GGML_TYPE_IDS, LLAMA_DEFAULT_SEED, LoadSettings, SamplingSettings
+from app.settings import LLAMA_DEFAULT_SEED, LoadSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -238,19 +238,7 @@ class EngineCore:
                 raise OperationCancelled("Loading was cancelled.") from None
             raise EngineError(str(exc)) from None
         try:
-            ctx = LlamaContext(
-                model,
-                n_ctx=settings.n_ctx,
-                n_batch=settings.n_batch,
-                n_ubatch=settings.n_ubatch,
-                n_threads=settings.n_threads,
-                n_threads_batch=settings.n_threads_batch,
-                flash_attn=settings.flash_attn,
-                type_k=GGML_TYPE_IDS[settings.type_k],
-                type_v=GGML_TYPE_IDS[settings.type_v],
-                offload_kqv=settings.offload_kqv,
-                cancel=self._cancel,
-            )
+            ctx = LlamaContext.for_settings(model, settings, cancel=self._cancel)
         except DriverError as exc:
             model.close()
             raise EngineError(str(exc)) from None

@@ -72,7 +72,9 @@ class SharedFlag:
     (llama.cpp's abort callback polls it once per graph node)."""
 
     def __init__(self, value: Any = None) -> None:
-        self._value = value if value is not None else multiprocessing.get_context("spawn").RawValue(ctypes.c_int, 0)
+        self._value = (
+            value if value is not None else multiprocessing.get_context("spawn").RawValue(ctypes.c_int, 0)
+        )
 
     def set(self) -> None:
         self._value.value = 1
@@ -120,7 +122,9 @@ def host_main(
     service_spec: str,
 ) -> None:
     """The host's whole life: serve calls until told to exit or the client goes away."""
-    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="llamascope-lifeline", daemon=True).start()
+    threading.Thread(
+        target=_watch_lifeline, args=(lifeline,), name="llamascope-lifeline", daemon=True
+    ).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the client's to handle
     # A failed GGML_ASSERT prints its message to stderr, not to the log callback, then would attach
     # gdb for a backtrace (seconds, and noise): keep the message, skip the backtrace.
@@ -130,8 +134,9 @@ def host_main(
     from app import llama_runtime
 
     llama_runtime.echo_log_to(log_file)  # line by line: what was logged survives a crash
-    context = HostContext(SharedFlag(cancel_value), lambda kind, payload: conn.send(("event", kind, payload)),
-                          log_path)
+    context = HostContext(
+        SharedFlag(cancel_value), lambda kind, payload: conn.send(("event", kind, payload)), log_path
+    )
     service = _load_service(service_spec, context)
     while True:
         try:
@@ -254,8 +259,9 @@ class HostClient:
             self._proc, self._conn, self._lifeline = proc, parent_conn, lifeline_w
             self.starts += 1
 
-    def call(self, operation: str, *args: Any, on_event: Callable[[str, Any], None] | None = None,
-             **kwargs: Any) -> Any:
+    def call(
+        self, operation: str, *args: Any, on_event: Callable[[str, Any], None] | None = None, **kwargs: Any
+    ) -> Any:
         """Run `operation` in the host and return its result; events go to `on_event` meanwhile.
 
         Raises the host's exception (LlamaScope's own classes keep their class), `HostCrashed` if
@@ -420,8 +426,12 @@ def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:
 
     model = next(paths(args), None)
     words = {
-        "load": "loading", "generate": "generating", "tokenize": "tokenizing", "detokenize": "detokenizing",
-        "unload": "unloading the model", "_test_crash": "running a test crash",
+        "load": "loading",
+        "generate": "generating",
+        "tokenize": "tokenizing",
+        "detokenize": "detokenizing",
+        "unload": "unloading the model",
+        "_test_crash": "running a test crash",
     }.get(operation, operation)
     if operation == "run_job" and args:
         job = str(args[0]).rpartition(":")[2]

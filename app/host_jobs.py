@@ -85,8 +85,9 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
                     on_result(result)
 
         try:
-            engine.call_job_here("app.host_jobs:run_benchmark_job", plan, with_telemetry=sampler is not None,
-                                 on_event=on_event)
+            engine.call_job_here(
+                "app.host_jobs:run_benchmark_job", plan, with_telemetry=sampler is not None, on_event=on_event
+            )
         finally:
             if recorder[0] is not None:
                 recorder[0].stop()
@@ -129,7 +130,10 @@ def run_progress_job(
 
 
 def host_call(
-    engine: Any, function: str, *args: Any, callbacks: dict[str, Callable[[Any], None]] | None = None,
+    engine: Any,
+    function: str,
+    *args: Any,
+    callbacks: dict[str, Callable[[Any], None]] | None = None,
     **kwargs: Any,
 ) -> Any:
     """The client half, on the engine's worker thread: run `function` in the host; each callback
@@ -141,13 +145,21 @@ def host_call(
         if callback is not None:
             callback(payload)
 
-    return engine.call_job_here("app.host_jobs:run_progress_job", function, args, kwargs, tuple(callbacks),
-                                on_event=on_event)
+    return engine.call_job_here(
+        "app.host_jobs:run_progress_job", function, args, kwargs, tuple(callbacks), on_event=on_event
+    )
 
 
 def tune(
-    model_path: str, base: Any, objective: Any, parameters: tuple[str, ...], n_trials: int,
-    time_budget_s: float | None, *, cancel: CancelFlag, on_trial: Callable[[Any], None],
+    model_path: str,
+    base: Any,
+    objective: Any,
+    parameters: tuple[str, ...],
+    n_trials: int,
+    time_budget_s: float | None,
+    *,
+    cancel: CancelFlag,
+    on_trial: Callable[[Any], None],
     on_progress: Callable[[Any], None],
 ) -> Any:
     """An Auto-Tune session over the given parameters (the rest fixed at `base`), in the host."""

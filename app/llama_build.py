@@ -109,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.llama_build", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     args_cmd = sub.add_parser("cmake-args", help="print the CMAKE_ARGS llama-cpp-python is built with here")
-    args_cmd.add_argument("--cpuinfo", default="/proc/cpuinfo", help="a cpuinfo file (default: this machine's)")
-    args_cmd.add_argument("--machine", default=platform.machine(), help="architecture (default: this machine's)")
+    args_cmd.add_argument(
+        "--cpuinfo", default="/proc/cpuinfo", help="a cpuinfo file (default: this machine's)"
+    )
+    args_cmd.add_argument(
+        "--machine", default=platform.machine(), help="architecture (default: this machine's)"
+    )
     opts = parser.parse_args(argv)
     if opts.command == "cmake-args":
         print(venv_cmake_args(os.environ, read_cpu_flags(opts.cpuinfo), opts.machine))

@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from app import llama_runtime
-from app.settings import LLAMA_DEFAULT_SEED, SamplingSettings
+from app.settings import GGML_TYPE_IDS, LLAMA_DEFAULT_SEED, LoadSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,25 @@ class LlamaContext:
     @property
     def model(self) -> LlamaModel:
         return self._model
+
+    @classmethod
+    def for_settings(
+        cls, model: LlamaModel, settings: LoadSettings, *, n_ctx: int | None = None, cancel: CancelFlag | None = None
+    ) -> LlamaContext:
+        """A context shaped by the Model Config's load settings (`n_ctx` overrides theirs)."""
+        return cls(
+            model,
+            n_ctx=settings.n_ctx if n_ctx is None else n_ctx,
+            n_batch=settings.n_batch,
+            n_ubatch=settings.n_ubatch,
+            n_threads=settings.n_threads,
+            n_threads_batch=settings.n_threads_batch,
+            flash_attn=settings.flash_attn,
+            type_k=GGML_TYPE_IDS[settings.type_k],
+            type_v=GGML_TYPE_IDS[settings.type_v],
+            offload_kqv=settings.offload_kqv,
+            cancel=cancel,
+        )
 
     def close(self) -> None:
         """Free the KV cache and buffers now. Safe to call twice."""

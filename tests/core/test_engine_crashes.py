@@ -91,8 +91,9 @@ def test_a_host_killed_during_a_generation_is_reported_and_replaced(engine: Engi
     assert engine.generate(GenerationRequest("Hello", GREEDY)).result(WAIT_S).generated_tokens > 0
 
 
-def test_a_load_that_worked_clears_the_record(engine: Engine, registry: CrashRegistry, demo_model: str,
-                                              tmp_path: Path) -> None:
+def test_a_load_that_worked_clears_the_record(
+    engine: Engine, registry: CrashRegistry, demo_model: str, tmp_path: Path
+) -> None:
     copy = tmp_path / "repaired.gguf"
     copy.write_bytes(Path(demo_model).read_bytes())
     registry.record(str(copy), "aborted by an assertion in llama.cpp (SIGABRT)")
@@ -105,8 +106,9 @@ def test_stop_during_a_load_ends_it_quickly(engine: Engine, demo_model: str) -> 
     import time
 
     progress = threading.Event()
-    future = engine.load(demo_model, dataclasses.replace(SMALL, use_mmap=False),
-                         on_progress=lambda p: progress.set())
+    future = engine.load(
+        demo_model, dataclasses.replace(SMALL, use_mmap=False), on_progress=lambda p: progress.set()
+    )
     assert progress.wait(WAIT_S)
     t0 = time.monotonic()
     engine.cancel()
@@ -151,8 +153,10 @@ def test_no_host_outlives_a_killed_llamascope(demo_model: str, tmp_path: Path) -
 # ---- chat templates that fail ---------------------------------------------------------------------
 
 TEMPLATES = {
-    "raise": ("{{ raise_exception('Conversation roles must alternate user/assistant') }}",
-              "refused the conversation: Conversation roles must alternate"),
+    "raise": (
+        "{{ raise_exception('Conversation roles must alternate user/assistant') }}",
+        "refused the conversation: Conversation roles must alternate",
+    ),
     "sandbox": ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox"),
     "syntax": ("{% for m in messages %}{{ m.content }", "not valid Jinja"),
 }
@@ -165,9 +169,16 @@ def templated_models(demo_model: str, tmp_path_factory: pytest.TempPathFactory) 
     for name, (template, _) in TEMPLATES.items():
         path = folder / f"{name}.gguf"
         subprocess.run(
-            [str(Path(sys.executable).parent / "gguf-new-metadata"), "--force", "--chat-template", template,
-             demo_model, str(path)],
-            check=True, capture_output=True,
+            [
+                str(Path(sys.executable).parent / "gguf-new-metadata"),
+                "--force",
+                "--chat-template",
+                template,
+                demo_model,
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
         )
         out[name] = str(path)
     return out

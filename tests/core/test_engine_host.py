@@ -32,7 +32,9 @@ def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostClient]:
 
 def test_calls_return_results_and_events_in_order(client: HostClient) -> None:
     events: list[tuple[str, object]] = []
-    assert client.call("echo", {"a": [1, 2]}, events=3, on_event=lambda k, p: events.append((k, p))) == {"a": [1, 2]}
+    assert client.call("echo", {"a": [1, 2]}, events=3, on_event=lambda k, p: events.append((k, p))) == {
+        "a": [1, 2]
+    }
     assert events == [("step", 0), ("step", 1), ("step", 2)]
     pid = client.call("pid")
     assert pid != os.getpid() and client.pid == pid
@@ -44,8 +46,10 @@ def test_an_error_in_the_host_is_raised_here_with_its_class(client: HostClient) 
     assert client.call("echo", 5) == 5  # the host is still serving
 
 
-@pytest.mark.parametrize(("how", "words"), [("abort", "aborted by an assertion"), ("segv", "segmentation fault"),
-                                            ("SIGILL", "illegal instruction")])
+@pytest.mark.parametrize(
+    ("how", "words"),
+    [("abort", "aborted by an assertion"), ("segv", "segmentation fault"), ("SIGILL", "illegal instruction")],
+)
 def test_a_native_crash_is_an_error_and_the_next_call_starts_a_fresh_host(
     client: HostClient, how: str, words: str
 ) -> None:
@@ -106,8 +110,12 @@ def test_no_host_outlives_a_client_killed_with_sigkill(tmp_path: Path) -> None:
         print(c.call("pid"), flush=True)
         c.call("spin_until_cancelled", False)
     """)
-    client = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[2])
+    client = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         assert client.stdout is not None
         host_pid = int(client.stdout.readline())

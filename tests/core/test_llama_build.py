@@ -58,8 +58,19 @@ def test_an_amx_cpu_gets_every_simd_level_by_name_and_no_amx(tmp_path: Path) -> 
     assert {"amx_tile", "amx_int8", "avx512f"} <= flags
     options = _options(cmake_args_for_cpu(flags, "x86_64"))
     assert options["GGML_NATIVE"] == "OFF"  # -march=native would bring AMX back
-    for on in ("SSE42", "AVX", "AVX2", "BMI2", "AVX_VNNI", "FMA", "F16C", "AVX512", "AVX512_VBMI",
-               "AVX512_VNNI", "AVX512_BF16"):
+    for on in (
+        "SSE42",
+        "AVX",
+        "AVX2",
+        "BMI2",
+        "AVX_VNNI",
+        "FMA",
+        "F16C",
+        "AVX512",
+        "AVX512_VBMI",
+        "AVX512_VNNI",
+        "AVX512_BF16",
+    ):
         assert options[f"GGML_{on}"] == "ON", on
     for off in ("AMX_TILE", "AMX_INT8", "AMX_BF16"):
         assert options[f"GGML_{off}"] == "OFF", off
@@ -92,7 +103,10 @@ def test_the_users_own_cmake_args_come_last_and_win(tmp_path: Path) -> None:
     args = venv_cmake_args({"CMAKE_ARGS": "-DGGML_CUDA=on -DGGML_NATIVE=ON"}, flags, "x86_64")
     assert args.endswith("-DGGML_CUDA=on -DGGML_NATIVE=ON")
     assert args.index("-DGGML_NATIVE=OFF") < args.index("-DGGML_NATIVE=ON")  # CMake keeps the last
-    assert venv_cmake_args({"CMAKE_ARGS": "-DGGML_VULKAN=on"}, read_cpu_flags(""), "x86_64") == "-DGGML_VULKAN=on"
+    assert (
+        venv_cmake_args({"CMAKE_ARGS": "-DGGML_VULKAN=on"}, read_cpu_flags(""), "x86_64")
+        == "-DGGML_VULKAN=on"
+    )
     assert venv_cmake_args({}, frozenset(HASWELL.split()), "x86_64") == ""
 
 
@@ -102,15 +116,26 @@ def test_the_rebuild_command_is_a_pip_command_for_this_cpu(tmp_path: Path) -> No
     words = shlex.split(command)
     assert words[0].startswith("CMAKE_ARGS=") and "-DGGML_AMX_INT8=OFF" in words[0]
     assert words[1] == "/opt/my python/bin/python"
-    assert words[2:] == ["-m", "pip", "install", "--force-reinstall", "--no-cache-dir", "--no-deps",
-                         "llama-cpp-python==0.3.36"]
+    assert words[2:] == [
+        "-m",
+        "pip",
+        "install",
+        "--force-reinstall",
+        "--no-cache-dir",
+        "--no-deps",
+        "llama-cpp-python==0.3.36",
+    ]
 
 
 def test_the_module_prints_the_args_for_a_cpuinfo_file(tmp_path: Path) -> None:
     amx = _cpuinfo(tmp_path, SAPPHIRE_RAPIDS)
     out = subprocess.run(
         [sys.executable, "-m", "app.llama_build", "cmake-args", "--cpuinfo", str(amx), "--machine", "x86_64"],
-        cwd=ROOT, capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
     ).stdout.strip()
     assert out.startswith("-DGGML_NATIVE=OFF") and "-DGGML_AMX_TILE=OFF" in out
 
@@ -120,17 +145,28 @@ def test_the_makefile_builds_an_amx_cpu_apart_with_its_own_stamp(tmp_path: Path)
     def dry_run(cpuinfo: Path) -> str:
         return subprocess.run(
             ["make", "-n", "-B", "install", f"CPUINFO={cpuinfo}", "PYTHON=" + sys.executable],
-            cwd=ROOT, capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         ).stdout
 
     amx = dry_run(_cpuinfo(tmp_path, SAPPHIRE_RAPIDS, "amx"))
     plain = dry_run(_cpuinfo(tmp_path, HASWELL, "haswell"))
     # The AMX machine builds its own wheel, outside pip's cache (which would hand back the native one).
     assert "-DGGML_AMX_INT8=OFF" in amx and "pip wheel --no-deps --no-cache-dir" in amx
-    assert "-DGGML_" not in plain and "pip install --progress-bar off --force-reinstall --no-deps llama-cpp-python==" in plain
+    assert (
+        "-DGGML_" not in plain
+        and "pip install --progress-bar off --force-reinstall --no-deps llama-cpp-python==" in plain
+    )
 
     def stamp(text: str) -> str:
-        return next(line.split()[-1] for line in text.splitlines() if line.startswith("touch") and "llama-build" in line)
+        return next(
+            line.split()[-1]
+            for line in text.splitlines()
+            if line.startswith("touch") and "llama-build" in line
+        )
 
     # A venv with the native build has the other stamp: `make install` on the AMX machine replaces it.
     assert stamp(amx) != stamp(plain)
