@@ -166,7 +166,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from app.demo_model import demo_model_path
     from app.gguf_info import ModelFileError, inspect_model
     from app.settings import SettingsError, preset_for_model
-    from app.tuner import TrialRecord, TuneConfig, TuneError, TuneProgress, Tuner, TuneResult
+    from app.tuner import TrialRecord, TuneConfig, TuneError, TuneProgress, TuneResult
 
     model = args.model or demo_model_path()
     if model is None:
@@ -191,7 +191,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if args.ctx is not None:
             base = dataclasses.replace(base, n_ctx=args.ctx)
             base.validate()
-        tuner = Tuner(info, args.objective, base=base, config=config, storage_path=args.storage)
     except (TuneError, SettingsError, ModelFileError) as exc:
         print(f"llamascope: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -213,12 +212,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             header_printed = True
         print(_row(record, tuned), file=sys.stderr, flush=True)
 
-    cancel = threading.Event()
+    from app.engine import Engine, EngineError
+    from app.host_jobs import host_call
+
+    engine = Engine()  # the trials run in the engine host: a crash ends the session with a message
     outcome: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            outcome["result"] = tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
+            outcome["result"] = engine.run_exclusive(
+                lambda _cancel: host_call(
+                    engine, "app.host_jobs:run_tuner", info, args.objective, base, config, args.storage,
+                    callbacks={"on_trial": on_trial, "on_progress": on_progress},
+                )
+            ).result()
         except BaseException as exc:  # handed to the main thread, which reports it
             outcome["error"] = exc
 
@@ -232,10 +239,18 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             thread.join(timeout=0.2)
     except KeyboardInterrupt:
         interrupted = True
-        cancel.set()
-        print("\nllamascope: stopping after the current repetition…", file=sys.stderr)
+        engine.cancel()
+        print("\nllamascope: stopping…", file=sys.stderr)
         thread.join()
+    finally:
+        engine.shutdown()
     error = outcome.get("error")
+    if isinstance(error, TuneError):
+        print(f"llamascope: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(error, EngineError):  # a crash or a forced stop: the message says it all
+        print(f"llamascope: tuning failed: {error}", file=sys.stderr)
+        return EXIT_ERROR
     if error is not None:
         print(f"llamascope: tuning failed: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR

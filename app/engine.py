@@ -414,6 +414,9 @@ def _return_free_memory() -> None:
         pass
 
 
+JOB_CANCEL_GRACE_S = 0.5
+
+
 class EngineService:
     """The engine host's side (app.engine_host): an EngineCore whose callbacks become events.
 
@@ -575,7 +578,13 @@ class Engine:
 
     def _call_job(self, job: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                   on_event: Callable[[str, Any], None] | None) -> Any:
-        return self._call("run_job", job, args, kwargs, on_event=on_event)
+        # A job stops cooperatively (llama.cpp's abort callback, then its own wrap-up: a tuning
+        # session still reports its best trial), so it gets the whole 0.5 s before the host is ended.
+        self._host.grace_s = JOB_CANCEL_GRACE_S
+        try:
+            return self._call("run_job", job, args, kwargs, on_event=on_event)
+        finally:
+            self._host.grace_s = CANCEL_GRACE_S
 
     def call_job_here(self, job: str, *args: Any, on_event: Callable[[str, Any], None] | None = None,
                       **kwargs: Any) -> Any:

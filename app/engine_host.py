@@ -445,6 +445,7 @@ def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:
 JOB_WORDS = {
     "run_benchmark_job": "benchmarking",
     "tune": "auto-tuning",
+    "run_tuner": "auto-tuning",
     "evaluate_perplexity": "measuring the perplexity of",
     "evaluate_kl_divergence": "measuring the KL divergence of",
     "evaluate_against_base": "comparing against the base",

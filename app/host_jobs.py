@@ -106,6 +106,7 @@ PROGRESS_JOBS = {
     "app.multiple_choice:run_benchmark_file",
     "app.quant_compare:measure_speed",
     "app.host_jobs:tune",
+    "app.host_jobs:run_tuner",
 }
 
 
@@ -174,4 +175,15 @@ def tune(
             space = space.with_values(name, (getattr(base, name),))
     config = TuneConfig(n_trials=n_trials, time_budget_s=time_budget_s)
     tuner = Tuner(info, objective, space=space, base=base, config=config)
+    return tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
+
+
+def run_tuner(
+    info: Any, objective: str, base: Any, config: Any, storage_path: str | None, *, cancel: CancelFlag,
+    on_trial: Callable[[Any], None], on_progress: Callable[[Any], None],
+) -> Any:
+    """The command line's Auto-Tune session (its own config and study storage), in the host."""
+    from app.tuner import Tuner
+
+    tuner = Tuner(info, objective, base=base, config=config, storage_path=storage_path)
     return tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
