@@ -471,7 +471,7 @@ class SamplerChain:
         sampling: SamplingSettings,
         seed: int,
         *,
-        typical_p: float = 1.0,  # 1 = off; SamplingSettings has no field for it yet
+        typical_p: float | None = None,  # overrides sampling.typical_p (tests)
         penalty_last_n: int = PENALTY_LAST_N,
     ) -> None:
         """`seed` is a uint32; LLAMA_DEFAULT_SEED (0xFFFFFFFF) draws a random one."""
@@ -500,7 +500,8 @@ class SamplerChain:
         else:
             min_keep = 1
             stages.append(lc.llama_sampler_init_top_k(s.top_k))  # k <= 0 is a no-op in llama.cpp
-            stages.append(lc.llama_sampler_init_typical(typical_p, min_keep))
+            typical = s.typical_p if typical_p is None else typical_p
+            stages.append(lc.llama_sampler_init_typical(typical, min_keep))
             stages.append(lc.llama_sampler_init_top_p(s.top_p, min_keep))
             stages.append(lc.llama_sampler_init_min_p(s.min_p, min_keep))
             stages.append(lc.llama_sampler_init_temp(s.temperature))

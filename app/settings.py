@@ -233,6 +233,8 @@ _SPECS: tuple[FieldSpec, ...] = (
          special_values=((0, "off"),)),
     _float("min_p", "Min-p", "Drop tokens less likely than this fraction of the top token's "
            "probability; 0 = disabled.", 0.0, 1.0, 0.01),
+    _float("typical_p", "Typical-p", "Locally typical sampling: keep the tokens whose surprise is "
+           "closest to the expected surprise, up to this probability mass; 1 = disabled.", 0.0, 1.0, 0.01),
     _float("repeat_penalty", "Repeat penalty", "Penalize recently used tokens; 1 = disabled, "
            "below 1 encourages repetition.", 0.0, 5.0, 0.05, minimum_exclusive=True),
     _float("presence_penalty", "Presence penalty", "Penalize any token already present in the text "
@@ -240,7 +242,7 @@ _SPECS: tuple[FieldSpec, ...] = (
     _float("frequency_penalty", "Frequency penalty", "Penalize tokens in proportion to how often they "
            "appeared (OpenAI-style); 0 = disabled.", -2.0, 2.0, 0.05),
     _choice("mirostat_mode", "Mirostat", "Adaptive sampling that targets a constant surprise (tau); "
-            "replaces top-k, top-p and min-p when on.", (0, 1, 2),
+            "replaces top-k, top-p, min-p and typical-p when on.", (0, 1, 2),
             choice_labels=("off", "Mirostat", "Mirostat 2.0")),
     _float("mirostat_tau", "Mirostat tau", "Target surprise (entropy); lower = more focused text.",
            0.0, 20.0, 0.1),
@@ -452,6 +454,7 @@ class SamplingSettings(_SettingsBase):
     top_p: float = 0.95
     top_k: int = 40  # 0 = disabled
     min_p: float = 0.05
+    typical_p: float = 1.0  # 1 = off
     repeat_penalty: float = 1.1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -472,7 +475,7 @@ class SamplingSettings(_SettingsBase):
             problems.append(
                 Problem(
                     "mirostat_mode",
-                    f"mirostat_mode {self.mirostat_mode} replaces top_k, top_p and min_p: they are ignored",
+                    f"mirostat_mode {self.mirostat_mode} replaces top_k, top_p, min_p and typical_p: they are ignored",
                     "warning",
                 )
             )
@@ -499,6 +502,7 @@ class SamplingSettings(_SettingsBase):
             "top_p": self.top_p,
             "top_k": self.top_k,
             "min_p": self.min_p,
+            "typical_p": self.typical_p,
             "repeat_penalty": self.repeat_penalty,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,

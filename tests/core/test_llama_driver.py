@@ -71,7 +71,7 @@ def generate(
     *,
     prompt: str = PROMPT,
     n: int = N_TOKENS,
-    typical_p: float = 1.0,
+    typical_p: float | None = None,
 ) -> list[int]:
     """The engine's loop in miniature: fresh cache, prompt, then sample and decode token by token."""
     ctx.clear(data=False)
@@ -310,3 +310,9 @@ def test_stop_matcher_holds_back_only_a_possible_start() -> None:
     assert stops.feed("trailing E") == ("trailing ", False)
     assert stops.flush() == "E"
     assert StopMatcher([]).feed("anything") == ("anything", False)
+
+
+def test_typical_p_from_the_settings_is_applied(model: LlamaModel, ctx: LlamaContext) -> None:
+    from_settings = generate(model, ctx, dataclasses.replace(SAMPLED, typical_p=0.2), seed=7)
+    assert from_settings == generate(model, ctx, SAMPLED, seed=7, typical_p=0.2)
+    assert from_settings != generate(model, ctx, SAMPLED, seed=7)

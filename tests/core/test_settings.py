@@ -401,6 +401,7 @@ def test_sampling_to_llama_kwargs() -> None:
         "top_p": 0.95,
         "top_k": 0,
         "min_p": 0.05,
+        "typical_p": 1.0,
         "repeat_penalty": 1.1,
         "presence_penalty": 0.0,
         "frequency_penalty": 0.0,
