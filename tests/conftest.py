@@ -61,3 +61,27 @@ def crafted_copy(demo_model: str, folder: str, key: str, value: int) -> str:
     reader.data.flush()
     del reader
     return path
+
+
+def crafted_duplicate_token(demo_model: str, folder: str) -> str:
+    """A copy of the demo model whose vocabulary lists one token twice (a string of the same length
+    overwritten with another): llama.cpp's vocabulary loader asserts on it."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    path = os.path.join(folder, "crafted-duplicate-token.gguf")
+    shutil.copyfile(demo_model, path)
+    reader = GGUFReader(path, "r+")
+    field = reader.get_field("tokenizer.ggml.tokens")
+    assert field is not None
+    first_of_length: dict[int, int] = {}
+    for index in field.data:
+        length = len(field.parts[index])
+        if length >= 3 and length in first_of_length:
+            field.parts[index][:] = field.parts[first_of_length[length]]
+            break
+        first_of_length.setdefault(length, index)
+    reader.data.flush()
+    del reader
+    return path

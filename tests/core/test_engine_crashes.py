@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import crafted_copy
+from conftest import crafted_copy, crafted_duplicate_token
 
 from app.crash_registry import CrashRegistry
 from app.engine import (
@@ -47,11 +47,14 @@ def engine(registry: CrashRegistry) -> Iterator[Engine]:
     eng.shutdown()
 
 
-@pytest.mark.parametrize(("key", "value"), [("llama.block_count", 0), ("llama.block_count", 600)])
+@pytest.mark.parametrize("crafted", ["block_count 0", "block_count 600", "duplicate token"])
 def test_a_model_that_trips_an_assertion_fails_its_load_and_the_engine_lives_on(
-    engine: Engine, registry: CrashRegistry, demo_model: str, tmp_path: Path, key: str, value: int
+    engine: Engine, registry: CrashRegistry, demo_model: str, tmp_path: Path, crafted: str
 ) -> None:
-    bad = crafted_copy(demo_model, str(tmp_path), key, value)
+    if crafted == "duplicate token":
+        bad = crafted_duplicate_token(demo_model, str(tmp_path))
+    else:
+        bad = crafted_copy(demo_model, str(tmp_path), "llama.block_count", int(crafted.split()[1]))
     exc = engine.load(bad, SMALL).exception(WAIT_S)
     assert isinstance(exc, EngineCrashedError)
     message = str(exc)
