@@ -234,8 +234,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         EvalCancelled,
         EvalError,
         EvalSettings,
-        check_same_vocabulary,
-        plan_perplexity,
     )
 
     if not (args.ppl or args.kld_logits or args.mc):
@@ -269,7 +267,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
 
     from app.engine import Engine, EngineError
-    from app.host_jobs import host_call
+    from app.host_jobs import host_call, host_plain
 
     engine = Engine()  # every evaluation runs in the engine host: a crash is a message, not an exit
 
@@ -292,11 +290,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         settings.validate()
         text = load_text(args.ppl) if args.ppl else None
         if args.kld_base:  # before anything long: the base pass would be wasted
-            check_same_vocabulary(args.kld_base, [args.model])
+            host_plain(engine, "app.perplexity:check_same_vocabulary", args.kld_base, [args.model])
         if text is not None and (args.kld_base or args.save_logits):
             # Say how big the logits file will be before writing it (llama.cpp's are large).
             logits_owner = args.kld_base or args.model
-            plan = plan_perplexity(logits_owner, text, settings)
+            plan = host_plain(engine, "app.perplexity:plan_perplexity", logits_owner, text, settings)
             target = args.save_logits or "a temporary file"
             print(
                 f"Base log-probabilities: {plan.n_chunks} chunks x {settings.scored_per_chunk} positions x "
@@ -341,7 +339,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except EvalCancelled as exc:
         _err(str(exc))
         return EXIT_CANCELLED
-    except (EvalError, EvalTextError) as exc:
+    except (EvalError, EvalTextError, EngineError) as exc:
         _err(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:

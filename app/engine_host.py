@@ -435,7 +435,7 @@ def _describe_operation(operation: str, args: tuple[Any, ...]) -> str:
     }.get(operation, operation)
     if operation == "run_job" and args:
         job = str(args[0]).rpartition(":")[2]
-        if job == "run_progress_job" and len(args) > 1 and args[1]:  # app.host_jobs: the function it runs
+        if job in ("run_progress_job", "run_plain_job") and len(args) > 1 and args[1]:  # the function it runs
             job = str(args[1][0]).rpartition(":")[2]
         words = JOB_WORDS.get(job, f"running {job}")
     return f"{words} {model}" if model else words
@@ -451,4 +451,6 @@ JOB_WORDS = {
     "evaluate_against_base": "comparing against the base",
     "run_benchmark_file": "running the multiple-choice benchmark on",
     "measure_speed": "measuring the speed of",
+    "check_same_vocabulary": "reading the vocabularies of",
+    "plan_perplexity": "tokenizing the evaluation text for",
 }

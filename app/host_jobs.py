@@ -187,3 +187,28 @@ def run_tuner(
 
     tuner = Tuner(info, objective, base=base, config=config, storage_path=storage_path)
     return tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
+
+
+# ---- short calls that load a vocabulary: a crafted one can trip llama.cpp's assertions too -----
+
+PLAIN_JOBS = {"app.perplexity:check_same_vocabulary", "app.perplexity:plan_perplexity"}
+
+
+def run_plain_job(
+    function: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, cancel: CancelFlag,
+    emit: Callable[[str, Any], None],
+) -> Any:
+    """The host half of `host_plain`: `function(*args, **kwargs)`, one of PLAIN_JOBS."""
+    import importlib
+
+    if function not in PLAIN_JOBS:
+        raise ValueError(f"not a LlamaScope job: {function}")
+    module_name, _, name = function.partition(":")
+    return getattr(importlib.import_module(module_name), name)(*args, **kwargs)
+
+
+def host_plain(engine: Any, function: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one of PLAIN_JOBS in `engine`'s host and return its result (any thread; takes its turn)."""
+    return engine.run_exclusive(
+        lambda _cancel: engine.call_job_here("app.host_jobs:run_plain_job", function, args, kwargs)
+    ).result()
