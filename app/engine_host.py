@@ -34,6 +34,7 @@ import re
 import signal
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -220,6 +221,8 @@ class HostClient:
         self._lifeline: multiprocessing.connection.Connection | None = None
         self._log_path: str | None = None
         self._in_call = threading.Event()
+        self._idle = threading.Event()  # the opposite of _in_call, to wait on
+        self._idle.set()
         self.grace_s = CANCEL_GRACE_S  # how long `cancel` waits for a cooperative stop; callers may widen it
         self._killed_for_cancel = False
         self._kill_timer: threading.Timer | None = None
@@ -271,6 +274,7 @@ class HostClient:
         conn = self._conn
         assert conn is not None
         self._killed_for_cancel = False
+        self._idle.clear()
         self._in_call.set()
         try:
             try:
@@ -288,6 +292,7 @@ class HostClient:
                 raise self._death(operation, args) from None
         finally:
             self._in_call.clear()
+            self._idle.set()
             self._cancel_kill_timer()
 
     def _death(self, operation: str, args: tuple[Any, ...]) -> HostError:
@@ -367,12 +372,15 @@ class HostClient:
         self._cancel_kill_timer()
         proc, conn = self._proc, self._conn
         if proc is not None and proc.is_alive():
-            if not self._in_call.is_set() and conn is not None:
+            deadline = time.monotonic() + grace_s
+            # A running call stops at its next cancel check and its caller reads the result; the
+            # host can then be asked to exit instead of being killed.
+            if self._idle.wait(grace_s) and conn is not None:
                 try:
                     conn.send(("__exit__", (), {}))
                 except OSError:
                     pass
-            proc.join(timeout=grace_s)
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=2.0)
