@@ -556,11 +556,12 @@ class Engine:
         return self._submit(self._call, "clear_kv_cache")
 
     def run_exclusive(self, job: Callable[[threading.Event], T]) -> Future[T]:
-        """Run other llama.cpp work (a benchmark, an evaluation) on the engine thread.
+        """Run a piece of work (a benchmark, an evaluation) on the engine thread.
 
         It takes its turn like any request: refused while something else runs, and nothing else
         runs beside it, so measurements are not disturbed. `job` receives the cancel event that
-        `cancel()` sets.
+        `cancel()` sets. Its llama.cpp work goes to the host through `call_job_here`
+        (app.host_jobs), never into this process.
         """
         return self._submit(job, self._cancel)
 
