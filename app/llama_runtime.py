@@ -227,6 +227,26 @@ def _registered_backends(lc: ModuleType) -> list[str]:
 
 @lru_cache(maxsize=1)
 def build_info() -> BuildInfo:
+    """The installed build's facts. A process that has not loaded llama.cpp (the window, the
+    command line) reads them through app.llama_facts, in a child process, so that loading a
+    library built for another CPU cannot end it."""
+    if "llama_cpp" in sys.modules:
+        return read_build_info()
+    from app.llama_facts import library_facts
+
+    facts = library_facts()
+    return BuildInfo(
+        llama_cpp_python_version=facts.llama_cpp_python_version,
+        system_info=facts.system_info,
+        backends=facts.backends,
+        gpu_offload=facts.gpu_offload,
+        mmap=facts.mmap,
+        mlock=facts.mlock,
+    )
+
+
+def read_build_info() -> BuildInfo:
+    """The build's facts, read from llama.cpp in this process (which loads it)."""
     lc = llama()
     system_info = lc.llama_print_system_info().decode("utf-8", errors="replace").strip()
     backends = _registered_backends(lc)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app import llama_runtime
 
 IMATRIX_REFUSAL = (
     "{name} needs an importance matrix (llama.cpp refuses to write its very-low-bit tensors without "
@@ -162,9 +161,16 @@ def tensor_type_id(name: str) -> int:
     return TENSOR_TYPES[key]
 
 
+def _ftypes() -> dict[str, int]:
+    """llama-cpp-python's LLAMA_FTYPE_* constants, read without loading llama.cpp here."""
+    from app.llama_facts import library_facts
+
+    return library_facts().ftypes
+
+
 def ftype_value(qtype: QuantType) -> int:
     """The llama_ftype number of a type, from the installed llama-cpp-python."""
-    value = getattr(llama_runtime.llama(), qtype.ftype_constant, None)
+    value = _ftypes().get(qtype.ftype_constant)
     if value is None:
         raise UnknownQuantTypeError(f"This llama-cpp-python build does not support {qtype.name}.")
     return int(value)
@@ -172,8 +178,8 @@ def ftype_value(qtype: QuantType) -> int:
 
 def supported_quant_types() -> tuple[QuantType, ...]:
     """The types the installed llama-cpp-python knows, smallest first (imatrix types included)."""
-    module = llama_runtime.llama()
-    return tuple(t for t in QUANT_TYPES if hasattr(module, t.ftype_constant))
+    known = _ftypes()
+    return tuple(t for t in QUANT_TYPES if t.ftype_constant in known)
 
 
 def usable_quant_types() -> tuple[QuantType, ...]:

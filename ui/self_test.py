@@ -161,14 +161,15 @@ def _runtime_step(report: _Report) -> None:
     import numpy
     import pyqtgraph
 
-    from app.llama_runtime import build_info, cpu_backend_variant
+    from app.llama_facts import library_facts
+    from app.llama_runtime import build_info
 
     info = build_info()
     report.data.update(
         llama_cpp_python=info.llama_cpp_python_version,
         backends=list(info.backends),
         # The CPU backend a GGML_BACKEND_DL build (the bundle's) chose for this CPU; None otherwise.
-        cpu_variant=cpu_backend_variant(),
+        cpu_variant=library_facts().cpu_variant,
         gpu_offload=info.gpu_offload,
         llama_system_info=info.system_info,
         numpy=numpy.__version__,

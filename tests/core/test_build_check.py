@@ -5,6 +5,7 @@ of the installed build."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -194,3 +195,28 @@ def test_the_installed_build_passes_the_real_check(demo_model: str, tmp_path: Pa
     assert verdict.system_info and "CPU" in verdict.system_info
     again = check_build(demo_model, cache_path=cache)
     assert again.cached and again.key == verdict.key
+
+
+def test_the_window_and_the_cli_read_the_build_without_loading_llama_cpp(tmp_path: Path) -> None:
+    """Build facts, the platform line and the quantization types come from a child process (and
+    its cache): a library built for another CPU cannot end the window by being loaded."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "from app.llama_runtime import build_info, platform_line\n"
+        "from app.quant_types import ftype_value, supported_quant_types, QUANT_TYPES\n"
+        "info = build_info()\n"
+        "assert 'CPU' in info.backends and info.system_info, info\n"
+        "assert 'llama-cpp-python' in platform_line()\n"
+        "types = supported_quant_types()\n"
+        "assert len(types) > 10 and ftype_value(types[0]) >= 0\n"
+        "print('llama_cpp' in sys.modules)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for _ in range(2):  # the first reads through the child, the second from the cache
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                              cwd=Path(__file__).resolve().parents[2], timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "False"
+    assert (tmp_path / "cache" / "LlamaScope" / "llama-facts.json").is_file()
