@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 IMATRIX_REFUSAL = (
     "{name} needs an importance matrix (llama.cpp refuses to write its very-low-bit tensors without "
     "one, because the result would be garbage), and llama-cpp-python offers no way to compute or load "
