@@ -28,12 +28,13 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.json_store import read_json_dict, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -162,26 +163,14 @@ def default_cache_path() -> Path:
 
 
 def read_cache(path: Path) -> dict[str, dict[str, object]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_dict(path)
 
 
 def write_cache(path: Path, verdict: BuildVerdict) -> None:
     """Keep `verdict` under its key (a write that fails only costs a check next time)."""
     entries = read_cache(path)
     entries[verdict.key] = verdict.to_json()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8"
-        ) as f:
-            json.dump(entries, f, indent=1)
-        os.replace(f.name, path)
-    except OSError as exc:
-        log.warning("could not save the build check verdict in %s: %s", path, exc)
+    write_json_atomic(path, entries)
 
 
 # ---- the check ---------------------------------------------------------------------------------

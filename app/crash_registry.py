@@ -9,16 +9,16 @@ follows the file's content, not its name: a repaired copy is a new file, a renam
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from app.history import model_fingerprint
+from app.json_store import read_json_dict, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,11 @@ class CrashRegistry:
         self.path = path or default_path()
         self._lock = threading.Lock()
 
-    def _read(self) -> dict[str, dict[str, object]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
-            return {}
-        return data if isinstance(data, dict) else {}
+    def _read(self) -> dict[str, Any]:
+        return read_json_dict(self.path)
 
-    def _write(self, entries: dict[str, dict[str, object]]) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                "w", dir=self.path.parent, delete=False, suffix=".tmp", encoding="utf-8"
-            ) as f:
-                json.dump(entries, f, indent=1)
-            os.replace(f.name, self.path)
-        except OSError as exc:  # a record is a courtesy: failing to keep it must not fail anything else
-            log.warning("could not write %s: %s", self.path, exc)
+    def _write(self, entries: dict[str, Any]) -> None:
+        write_json_atomic(self.path, entries)  # a record is a courtesy: failing to keep it fails nothing
 
     def record(self, model_path: str, signal_text: str, log_tail: tuple[str, ...] = ()) -> CrashRecord | None:
         fingerprint = model_fingerprint(model_path)

@@ -16,11 +16,12 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from app.json_store import read_json_dict, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _cache_path() -> Path:
 
 
 def _from_child_or_cache() -> LibraryFacts:
-    from app.build_check import build_key, describe_exit, read_cache
+    from app.build_check import build_key, describe_exit
     from app.llama_runtime import llama_lib_dir
 
     try:
@@ -109,7 +110,7 @@ def _from_child_or_cache() -> LibraryFacts:
     if key is None:
         raise LlamaFactsError(f"No llama.cpp library found in {llama_lib_dir()}.")
     path = _cache_path()
-    cached = read_cache(path).get(key)
+    cached = read_json_dict(path).get(key)
     if isinstance(cached, dict):
         try:
             return LibraryFacts.from_json(cached)
@@ -141,19 +142,10 @@ def _from_child_or_cache() -> LibraryFacts:
 
 
 def _write_cache(path: Path, key: str, facts: LibraryFacts) -> None:
-    from app.build_check import read_cache
-
-    entries = read_cache(path)
+    # A cache that cannot be written only costs a child process next time.
+    entries = read_json_dict(path)
     entries[key] = asdict(facts)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8"
-        ) as f:
-            json.dump(entries, f, indent=1)
-        os.replace(f.name, path)
-    except OSError as exc:  # a cache that cannot be written only costs a child next time
-        log.warning("could not save the llama.cpp build facts in %s: %s", path, exc)
+    write_json_atomic(path, entries)
 
 
 if __name__ == "__main__":
