@@ -245,8 +245,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     a_head, b_head = (
         (f"run {args.run_a} t/s", f"run {args.run_b} t/s") if args.run_b is not None else ("A t/s", "B t/s")
     )
-    print(f"| test | config (A → B) | {a_head} | {b_head} | change | Welch's t-test |"
-          if args.run_b is None else f"| test | config | {a_head} | {b_head} | change | Welch's t-test |")
+    print(
+        f"| test | config (A → B) | {a_head} | {b_head} | change | Welch's t-test |"
+        if args.run_b is None
+        else f"| test | config | {a_head} | {b_head} | change | Welch's t-test |"
+    )
     print("|---|---|---:|---:|---:|---|")
     for r in rows:
         print(

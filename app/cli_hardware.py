@@ -72,44 +72,76 @@ def _cmd_hw(args: argparse.Namespace) -> int:
         ("CPU", " · ".join(p for p in (cpu.model_name, cpu.vendor, cpu.architecture) if p) or NOT_AVAILABLE),
         ("Cores", f"{cpu.physical_cores} physical / {cpu.logical_cores} logical"),
         ("Clock", clock),
-        ("Cache", " · ".join(f"L{c.level} {c.kind.lower()} {fmt_bytes(c.size_bytes)}" for c in cpu.caches)
-         or NOT_AVAILABLE),
+        (
+            "Cache",
+            " · ".join(f"L{c.level} {c.kind.lower()} {fmt_bytes(c.size_bytes)}" for c in cpu.caches)
+            or NOT_AVAILABLE,
+        ),
         ("SIMD (CPU)", simd_text(cpu.features_cpu) if cpu.features_cpu else NOT_AVAILABLE),
         ("SIMD (llama.cpp)", simd_text(cpu.features_build) if cpu.features_build else NOT_AVAILABLE),
         ("RAM", f"{fmt_bytes(mem.total_bytes)} total, {fmt_bytes(mem.available_bytes)} available"),
-        ("Swap", "none" if mem.swap_total_bytes == 0
-         else f"{fmt_bytes(mem.swap_used_bytes)} used of {fmt_bytes(mem.swap_total_bytes)}"),
-        ("GPU", report.gpu_summary + ("" if report.gpus or report.gpu_status == "ok"
-                                      else f" ({report.gpu_status})")),
+        (
+            "Swap",
+            "none"
+            if mem.swap_total_bytes == 0
+            else f"{fmt_bytes(mem.swap_used_bytes)} used of {fmt_bytes(mem.swap_total_bytes)}",
+        ),
+        (
+            "GPU",
+            report.gpu_summary
+            + ("" if report.gpus or report.gpu_status == "ok" else f" ({report.gpu_status})"),
+        ),
     ]
     for g in report.gpus:
-        rows.append((
-            f"  GPU {g.index}",
-            f"{g.name or NOT_AVAILABLE} · {fmt_bytes(g.memory_total_bytes)} VRAM "
-            f"({fmt_bytes(g.memory_free_bytes)} free) · limit {fmt(g.power_limit_watts, '.0f', ' W')} · "
-            f"PCIe {fmt(g.pcie_generation)} x{fmt(g.pcie_width)}",
-        ))
+        rows.append(
+            (
+                f"  GPU {g.index}",
+                f"{g.name or NOT_AVAILABLE} · {fmt_bytes(g.memory_total_bytes)} VRAM "
+                f"({fmt_bytes(g.memory_free_bytes)} free) · limit {fmt(g.power_limit_watts, '.0f', ' W')} · "
+                f"PCIe {fmt(g.pcie_generation)} x{fmt(g.pcie_width)}",
+            )
+        )
     if report.gpus:
-        rows.append(("Driver / CUDA", f"{report.driver_version or NOT_AVAILABLE} / "
-                                      f"{report.cuda_driver_version or NOT_AVAILABLE}"))
+        rows.append(
+            (
+                "Driver / CUDA",
+                f"{report.driver_version or NOT_AVAILABLE} / {report.cuda_driver_version or NOT_AVAILABLE}",
+            )
+        )
     if build is not None:
+
         def yes(flag: bool) -> str:
             return "yes" if flag else "no"
 
-        rows.append(("llama.cpp", f"llama-cpp-python {build.llama_cpp_python_version} · backends "
-                                  f"{', '.join(build.backends)} · GPU offload {yes(build.gpu_offload)}"
-                                  f" · mmap {yes(build.mmap)} · mlock {yes(build.mlock)}"))
+        rows.append(
+            (
+                "llama.cpp",
+                f"llama-cpp-python {build.llama_cpp_python_version} · backends "
+                f"{', '.join(build.backends)} · GPU offload {yes(build.gpu_offload)}"
+                f" · mmap {yes(build.mmap)} · mlock {yes(build.mlock)}",
+            )
+        )
     else:
         rows.append(("llama.cpp", f"n/a ({report.build_error})"))
     check = report.build_check
-    rows.append(("Build check", NOT_AVAILABLE if check is None else
-                 f"{check.status}: {check.message.splitlines()[0]}"))
+    rows.append(
+        (
+            "Build check",
+            NOT_AVAILABLE if check is None else f"{check.status}: {check.message.splitlines()[0]}",
+        )
+    )
     os_info = report.os_info
-    rows.append(("OS", f"{os_info.system} {os_info.release} · {os_info.machine} · "
-                       f"Python {os_info.python_version}"))
-    rows.append(("Recommended", f"threads {rec.n_threads} (generation) / {rec.n_threads_batch} (prompt) · "
-                                f"batch {rec.n_batch} / {rec.n_ubatch} · GPU layers {rec.n_gpu_layers} "
-                                f"({rec.gpu_layers_text})"))
+    rows.append(
+        ("OS", f"{os_info.system} {os_info.release} · {os_info.machine} · Python {os_info.python_version}")
+    )
+    rows.append(
+        (
+            "Recommended",
+            f"threads {rec.n_threads} (generation) / {rec.n_threads_batch} (prompt) · "
+            f"batch {rec.n_batch} / {rec.n_ubatch} · GPU layers {rec.n_gpu_layers} "
+            f"({rec.gpu_layers_text})",
+        )
+    )
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -162,16 +194,18 @@ class _CsvWriter:
             row[f"fan_rpm[{label}]"] = value
         for g in s.gpus:
             p = f"gpu{g.index}_"
-            row.update({
-                p + "utilization_percent": g.utilization_percent,
-                p + "memory_used_bytes": g.memory_used_bytes,
-                p + "temperature_c": g.temperature_c,
-                p + "power_watts": g.power_watts,
-                p + "sm_clock_mhz": g.sm_clock_mhz,
-                p + "memory_clock_mhz": g.memory_clock_mhz,
-                p + "fan_percent": g.fan_percent,
-                p + "throttle_reasons": "; ".join(g.throttle_reasons) or None,
-            })
+            row.update(
+                {
+                    p + "utilization_percent": g.utilization_percent,
+                    p + "memory_used_bytes": g.memory_used_bytes,
+                    p + "temperature_c": g.temperature_c,
+                    p + "power_watts": g.power_watts,
+                    p + "sm_clock_mhz": g.sm_clock_mhz,
+                    p + "memory_clock_mhz": g.memory_clock_mhz,
+                    p + "fan_percent": g.fan_percent,
+                    p + "throttle_reasons": "; ".join(g.throttle_reasons) or None,
+                }
+            )
         for v in s.verdicts:
             row[f"throttle[{v.device}]"] = v.verdict.value
         return row
@@ -210,8 +244,10 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from app.telemetry import MAX_INTERVAL_S, MIN_INTERVAL_S, Sampler
 
     if not MIN_INTERVAL_S <= args.interval <= MAX_INTERVAL_S:
-        print(f"llamascope: --interval must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} s",
-              file=sys.stderr)
+        print(
+            f"llamascope: --interval must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} s",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.seconds is not None and args.seconds <= 0:
         print("llamascope: --seconds must be positive", file=sys.stderr)

@@ -31,10 +31,14 @@ def register(subparsers: Any) -> None:
     p_q = subparsers.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
     p_q.add_argument("source", nargs="?", default=None, help="GGUF file to quantize (never overwritten)")
     p_q.add_argument("--type", "-q", dest="type_name", help="target type, e.g. Q4_K_M (see --list-types)")
-    p_q.add_argument("-o", "--output", default=None,
-                     help="output file (default: beside the source, named after the type)")
-    p_q.add_argument("--allow-requantize", action="store_true",
-                     help="allow quantizing an already quantized model (quality is lost)")
+    p_q.add_argument(
+        "-o", "--output", default=None, help="output file (default: beside the source, named after the type)"
+    )
+    p_q.add_argument(
+        "--allow-requantize",
+        action="store_true",
+        help="allow quantizing an already quantized model (quality is lost)",
+    )
     p_q.add_argument("--pure", action="store_true", help="every tensor in the main type (no K-quant mix)")
     p_q.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight un(re)quantized")
     p_q.add_argument("--output-tensor-type", default=None, help="tensor type for output.weight, e.g. Q8_0")
@@ -47,23 +51,42 @@ def register(subparsers: Any) -> None:
 
     p_e = subparsers.add_parser("eval", help="perplexity, KL divergence and multiple-choice benchmarks")
     p_e.add_argument("model", help="GGUF file to evaluate")
-    p_e.add_argument("--ppl", metavar="TEXT", default=None,
-                     help='evaluation text file, or "default" for the Python documentation shipped '
-                          "with Python")
+    p_e.add_argument(
+        "--ppl",
+        metavar="TEXT",
+        default=None,
+        help='evaluation text file, or "default" for the Python documentation shipped with Python',
+    )
     p_e.add_argument("--ctx", "-c", type=int, default=512, help="context size per chunk (default 512)")
     p_e.add_argument("--chunks", type=int, default=None, help="evaluate at most N chunks")
     p_e.add_argument("--threads", "-t", type=int, default=None, help="threads (default: all)")
     kld = p_e.add_mutually_exclusive_group()
-    kld.add_argument("--kld-base", metavar="BASE.gguf", default=None,
-                     help="compute the base model's log-probabilities on TEXT, then MODEL's KL divergence")
-    kld.add_argument("--kld-logits", metavar="FILE", default=None,
-                     help="KL divergence against saved base log-probabilities "
-                          "(also llama-perplexity's files)")
-    p_e.add_argument("--save-logits", metavar="FILE", default=None,
-                     help="keep the base log-probabilities in FILE (MODEL's own without --kld-base)")
+    kld.add_argument(
+        "--kld-base",
+        metavar="BASE.gguf",
+        default=None,
+        help="compute the base model's log-probabilities on TEXT, then MODEL's KL divergence",
+    )
+    kld.add_argument(
+        "--kld-logits",
+        metavar="FILE",
+        default=None,
+        help="KL divergence against saved base log-probabilities (also llama-perplexity's files)",
+    )
+    p_e.add_argument(
+        "--save-logits",
+        metavar="FILE",
+        default=None,
+        help="keep the base log-probabilities in FILE (MODEL's own without --kld-base)",
+    )
     p_e.add_argument("--mc", metavar="FILE", default=None, help="multiple-choice benchmark data file")
-    p_e.add_argument("--format", dest="mc_format", choices=("hellaswag", "arc", "mmlu"), default=None,
-                     help="format of --mc")
+    p_e.add_argument(
+        "--format",
+        dest="mc_format",
+        choices=("hellaswag", "arc", "mmlu"),
+        default=None,
+        help="format of --mc",
+    )
     p_e.add_argument("--json", action="store_true", help="print one JSON object with every result")
     p_e.set_defaults(func=_cmd_eval)
 
@@ -273,7 +296,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     def run(function: str, *fn_args: Any, on_progress: Any, **kwargs: Any) -> Any:
         future = engine.run_exclusive(
-            lambda _cancel: host_call(engine, function, *fn_args, callbacks={"on_progress": on_progress}, **kwargs)
+            lambda _cancel: host_call(
+                engine, function, *fn_args, callbacks={"on_progress": on_progress}, **kwargs
+            )
         )
         try:
             try:
@@ -302,16 +327,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if text is not None and not args.kld_base and not args.kld_logits:
-            ppl = run("app.perplexity:evaluate_perplexity", args.model, text, settings,
-                      save_logits=args.save_logits, on_progress=on_chunk)
+            ppl = run(
+                "app.perplexity:evaluate_perplexity",
+                args.model,
+                text,
+                settings,
+                save_logits=args.save_logits,
+                on_progress=on_chunk,
+            )
             out["perplexity"] = ppl
             if not args.json:
                 _print_ppl(os.path.basename(args.model), ppl)
                 if ppl.logits_file:
                     print(f"Saved base log-probabilities to {ppl.logits_file}")
         if args.kld_base and text is not None:
-            both = run("app.perplexity:evaluate_against_base", args.kld_base, [args.model], text, settings,
-                       logits_file=args.save_logits, on_progress=on_chunk)
+            both = run(
+                "app.perplexity:evaluate_against_base",
+                args.kld_base,
+                [args.model],
+                text,
+                settings,
+                logits_file=args.save_logits,
+                on_progress=on_chunk,
+            )
             out["base_perplexity"] = both.base
             out["kl_divergence"] = both.variants[0]
             if not args.json:
@@ -320,14 +358,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     print(f"Saved base log-probabilities to {both.base.logits_file}")
                 _print_kld(both.variants[0])
         if args.kld_logits:
-            kld = run("app.perplexity:evaluate_kl_divergence", args.model, args.kld_logits, settings, text=text,
-                      on_progress=on_chunk)
+            kld = run(
+                "app.perplexity:evaluate_kl_divergence",
+                args.model,
+                args.kld_logits,
+                settings,
+                text=text,
+                on_progress=on_chunk,
+            )
             out["kl_divergence"] = kld
             if not args.json:
                 _print_kld(kld)
         if args.mc:
-            mc = run("app.multiple_choice:run_benchmark_file", args.model, args.mc, args.mc_format,
-                     n_threads=args.threads, on_progress=on_mc)
+            mc = run(
+                "app.multiple_choice:run_benchmark_file",
+                args.model,
+                args.mc,
+                args.mc_format,
+                n_threads=args.threads,
+                on_progress=on_mc,
+            )
             out["multiple_choice"] = mc
             if not args.json:
                 lo, hi = mc.accuracy_norm_ci95

@@ -222,7 +222,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         try:
             outcome["result"] = engine.run_exclusive(
                 lambda _cancel: host_call(
-                    engine, "app.host_jobs:run_tuner", info, args.objective, base, config, args.storage,
+                    engine,
+                    "app.host_jobs:run_tuner",
+                    info,
+                    args.objective,
+                    base,
+                    config,
+                    args.storage,
                     callbacks={"on_trial": on_trial, "on_progress": on_progress},
                 )
             ).result()

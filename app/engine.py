@@ -577,8 +577,13 @@ class Engine:
         """
         return self._submit(self._call_job, job, args, kwargs, on_event)
 
-    def _call_job(self, job: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  on_event: Callable[[str, Any], None] | None) -> Any:
+    def _call_job(
+        self,
+        job: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_event: Callable[[str, Any], None] | None,
+    ) -> Any:
         # A job stops cooperatively (llama.cpp's abort callback, then its own wrap-up: a tuning
         # session still reports its best trial), so it gets the whole 0.5 s before the host is ended.
         self._host.grace_s = JOB_CANCEL_GRACE_S
@@ -587,8 +592,9 @@ class Engine:
         finally:
             self._host.grace_s = CANCEL_GRACE_S
 
-    def call_job_here(self, job: str, *args: Any, on_event: Callable[[str, Any], None] | None = None,
-                      **kwargs: Any) -> Any:
+    def call_job_here(
+        self, job: str, *args: Any, on_event: Callable[[str, Any], None] | None = None, **kwargs: Any
+    ) -> Any:
         """`run_job` for code already on the worker thread (a `run_exclusive` job): runs the host
         job and returns its result. A crash becomes EngineCrashedError, a forced stop
         OperationCancelled."""
@@ -621,7 +627,9 @@ class Engine:
             return self._host.call(operation, *args, on_event=on_event)
         except HostCancelled:
             self._loaded = None  # the host was ended: its model is gone
-            raise OperationCancelled("Stopped; the engine had to be restarted, so no model is loaded.") from None
+            raise OperationCancelled(
+                "Stopped; the engine had to be restarted, so no model is loaded."
+            ) from None
         except HostCrashed as exc:
             self._loaded = None
             raise EngineCrashedError(str(exc), exc.signal_text, exc.log_tail) from None
@@ -667,7 +675,9 @@ class Engine:
         self._call("unload")
         self._loaded = None
 
-    def _do_generate(self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None) -> RunStats:
+    def _do_generate(
+        self, request: GenerationRequest, on_token: Callable[[TokenEvent], None] | None
+    ) -> RunStats:
         t_start_ns = time.monotonic_ns()  # TTFT counts from here: the trip to the host included
         seen: list[TokenEvent] = []
 
@@ -689,8 +699,17 @@ class Engine:
             return self._call("generate", request, t_start_ns, on_event=on_event)  # type: ignore[no-any-return]
         except OperationCancelled:
             stamps = [e.t_ns for e in seen]
-            return _stats(request.chat, 0, stamps, t_start_ns, time.monotonic_ns(), StopReason.CANCELLED,
-                          "".join(e.text for e in seen), 0, None)
+            return _stats(
+                request.chat,
+                0,
+                stamps,
+                t_start_ns,
+                time.monotonic_ns(),
+                StopReason.CANCELLED,
+                "".join(e.text for e in seen),
+                0,
+                None,
+            )
         finally:
             self._host.grace_s = CANCEL_GRACE_S
 

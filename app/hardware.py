@@ -34,9 +34,29 @@ log = logging.getLogger(__name__)
 # CPU features llama.cpp's CPU backend reports in llama_print_system_info(), in its own names and
 # order; only these matter to which kernels it runs.
 LLAMA_CPU_FEATURES: tuple[str, ...] = (
-    "SSE3", "SSSE3", "AVX", "AVX_VNNI", "AVX2", "F16C", "FMA", "BMI2", "AVX512", "AVX512_VBMI",
-    "AVX512_VNNI", "AVX512_BF16", "AMX_INT8", "NEON", "ARM_FMA", "FP16_VA", "MATMUL_INT8", "SVE",
-    "DOTPROD", "SME", "VSX", "RISCV_V", "WASM_SIMD",
+    "SSE3",
+    "SSSE3",
+    "AVX",
+    "AVX_VNNI",
+    "AVX2",
+    "F16C",
+    "FMA",
+    "BMI2",
+    "AVX512",
+    "AVX512_VBMI",
+    "AVX512_VNNI",
+    "AVX512_BF16",
+    "AMX_INT8",
+    "NEON",
+    "ARM_FMA",
+    "FP16_VA",
+    "MATMUL_INT8",
+    "SVE",
+    "DOTPROD",
+    "SME",
+    "VSX",
+    "RISCV_V",
+    "WASM_SIMD",
 )
 
 # /proc/cpuinfo flag (x86 "flags", ARM "Features") -> llama.cpp feature name.
@@ -80,8 +100,18 @@ _SIMD_LADDER: tuple[tuple[str, str], ...] = (
     ("RISCV_V", "RISC-V V"),
     ("WASM_SIMD", "WASM SIMD"),
 )
-_SIMD_EXTRAS = ("AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_INT8", "FMA", "F16C",
-                "DOTPROD", "MATMUL_INT8", "FP16_VA")
+_SIMD_EXTRAS = (
+    "AVX512_VBMI",
+    "AVX512_VNNI",
+    "AVX512_BF16",
+    "AVX_VNNI",
+    "AMX_INT8",
+    "FMA",
+    "F16C",
+    "DOTPROD",
+    "MATMUL_INT8",
+    "FP16_VA",
+)
 
 _GPU_BACKENDS = ("CUDA", "Metal", "Vulkan", "HIP", "ROCm", "SYCL", "OpenCL", "CANN", "MUSA", "Kompute", "RPC")
 
@@ -251,11 +281,20 @@ def current_os() -> OsInfo:
 
 
 _VENDORS = {
-    "GenuineIntel": "Intel", "AuthenticAMD": "AMD", "HygonGenuine": "Hygon", "CentaurHauls": "Centaur",
+    "GenuineIntel": "Intel",
+    "AuthenticAMD": "AMD",
+    "HygonGenuine": "Hygon",
+    "CentaurHauls": "Centaur",
 }
 _ARM_IMPLEMENTERS = {
-    "0x41": "Arm", "0x42": "Broadcom", "0x48": "HiSilicon", "0x4e": "NVIDIA", "0x51": "Qualcomm",
-    "0x53": "Samsung", "0x61": "Apple", "0xc0": "Ampere",
+    "0x41": "Arm",
+    "0x42": "Broadcom",
+    "0x48": "HiSilicon",
+    "0x4e": "NVIDIA",
+    "0x51": "Qualcomm",
+    "0x53": "Samsung",
+    "0x61": "Apple",
+    "0xc0": "Ampere",
 }
 
 
@@ -437,24 +476,32 @@ def _with_notes(report: HardwareReport) -> HardwareReport:
         elif not build.gpu_offload:
             notes.append("this llama.cpp build is CPU-only: GPU layers have no effect")
         if report.gpus and not any(b.upper() == "CUDA" for b in build.backends):
-            notes.append("an NVIDIA GPU is present but this llama.cpp build has no CUDA backend "
-                         "(reinstall llama-cpp-python with CMAKE_ARGS=\"-DGGML_CUDA=on\")")
+            notes.append(
+                "an NVIDIA GPU is present but this llama.cpp build has no CUDA backend "
+                '(reinstall llama-cpp-python with CMAKE_ARGS="-DGGML_CUDA=on")'
+            )
         if "Metal" in build.backends:
             notes.append("Apple GPU through Metal (unified memory shared with the CPU)")
     verdict = report.build_check
     if verdict is not None and verdict.crashed:
-        notes.append(f"this llama.cpp build crashed LlamaScope's build check on this CPU "
-                     f"({verdict.signal_text}); models are not loaded with it. Rebuild it: "
-                     f"{verdict.rebuild_command}")
+        notes.append(
+            f"this llama.cpp build crashed LlamaScope's build check on this CPU "
+            f"({verdict.signal_text}); models are not loaded with it. Rebuild it: "
+            f"{verdict.rebuild_command}"
+        )
     # AMX is left out on purpose (app/llama_build.py): never recommend the build that has it.
     unused = tuple(f for f in cpu.features_unused_by_build if f != "AMX_INT8")
     if unused:
-        notes.append(f"the CPU supports {', '.join(unused)} but this llama.cpp build does not use "
-                     f"{'it' if len(unused) == 1 else 'them'} (a native build would)")
+        notes.append(
+            f"the CPU supports {', '.join(unused)} but this llama.cpp build does not use "
+            f"{'it' if len(unused) == 1 else 'them'} (a native build would)"
+        )
     if "AMX_INT8" in cpu.features_cpu and "AMX_INT8" not in cpu.features_build and cpu.features_build:
-        notes.append("the CPU has Intel AMX; this llama.cpp build leaves llama.cpp's AMX path out on "
-                     "purpose: it dies with an illegal instruction on llama.cpp's worker threads "
-                     "(llama.cpp PR #26954)")
+        notes.append(
+            "the CPU has Intel AMX; this llama.cpp build leaves llama.cpp's AMX path out on "
+            "purpose: it dies with an illegal instruction on llama.cpp's worker threads "
+            "(llama.cpp PR #26954)"
+        )
     if "AMX_INT8" in cpu.features_build and not (verdict is not None and verdict.crashed):
         notes.append("Intel AMX in use for int8 matrix multiplication")
     if cpu.is_virtual_machine:

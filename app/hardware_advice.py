@@ -66,8 +66,10 @@ def gpu_layers_that_fit(model: ModelInfo, load: LoadSettings, budget_bytes: int)
 
     def vram(k: int) -> int:
         estimate = estimate_memory(
-            model, dataclasses.replace(load, n_gpu_layers=k),
-            available_ram_bytes=1 << 62, available_vram_bytes=budget_bytes,
+            model,
+            dataclasses.replace(load, n_gpu_layers=k),
+            available_ram_bytes=1 << 62,
+            available_vram_bytes=budget_bytes,
         )
         return estimate.total_vram_bytes
 

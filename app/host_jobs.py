@@ -179,8 +179,15 @@ def tune(
 
 
 def run_tuner(
-    info: Any, objective: str, base: Any, config: Any, storage_path: str | None, *, cancel: CancelFlag,
-    on_trial: Callable[[Any], None], on_progress: Callable[[Any], None],
+    info: Any,
+    objective: str,
+    base: Any,
+    config: Any,
+    storage_path: str | None,
+    *,
+    cancel: CancelFlag,
+    on_trial: Callable[[Any], None],
+    on_progress: Callable[[Any], None],
 ) -> Any:
     """The command line's Auto-Tune session (its own config and study storage), in the host."""
     from app.tuner import Tuner
@@ -195,7 +202,11 @@ PLAIN_JOBS = {"app.perplexity:check_same_vocabulary", "app.perplexity:plan_perpl
 
 
 def run_plain_job(
-    function: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, cancel: CancelFlag,
+    function: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    cancel: CancelFlag,
     emit: Callable[[str, Any], None],
 ) -> Any:
     """The host half of `host_plain`: `function(*args, **kwargs)`, one of PLAIN_JOBS."""

@@ -107,7 +107,6 @@ def last_log_error(lines: Sequence[str]) -> str | None:
     return (specific or reasons)[-1] if reasons else None
 
 
-
 def explain_load_failure(path: str, log_lines: Sequence[str]) -> str:
     """Turn llama.cpp's load failure into a sentence a user can act on, quoting its own reason."""
     reason = last_log_error(log_lines)
@@ -355,7 +354,12 @@ class LlamaContext:
 
     @classmethod
     def for_settings(
-        cls, model: LlamaModel, settings: LoadSettings, *, n_ctx: int | None = None, cancel: CancelFlag | None = None
+        cls,
+        model: LlamaModel,
+        settings: LoadSettings,
+        *,
+        n_ctx: int | None = None,
+        cancel: CancelFlag | None = None,
     ) -> LlamaContext:
         """A context shaped by the Model Config's load settings (`n_ctx` overrides theirs)."""
         return cls(
@@ -484,9 +488,11 @@ class SamplerChain:
         chain = lc.llama_sampler_chain_init(params)
         self._chain: Any = chain
         n_vocab = model.n_vocab
-        stages = [lc.llama_sampler_init_penalties(
-            n_vocab, penalty_last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-        )]
+        stages = [
+            lc.llama_sampler_init_penalties(
+                n_vocab, penalty_last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+            )
+        ]
         if s.temperature <= 0:
             stages.append(lc.llama_sampler_init_greedy())
         elif s.mirostat_mode == 1:

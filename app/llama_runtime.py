@@ -129,8 +129,9 @@ def llama() -> ModuleType:
         mark = log_mark()
         _load_backend_modules(llama_lib_dir())
         global _cpu_variant
-        _cpu_variant = next((m.group(1) for line in log_since(mark) for m in [_RE_CPU_VARIANT.search(line)] if m),
-                            None)
+        _cpu_variant = next(
+            (m.group(1) for line in log_since(mark) for m in [_RE_CPU_VARIANT.search(line)] if m), None
+        )
     return llama_cpp
 
 

@@ -181,8 +181,12 @@ def load_arc(path: str) -> list[MCItem]:
         if key not in labels or len(texts) < 2:
             raise BenchmarkFileError(f"{where}: answerKey {key!r} is not one of the choice labels {labels}.")
         items.append(
-            MCItem(str(row.get("id", number)), f"Question: {stem}\nAnswer:", tuple(" " + t for t in texts),
-                   labels.index(key))
+            MCItem(
+                str(row.get("id", number)),
+                f"Question: {stem}\nAnswer:",
+                tuple(" " + t for t in texts),
+                labels.index(key),
+            )
         )
     return items
 
@@ -207,8 +211,12 @@ def load_mmlu(path: str) -> list[MCItem]:
             question = row[0].strip()
             options = "".join(f"\n{letter}. {text.strip()}" for letter, text in zip(letters, row[1:5]))
             items.append(
-                MCItem(str(number), f"{question}{options}\nAnswer:", tuple(f" {c}" for c in letters),
-                       letters.index(answer))
+                MCItem(
+                    str(number),
+                    f"{question}{options}\nAnswer:",
+                    tuple(f" {c}" for c in letters),
+                    letters.index(answer),
+                )
             )
     return items
 
@@ -307,8 +315,13 @@ def evaluate_multiple_choice(
             if on_progress is not None:
                 try:
                     on_progress(
-                        MCProgress(i + 1, len(items), correct / (i + 1), correct_norm / (i + 1),
-                                   time.perf_counter() - t0)
+                        MCProgress(
+                            i + 1,
+                            len(items),
+                            correct / (i + 1),
+                            correct_norm / (i + 1),
+                            time.perf_counter() - t0,
+                        )
                     )
                 except Exception:
                     pass  # a listener's bug must not stop the benchmark
@@ -340,7 +353,12 @@ def run_benchmark_file(
     """load_items + evaluate_multiple_choice."""
     items = load_items(path, fmt)
     return evaluate_multiple_choice(
-        model_path, items, dataset_path=path, fmt=fmt, n_threads=n_threads, cancel=cancel,
+        model_path,
+        items,
+        dataset_path=path,
+        fmt=fmt,
+        n_threads=n_threads,
+        cancel=cancel,
         on_progress=on_progress,
     )
 

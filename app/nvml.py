@@ -70,7 +70,7 @@ class Nvml:
 
     @property
     def status(self) -> str:
-        """"ok", "no NVIDIA driver", "pynvml not installed", or the initialisation error."""
+        """ "ok", "no NVIDIA driver", "pynvml not installed", or the initialisation error."""
         self._ensure()
         return self._status
 
@@ -148,8 +148,14 @@ class Nvml:
                 elif code == NVML_ERROR_GPU_IS_LOST and index is not None:
                     self._lost.add(index)
             level = logging.DEBUG if code in _PERMANENT else logging.WARNING
-            self._log_once((function, index, code, type(exc).__name__), level,
-                           "NVML %s on %s failed: %s", function, where, exc)
+            self._log_once(
+                (function, index, code, type(exc).__name__),
+                level,
+                "NVML %s on %s failed: %s",
+                function,
+                where,
+                exc,
+            )
             return None
 
     def shutdown(self) -> None:

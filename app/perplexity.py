@@ -438,9 +438,7 @@ def kld_rows(
 _DELTA_P_FRACTIONS = (1.0, 0.999, 0.99, 0.95, 0.90, 0.75, 0.5, 0.25, 0.10, 0.05, 0.01, 0.001, 0.0)
 
 
-def kld_summary(
-    sums: _KldSums, kld_values: np.ndarray, p_diff_values: np.ndarray
-) -> dict[str, Any]:
+def kld_summary(sums: _KldSums, kld_values: np.ndarray, p_diff_values: np.ndarray) -> dict[str, Any]:
     """The figures of llama-perplexity's final KLD report, from the sums and per-position values."""
     count = sums.count
     if count < 2:
@@ -997,8 +995,16 @@ def evaluate_perplexity(
                 _emit(
                     on_progress,
                     ChunkProgress(
-                        "base logits" if writer else "perplexity", i + 1, n_chunks, ppl, unc, None, None,
-                        (i + 1) * n_ctx / elapsed if elapsed > 0 else 0.0, time.perf_counter() - t0, m.path,
+                        "base logits" if writer else "perplexity",
+                        i + 1,
+                        n_chunks,
+                        ppl,
+                        unc,
+                        None,
+                        None,
+                        (i + 1) * n_ctx / elapsed if elapsed > 0 else 0.0,
+                        time.perf_counter() - t0,
+                        m.path,
                     ),
                 )
             eval_s = time.perf_counter() - t_eval
@@ -1127,10 +1133,16 @@ def evaluate_kl_divergence(
                 _emit(
                     on_progress,
                     ChunkProgress(
-                        "kl divergence", i + 1, n_chunks, math.exp(log_ppl),
+                        "kl divergence",
+                        i + 1,
+                        n_chunks,
+                        math.exp(log_ppl),
                         None if log_unc is None else math.exp(log_ppl) * log_unc,
-                        kld_mean, sums.n_same_top / sums.count,
-                        (i + 1) * n_ctx / elapsed if elapsed > 0 else 0.0, time.perf_counter() - t0, m.path,
+                        kld_mean,
+                        sums.n_same_top / sums.count,
+                        (i + 1) * n_ctx / elapsed if elapsed > 0 else 0.0,
+                        time.perf_counter() - t0,
+                        m.path,
                     ),
                 )
             eval_s = time.perf_counter() - t_eval
@@ -1202,7 +1214,12 @@ def evaluate_against_base(
         temp = logits_file = os.path.join(folder, f"llamascope-base-{secrets.token_hex(6)}.logits")
     try:
         base = evaluate_perplexity(
-            base_path, text, settings, save_logits=logits_file, cancel=cancel, on_progress=on_progress,
+            base_path,
+            text,
+            settings,
+            save_logits=logits_file,
+            cancel=cancel,
+            on_progress=on_progress,
             free_bytes=free_bytes,
         )
         variants = tuple(
@@ -1228,7 +1245,12 @@ def start_against_base(
     return EvalJob(
         "base",
         lambda cancel: evaluate_against_base(
-            base_path, variant_paths, text, settings, logits_file=logits_file, cancel=cancel,
+            base_path,
+            variant_paths,
+            text,
+            settings,
+            logits_file=logits_file,
+            cancel=cancel,
             on_progress=on_progress,
         ),
     ).start()
@@ -1340,4 +1362,3 @@ __all__ = [
     "start_kl_divergence",
     "start_perplexity",
 ]
-

@@ -153,6 +153,7 @@ def measure_speed(
 
 def start_speed(model_path: str, **kwargs: object) -> EvalJob[SpeedResult]:
     """measure_speed on a "llamascope-eval-speed" thread (keyword arguments as measure_speed)."""
+
     def run(cancel: threading.Event) -> SpeedResult:
         return measure_speed(model_path, cancel=cancel, **kwargs)  # type: ignore[arg-type]
 
@@ -346,8 +347,12 @@ def build_comparison(base: VariantMeasurement, variants: Sequence[VariantMeasure
 def export_comparison(comparison: Comparison, path: str) -> str:
     """Write the comparison as .csv, .json or .md (chosen by the extension); returns the path."""
     ext = os.path.splitext(path)[1].lower()
-    writers = {".csv": comparison.to_csv, ".json": comparison.to_json, ".md": comparison.to_markdown,
-               ".markdown": comparison.to_markdown}
+    writers = {
+        ".csv": comparison.to_csv,
+        ".json": comparison.to_json,
+        ".md": comparison.to_markdown,
+        ".markdown": comparison.to_markdown,
+    }
     if ext not in writers:
         raise ValueError(f"Export to .csv, .json or .md, not {ext or 'a file without extension'}.")
     text = writers[ext]()

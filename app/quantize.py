@@ -179,7 +179,7 @@ def disk_free_bytes(path: str) -> int:
 
 
 def _strip_type_suffix(stem: str) -> str:
-    """"Model.Q4_1" or "model-q8_0" -> "Model" / "model"; other stems unchanged."""
+    """ "Model.Q4_1" or "model-q8_0" -> "Model" / "model"; other stems unchanged."""
     names = [t.name for t in supported_quant_types()] + ["Q3_K", "Q4_K", "Q5_K"]
     for name in sorted(names, key=len, reverse=True):
         for sep in (".", "-", "_"):
@@ -204,7 +204,7 @@ def default_output_path(source: str, type_name: str, source_quantized_type: str 
 def f16_base_request(
     source: str, output: str | None = None, *, n_threads: int | None = None
 ) -> QuantizeRequest:
-    """"Make F16 base": an F16 copy of a quantized model to quantize other types from.
+    """ "Make F16 base": an F16 copy of a quantized model to quantize other types from.
 
     It is a dequantized copy: it carries the quantized model's errors, so types made from it
     measure against that model, not against the original. The plan and result say so, the file

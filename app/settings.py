@@ -198,58 +198,166 @@ _CACHE_HELP = (
 
 _SPECS: tuple[FieldSpec, ...] = (
     # Load settings: passed to llama_cpp.Llama(...)
-    _int("n_ctx", "Context size", "Tokens the KV cache holds (prompt + reply). Memory grows linearly "
-         "with it; going past the model's training context degrades quality.", 1, MAX_N_CTX),
-    _int("n_threads", "Threads (generation)", "CPU threads for generating tokens. Physical cores "
-         "is usually best; hyper-threads rarely help because generation is memory-bound.",
-         1, _MAX_THREADS),
-    _int("n_threads_batch", "Threads (prompt)", "CPU threads for prompt processing (batches), which "
-         "is compute-bound and can use all logical cores.", 1, _MAX_THREADS),
+    _int(
+        "n_ctx",
+        "Context size",
+        "Tokens the KV cache holds (prompt + reply). Memory grows linearly "
+        "with it; going past the model's training context degrades quality.",
+        1,
+        MAX_N_CTX,
+    ),
+    _int(
+        "n_threads",
+        "Threads (generation)",
+        "CPU threads for generating tokens. Physical cores "
+        "is usually best; hyper-threads rarely help because generation is memory-bound.",
+        1,
+        _MAX_THREADS,
+    ),
+    _int(
+        "n_threads_batch",
+        "Threads (prompt)",
+        "CPU threads for prompt processing (batches), which is compute-bound and can use all logical cores.",
+        1,
+        _MAX_THREADS,
+    ),
     _int("n_batch", "Batch size", "Maximum prompt tokens submitted per llama_decode call.", 1, MAX_N_CTX),
-    _int("n_ubatch", "Micro-batch size", "Tokens computed per step inside a batch; the compute "
-         "buffer grows with it. Must not exceed the batch size.", 1, MAX_N_CTX),
-    _int("n_gpu_layers", "GPU layers", "Transformer layers to offload to the GPU; 0 = CPU only, "
-         "-1 = all (including the output layer).", -1, _MAX_GPU_LAYERS, special_values=((-1, "all"),)),
-    _bool("use_mmap", "Memory-map the model", "Map the model file instead of reading it: loads "
-          "faster and lets the OS share and evict the pages."),
-    _bool("use_mlock", "Lock model in RAM", "Pin the weights in RAM so the OS cannot swap them out; "
-          "may need a raised memlock limit."),
+    _int(
+        "n_ubatch",
+        "Micro-batch size",
+        "Tokens computed per step inside a batch; the compute "
+        "buffer grows with it. Must not exceed the batch size.",
+        1,
+        MAX_N_CTX,
+    ),
+    _int(
+        "n_gpu_layers",
+        "GPU layers",
+        "Transformer layers to offload to the GPU; 0 = CPU only, -1 = all (including the output layer).",
+        -1,
+        _MAX_GPU_LAYERS,
+        special_values=((-1, "all"),),
+    ),
+    _bool(
+        "use_mmap",
+        "Memory-map the model",
+        "Map the model file instead of reading it: loads faster and lets the OS share and evict the pages.",
+    ),
+    _bool(
+        "use_mlock",
+        "Lock model in RAM",
+        "Pin the weights in RAM so the OS cannot swap them out; may need a raised memlock limit.",
+    ),
     _bool("numa", "NUMA optimizations", "Distribute work across NUMA nodes (multi-socket machines)."),
-    _bool("flash_attn", "Flash attention", "Fused attention kernel: smaller compute buffer, and "
-          "required for a quantized V cache."),
+    _bool(
+        "flash_attn",
+        "Flash attention",
+        "Fused attention kernel: smaller compute buffer, and required for a quantized V cache.",
+    ),
     _choice("type_k", "K cache type", _CACHE_HELP.format(which="K", extra=""), CACHE_TYPES),
-    _choice("type_v", "V cache type", _CACHE_HELP.format(
-        which="V", extra="Quantized types (all but f32, f16, bf16) need flash attention."), CACHE_TYPES),
+    _choice(
+        "type_v",
+        "V cache type",
+        _CACHE_HELP.format(which="V", extra="Quantized types (all but f32, f16, bf16) need flash attention."),
+        CACHE_TYPES,
+    ),
     _bool("offload_kqv", "Offload KV cache", "Keep the KV cache of offloaded layers on the GPU."),
-    _int("seed", "Seed", "Random seed for sampling; -1 = a new random seed each load. Use a fixed "
-         "value of 1 or more for reproducible output.", -1, 2**32 - 1, special_values=((-1, "random"),)),
+    _int(
+        "seed",
+        "Seed",
+        "Random seed for sampling; -1 = a new random seed each load. Use a fixed "
+        "value of 1 or more for reproducible output.",
+        -1,
+        2**32 - 1,
+        special_values=((-1, "random"),),
+    ),
     # Sampling settings: passed to Llama.create_completion(...)
-    _float("temperature", "Temperature", "Randomness: 0 = always the most likely token, higher = more "
-           "varied.", 0.0, 5.0, 0.05),
-    _float("top_p", "Top-p", "Sample only from the most likely tokens whose probabilities add up to "
-           "this; 1 = disabled.", 0.0, 1.0, 0.01),
+    _float(
+        "temperature",
+        "Temperature",
+        "Randomness: 0 = always the most likely token, higher = more varied.",
+        0.0,
+        5.0,
+        0.05,
+    ),
+    _float(
+        "top_p",
+        "Top-p",
+        "Sample only from the most likely tokens whose probabilities add up to this; 1 = disabled.",
+        0.0,
+        1.0,
+        0.01,
+    ),
     # Vocabularies top out around 262k tokens; a larger top_k behaves exactly like 0.
-    _int("top_k", "Top-k", "Sample only from the k most likely tokens; 0 = disabled.", 0, 1_000_000,
-         special_values=((0, "off"),)),
-    _float("min_p", "Min-p", "Drop tokens less likely than this fraction of the top token's "
-           "probability; 0 = disabled.", 0.0, 1.0, 0.01),
-    _float("typical_p", "Typical-p", "Locally typical sampling: keep the tokens whose surprise is "
-           "closest to the expected surprise, up to this probability mass; 1 = disabled.", 0.0, 1.0, 0.01),
-    _float("repeat_penalty", "Repeat penalty", "Penalize recently used tokens; 1 = disabled, "
-           "below 1 encourages repetition.", 0.0, 5.0, 0.05, minimum_exclusive=True),
-    _float("presence_penalty", "Presence penalty", "Penalize any token already present in the text "
-           "(OpenAI-style); 0 = disabled.", -2.0, 2.0, 0.05),
-    _float("frequency_penalty", "Frequency penalty", "Penalize tokens in proportion to how often they "
-           "appeared (OpenAI-style); 0 = disabled.", -2.0, 2.0, 0.05),
-    _choice("mirostat_mode", "Mirostat", "Adaptive sampling that targets a constant surprise (tau); "
-            "replaces top-k, top-p, min-p and typical-p when on.", (0, 1, 2),
-            choice_labels=("off", "Mirostat", "Mirostat 2.0")),
-    _float("mirostat_tau", "Mirostat tau", "Target surprise (entropy); lower = more focused text.",
-           0.0, 20.0, 0.1),
+    _int(
+        "top_k",
+        "Top-k",
+        "Sample only from the k most likely tokens; 0 = disabled.",
+        0,
+        1_000_000,
+        special_values=((0, "off"),),
+    ),
+    _float(
+        "min_p",
+        "Min-p",
+        "Drop tokens less likely than this fraction of the top token's probability; 0 = disabled.",
+        0.0,
+        1.0,
+        0.01,
+    ),
+    _float(
+        "typical_p",
+        "Typical-p",
+        "Locally typical sampling: keep the tokens whose surprise is "
+        "closest to the expected surprise, up to this probability mass; 1 = disabled.",
+        0.0,
+        1.0,
+        0.01,
+    ),
+    _float(
+        "repeat_penalty",
+        "Repeat penalty",
+        "Penalize recently used tokens; 1 = disabled, below 1 encourages repetition.",
+        0.0,
+        5.0,
+        0.05,
+        minimum_exclusive=True,
+    ),
+    _float(
+        "presence_penalty",
+        "Presence penalty",
+        "Penalize any token already present in the text (OpenAI-style); 0 = disabled.",
+        -2.0,
+        2.0,
+        0.05,
+    ),
+    _float(
+        "frequency_penalty",
+        "Frequency penalty",
+        "Penalize tokens in proportion to how often they appeared (OpenAI-style); 0 = disabled.",
+        -2.0,
+        2.0,
+        0.05,
+    ),
+    _choice(
+        "mirostat_mode",
+        "Mirostat",
+        "Adaptive sampling that targets a constant surprise (tau); "
+        "replaces top-k, top-p, min-p and typical-p when on.",
+        (0, 1, 2),
+        choice_labels=("off", "Mirostat", "Mirostat 2.0"),
+    ),
+    _float(
+        "mirostat_tau",
+        "Mirostat tau",
+        "Target surprise (entropy); lower = more focused text.",
+        0.0,
+        20.0,
+        0.1,
+    ),
     _float("mirostat_eta", "Mirostat eta", "Learning rate of Mirostat's feedback loop.", 0.0, 1.0, 0.01),
     _int("max_tokens", "Max new tokens", "Stop after generating this many tokens.", 1, MAX_N_CTX),
-    FieldSpec("stop", "Stop strings", "Generation stops when any of these strings appears.",
-              kind="strings"),
+    FieldSpec("stop", "Stop strings", "Generation stops when any of these strings appears.", kind="strings"),
 )
 FIELD_SPECS: dict[str, FieldSpec] = {spec.name: spec for spec in _SPECS}
 

@@ -469,7 +469,7 @@ def _parse_size(text: str | None) -> int | None:
 
 
 def _count_cpu_list(text: str | None) -> int | None:
-    """"0-3,8" -> 5."""
+    """ "0-3,8" -> 5."""
     if not text:
         return None
     count = 0

@@ -209,7 +209,8 @@ def cpu_verdict(
         share = freq_mhz / freq_max_mhz
         if share < FREQ_DROP_FRACTION:
             return DeviceVerdict(
-                "CPU", ThrottleVerdict.UNKNOWN,
+                "CPU",
+                ThrottleVerdict.UNKNOWN,
                 f"clock {freq_mhz:.0f} MHz is {share:.0%} of its {freq_max_mhz:.0f} MHz maximum "
                 f"under {cpu_percent:.0f} % load",
             )
@@ -282,8 +283,14 @@ class SnapshotCollector:
         try:
             return fn()
         except Exception as exc:  # a failing source must never stop the others
-            self._log_once((source, type(exc).__name__), logging.WARNING,
-                           "telemetry source %s failed: %s: %s", source, type(exc).__name__, exc)
+            self._log_once(
+                (source, type(exc).__name__),
+                logging.WARNING,
+                "telemetry source %s failed: %s: %s",
+                source,
+                type(exc).__name__,
+                exc,
+            )
             return default
 
     def collect(self) -> Snapshot:
@@ -612,8 +619,13 @@ class Sampler:
         try:
             snapshot = collector.collect()
         except Exception as exc:  # reported once per kind; the loop goes on
-            self._log_once(("collect", type(exc).__name__, str(exc)), logging.WARNING,
-                           "telemetry tick failed: %s: %s", type(exc).__name__, exc)
+            self._log_once(
+                ("collect", type(exc).__name__, str(exc)),
+                logging.WARNING,
+                "telemetry tick failed: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
             return
         self._latest = snapshot
         self.ticks += 1
@@ -623,8 +635,14 @@ class Sampler:
             try:
                 listener(snapshot)
             except Exception as exc:
-                self._log_once(("listener", id(listener), type(exc).__name__), logging.WARNING,
-                               "telemetry listener %r failed: %s: %s", listener, type(exc).__name__, exc)
+                self._log_once(
+                    ("listener", id(listener), type(exc).__name__),
+                    logging.WARNING,
+                    "telemetry listener %r failed: %s: %s",
+                    listener,
+                    type(exc).__name__,
+                    exc,
+                )
 
 
 # ---- energy and summaries ---------------------------------------------------------------------

@@ -67,8 +67,12 @@ def main() -> int:
     lc = llama_runtime.llama()
     model = LlamaModel(model_path, n_gpu_layers=load.n_gpu_layers, use_mmap=load.use_mmap)
     ctx = LlamaContext(
-        model, n_ctx=load.n_ctx, n_batch=load.n_batch, n_ubatch=load.n_ubatch,
-        n_threads=load.n_threads, n_threads_batch=load.n_threads_batch,
+        model,
+        n_ctx=load.n_ctx,
+        n_batch=load.n_batch,
+        n_ubatch=load.n_ubatch,
+        n_threads=load.n_threads,
+        n_threads_batch=load.n_threads_batch,
     )
     prompt_tokens = model.tokenize(PROMPT, add_special=True, parse_special=False)
     plain = None
@@ -161,8 +165,9 @@ def main() -> int:
     steady_ratio = statistics.median(steady[paths[1][0]]) / steady_base
     print()
     verdict = "met" if min(ratio, steady_ratio) >= TARGET else "NOT met"
-    print(f"ratio Engine / decode loop = {ratio:.3f}, steady {steady_ratio:.3f} (target >= {TARGET}): "
-          f"{verdict}")
+    print(
+        f"ratio Engine / decode loop = {ratio:.3f}, steady {steady_ratio:.3f} (target >= {TARGET}): {verdict}"
+    )
     return 0
 
 

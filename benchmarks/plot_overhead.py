@@ -80,8 +80,10 @@ def main() -> int:
 
     def row(label: str, runs: list[tuple[float, float]]) -> tuple[float, float]:
         ts, gui = [r[0] for r in runs], [100 * r[1] for r in runs]
-        print(f"| {label} | {statistics.median(ts):.1f} | {min(ts):.1f} | {max(ts):.1f} "
-              f"| {statistics.median(gui):.2f} % |")
+        print(
+            f"| {label} | {statistics.median(ts):.1f} | {min(ts):.1f} | {max(ts):.1f} "
+            f"| {statistics.median(gui):.2f} % |"
+        )
         return statistics.median(ts), statistics.median(gui)
 
     print(f"{args.runs} interleaved runs of {args.tokens} tokens each; platform {app.platformName()}")
@@ -94,7 +96,9 @@ def main() -> int:
     paired = statistics.median(a[0] / b[0] for a, b in zip(on, off, strict=True))
     print()
     print(f"ratio on/off = {ratio:.3f} (target >= 0.98): {'met' if ratio >= 0.98 else 'NOT met'}")
-    print(f"median of the {args.runs} paired ratios (each 'on' run over the 'off' run after it) = {paired:.3f}")
+    print(
+        f"median of the {args.runs} paired ratios (each 'on' run over the 'off' run after it) = {paired:.3f}"
+    )
     print(f"the live view's own CPU: {gui_on - gui_off:+.2f} % of a core")
     return 0
 

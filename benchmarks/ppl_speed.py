@@ -51,8 +51,14 @@ def main() -> int:
 
     lc = llama_runtime.llama()
     plain = lc.Llama(
-        model_path=model, n_ctx=args.ctx, n_batch=args.ctx, n_ubatch=min(512, args.ctx),
-        n_threads=args.threads, n_threads_batch=args.threads, flash_attn=args.flash_attn, verbose=False,
+        model_path=model,
+        n_ctx=args.ctx,
+        n_batch=args.ctx,
+        n_ubatch=min(512, args.ctx),
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        flash_attn=args.flash_attn,
+        verbose=False,
     )
 
     def run_plain() -> tuple[float, float]:

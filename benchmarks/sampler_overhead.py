@@ -138,13 +138,16 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7, help="generation repetitions per arm (default 7)")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--parts", default="sampler,idle,generation",
-                        help="comma-separated parts to run (default: all three)")
+    parser.add_argument(
+        "--parts", default="sampler,idle,generation", help="comma-separated parts to run (default: all three)"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
-    print(f"machine: {os.cpu_count()} logical cores, load average before: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"machine: {os.cpu_count()} logical cores, load average before: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     print()
     if parts & {"sampler", "idle"}:
         print("| what | wall (s) | ticks | CPU (% of one core) | target |")
@@ -152,13 +155,17 @@ def main() -> int:
     if "sampler" in parts:
         cpu_s, wall_s, ticks = sampler_thread_cpu(args.seconds, 0.5)
         sampler_pct = cpu_s / wall_s * 100
-        print(f"| sampler thread at 2 Hz ({cpu_s / max(1, ticks) * 1000:.2f} ms CPU per tick) | {wall_s:.1f} | "
-              f"{ticks} | {sampler_pct:.2f} | < 1 %: {'met' if sampler_pct < 1 else 'NOT met'} |")
+        print(
+            f"| sampler thread at 2 Hz ({cpu_s / max(1, ticks) * 1000:.2f} ms CPU per tick) | {wall_s:.1f} | "
+            f"{ticks} | {sampler_pct:.2f} | < 1 %: {'met' if sampler_pct < 1 else 'NOT met'} |"
+        )
     if "idle" in parts:
         idle = idle_window_cpu(args.seconds)
-        print(f"| idle window, Hardware plots live ({idle['platform']}): whole process | {idle['wall_s']:.1f} | "
-              f"{idle['ticks']:.0f} | {idle['process_pct']:.2f} | < 3 %: "
-              f"{'met' if idle['process_pct'] < 3 else 'NOT met'} |")
+        print(
+            f"| idle window, Hardware plots live ({idle['platform']}): whole process | {idle['wall_s']:.1f} | "
+            f"{idle['ticks']:.0f} | {idle['process_pct']:.2f} | < 3 %: "
+            f"{'met' if idle['process_pct'] < 3 else 'NOT met'} |"
+        )
         print(f"| idle window: GUI thread only | {idle['wall_s']:.1f} | | {idle['gui_pct']:.2f} | |")
     if "generation" not in parts:
         return 0
@@ -169,16 +176,20 @@ def main() -> int:
     ratio = med_on / med_off
     # Each "on" run against the "off" run just before it: robust to load that drifts over minutes.
     paired = statistics.median(b / a for a, b in zip(off, on))
-    print(f"generation: demo model, {args.tokens} tokens, greedy, {args.threads} threads, "
-          f"{args.reps} interleaved repetitions per arm")
+    print(
+        f"generation: demo model, {args.tokens} tokens, greedy, {args.threads} threads, "
+        f"{args.reps} interleaved repetitions per arm"
+    )
     print()
     print("| sampler | median t/s | min t/s | max t/s |")
     print("|---|---:|---:|---:|")
     print(f"| off | {med_off:.1f} | {min(off):.1f} | {max(off):.1f} |")
     print(f"| on, 10 Hz | {med_on:.1f} | {min(on):.1f} | {max(on):.1f} |")
     print()
-    print(f"ratio of medians on / off = {ratio:.3f} (target >= 0.98): {'met' if ratio >= 0.98 else 'NOT met'}; "
-          f"median of paired ratios = {paired:.3f}")
+    print(
+        f"ratio of medians on / off = {ratio:.3f} (target >= 0.98): {'met' if ratio >= 0.98 else 'NOT met'}; "
+        f"median of paired ratios = {paired:.3f}"
+    )
     return 0
 
 

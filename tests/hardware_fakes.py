@@ -55,8 +55,12 @@ def build_x86_tree(root: Path, *, cpus: int = 2, mhz: float = 2900.0) -> Path:
         write(root, f"{base}/cpufreq/cpuinfo_max_freq", 4_800_000)
         write(root, f"{base}/cpufreq/cpuinfo_min_freq", 400_000)
     for index, (level, kind, size, shared) in enumerate(
-        [(1, "Data", "48K", "0"), (1, "Instruction", "32K", "0"), (2, "Unified", "1280K", "0"),
-         (3, "Unified", "12288K", f"0-{cpus - 1}")]
+        [
+            (1, "Data", "48K", "0"),
+            (1, "Instruction", "32K", "0"),
+            (2, "Unified", "1280K", "0"),
+            (3, "Unified", "12288K", f"0-{cpus - 1}"),
+        ]
     ):
         base = f"/sys/devices/system/cpu/cpu0/cache/index{index}"
         write(root, f"{base}/level", level)
@@ -90,9 +94,7 @@ class FakePsutil:
         self.fail: set[str] = set()  # names of functions that raise
 
     def advance(self, busy_s: float, idle_s: float, process_s: float = 0.0) -> None:
-        self.per_cpu = [
-            cpu_times(t.user + busy_s, t.idle + idle_s) for t in self.per_cpu
-        ]
+        self.per_cpu = [cpu_times(t.user + busy_s, t.idle + idle_s) for t in self.per_cpu]
         self.process_cpu_s += process_s
 
     def _check(self, name: str) -> None:
@@ -263,8 +265,12 @@ class FakeClock:
         self.t += seconds
 
 
-def fake_build(system_info: str = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
-               "BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 |", *, backends: tuple[str, ...] = ("CPU",),
-               gpu_offload: bool = False) -> Callable[[], BuildInfo]:
+def fake_build(
+    system_info: str = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+    "BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 |",
+    *,
+    backends: tuple[str, ...] = ("CPU",),
+    gpu_offload: bool = False,
+) -> Callable[[], BuildInfo]:
     info = BuildInfo("0.3.99", system_info, backends, gpu_offload, True, True)
     return lambda: info

@@ -117,8 +117,14 @@ class EngineBridge(QObject):
 
         def job(cancel: threading.Event) -> Any:
             return host_call(
-                self.engine, "app.host_jobs:tune", model_path, base, request.objective, tuple(request.parameters),
-                request.n_trials, request.time_budget_s,
+                self.engine,
+                "app.host_jobs:tune",
+                model_path,
+                base,
+                request.objective,
+                tuple(request.parameters),
+                request.n_trials,
+                request.time_budget_s,
                 callbacks={"on_trial": self.tune_trial.emit, "on_progress": self.tune_progressed.emit},
             )
 

@@ -256,8 +256,13 @@ class MainWindow(QMainWindow):
         if verdict is None or not verdict.crashed or self.build_warning is not None:
             return
         self.engine_status.setText("llama.cpp build crashes on this CPU — see Hardware")
-        box = QMessageBox(QMessageBox.Icon.Critical, "This llama.cpp build crashes on this CPU",
-                          verdict.message, QMessageBox.StandardButton.Ok, self)
+        box = QMessageBox(
+            QMessageBox.Icon.Critical,
+            "This llama.cpp build crashes on this CPU",
+            verdict.message,
+            QMessageBox.StandardButton.Ok,
+            self,
+        )
         box.setDetailedText("\n".join(verdict.log_tail) or "llama.cpp logged nothing.")
         box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy the command
         box.open()  # window-modal, does not block the event loop

@@ -75,8 +75,13 @@ class QualityBridge(QObject):
     ) -> None:
         def job(cancel: threading.Event) -> Any:
             return host_call(
-                self._engine, "app.perplexity:evaluate_perplexity", model_path, load_text(text_source), settings,
-                save_logits=save_logits, callbacks={"on_progress": self.eval_progressed.emit},
+                self._engine,
+                "app.perplexity:evaluate_perplexity",
+                model_path,
+                load_text(text_source),
+                settings,
+                save_logits=save_logits,
+                callbacks={"on_progress": self.eval_progressed.emit},
             )
 
         self._run("ppl", job)
@@ -84,7 +89,11 @@ class QualityBridge(QObject):
     def start_kl_divergence(self, model_path: str, logits_file: str, settings: EvalSettings) -> None:
         def job(cancel: threading.Event) -> Any:
             return host_call(
-                self._engine, "app.perplexity:evaluate_kl_divergence", model_path, logits_file, settings,
+                self._engine,
+                "app.perplexity:evaluate_kl_divergence",
+                model_path,
+                logits_file,
+                settings,
                 callbacks={"on_progress": self.eval_progressed.emit},
             )
 
@@ -93,8 +102,14 @@ class QualityBridge(QObject):
     def start_speed(self, model_path: str, n_threads: int | None = None) -> None:
         def job(cancel: threading.Event) -> Any:
             return host_call(
-                self._engine, "app.quant_compare:measure_speed", model_path, n_prompt=256, n_gen=32,
-                repetitions=3, n_threads=n_threads, callbacks={"on_progress": self.eval_progressed.emit},
+                self._engine,
+                "app.quant_compare:measure_speed",
+                model_path,
+                n_prompt=256,
+                n_gen=32,
+                repetitions=3,
+                n_threads=n_threads,
+                callbacks={"on_progress": self.eval_progressed.emit},
             )
 
         self._run("speed", job)

@@ -81,7 +81,9 @@ class CoreBars(QWidget):
             slot_colour.setAlpha(60)
             for i, value in enumerate(self._values):
                 # Each core's slot is drawn faintly, so idle cores read as "0 %", not as a blank strip.
-                painter.fillRect(QRectF(i * width + 0.5, 0, max(1.0, width - 1.0), rect.height()), slot_colour)
+                painter.fillRect(
+                    QRectF(i * width + 0.5, 0, max(1.0, width - 1.0), rect.height()), slot_colour
+                )
                 height = rect.height() * max(0.0, min(100.0, value)) / 100.0
                 colour = QColor(_BAD) if value > 90 else QColor("#1f77b4")
                 bar = QRectF(i * width + 0.5, rect.height() - height, max(1.0, width - 1.0), height)
@@ -188,7 +190,8 @@ class HardwarePanel(Panel):
         self.throttle_status.setObjectName("throttleStatus")
         self.throttle_status.setToolTip(
             "CPU: thermal_throttle counters in sysfs (Intel), or a clock under 75 % of its maximum at "
-            "over 80 % load. GPU: NVML's clock-event reasons (power cap, thermal, hardware slowdown).")
+            "over 80 % load. GPU: NVML's clock-event reasons (power cap, thermal, hardware slowdown)."
+        )
         layout.addWidget(self.throttle_status)
         self._badges_row = QHBoxLayout()
         self.throttle_badges: dict[str, QLabel] = {}
@@ -216,8 +219,10 @@ class HardwarePanel(Panel):
         self.power_plot.hide()
         self.power_na = _note("Power: waiting for the first reading…")
         self.power_na.setObjectName("powerNa")
-        self.power_na.setToolTip("CPU package power comes from the RAPL energy counters, which recent "
-                                 "kernels let only root read; GPU power from NVML.")
+        self.power_na.setToolTip(
+            "CPU package power comes from the RAPL energy counters, which recent "
+            "kernels let only root read; GPU power from NVML."
+        )
         self.gpu_plot = LivePlot("GPU", "%", window, y_range=(0, 100), value_format=".0f")
         self.gpu_plot.setObjectName("gpuPlot")
         self.gpu_plot.hide()
@@ -227,11 +232,27 @@ class HardwarePanel(Panel):
         self.gpu_readout = ReadoutLabel()
         self.gpu_readout.setObjectName("gpuReadout")
         self.gpu_readout.hide()
-        self.plots = (self.cpu_plot, self.memory_plot, self.temperature_plot, self.power_plot,
-                      self.gpu_plot, self.vram_plot)
-        for widget in (self.cpu_plot, self.core_bars, self.cpu_readout, self.memory_plot,
-                       self.temperature_plot, self.temperature_na, self.power_plot, self.power_na,
-                       self.gpu_plot, self.vram_plot, self.gpu_readout):
+        self.plots = (
+            self.cpu_plot,
+            self.memory_plot,
+            self.temperature_plot,
+            self.power_plot,
+            self.gpu_plot,
+            self.vram_plot,
+        )
+        for widget in (
+            self.cpu_plot,
+            self.core_bars,
+            self.cpu_readout,
+            self.memory_plot,
+            self.temperature_plot,
+            self.temperature_na,
+            self.power_plot,
+            self.power_na,
+            self.gpu_plot,
+            self.vram_plot,
+            self.gpu_readout,
+        ):
             layout.addWidget(widget)
         self.add_box("Monitoring", body)
         self.set_sampling_interval(None)
@@ -284,8 +305,9 @@ class HardwarePanel(Panel):
     def _show_report(self, report: HardwareReport) -> None:
         cpu, mem = report.cpu, report.memory
         labels = self.cpu_labels
-        labels["Model"].setText(" · ".join(p for p in (cpu.model_name, cpu.vendor, cpu.architecture) if p)
-                                or NOT_AVAILABLE)
+        labels["Model"].setText(
+            " · ".join(p for p in (cpu.model_name, cpu.vendor, cpu.architecture) if p) or NOT_AVAILABLE
+        )
         labels["Cores"].setText(f"{cpu.physical_cores} physical / {cpu.logical_cores} logical")
         if cpu.max_freq_mhz is None:
             labels["Clock"].setText(NOT_AVAILABLE)
@@ -304,8 +326,10 @@ class HardwarePanel(Panel):
             f"{fmt_bytes(mem.total_bytes)} total, {fmt_bytes(mem.available_bytes)} available · {swap}"
         )
         labels["SIMD (CPU)"].setText(simd_text(cpu.features_cpu) if cpu.features_cpu else NOT_AVAILABLE)
-        labels["SIMD (CPU)"].setToolTip("Instruction sets the CPU reports that llama.cpp can use: "
-                                        + (", ".join(cpu.features_cpu) or "n/a"))
+        labels["SIMD (CPU)"].setToolTip(
+            "Instruction sets the CPU reports that llama.cpp can use: "
+            + (", ".join(cpu.features_cpu) or "n/a")
+        )
         build = report.build
         if build is None:
             labels["llama.cpp"].setText(f"n/a — {report.build_error or 'not readable'}")
@@ -403,8 +427,11 @@ class HardwarePanel(Panel):
             plot.show()
             self.power_na.hide()
         else:
-            _set_text(self.power_na, "Power: n/a — no power readings (CPU package power needs readable "
-                                     "RAPL counters; GPU power needs an NVIDIA driver)")
+            _set_text(
+                self.power_na,
+                "Power: n/a — no power readings (CPU package power needs readable "
+                "RAPL counters; GPU power needs an NVIDIA driver)",
+            )
             self.power_na.show()
 
     def _plot_gpus(self, s: Snapshot) -> None:
@@ -422,16 +449,20 @@ class HardwarePanel(Panel):
         self.vram_plot.setVisible(has_gpus)
         self.gpu_readout.setVisible(has_gpus)
         if s.gpus:
-            self.gpu_readout.set_text("\n".join(
-                f"GPU {g.index}: {fmt(g.temperature_c, '.0f', ' °C')} · "
-                f"SM {fmt(g.sm_clock_mhz, '.0f', ' MHz')} · "
-                f"mem {fmt(g.memory_clock_mhz, '.0f', ' MHz')} · fan {fmt(g.fan_percent, '.0f', ' %')} · "
-                f"{fmt(g.power_watts, '.0f', ' W')} of {fmt(g.power_limit_watts, '.0f', ' W')}"
-                + (f" · clocks: {', '.join(g.throttle_reasons)}" if g.throttle_reasons else "")
-                for g in s.gpus))
+            self.gpu_readout.set_text(
+                "\n".join(
+                    f"GPU {g.index}: {fmt(g.temperature_c, '.0f', ' °C')} · "
+                    f"SM {fmt(g.sm_clock_mhz, '.0f', ' MHz')} · "
+                    f"mem {fmt(g.memory_clock_mhz, '.0f', ' MHz')} · fan {fmt(g.fan_percent, '.0f', ' %')} · "
+                    f"{fmt(g.power_watts, '.0f', ' W')} of {fmt(g.power_limit_watts, '.0f', ' W')}"
+                    + (f" · clocks: {', '.join(g.throttle_reasons)}" if g.throttle_reasons else "")
+                    for g in s.gpus
+                )
+            )
         self._free_vram = [
             g.memory_total_bytes - g.memory_used_bytes
-            if g.memory_total_bytes is not None and g.memory_used_bytes is not None else None
+            if g.memory_total_bytes is not None and g.memory_used_bytes is not None
+            else None
             for g in s.gpus
         ] or None
         if indices != self._gpu_indices:
@@ -490,14 +521,20 @@ def _gpu_line(g: GpuInfo, report: HardwareReport) -> str:
     parts = [f"<b>{g.name or f'GPU {g.index}'}</b>"]
     if g.memory_total_bytes is not None:
         parts.append(f"{fmt_bytes(g.memory_total_bytes)} VRAM ({fmt_bytes(g.memory_free_bytes)} free)")
-    parts.append(f"driver {report.driver_version or NOT_AVAILABLE} · "
-                 f"CUDA {report.cuda_driver_version or NOT_AVAILABLE}")
+    parts.append(
+        f"driver {report.driver_version or NOT_AVAILABLE} · "
+        f"CUDA {report.cuda_driver_version or NOT_AVAILABLE}"
+    )
     parts.append(f"power limit {fmt(g.power_limit_watts, '.0f', ' W')}")
-    parts.append(f"max clocks SM {fmt(g.max_sm_clock_mhz, '.0f', ' MHz')} / "
-                 f"mem {fmt(g.max_memory_clock_mhz, '.0f', ' MHz')}")
+    parts.append(
+        f"max clocks SM {fmt(g.max_sm_clock_mhz, '.0f', ' MHz')} / "
+        f"mem {fmt(g.max_memory_clock_mhz, '.0f', ' MHz')}"
+    )
     if g.pcie_generation is not None or g.pcie_width is not None:
-        parts.append(f"PCIe {fmt(g.pcie_generation)} x{fmt(g.pcie_width)} (max {fmt(g.pcie_generation_max)} "
-                     f"x{fmt(g.pcie_width_max)})")
+        parts.append(
+            f"PCIe {fmt(g.pcie_generation)} x{fmt(g.pcie_width)} (max {fmt(g.pcie_generation_max)} "
+            f"x{fmt(g.pcie_width_max)})"
+        )
     else:
         parts.append("PCIe n/a")
     return " · ".join(parts)

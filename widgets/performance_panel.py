@@ -552,8 +552,7 @@ class PerformancePanel(Panel):
         n = len(self._extra_models)
         self.bench_models_label.setText("selected model" + (f" + {n} more" if n else ""))
         self.bench_models_label.setToolTip(
-            "The model selected in Model Config"
-            + "".join(f"\n+ {p}" for p in self._extra_models)
+            "The model selected in Model Config" + "".join(f"\n+ {p}" for p in self._extra_models)
         )
         self.bench_models_clear.setEnabled(bool(self._extra_models))
 

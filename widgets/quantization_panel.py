@@ -98,14 +98,18 @@ class QuantizationPanel(Panel):
         self.type_table.setToolTip("Reading the types this llama.cpp build supports…")
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("beside the source, named after the type")
-        self.output_edit.setToolTip("Output file; written to a temporary file and renamed into place when complete")
+        self.output_edit.setToolTip(
+            "Output file; written to a temporary file and renamed into place when complete"
+        )
         self.quantize_button = QPushButton("Quantize")
         self.quantize_button.setObjectName("quantizeButton")
         self.quantize_button.setToolTip("Quantize the selected model to the selected type (child process)")
         self.quantize_button.clicked.connect(self.request_quantize)
         self.f16_button = QPushButton("Make F16 base")
-        self.f16_button.setToolTip("An F16 copy of a quantized model to quantize other types from. It is a "
-                                   "dequantized copy: it keeps the quantized model's errors.")
+        self.f16_button.setToolTip(
+            "An F16 copy of a quantized model to quantize other types from. It is a "
+            "dequantized copy: it keeps the quantized model's errors."
+        )
         self.f16_button.clicked.connect(self.request_f16_base)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop; no partial file is left and the source is untouched")
@@ -135,8 +139,10 @@ class QuantizationPanel(Panel):
         layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
         self.text_edit = QLineEdit(DEFAULT_TEXT_NAME)
-        self.text_edit.setToolTip('Evaluation text: a UTF-8 text file, or "default" for the Python '
-                                  "documentation that ships with Python (no download)")
+        self.text_edit.setToolTip(
+            'Evaluation text: a UTF-8 text file, or "default" for the Python '
+            "documentation that ships with Python (no download)"
+        )
         text_row = QHBoxLayout()
         text_row.addWidget(self.text_edit, 1)
         browse = QPushButton("…")
@@ -147,12 +153,16 @@ class QuantizationPanel(Panel):
         self.ctx_spin.setRange(8, 32768)
         self.ctx_spin.setSingleStep(64)
         self.ctx_spin.setValue(512)
-        self.ctx_spin.setToolTip("Chunk size n_ctx, as llama-perplexity's -c; the second half of each chunk is scored")
+        self.ctx_spin.setToolTip(
+            "Chunk size n_ctx, as llama-perplexity's -c; the second half of each chunk is scored"
+        )
         self.chunks_spin = QSpinBox()
         self.chunks_spin.setRange(0, 100000)
         self.chunks_spin.setValue(8)
         self.chunks_spin.setSpecialValueText("all")
-        self.chunks_spin.setToolTip("Chunks to evaluate (llama-perplexity's --chunks); 'all' = the whole text")
+        self.chunks_spin.setToolTip(
+            "Chunks to evaluate (llama-perplexity's --chunks); 'all' = the whole text"
+        )
         form.addRow("Text", text_row)
         form.addRow("Context", self.ctx_spin)
         form.addRow("Chunks", self.chunks_spin)
@@ -161,13 +171,16 @@ class QuantizationPanel(Panel):
         self.base_label.setObjectName("baseLabel")
         buttons = QHBoxLayout()
         self.base_button = QPushButton("Set as base")
-        self.base_button.setToolTip("Measure the selected model's perplexity and save its log-probabilities "
-                                    "as the reference for KL divergence")
+        self.base_button.setToolTip(
+            "Measure the selected model's perplexity and save its log-probabilities "
+            "as the reference for KL divergence"
+        )
         self.base_button.clicked.connect(self.request_base)
         self.measure_button = QPushButton("Measure")
         self.measure_button.setObjectName("measureButton")
-        self.measure_button.setToolTip("Perplexity (and KL divergence against the base, if set) and speed "
-                                       "of the selected model")
+        self.measure_button.setToolTip(
+            "Perplexity (and KL divergence against the base, if set) and speed of the selected model"
+        )
         self.measure_button.clicked.connect(self.request_measure)
         buttons.addWidget(self.base_button)
         buttons.addWidget(self.measure_button)
@@ -200,7 +213,9 @@ class QuantizationPanel(Panel):
         self.compare_table.verticalHeader().setVisible(False)
         self.compare_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.compare_table.setMinimumHeight(110)
-        self.compare_table.setToolTip("Quality score = 100 × exp(−mean KLD against the base); n/a when not measured")
+        self.compare_table.setToolTip(
+            "Quality score = 100 × exp(−mean KLD against the base); n/a when not measured"
+        )
         self.chart = pg.PlotWidget(background=None)
         self.chart.setMinimumHeight(140)
         self.chart.setLabel("bottom", "file size (MiB)")
@@ -225,7 +240,9 @@ class QuantizationPanel(Panel):
         self.requantize_check = QCheckBox("Allow requantize")
         self.requantize_check.setToolTip("Quantize an already-quantized model: quality is lost twice")
         self.pure_check = QCheckBox("Pure (no K-quant mix)")
-        self.pure_check.setToolTip("Every tensor in the main type instead of llama.cpp's S/M/L per-tensor mix")
+        self.pure_check.setToolTip(
+            "Every tensor in the main type instead of llama.cpp's S/M/L per-tensor mix"
+        )
         self.leave_output_check = QCheckBox("Leave output tensor")
         self.leave_output_check.setToolTip("Keep output.weight unquantized (bigger, slightly better quality)")
         self.output_type_combo = QComboBox()
@@ -233,14 +250,20 @@ class QuantizationPanel(Panel):
         for combo in (self.output_type_combo, self.embed_type_combo):
             for name in _TENSOR_TYPES:
                 combo.addItem(name or "default", name or None)
-        self.output_type_combo.setToolTip("Per-tensor override: the output tensor's type (--output-tensor-type)")
-        self.embed_type_combo.setToolTip("Per-tensor override: token embeddings' type (--token-embedding-type)")
+        self.output_type_combo.setToolTip(
+            "Per-tensor override: the output tensor's type (--output-tensor-type)"
+        )
+        self.embed_type_combo.setToolTip(
+            "Per-tensor override: token embeddings' type (--token-embedding-type)"
+        )
         self.threads_spin = QSpinBox()
         self.threads_spin.setRange(0, 1024)
         self.threads_spin.setSpecialValueText("all")
         self.threads_spin.setToolTip("Quantizer threads; 'all' = every hardware thread")
-        note = _label("Importance-matrix (imatrix) quantization is not available through llama-cpp-python: "
-                      "IQ types that need one are listed but disabled.")
+        note = _label(
+            "Importance-matrix (imatrix) quantization is not available through llama-cpp-python: "
+            "IQ types that need one are listed but disabled."
+        )
         note.setEnabled(False)
         form.addRow(self.requantize_check)
         form.addRow(self.pure_check)
@@ -325,8 +348,11 @@ class QuantizationPanel(Panel):
 
     def request_f16_base(self) -> None:
         if self._source is not None:
-            request = f16_base_request(self._source, self.output_edit.text().strip() or None,
-                                       n_threads=self.threads_spin.value() or None)
+            request = f16_base_request(
+                self._source,
+                self.output_edit.text().strip() or None,
+                n_threads=self.threads_spin.value() or None,
+            )
             self._start_quantize(request, "Writing an F16 copy (dequantized)…")
 
     def _start_quantize(self, request: QuantizeRequest, text: str) -> None:
@@ -344,7 +370,9 @@ class QuantizationPanel(Panel):
         self._pending = [("speed", self._source)]
         self._start_eval(f"Measuring the base {os.path.basename(self._source)}…")
         self._base, self._base_logits = self._source, logits
-        self.perplexity_requested.emit(self._source, self.text_edit.text().strip(), self.eval_settings(), logits)
+        self.perplexity_requested.emit(
+            self._source, self.text_edit.text().strip(), self.eval_settings(), logits
+        )
 
     def request_measure(self) -> None:
         if self._source is None:
@@ -354,7 +382,9 @@ class QuantizationPanel(Panel):
         if self._base_logits and os.path.exists(self._base_logits) and self._source != self._base:
             self.kld_requested.emit(self._source, self._base_logits, self.eval_settings())
         else:
-            self.perplexity_requested.emit(self._source, self.text_edit.text().strip(), self.eval_settings(), None)
+            self.perplexity_requested.emit(
+                self._source, self.text_edit.text().strip(), self.eval_settings(), None
+            )
 
     def _start_eval(self, text: str) -> None:
         self._ppl_points = []
@@ -376,8 +406,12 @@ class QuantizationPanel(Panel):
             f"{result.compression_ratio:.2f}× smaller than the source) in {result.elapsed_s:.1f} s → "
             f"{result.output_path}{warnings}"
         )
-        self.size_label.setText(f"Original {fmt_bytes(result.source_bytes)} · quantized {fmt_bytes(result.output_bytes)}")
-        self._variants.setdefault(result.output_path, variant_from_file(result.output_path, label=result.label))
+        self.size_label.setText(
+            f"Original {fmt_bytes(result.source_bytes)} · quantized {fmt_bytes(result.output_bytes)}"
+        )
+        self._variants.setdefault(
+            result.output_path, variant_from_file(result.output_path, label=result.label)
+        )
         self._refresh_comparison()
 
     def on_failed(self, operation: str, message: str) -> None:
@@ -400,7 +434,9 @@ class QuantizationPanel(Panel):
                 f"({progress.tokens_per_s:.0f} tokens/s)"
             )
         else:
-            self.quality_status.setText(f"speed: {progress.phase} {progress.repetition}/{progress.repetitions}")
+            self.quality_status.setText(
+                f"speed: {progress.phase} {progress.repetition}/{progress.repetitions}"
+            )
 
     def on_eval_finished(self, kind: str, result: Any) -> None:
         path = getattr(result, "model_path", None)
@@ -410,11 +446,15 @@ class QuantizationPanel(Panel):
         if isinstance(result, PerplexityResult):
             variant = _replace(variant, perplexity=result)
             unc = f" ± {result.ppl_uncertainty:.4f}" if result.ppl_uncertainty is not None else ""
-            self.quality_result.setText(f"Perplexity {result.ppl:.4f}{unc} over {result.n_chunks} chunks "
-                                        f"of {result.n_ctx} ({result.tokens_per_s:.0f} tokens/s)")
+            self.quality_result.setText(
+                f"Perplexity {result.ppl:.4f}{unc} over {result.n_chunks} chunks "
+                f"of {result.n_ctx} ({result.tokens_per_s:.0f} tokens/s)"
+            )
             if result.logits_file and path == self._base:
-                self.base_label.setText(f"Base: {os.path.basename(path)} (PPL {result.ppl:.4f}); "
-                                        f"log-probabilities saved for KL divergence")
+                self.base_label.setText(
+                    f"Base: {os.path.basename(path)} (PPL {result.ppl:.4f}); "
+                    f"log-probabilities saved for KL divergence"
+                )
         elif isinstance(result, KLDivergenceResult):
             variant = _replace(variant, kld=result)
             self.quality_result.setText(
@@ -463,8 +503,9 @@ class QuantizationPanel(Panel):
         if self._comparison is None:
             self.status.setText("Measure at least one model first: there is nothing to export.")
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export comparison", "quantization.md",
-                                              "Markdown (*.md);;CSV (*.csv);;JSON (*.json)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export comparison", "quantization.md", "Markdown (*.md);;CSV (*.csv);;JSON (*.json)"
+        )
         if path:
             try:
                 written = export_comparison(self._comparison, path)
@@ -474,7 +515,9 @@ class QuantizationPanel(Panel):
             self.status.setText(f"Exported to {written}")
 
     def _on_browse_text(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Evaluation text", "", "Text (*.txt *.md *.raw);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Evaluation text", "", "Text (*.txt *.md *.raw);;All files (*)"
+        )
         if path:
             self.text_edit.setText(path)
 

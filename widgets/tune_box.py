@@ -100,9 +100,14 @@ class TuneBox(QWidget):
         column = QVBoxLayout()
         for i, label in enumerate(PARAMETER_GROUPS):
             check = QCheckBox(label)
-            check.setChecked(label in ("Threads", "Batch sizes", "Flash attention", "KV cache types", "GPU layers"))
-            check.setToolTip("Let the tuner vary " + ", ".join(PARAMETER_GROUPS[label]) +
-                             " (only values this machine and build support are tried)")
+            check.setChecked(
+                label in ("Threads", "Batch sizes", "Flash attention", "KV cache types", "GPU layers")
+            )
+            check.setToolTip(
+                "Let the tuner vary "
+                + ", ".join(PARAMETER_GROUPS[label])
+                + " (only values this machine and build support are tried)"
+            )
             self.param_checks[label] = check
             column.addWidget(check)
             if i == 2:
@@ -114,8 +119,9 @@ class TuneBox(QWidget):
 
         self.run_button = QPushButton("Auto-Tune")
         self.run_button.setObjectName("tuneRun")
-        self.run_button.setToolTip("Measure configurations of the selected model and find the fastest; "
-                                   "nothing else runs meanwhile")
+        self.run_button.setToolTip(
+            "Measure configurations of the selected model and find the fastest; nothing else runs meanwhile"
+        )
         self.run_button.clicked.connect(self._on_run)
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop searching; the best configuration so far is kept")
@@ -169,10 +175,15 @@ class TuneBox(QWidget):
         layout.addLayout(result_buttons)
 
     def request(self) -> TuneRequest:
-        params = tuple(f for label, check in self.param_checks.items() if check.isChecked()
-                       for f in PARAMETER_GROUPS[label])
-        return TuneRequest(self.objective.currentData(), self.trials.value(),
-                           self.budget.value() * 60.0 or None, params)
+        params = tuple(
+            f
+            for label, check in self.param_checks.items()
+            if check.isChecked()
+            for f in PARAMETER_GROUPS[label]
+        )
+        return TuneRequest(
+            self.objective.currentData(), self.trials.value(), self.budget.value() * 60.0 or None, params
+        )
 
     def set_busy(self, busy: bool) -> None:
         self.run_button.setEnabled(not busy)
@@ -196,8 +207,10 @@ class TuneBox(QWidget):
 
     def on_progress(self, progress: TuneProgress) -> None:
         budget = f"/{progress.trial_budget}" if progress.trial_budget else ""
-        self.status.setText(f"{progress.stage}: {progress.message} · trials {progress.trials_done}{budget} · "
-                            f"{progress.elapsed_s:.0f} s")
+        self.status.setText(
+            f"{progress.stage}: {progress.message} · trials {progress.trials_done}{budget} · "
+            f"{progress.elapsed_s:.0f} s"
+        )
 
     def on_trial(self, trial: TrialRecord) -> None:
         row = self.table.rowCount()
@@ -219,8 +232,14 @@ class TuneBox(QWidget):
     def on_finished(self, result: TuneResult) -> None:
         self._result = result
         self.stop_button.setEnabled(False)
-        gain = result.gain.text() if result.gain is not None else "gain not measured (stopped before the comparison)"
-        importances = ", ".join(f"{k} {v:.0%}" for k, v in sorted(result.importances.items(), key=lambda kv: -kv[1]))
+        gain = (
+            result.gain.text()
+            if result.gain is not None
+            else "gain not measured (stopped before the comparison)"
+        )
+        importances = ", ".join(
+            f"{k} {v:.0%}" for k, v in sorted(result.importances.items(), key=lambda kv: -kv[1])
+        )
         self.result_label.setText(
             f"<b>Best</b> (trial {result.best_trial if result.best_trial is not None else 'n/a'}): "
             f"{result.flags(include_ctx=False)}<br><b>Against the default:</b> {gain}<br>"
@@ -228,7 +247,9 @@ class TuneBox(QWidget):
             f"<b>Importance:</b> {importances or 'n/a (needs 2+ measured trials)'}<br>"
             f"<i>Stopped by: {result.stop_reason}</i>"
         )
-        self.status.setText(f"Done: {len(result.measured_trials)} trials measured in {result.elapsed_s:.0f} s")
+        self.status.setText(
+            f"Done: {len(result.measured_trials)} trials measured in {result.elapsed_s:.0f} s"
+        )
         for b in (self.apply_button, self.profile_button, self.flags_button):
             b.setEnabled(result.best_trial is not None)
 

@@ -158,7 +158,10 @@ def test_one_load_serves_the_instances_that_differ_only_in_context_settings(demo
     plan = _plan(demo_model, tests=(BenchTest(n_prompt=16),), sweep=sweep, repetitions=1, warmup=False)
     results = run_benchmark(plan, on_progress=lambda d, t, what: seen.append(what.split()[0]))
     assert [(r.use_mmap, r.n_ubatch) for r in results] == [
-        (True, 256), (True, 512), (False, 256), (False, 512)
+        (True, 256),
+        (True, 512),
+        (False, 256),
+        (False, 512),
     ]
     # n_ubatch is a context setting: a new context on the loaded model; use_mmap needs a new load.
     assert [w for w in seen if w in ("loading", "starting")] == ["loading", "starting"] * 2
@@ -549,7 +552,10 @@ def test_the_configurations_of_one_sweep_run_compare(tmp_path: Path) -> None:
     store.finish_run(run)
     rows = store.compare(run)  # one run: its configurations, each against the first
     assert [(r.test, r.config.split(" → ")[1].split()[0]) for r in rows] == [
-        ("pp512", "t=2"), ("tg16", "t=2"), ("pp512", "t=4"), ("tg16", "t=4")
+        ("pp512", "t=2"),
+        ("tg16", "t=2"),
+        ("pp512", "t=4"),
+        ("tg16", "t=4"),
     ]
     assert all(r.config.startswith("t=1 ") for r in rows)
     assert rows[0].comparison.diff_percent == pytest.approx(100.0, abs=2.0) and rows[0].comparison.significant

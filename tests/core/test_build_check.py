@@ -215,8 +215,15 @@ def test_the_window_and_the_cli_read_the_build_without_loading_llama_cpp(tmp_pat
     )
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     for _ in range(2):  # the first reads through the child, the second from the cache
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                              cwd=Path(__file__).resolve().parents[2], timeout=300, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "False"
     assert (tmp_path / "cache" / "LlamaScope" / "llama-facts.json").is_file()

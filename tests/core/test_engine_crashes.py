@@ -115,9 +115,9 @@ def test_stop_during_a_load_ends_it_within_half_a_second(engine: Engine, demo_mo
             stopped.append(time.monotonic())
             engine.cancel()
 
-    exc = engine.load(demo_model, dataclasses.replace(SMALL, use_mmap=False), on_progress=on_progress).exception(
-        WAIT_S
-    )
+    exc = engine.load(
+        demo_model, dataclasses.replace(SMALL, use_mmap=False), on_progress=on_progress
+    ).exception(WAIT_S)
     elapsed = time.monotonic() - stopped[0]
     assert exc is not None and "cancelled" in str(exc).lower()
     assert engine.loaded is None

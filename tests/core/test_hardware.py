@@ -51,11 +51,27 @@ GIB = 1024**3
 
 def _model(n_layer: int | None = 32, *, weights_gib: float = 4.0) -> ModelInfo:
     return ModelInfo(
-        path="/models/m.gguf", file_size_bytes=int(weights_gib * GIB), gguf_version=3, name="M",
-        architecture="llama", n_params=7_000_000_000, size_class=SizeClass.LARGE, size_label="7B",
-        file_type="Q4_K_M", tensor_types=(), tensor_data_bytes=int(weights_gib * GIB), bits_per_weight=4.8,
-        context_length=4096, n_layer=n_layer, n_embd=4096, n_head=32, n_head_kv=8, n_embd_head_k=128,
-        n_embd_head_v=128, vocab_size=32000, chat_template=None,
+        path="/models/m.gguf",
+        file_size_bytes=int(weights_gib * GIB),
+        gguf_version=3,
+        name="M",
+        architecture="llama",
+        n_params=7_000_000_000,
+        size_class=SizeClass.LARGE,
+        size_label="7B",
+        file_type="Q4_K_M",
+        tensor_types=(),
+        tensor_data_bytes=int(weights_gib * GIB),
+        bits_per_weight=4.8,
+        context_length=4096,
+        n_layer=n_layer,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=8,
+        n_embd_head_k=128,
+        n_embd_head_v=128,
+        vocab_size=32000,
+        chat_template=None,
     )
 
 
@@ -104,16 +120,20 @@ def test_os_flags_map_to_llama_cpp_names_and_simd_level() -> None:
 
 def test_detects_cpu_memory_and_two_gpus_from_fakes(tmp_path: Path) -> None:
     build_x86_tree(tmp_path, cpus=4)
-    report = detect_hardware(str(tmp_path), Nvml(two_gpu_nvml()), build=fake_build(), ps=FakePsutil(cores=4),
-                             machine="x86_64")
+    report = detect_hardware(
+        str(tmp_path), Nvml(two_gpu_nvml()), build=fake_build(), ps=FakePsutil(cores=4), machine="x86_64"
+    )
     cpu = report.cpu
     assert cpu.model_name == "Intel(R) Core(TM) i7-1185G7 @ 3.00GHz"
     assert cpu.vendor == "Intel"
     assert (cpu.physical_cores, cpu.logical_cores) == (2, 4)
     assert (cpu.min_freq_mhz, cpu.max_freq_mhz) == (400.0, 4800.0)
     assert [(c.level, c.kind, c.size_bytes) for c in cpu.caches] == [
-        (1, "Data", 48 * 1024), (1, "Instruction", 32 * 1024), (2, "Unified", 1280 * 1024),
-        (3, "Unified", 12 * 1024 * 1024)]
+        (1, "Data", 48 * 1024),
+        (1, "Instruction", 32 * 1024),
+        (2, "Unified", 1280 * 1024),
+        (3, "Unified", 12 * 1024 * 1024),
+    ]
     assert cpu.caches[-1].shared_by_cpus == 4
     assert cpu.is_virtual_machine
     assert "AVX512" in cpu.features_cpu and "AVX512" not in cpu.features_build
@@ -164,8 +184,13 @@ def test_a_broken_llama_cpp_leaves_the_rest_of_the_report(tmp_path: Path) -> Non
     def broken() -> object:
         raise OSError("libllama.so: cannot open shared object file")
 
-    report = detect_hardware(str(tmp_path), Nvml(FakeNvmlModule([])), build=broken,  # type: ignore[arg-type]
-                             ps=FakePsutil(), machine="x86_64")
+    report = detect_hardware(
+        str(tmp_path),
+        Nvml(FakeNvmlModule([])),
+        build=broken,  # type: ignore[arg-type]
+        ps=FakePsutil(),
+        machine="x86_64",
+    )
     assert report.build is None
     assert "libllama.so" in (report.build_error or "")
     assert report.cpu.features_build == ()
@@ -178,8 +203,13 @@ def test_empty_or_malformed_tree_gives_n_a_not_an_exception(tmp_path: Path) -> N
     write(tmp_path, "/sys/devices/system/cpu/cpu0/cache/index0/size", "lots")
     write(tmp_path, "/sys/devices/system/cpu/cpu0/cache/index0/level", "one")
     write(tmp_path, "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", "fast")
-    report = detect_hardware(str(tmp_path), Nvml(FakeNvmlModule([])), build=fake_build(OLD_FORMAT),
-                             ps=FakePsutil(), machine="x86_64")
+    report = detect_hardware(
+        str(tmp_path),
+        Nvml(FakeNvmlModule([])),
+        build=fake_build(OLD_FORMAT),
+        ps=FakePsutil(),
+        machine="x86_64",
+    )
     assert report.cpu.model_name is None
     assert report.cpu.caches == ()
     assert report.cpu.max_freq_mhz is None
@@ -192,11 +222,13 @@ def test_nvml_failing_on_every_device_call_leaves_gpus_with_n_a(tmp_path: Path) 
     module = two_gpu_nvml()
     for gpu in module.gpus:
         gpu.answers = {}  # every device call raises "not supported"
-    report = detect_hardware(str(tmp_path), Nvml(module), build=fake_build(), ps=FakePsutil(),
-                             machine="x86_64")
+    report = detect_hardware(
+        str(tmp_path), Nvml(module), build=fake_build(), ps=FakePsutil(), machine="x86_64"
+    )
     assert len(report.gpus) == 2
-    assert all(g.name is None and g.memory_total_bytes is None and g.pcie_generation is None
-               for g in report.gpus)
+    assert all(
+        g.name is None and g.memory_total_bytes is None and g.pcie_generation is None for g in report.gpus
+    )
 
 
 def test_this_machine_is_detected_with_its_real_llama_cpp_build() -> None:
@@ -213,8 +245,9 @@ def test_this_machine_is_detected_with_its_real_llama_cpp_build() -> None:
 def _report(tmp_path: Path, module: FakeNvmlModule, *, gpu_offload: bool = True, cores: int = 8):
     build_x86_tree(tmp_path)
     build = fake_build(NEW_FORMAT, backends=("CUDA", "CPU"), gpu_offload=gpu_offload)
-    return detect_hardware(str(tmp_path), Nvml(module), build=build, ps=FakePsutil(cores=cores),
-                           machine="x86_64")
+    return detect_hardware(
+        str(tmp_path), Nvml(module), build=build, ps=FakePsutil(cores=cores), machine="x86_64"
+    )
 
 
 def test_threads_and_batches_without_a_gpu(tmp_path: Path) -> None:
@@ -222,8 +255,13 @@ def test_threads_and_batches_without_a_gpu(tmp_path: Path) -> None:
     assert (rec.n_threads, rec.n_threads_batch) == (4, 8)  # physical for generation, logical for prompt
     assert (rec.n_batch, rec.n_ubatch) == (512, 512)
     assert rec.n_gpu_layers == 0 and "no GPU" in rec.gpu_layers_text
-    assert rec.load_values() == {"n_threads": 4, "n_threads_batch": 8, "n_batch": 512, "n_ubatch": 512,
-                                 "n_gpu_layers": 0}
+    assert rec.load_values() == {
+        "n_threads": 4,
+        "n_threads_batch": 8,
+        "n_batch": 512,
+        "n_ubatch": 512,
+        "n_gpu_layers": 0,
+    }
     assert rec.simd_text.startswith("AVX-512")
     assert "physical" in rec.reason("n_threads")
 
@@ -255,8 +293,12 @@ def test_partial_offload_is_the_largest_count_that_fits(tmp_path: Path) -> None:
     load = LoadSettings(n_ctx=2048, n_batch=256, n_ubatch=256)  # the LARGE preset the estimate is based on
 
     def vram(k: int) -> int:
-        return estimate_memory(model, dataclasses.replace(load, n_gpu_layers=k), available_ram_bytes=1 << 62,
-                               available_vram_bytes=budget).total_vram_bytes
+        return estimate_memory(
+            model,
+            dataclasses.replace(load, n_gpu_layers=k),
+            available_ram_bytes=1 << 62,
+            available_vram_bytes=budget,
+        ).total_vram_bytes
 
     assert vram(rec.n_gpu_layers) <= budget < vram(rec.n_gpu_layers + 1)
     assert f"{rec.n_gpu_layers} of 32 layers fit" in rec.gpu_layers_text
@@ -277,16 +319,22 @@ def test_no_budget_means_no_layers() -> None:
 
 
 def test_hw_command_prints_the_report() -> None:
-    result = subprocess.run([sys.executable, "-m", "app", "hw", "--json"], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "hw", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["cpu"]["logical_cores"] >= 1
     assert "CPU" in report["build"]["backends"]
     assert report["recommendation"]["n_threads"] >= 1
     assert isinstance(report["gpu_summary"], str)
-    text = subprocess.run([sys.executable, "-m", "app", "hw"], capture_output=True, text=True, timeout=120,
-                          check=False)
+    text = subprocess.run(
+        [sys.executable, "-m", "app", "hw"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert text.returncode == 0, text.stderr
     assert "Cores" in text.stdout and "Recommended" in text.stdout
 
@@ -305,8 +353,10 @@ def test_removed_cpu_files_between_detections(tmp_path: Path) -> None:
 # ---- AMX and the build check -------------------------------------------------------------------
 
 AMX_FLAGS = " avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16"
-AMX_FREE_BUILD = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
-                  "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | REPACK = 1 |")
+AMX_FREE_BUILD = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+    "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | REPACK = 1 |"
+)
 NATIVE_AMX_BUILD = AMX_FREE_BUILD.replace("REPACK = 1", "AMX_INT8 = 1 | REPACK = 1")
 
 
@@ -314,16 +364,24 @@ def _amx_machine(tmp_path: Path) -> Path:
     build_x86_tree(tmp_path)
     cpuinfo = tmp_path / "proc" / "cpuinfo"
     cpuinfo.write_text(
-        "\n".join(line + AMX_FLAGS if line.startswith("flags") else line
-                  for line in cpuinfo.read_text(encoding="utf-8").splitlines()) + "\n",
+        "\n".join(
+            line + AMX_FLAGS if line.startswith("flags") else line
+            for line in cpuinfo.read_text(encoding="utf-8").splitlines()
+        )
+        + "\n",
         encoding="utf-8",
     )
     return tmp_path
 
 
 def test_an_amx_free_build_is_explained_not_called_a_missed_opportunity(tmp_path: Path) -> None:
-    report = detect_hardware(str(_amx_machine(tmp_path)), Nvml(FakeNvmlModule([])),
-                             build=fake_build(AMX_FREE_BUILD), ps=FakePsutil(cores=2), machine="x86_64")
+    report = detect_hardware(
+        str(_amx_machine(tmp_path)),
+        Nvml(FakeNvmlModule([])),
+        build=fake_build(AMX_FREE_BUILD),
+        ps=FakePsutil(cores=2),
+        machine="x86_64",
+    )
     assert "AMX_INT8" in report.cpu.features_cpu and "AMX_INT8" not in report.cpu.features_build
     notes = " ".join(report.notes)
     assert "native build would" not in notes  # the native build is the one that crashes
@@ -334,18 +392,33 @@ def test_an_amx_free_build_is_explained_not_called_a_missed_opportunity(tmp_path
 def test_a_build_that_crashed_the_check_is_never_recommended(tmp_path: Path) -> None:
     from app.build_check import CRASHED, OK, BuildVerdict
 
-    crashed = BuildVerdict(key="k", status=CRASHED, message="crashed", signal_text="illegal instruction (SIGILL)",
-                           rebuild_command='CMAKE_ARGS="-DGGML_AMX_INT8=OFF" python -m pip install ...')
-    report = detect_hardware(str(_amx_machine(tmp_path)), Nvml(FakeNvmlModule([])),
-                             build=fake_build(NATIVE_AMX_BUILD), ps=FakePsutil(cores=2), machine="x86_64",
-                             build_check=lambda: crashed)
+    crashed = BuildVerdict(
+        key="k",
+        status=CRASHED,
+        message="crashed",
+        signal_text="illegal instruction (SIGILL)",
+        rebuild_command='CMAKE_ARGS="-DGGML_AMX_INT8=OFF" python -m pip install ...',
+    )
+    report = detect_hardware(
+        str(_amx_machine(tmp_path)),
+        Nvml(FakeNvmlModule([])),
+        build=fake_build(NATIVE_AMX_BUILD),
+        ps=FakePsutil(cores=2),
+        machine="x86_64",
+        build_check=lambda: crashed,
+    )
     notes = " ".join(report.notes)
     assert report.build_check is crashed
     assert "crashed LlamaScope's build check" in notes and "illegal instruction (SIGILL)" in notes
     assert crashed.rebuild_command in notes
     assert "AMX in use" not in notes
     fine = BuildVerdict(key="k", status=OK, message="ok")
-    report = detect_hardware(str(_amx_machine(tmp_path)), Nvml(FakeNvmlModule([])),
-                             build=fake_build(NATIVE_AMX_BUILD), ps=FakePsutil(cores=2), machine="x86_64",
-                             build_check=lambda: fine)
+    report = detect_hardware(
+        str(_amx_machine(tmp_path)),
+        Nvml(FakeNvmlModule([])),
+        build=fake_build(NATIVE_AMX_BUILD),
+        ps=FakePsutil(cores=2),
+        machine="x86_64",
+        build_check=lambda: fine,
+    )
     assert "AMX in use" in " ".join(report.notes)  # a build with AMX that passed (a fixed llama.cpp)

@@ -103,8 +103,17 @@ def test_mixed_cache_types() -> None:
 
 @pytest.mark.parametrize(
     ("cache_type", "expected"),
-    [("f32", 4.0), ("f16", 2.0), ("bf16", 2.0), ("q8_0", 34 / 32), ("q4_0", 18 / 32), ("q4_1", 20 / 32),
-     ("q5_0", 22 / 32), ("q5_1", 24 / 32), ("iq4_nl", 18 / 32)],
+    [
+        ("f32", 4.0),
+        ("f16", 2.0),
+        ("bf16", 2.0),
+        ("q8_0", 34 / 32),
+        ("q4_0", 18 / 32),
+        ("q4_1", 20 / 32),
+        ("q5_0", 22 / 32),
+        ("q5_1", 24 / 32),
+        ("iq4_nl", 18 / 32),
+    ],
 )
 def test_bytes_per_element(cache_type: str, expected: float) -> None:
     assert bytes_per_element(cache_type) == expected

@@ -42,8 +42,10 @@ def test_hellaswag_reader() -> None:
 
 def test_hellaswag_preprocessing_drops_bracketed_tags(tmp_path: Path) -> None:
     f = tmp_path / "h.jsonl"
-    f.write_text('{"activity_label": "Cooking", "ctx": "A cook [header] stirs  the soup.", '
-                 '"endings": ["She [title]tastes it.", "x"], "label": "0"}\n')
+    f.write_text(
+        '{"activity_label": "Cooking", "ctx": "A cook [header] stirs  the soup.", '
+        '"endings": ["She [title]tastes it.", "x"], "label": "0"}\n'
+    )
     item = load_items(str(f), "hellaswag")[0]
     assert item.context == "Cooking: A cook stirs the soup."
     assert item.choices[0] == " She. tastes it."
@@ -73,8 +75,12 @@ def test_mmlu_reader() -> None:
         ("hellaswag", '{"ctx": "a", "endings": ["b", "c"], "label": 0}\nnot json\n', "line 2: not JSON"),
         ("hellaswag", '{"ctx": "a", "endings": ["b", "c"], "label": 5}\n', "label indexing"),
         ("hellaswag", '{"endings": ["b"], "label": 0}\n', "not a HellaSwag item"),
-        ("arc", '{"question": {"stem": "q", "choices": [{"text": "a", "label": "A"}, '
-                '{"text": "b", "label": "B"}]}, "answerKey": "C"}\n', "answerKey 'C'"),
+        (
+            "arc",
+            '{"question": {"stem": "q", "choices": [{"text": "a", "label": "A"}, '
+            '{"text": "b", "label": "B"}]}, "answerKey": "C"}\n',
+            "answerKey 'C'",
+        ),
         ("arc", '{"question": "q"}\n', "not an ARC item"),
         ("mmlu", "q,a,b,c\n", "expected 6 columns"),
         ("mmlu", "q,a,b,c,d,A\nq,a,b,c,d,E\n", "answer must be A, B, C or D"),

@@ -285,8 +285,19 @@ def test_kld_of_another_variant(q8_model: str, base_logits: tuple[str, object]) 
     r = evaluate_kl_divergence(q8_model, path, SMALL, text=default_text(), on_progress=seen.append)
     assert 1e-4 < r.kld_mean < 0.1
     assert r.kld_uncertainty is not None and r.kld_uncertainty > 0
-    ordered = [r.kld_min, r.kld_p0_1, r.kld_p1, r.kld_p5, r.kld_p10, r.kld_median, r.kld_p90, r.kld_p95,
-               r.kld_p99, r.kld_p99_9, r.kld_max]
+    ordered = [
+        r.kld_min,
+        r.kld_p0_1,
+        r.kld_p1,
+        r.kld_p5,
+        r.kld_p10,
+        r.kld_median,
+        r.kld_p90,
+        r.kld_p95,
+        r.kld_p99,
+        r.kld_p99_9,
+        r.kld_max,
+    ]
     assert ordered == sorted(ordered)
     assert 0.5 < r.same_top_p <= 1.0 and r.delta_p_rms > 0
     assert r.n_scored == 126 and len(r.running_kld) == 2
@@ -302,7 +313,10 @@ def test_a_base_and_its_variants_in_one_job(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the base's temporary logits go
     phases: list[tuple[str, str]] = []
     both = evaluate_against_base(
-        demo_model, [q8_model, demo_model], default_text(), SMALL,
+        demo_model,
+        [q8_model, demo_model],
+        default_text(),
+        SMALL,
         on_progress=lambda p: phases.append((p.phase, os.path.basename(p.model_path))),
     )
     assert both.base.n_chunks == 2 and len(both.variants) == 2
@@ -314,8 +328,9 @@ def test_a_base_and_its_variants_in_one_job(
 
     cancel = threading.Event()
     with pytest.raises(EvalCancelled):
-        evaluate_against_base(demo_model, [q8_model], default_text(), SMALL, cancel=cancel,
-                              on_progress=lambda p: cancel.set())
+        evaluate_against_base(
+            demo_model, [q8_model], default_text(), SMALL, cancel=cancel, on_progress=lambda p: cancel.set()
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -403,8 +418,13 @@ def test_cancel_between_chunks_leaves_no_logits_file(demo_model: str, tmp_path: 
         assert job is not None
         job.cancel()
 
-    job = start_perplexity(demo_model, default_text(), EvalSettings(n_ctx=128, n_chunks=3, n_threads=2),
-                           save_logits=str(out), on_progress=on_progress)
+    job = start_perplexity(
+        demo_model,
+        default_text(),
+        EvalSettings(n_ctx=128, n_chunks=3, n_threads=2),
+        save_logits=str(out),
+        on_progress=on_progress,
+    )
     with pytest.raises(EvalCancelled):
         job.wait()
     assert seen == [1]
@@ -432,8 +452,13 @@ def test_cancel_while_loading(demo_model: str) -> None:
 
 def test_no_space_for_the_logits_file(demo_model: str, tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="Not enough disk space"):
-        evaluate_perplexity(demo_model, default_text(), SMALL, save_logits=str(tmp_path / "x.logits"),
-                            free_bytes=lambda p: 1000)
+        evaluate_perplexity(
+            demo_model,
+            default_text(),
+            SMALL,
+            save_logits=str(tmp_path / "x.logits"),
+            free_bytes=lambda p: 1000,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -445,14 +470,33 @@ def test_model_file_errors(tmp_path: Path) -> None:
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
 def test_cli_eval_json(demo_model: str, base_logits: tuple[str, object]) -> None:
     path, _ = base_logits
-    result = _cli("eval", demo_model, "--ppl", "default", "--ctx", "128", "--chunks", "2", "--threads", "2",
-                  "--json", "--mc", str(ROOT / "resources/eval/mmlu_sample.csv"), "--format", "mmlu")
+    result = _cli(
+        "eval",
+        demo_model,
+        "--ppl",
+        "default",
+        "--ctx",
+        "128",
+        "--chunks",
+        "2",
+        "--threads",
+        "2",
+        "--json",
+        "--mc",
+        str(ROOT / "resources/eval/mmlu_sample.csv"),
+        "--format",
+        "mmlu",
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["perplexity"]["n_chunks"] == 2 and out["perplexity"]["ppl"] > 1

@@ -28,9 +28,21 @@ def ppl_result(
     ppl: float, *, text_sha256: str = "t1", n_ctx: int = 512, n_chunks: int = 10
 ) -> PerplexityResult:
     return PerplexityResult(
-        model_path="m.gguf", text_name="text", text_sha256=text_sha256, n_ctx=n_ctx, n_chunks=n_chunks,
-        n_tokens_text=10_000, n_scored=n_chunks * 255, ppl=ppl, ppl_uncertainty=0.1, mean_nll=math.log(ppl),
-        running_ppl=(ppl,), chunk_ppl=(ppl,), tokens_per_s=100.0, elapsed_s=1.0, add_bos=False,
+        model_path="m.gguf",
+        text_name="text",
+        text_sha256=text_sha256,
+        n_ctx=n_ctx,
+        n_chunks=n_chunks,
+        n_tokens_text=10_000,
+        n_scored=n_chunks * 255,
+        ppl=ppl,
+        ppl_uncertainty=0.1,
+        mean_nll=math.log(ppl),
+        running_ppl=(ppl,),
+        chunk_ppl=(ppl,),
+        tokens_per_s=100.0,
+        elapsed_s=1.0,
+        add_bos=False,
         logits_file=None,
     )
 
@@ -38,16 +50,34 @@ def ppl_result(
 def kld_result(ppl: float, ppl_base: float, kld: float, same_top: float) -> KLDivergenceResult:
     fields = {f.name: 0.0 for f in dataclasses.fields(KLDivergenceResult)}
     fields.update(
-        model_path="q.gguf", base_model="base", logits_file="b.logits", n_ctx=512, n_chunks=10, n_scored=2550,
-        ppl=ppl, ppl_base=ppl_base, ln_ppl_ratio=math.log(ppl / ppl_base), kld_mean=kld, same_top_p=same_top,
-        delta_p_percentiles=(), running_kld=(kld,), ppl_uncertainty=None, kld_uncertainty=0.001,
+        model_path="q.gguf",
+        base_model="base",
+        logits_file="b.logits",
+        n_ctx=512,
+        n_chunks=10,
+        n_scored=2550,
+        ppl=ppl,
+        ppl_base=ppl_base,
+        ln_ppl_ratio=math.log(ppl / ppl_base),
+        kld_mean=kld,
+        same_top_p=same_top,
+        delta_p_percentiles=(),
+        running_kld=(kld,),
+        ppl_uncertainty=None,
+        kld_uncertainty=0.001,
     )
     return KLDivergenceResult(**fields)  # type: ignore[arg-type]
 
 
 def variant(label: str, size: int, **kwargs: object) -> VariantMeasurement:
-    return VariantMeasurement(path=f"/m/{label}.gguf", label=label, type_name=label, file_bytes=size,
-                              bits_per_weight=size * 8 / 1e9, **kwargs)  # type: ignore[arg-type]
+    return VariantMeasurement(
+        path=f"/m/{label}.gguf",
+        label=label,
+        type_name=label,
+        file_bytes=size,
+        bits_per_weight=size * 8 / 1e9,
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 def test_quality_score_definition() -> None:

@@ -29,8 +29,15 @@ _TOKENIZER: dict[str, object] = {}
 
 
 def build_tiny_llama(
-    folder: str, *, n_embd: int = 64, n_ff: int = 128, n_head: int = 4, n_head_kv: int = 4,
-    extra_tokens: int = 0, swap_tokens: bool = False, add_bos: bool = False,
+    folder: str,
+    *,
+    n_embd: int = 64,
+    n_ff: int = 128,
+    n_head: int = 4,
+    n_head_kv: int = 4,
+    extra_tokens: int = 0,
+    swap_tokens: bool = False,
+    add_bos: bool = False,
 ) -> str:
     """A small loadable llama GGUF with the demo model's tokenizer (random weights, F16 matrices).
 
@@ -45,8 +52,12 @@ def build_tiny_llama(
         from app.demo_model import demo_model_path
 
         reader = gguf.GGUFReader(demo_model_path())
-        for name in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                     "tokenizer.ggml.pre"):
+        for name in (
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges",
+            "tokenizer.ggml.pre",
+        ):
             _TOKENIZER[name] = reader.fields[name].contents()
     tokens = list(_TOKENIZER["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
     types = list(_TOKENIZER["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
@@ -107,8 +118,24 @@ IMATRIX_TYPES = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_X
 
 def test_the_usual_types_are_supported_with_their_llama_ftype_numbers() -> None:
     names = {t.name for t in supported_quant_types()}
-    for name in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M",
-                 "Q6_K", "Q8_0", "IQ4_XS", "IQ4_NL", "F16", "BF16", "F32"):
+    for name in (
+        "Q2_K",
+        "Q3_K_S",
+        "Q3_K_M",
+        "Q3_K_L",
+        "Q4_0",
+        "Q4_K_S",
+        "Q4_K_M",
+        "Q5_K_S",
+        "Q5_K_M",
+        "Q6_K",
+        "Q8_0",
+        "IQ4_XS",
+        "IQ4_NL",
+        "F16",
+        "BF16",
+        "F32",
+    ):
         assert name in names
     # llama.h's enum llama_ftype
     assert ftype_value(quant_type("Q4_K_M")) == 15
@@ -169,7 +196,11 @@ def test_imatrix_column_agrees_with_llama_cpp_dry_runs(tmp_path_factory: pytest.
     payload = json.dumps([(t.name, ftype_value(t)) for t in types])
     result = subprocess.run(
         [sys.executable, "-c", _DRY_RUN, model, payload],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     needs: dict[str, bool] = {}

@@ -46,7 +46,7 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def f16_base(tmp_path_factory: pytest.TempPathFactory, demo_model: str) -> str:
-    """"Make F16 base" on the demo model, once per session."""
+    """ "Make F16 base" on the demo model, once per session."""
     folder = tmp_path_factory.mktemp("base")
     result = quantize(f16_base_request(demo_model, str(folder / "demo.F16-from-Q4_1.gguf")))
     return result.output_path
@@ -127,7 +127,19 @@ def test_a_killed_run_leaves_a_partial_that_the_next_run_sweeps(f16_base: str, t
     out = tmp_path / "demo.Q8_0.gguf"
     # LlamaScope killed mid-way (the CLI here): its hidden temporary file stays behind.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "quantize", f16_base, "--type", "q8_0", "-o", str(out), "--threads", "1"],
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "quantize",
+            f16_base,
+            "--type",
+            "q8_0",
+            "-o",
+            str(out),
+            "--threads",
+            "1",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -234,6 +246,7 @@ def test_read_only_destination_is_refused(
     import app.quantize as quantize_module
 
     real_access = os.access
+
     def access(path: str, mode: int) -> bool:
         return False if str(path) == str(tmp_path) else real_access(path, mode)
 
@@ -288,7 +301,11 @@ def test_llama_cpp_failure_is_reported_and_cleaned_up(tmp_path: Path) -> None:
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -318,8 +335,13 @@ def test_the_worker_runs_from_a_shell(f16_base: str) -> None:
 
     params = {"source": f16_base, "output": "/nonexistent/unused.gguf", "ftype": 7, "dry_run": True}
     result = subprocess.run(
-        [sys.executable, "-m", "app.quantize_worker"], input=json.dumps(params), cwd=ROOT,
-        capture_output=True, text=True, timeout=300, check=False,
+        [sys.executable, "-m", "app.quantize_worker"],
+        input=json.dumps(params),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[ 272/ 272]" in result.stderr

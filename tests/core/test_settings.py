@@ -386,8 +386,17 @@ def test_random_seed_maps_to_llama_default_seed() -> None:
 
 @pytest.mark.parametrize(
     ("name", "ggml_type"),
-    [("f32", 0), ("f16", 1), ("q4_0", 2), ("q4_1", 3), ("q5_0", 6), ("q5_1", 7), ("q8_0", 8),
-     ("iq4_nl", 20), ("bf16", 30)],
+    [
+        ("f32", 0),
+        ("f16", 1),
+        ("q4_0", 2),
+        ("q4_1", 3),
+        ("q5_0", 6),
+        ("q5_1", 7),
+        ("q8_0", 8),
+        ("iq4_nl", 20),
+        ("bf16", 30),
+    ],
 )
 def test_cache_types_map_to_ggml_type_ids(name: str, ggml_type: int) -> None:
     kwargs = load_with(type_k=name, type_v=name, flash_attn=True).to_llama_kwargs()

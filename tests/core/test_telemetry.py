@@ -194,8 +194,12 @@ def test_cpu_frequency_from_cpufreq_else_cpuinfo(tmp_path: Path) -> None:
 
 
 def test_memory_from_proc_meminfo(tmp_path: Path) -> None:
-    write(tmp_path, "/proc/meminfo", "MemTotal:       16384000 kB\nMemFree:   1000 kB\n"
-          "MemAvailable:   8192000 kB\nSwapTotal:       2048000 kB\nSwapFree:        1024000 kB\n")
+    write(
+        tmp_path,
+        "/proc/meminfo",
+        "MemTotal:       16384000 kB\nMemFree:   1000 kB\n"
+        "MemAvailable:   8192000 kB\nSwapTotal:       2048000 kB\nSwapFree:        1024000 kB\n",
+    )
     info = read_meminfo(str(tmp_path))
     assert info == MemInfo(16384000 * 1024, 8192000 * 1024, 2048000 * 1024, 1024000 * 1024)
     write(tmp_path, "/proc/meminfo", "MemTotal: lots\n")
@@ -263,8 +267,14 @@ def test_clock_event_reasons_in_words_and_gpu_verdicts() -> None:
 
 def test_cpu_verdicts() -> None:
     def v(**kw: object) -> ThrottleVerdict:
-        args = {"thermal_events": 0, "power_events": 0, "cpu_percent": 50.0, "freq_mhz": 4000.0,
-                "freq_max_mhz": 4800.0, **kw}
+        args = {
+            "thermal_events": 0,
+            "power_events": 0,
+            "cpu_percent": 50.0,
+            "freq_mhz": 4000.0,
+            "freq_max_mhz": 4800.0,
+            **kw,
+        }
         return cpu_verdict(**args).verdict  # type: ignore[arg-type]
 
     assert v() is ThrottleVerdict.NOT_THROTTLING
@@ -295,8 +305,9 @@ class Rig:
         self.ps = FakePsutil(cores=2)
         self.clock = FakeClock()
         self.module = nvml_module if nvml_module is not None else two_gpu_nvml()
-        self.collector = SnapshotCollector(str(root), Nvml(self.module), ps=self.ps, clock=self.clock,
-                                           wall_clock=lambda: 1.7e9)
+        self.collector = SnapshotCollector(
+            str(root), Nvml(self.module), ps=self.ps, clock=self.clock, wall_clock=lambda: 1.7e9
+        )
 
     def tick(self, seconds: float = 0.5, *, joules: float = 10.0, busy: float = 0.25) -> Snapshot:
         self.clock.advance(seconds)
@@ -307,10 +318,17 @@ class Rig:
 
 def test_memory_comes_from_meminfo_when_there_is_one(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    write(tmp_path, "/proc/meminfo", "MemTotal: 1000 kB\nMemAvailable: 400 kB\nSwapTotal: 100 kB\n"
-          "SwapFree: 30 kB\n")
+    write(
+        tmp_path,
+        "/proc/meminfo",
+        "MemTotal: 1000 kB\nMemAvailable: 400 kB\nSwapTotal: 100 kB\nSwapFree: 30 kB\n",
+    )
     s = rig.collector.collect()
-    assert (s.mem_total_bytes, s.mem_used_bytes, s.mem_available_bytes) == (1000 * 1024, 600 * 1024, 400 * 1024)
+    assert (s.mem_total_bytes, s.mem_used_bytes, s.mem_available_bytes) == (
+        1000 * 1024,
+        600 * 1024,
+        400 * 1024,
+    )
     assert s.swap_used_bytes == 70 * 1024
     write(tmp_path, "/proc/meminfo", "MemTotal: 1000 kB\n")  # no MemAvailable (old kernel): psutil
     assert rig.collector.collect().mem_available_bytes == 10 * 1024**3
@@ -616,27 +634,61 @@ def make_snapshot(
         gpu_verdict(g.index, g.throttle_reasons_mask) for g in gpus
     )
     return Snapshot(
-        t_monotonic_s=t, t_unix_s=t, interval_s=interval, cpu_percent=cpu, cpu_per_core_percent=(),
-        cpu_freq_mhz=None, cpu_freq_max_mhz=None, load_avg=None, mem_total_bytes=None, mem_used_bytes=None,
-        mem_available_bytes=None, swap_used_bytes=None, process_rss_bytes=rss, process_cpu_percent=None,
-        gpus=gpus, temperatures_c=temps, fans_rpm=(), cpu_package_power_watts=cpu_power,
-        cpu_energy_joules_total=None, cpu_throttle_events_total=throttle_total, verdicts=verdicts,
+        t_monotonic_s=t,
+        t_unix_s=t,
+        interval_s=interval,
+        cpu_percent=cpu,
+        cpu_per_core_percent=(),
+        cpu_freq_mhz=None,
+        cpu_freq_max_mhz=None,
+        load_avg=None,
+        mem_total_bytes=None,
+        mem_used_bytes=None,
+        mem_available_bytes=None,
+        swap_used_bytes=None,
+        process_rss_bytes=rss,
+        process_cpu_percent=None,
+        gpus=gpus,
+        temperatures_c=temps,
+        fans_rpm=(),
+        cpu_package_power_watts=cpu_power,
+        cpu_energy_joules_total=None,
+        cpu_throttle_events_total=throttle_total,
+        verdicts=verdicts,
     )
 
 
-def make_gpu(index: int = 0, *, power: float | None = 100.0, energy: float | None = None,
-             mask: int | None = 0, temp: float | None = 70.0) -> GpuSnapshot:
+def make_gpu(
+    index: int = 0,
+    *,
+    power: float | None = 100.0,
+    energy: float | None = None,
+    mask: int | None = 0,
+    temp: float | None = 70.0,
+) -> GpuSnapshot:
     return GpuSnapshot(
-        index=index, name="G", utilization_percent=90.0, memory_used_bytes=1, memory_total_bytes=2,
-        temperature_c=temp, power_watts=power, power_limit_watts=300.0, sm_clock_mhz=None,
-        memory_clock_mhz=None, fan_percent=None, throttle_reasons_mask=mask,
-        throttle_reasons=decode_clock_event_reasons(mask), energy_joules_total=energy,
+        index=index,
+        name="G",
+        utilization_percent=90.0,
+        memory_used_bytes=1,
+        memory_total_bytes=2,
+        temperature_c=temp,
+        power_watts=power,
+        power_limit_watts=300.0,
+        sm_clock_mhz=None,
+        memory_clock_mhz=None,
+        fan_percent=None,
+        throttle_reasons_mask=mask,
+        throttle_reasons=decode_clock_event_reasons(mask),
+        energy_joules_total=energy,
     )
 
 
 def test_summary_of_cpu_only_snapshots_without_power() -> None:
-    snaps = [make_snapshot(t, cpu=c, rss=r, temps=(("cpu", tc),))
-             for t, c, r, tc in ((1, 20.0, 100, 50.0), (1.5, 40.0, 300, 65.0), (2, None, 200, 60.0))]
+    snaps = [
+        make_snapshot(t, cpu=c, rss=r, temps=(("cpu", tc),))
+        for t, c, r, tc in ((1, 20.0, 100, 50.0), (1.5, 40.0, 300, 65.0), (2, None, 200, 60.0))
+    ]
     summary = summarize(snaps)
     assert summary.n_samples == 3
     assert summary.mean_cpu_percent == pytest.approx(30.0)
@@ -660,8 +712,9 @@ def test_summary_energy_uses_rapl_and_gpu_counters() -> None:
 
 
 def test_energy_between_clips_intervals_at_the_window_edges() -> None:
-    snaps = [make_snapshot(t, interval=1.0, cpu_power=10.0, gpus=(make_gpu(power=50.0),))
-             for t in (1, 2, 3, 4)]
+    snaps = [
+        make_snapshot(t, interval=1.0, cpu_power=10.0, gpus=(make_gpu(power=50.0),)) for t in (1, 2, 3, 4)
+    ]
     report = energy_between(snaps, 1.5, 3.25)  # covers (0,1] no, (1,2] half, (2,3] all, (3,4] a quarter
     assert report.covered_s == pytest.approx(1.75)
     assert report.cpu_package_joules == pytest.approx(17.5)
@@ -674,8 +727,10 @@ def test_energy_between_clips_intervals_at_the_window_edges() -> None:
 
 
 def test_a_gpu_energy_counter_reset_falls_back_to_power() -> None:
-    snaps = [make_snapshot(1.0, gpus=(make_gpu(power=100.0, energy=5000.0),)),
-             make_snapshot(1.5, gpus=(make_gpu(power=100.0, energy=10.0),))]  # driver reloaded
+    snaps = [
+        make_snapshot(1.0, gpus=(make_gpu(power=100.0, energy=5000.0),)),
+        make_snapshot(1.5, gpus=(make_gpu(power=100.0, energy=10.0),)),
+    ]  # driver reloaded
     assert summarize(snaps).energy_joules == pytest.approx(100.0)
 
 
@@ -728,7 +783,10 @@ def test_recorder_collects_only_between_start_and_stop() -> None:
 def test_monitor_csv_for_a_few_seconds() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app", "monitor", "--interval", "0.1", "--seconds", "1", "--csv"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(io.StringIO(result.stdout)))
@@ -740,8 +798,12 @@ def test_monitor_csv_for_a_few_seconds() -> None:
 
 
 def test_monitor_stops_cleanly_on_ctrl_c() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "app", "monitor", "--interval", "0.1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "monitor", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -757,7 +819,12 @@ def test_monitor_stops_cleanly_on_ctrl_c() -> None:
 
 def test_monitor_rejects_bad_arguments() -> None:
     for args in (["--interval", "0"], ["--interval", "60"], ["--seconds", "-1"]):
-        result = subprocess.run([sys.executable, "-m", "app", "monitor", *args], capture_output=True,
-                                text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "app", "monitor", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert result.returncode == 2, args
         assert "llamascope:" in result.stderr

@@ -37,40 +37,93 @@ WAIT_MS = 120_000
 
 def _report(tmp_path: Path, *, gpus: bool) -> HardwareReport:
     build_x86_tree(tmp_path, cpus=8)
-    module = FakeNvmlModule([FakeGpu("RTX 4090", total_gib=24, used_gib=2)]) if gpus else FakeNvmlModule(
-        [], init_error=LIBRARY_NOT_FOUND)
+    module = (
+        FakeNvmlModule([FakeGpu("RTX 4090", total_gib=24, used_gib=2)])
+        if gpus
+        else FakeNvmlModule([], init_error=LIBRARY_NOT_FOUND)
+    )
     build = fake_build(backends=("CUDA", "CPU"), gpu_offload=True) if gpus else fake_build()
     return detect_hardware(str(tmp_path), Nvml(module), build=build, ps=FakePsutil(cores=8), machine="x86_64")
 
 
 def _model() -> ModelInfo:
     return ModelInfo(
-        path="/models/m.gguf", file_size_bytes=4 * GIB, gguf_version=3, name="M", architecture="llama",
-        n_params=7_000_000_000, size_class=SizeClass.LARGE, size_label="7B", file_type="Q4_K_M",
-        tensor_types=(), tensor_data_bytes=4 * GIB, bits_per_weight=4.8, context_length=4096, n_layer=32,
-        n_embd=4096, n_head=32, n_head_kv=8, n_embd_head_k=128, n_embd_head_v=128, vocab_size=32000,
+        path="/models/m.gguf",
+        file_size_bytes=4 * GIB,
+        gguf_version=3,
+        name="M",
+        architecture="llama",
+        n_params=7_000_000_000,
+        size_class=SizeClass.LARGE,
+        size_label="7B",
+        file_type="Q4_K_M",
+        tensor_types=(),
+        tensor_data_bytes=4 * GIB,
+        bits_per_weight=4.8,
+        context_length=4096,
+        n_layer=32,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=8,
+        n_embd_head_k=128,
+        n_embd_head_v=128,
+        vocab_size=32000,
         chat_template=None,
     )
 
 
 def _gpu(index: int = 0, *, mask: int | None = 0, power: float | None = 200.0) -> GpuSnapshot:
-    return GpuSnapshot(index=index, name="RTX", utilization_percent=80.0, memory_used_bytes=3 * GIB,
-                       memory_total_bytes=24 * GIB, temperature_c=66.0, power_watts=power,
-                       power_limit_watts=450.0, sm_clock_mhz=2500.0, memory_clock_mhz=10000.0,
-                       fan_percent=None, throttle_reasons_mask=mask, throttle_reasons=(), energy_joules_total=None)
+    return GpuSnapshot(
+        index=index,
+        name="RTX",
+        utilization_percent=80.0,
+        memory_used_bytes=3 * GIB,
+        memory_total_bytes=24 * GIB,
+        temperature_c=66.0,
+        power_watts=power,
+        power_limit_watts=450.0,
+        sm_clock_mhz=2500.0,
+        memory_clock_mhz=10000.0,
+        fan_percent=None,
+        throttle_reasons_mask=mask,
+        throttle_reasons=(),
+        energy_joules_total=None,
+    )
 
 
-def _snap(t: float, *, temps: tuple[tuple[str, float], ...] = (), gpus: tuple[GpuSnapshot, ...] = (),
-          cpu_power: float | None = None, cpu_verdict: ThrottleVerdict = ThrottleVerdict.NOT_AVAILABLE,
-          cpu: float | None = 40.0) -> Snapshot:
+def _snap(
+    t: float,
+    *,
+    temps: tuple[tuple[str, float], ...] = (),
+    gpus: tuple[GpuSnapshot, ...] = (),
+    cpu_power: float | None = None,
+    cpu_verdict: ThrottleVerdict = ThrottleVerdict.NOT_AVAILABLE,
+    cpu: float | None = 40.0,
+) -> Snapshot:
     verdicts = (DeviceVerdict("CPU", cpu_verdict, "3 new thermal throttle events"),) + tuple(
-        gpu_verdict(g.index, g.throttle_reasons_mask) for g in gpus)
+        gpu_verdict(g.index, g.throttle_reasons_mask) for g in gpus
+    )
     return Snapshot(
-        t_monotonic_s=t, t_unix_s=t, interval_s=0.5, cpu_percent=cpu, cpu_per_core_percent=(30.0, 50.0, 95.0),
-        cpu_freq_mhz=2900.0, cpu_freq_max_mhz=None, load_avg=(1.0, 0.5, 0.25), mem_total_bytes=16 * GIB,
-        mem_used_bytes=6 * GIB, mem_available_bytes=10 * GIB, swap_used_bytes=0, process_rss_bytes=GIB // 2,
-        process_cpu_percent=150.0, gpus=gpus, temperatures_c=temps, fans_rpm=(),
-        cpu_package_power_watts=cpu_power, cpu_energy_joules_total=None, cpu_throttle_events_total=None,
+        t_monotonic_s=t,
+        t_unix_s=t,
+        interval_s=0.5,
+        cpu_percent=cpu,
+        cpu_per_core_percent=(30.0, 50.0, 95.0),
+        cpu_freq_mhz=2900.0,
+        cpu_freq_max_mhz=None,
+        load_avg=(1.0, 0.5, 0.25),
+        mem_total_bytes=16 * GIB,
+        mem_used_bytes=6 * GIB,
+        mem_available_bytes=10 * GIB,
+        swap_used_bytes=0,
+        process_rss_bytes=GIB // 2,
+        process_cpu_percent=150.0,
+        gpus=gpus,
+        temperatures_c=temps,
+        fans_rpm=(),
+        cpu_package_power_watts=cpu_power,
+        cpu_energy_joules_total=None,
+        cpu_throttle_events_total=None,
         verdicts=verdicts,
     )
 
@@ -119,8 +172,9 @@ def test_apply_emits_the_recommended_load_values(qtbot: QtBot, panel: HardwarePa
     panel.on_hardware_detected(_report(tmp_path, gpus=False))
     with qtbot.waitSignal(panel.apply_requested, timeout=WAIT_MS) as blocker:
         qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
-    assert blocker.args == [{"n_threads": 4, "n_threads_batch": 8, "n_batch": 512, "n_ubatch": 512,
-                             "n_gpu_layers": 0}]
+    assert blocker.args == [
+        {"n_threads": 4, "n_threads_batch": 8, "n_batch": 512, "n_ubatch": 512, "n_gpu_layers": 0}
+    ]
 
 
 def test_detect_again_asks_and_a_failure_shows_n_a(
@@ -200,8 +254,9 @@ def test_throttle_badges_show_while_throttling_and_fade(panel: HardwarePanel) ->
     assert "3 new thermal throttle events" in cpu_badge.toolTip()
     panel.on_snapshot(_snap(11.0, gpus=(_gpu(mask=0),), cpu_verdict=ThrottleVerdict.NOT_THROTTLING))
     assert cpu_badge.isVisible()  # held, so a short throttle is not missed
-    panel.on_snapshot(_snap(10.5 + THROTTLE_HOLD_S + 1, gpus=(_gpu(mask=0),),
-                            cpu_verdict=ThrottleVerdict.NOT_THROTTLING))
+    panel.on_snapshot(
+        _snap(10.5 + THROTTLE_HOLD_S + 1, gpus=(_gpu(mask=0),), cpu_verdict=ThrottleVerdict.NOT_THROTTLING)
+    )
     assert not cpu_badge.isVisible() and not gpu_badge.isVisible()
 
 
@@ -312,7 +367,8 @@ def bridge(qtbot: QtBot, tmp_path: Path) -> Iterator[TelemetryBridge]:
 def test_bridge_forwards_snapshots_to_the_gui_thread(qtbot: QtBot, bridge: TelemetryBridge) -> None:
     received: list[tuple[Snapshot, bool]] = []
     bridge.snapshot_received.connect(
-        lambda s: received.append((s, threading.current_thread() is threading.main_thread())))
+        lambda s: received.append((s, threading.current_thread() is threading.main_thread()))
+    )
     with qtbot.waitSignal(bridge.interval_changed, timeout=WAIT_MS):
         bridge.start()
     qtbot.waitUntil(lambda: len(received) >= 2, timeout=WAIT_MS)
@@ -382,8 +438,11 @@ def test_main_window_samples_detects_applies_and_stops(qtbot: QtBot, tmp_path: P
     assert win.model_panel.preset_combo.currentData() == "custom"
     win.close()
     assert not win.sampler.running
-    assert not [t for t in threading.enumerate()
-                if t.name.startswith(("llamascope-telemetry", "llamascope-hardware")) and t.is_alive()]
+    assert not [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith(("llamascope-telemetry", "llamascope-hardware")) and t.is_alive()
+    ]
 
 
 def test_model_config_applies_only_known_fields(qtbot: QtBot, tmp_path: Path) -> None:

@@ -254,7 +254,10 @@ def test_a_build_that_crashed_the_check_is_reported_before_any_load(
     from app.build_check import CRASHED, BuildVerdict
 
     crashed = BuildVerdict(
-        key="k", status=CRASHED, signal_text="illegal instruction (SIGILL)", log_tail=("ggml: AMX buffer",),
+        key="k",
+        status=CRASHED,
+        signal_text="illegal instruction (SIGILL)",
+        log_tail=("ggml: AMX buffer",),
         message="This llama.cpp build crashed LlamaScope's build check on this CPU: illegal instruction.",
         rebuild_command='CMAKE_ARGS="-DGGML_AMX_INT8=OFF" python -m pip install llama-cpp-python',
     )

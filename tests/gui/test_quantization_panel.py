@@ -45,8 +45,9 @@ def test_types_needing_an_imatrix_are_listed_but_disabled(window: MainWindow) ->
     assert "imatrix" in iq[0].toolTip().lower() or "importance" in iq[0].toolTip().lower()
 
 
-def test_quantize_then_measure_base_and_variant(qtbot: QtBot, window: MainWindow, tmp_path: Path,
-                                                demo_model: str) -> None:
+def test_quantize_then_measure_base_and_variant(
+    qtbot: QtBot, window: MainWindow, tmp_path: Path, demo_model: str
+) -> None:
     quant = window.quantization_panel
     out = tmp_path / "demo-Q4_0.gguf"
     _select_type(window, "Q4_0")
@@ -66,15 +67,17 @@ def test_quantize_then_measure_base_and_variant(qtbot: QtBot, window: MainWindow
     qtbot.waitUntil(lambda: quant._source == demo_model, timeout=WAIT_MS)
     quant.ctx_spin.setValue(128)
     quant.chunks_spin.setValue(2)
-    with qtbot.waitSignal(window.quality.eval_finished, timeout=WAIT_MS,
-                          check_params_cb=lambda kind, _r: kind == "speed"):
+    with qtbot.waitSignal(
+        window.quality.eval_finished, timeout=WAIT_MS, check_params_cb=lambda kind, _r: kind == "speed"
+    ):
         qtbot.mouseClick(quant.base_button, Qt.MouseButton.LeftButton)
     assert "log-probabilities saved" in quant.base_label.text()
     # The variant against the base: KL divergence, then speed.
     window.model_panel.add_model_file(str(out))
     qtbot.waitUntil(lambda: quant._source == str(out), timeout=WAIT_MS)
-    with qtbot.waitSignal(window.quality.eval_finished, timeout=WAIT_MS,
-                          check_params_cb=lambda kind, _r: kind == "speed"):
+    with qtbot.waitSignal(
+        window.quality.eval_finished, timeout=WAIT_MS, check_params_cb=lambda kind, _r: kind == "speed"
+    ):
         qtbot.mouseClick(quant.measure_button, Qt.MouseButton.LeftButton)
     assert "mean KLD" in quant.quality_result.text()
     table = quant.compare_table
@@ -86,8 +89,9 @@ def test_quantize_then_measure_base_and_variant(qtbot: QtBot, window: MainWindow
     assert len(quant.scatter.data) >= 1
 
 
-def test_cancel_during_quantization_leaves_no_file(qtbot: QtBot, window: MainWindow, tmp_path: Path,
-                                                   demo_model: str) -> None:
+def test_cancel_during_quantization_leaves_no_file(
+    qtbot: QtBot, window: MainWindow, tmp_path: Path, demo_model: str
+) -> None:
     quant = window.quantization_panel
     source_bytes = Path(demo_model).read_bytes()[:4096]
     out = tmp_path / "cancelled-Q8_0.gguf"

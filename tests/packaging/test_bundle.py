@@ -27,8 +27,21 @@ BUILD_DIR = ROOT / "build" / "test-bundle"
 EXECUTABLE = {"win32": "llamascope-cli.exe"}.get(sys.platform, "LlamaScope")
 # Linux x86-64 bundles carry the portable llama.cpp: one CPU backend per CPU generation.
 PORTABLE = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
-CPU_VARIANTS = ("x64", "sse42", "sandybridge", "ivybridge", "piledriver", "haswell", "skylakex", "cannonlake",
-                "cascadelake", "icelake", "cooperlake", "zen4", "alderlake")
+CPU_VARIANTS = (
+    "x64",
+    "sse42",
+    "sandybridge",
+    "ivybridge",
+    "piledriver",
+    "haswell",
+    "skylakex",
+    "cannonlake",
+    "cascadelake",
+    "icelake",
+    "cooperlake",
+    "zen4",
+    "alderlake",
+)
 DEMO_PROMPT_TOKENS = 32
 UNUSED_QT = ("WebEngine", "Qml", "Quick", "3D", "Multimedia", "Pdf", "Designer", "Charts")
 
@@ -46,7 +59,10 @@ def bundle_dir() -> Path:
     # The portable llama.cpp the bundle ships (cached; the first build of a version takes long).
     portable = subprocess.run(
         [sys.executable, str(ROOT / "packaging" / "build_llama_portable.py")],
-        capture_output=True, text=True, timeout=3 * 3600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=3 * 3600,
+        check=False,
     )
     assert portable.returncode == 0, portable.stdout[-3000:] + portable.stderr[-6000:]
     print(f"\nportable llama.cpp ready in {time.monotonic() - t0:.0f} s: {portable.stdout.strip() or 'n/a'}")
@@ -63,8 +79,11 @@ def bundle_dir() -> Path:
             str(ROOT / "packaging" / "llamascope.spec"),
         ],
         cwd=ROOT,
-        env={**os.environ, "LLAMASCOPE_BUNDLE_DEMO_MODEL": "1",
-             "LLAMASCOPE_LLAMA_LIB_DIR": portable.stdout.strip()},
+        env={
+            **os.environ,
+            "LLAMASCOPE_BUNDLE_DEMO_MODEL": "1",
+            "LLAMASCOPE_LLAMA_LIB_DIR": portable.stdout.strip(),
+        },
         capture_output=True,
         text=True,
         timeout=3600,
@@ -162,7 +181,9 @@ def _bundle_libs(bundle_dir: Path) -> Path:
 @pytest.mark.skipif(not PORTABLE, reason="the portable llama.cpp is built for Linux x86-64")
 def test_the_bundle_ships_a_cpu_backend_per_cpu_generation_without_amx(bundle_dir: Path) -> None:
     names = {p.name for p in _bundle_libs(bundle_dir).iterdir()}
-    variants = {n.removeprefix("libggml-cpu-").removesuffix(".so") for n in names if n.startswith("libggml-cpu-")}
+    variants = {
+        n.removeprefix("libggml-cpu-").removesuffix(".so") for n in names if n.startswith("libggml-cpu-")
+    }
     assert {"x64", "sse42", "haswell", "skylakex", "zen4"} <= variants
     assert "sapphirerapids" not in variants  # the AMX variant (app/llama_build.py)
     assert "libggml-cpu.so" not in names  # no backend compiled for the build machine alone
@@ -180,20 +201,36 @@ def _under_qemu_haswell(lib_dir: Path | None, tmp_path: Path) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
     if lib_dir is not None:
         env["LLAMA_CPP_LIB_PATH"] = str(lib_dir)
-    command = [shutil.which("qemu-x86_64") or "qemu-x86_64", "-cpu", "Haswell", sys.executable, "-m",
-               "app.build_check", "--child", str(demo_model_path()), "--prompt-tokens", str(DEMO_PROMPT_TOKENS)]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    command = [
+        shutil.which("qemu-x86_64") or "qemu-x86_64",
+        "-cpu",
+        "Haswell",
+        sys.executable,
+        "-m",
+        "app.build_check",
+        "--child",
+        str(demo_model_path()),
+        "--prompt-tokens",
+        str(DEMO_PROMPT_TOKENS),
+    ]
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False
+    )
 
 
-@pytest.mark.skipif(not PORTABLE or shutil.which("qemu-x86_64") is None,
-                    reason="needs Linux x86-64 and qemu-user (Debian: apt-get install qemu-user)")
+@pytest.mark.skipif(
+    not PORTABLE or shutil.which("qemu-x86_64") is None,
+    reason="needs Linux x86-64 and qemu-user (Debian: apt-get install qemu-user)",
+)
 def test_the_bundles_llama_cpp_decodes_on_an_avx2_only_cpu(bundle_dir: Path, tmp_path: Path) -> None:
     result = _under_qemu_haswell(_bundle_libs(bundle_dir), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     facts = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert {"ok": True, "prompt_tokens": DEMO_PROMPT_TOKENS, "stage": "done"} in facts
     assert any(f.get("cpu_variant") == "haswell" for f in facts), facts
-    print(f"\nunder qemu -cpu Haswell the bundle's llama.cpp chose {[f.get('cpu_variant') for f in facts][1]}")
+    print(
+        f"\nunder qemu -cpu Haswell the bundle's llama.cpp chose {[f.get('cpu_variant') for f in facts][1]}"
+    )
 
 
 def _native_build_has_avx512() -> bool:
@@ -202,8 +239,10 @@ def _native_build_has_avx512() -> bool:
     return "AVX512 = 1" in build_info().system_info
 
 
-@pytest.mark.skipif(not PORTABLE or shutil.which("qemu-x86_64") is None,
-                    reason="needs Linux x86-64 and qemu-user (Debian: apt-get install qemu-user)")
+@pytest.mark.skipif(
+    not PORTABLE or shutil.which("qemu-x86_64") is None,
+    reason="needs Linux x86-64 and qemu-user (Debian: apt-get install qemu-user)",
+)
 # A string condition is evaluated when the test runs, not when the module is collected.
 @pytest.mark.skipif("not _native_build_has_avx512()", reason="the venv's native build has no AVX-512 code")
 def test_a_native_avx512_build_dies_there(tmp_path: Path) -> None:
