@@ -63,7 +63,9 @@ _WINDOWS_CRASHES = {
 def signal_in_words(signum: int) -> str:
     """What a native death by `signum` means, for a person."""
     words = {
-        signal.SIGILL: "illegal instruction: the llama.cpp build uses a CPU instruction this machine cannot run",
+        signal.SIGILL: (
+            "illegal instruction: the llama.cpp build uses a CPU instruction this machine cannot run"
+        ),
         signal.SIGSEGV: "segmentation fault (a memory fault in native code)",
         signal.SIGABRT: "aborted by an assertion in llama.cpp",
         signal.SIGFPE: "arithmetic fault in native code",

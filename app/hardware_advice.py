@@ -147,7 +147,7 @@ def _gpu_layers(
         frees = list(free_vram_bytes)
     else:
         frees = [g.memory_free_bytes for g in report.gpus]
-    known = [(f, g) for f, g in zip(frees, report.gpus) if f is not None]
+    known = [(f, g) for f, g in zip(frees, report.gpus, strict=True) if f is not None]
     if not known:
         return 0, "free VRAM unknown"
     free = sum(f for f, _ in known)

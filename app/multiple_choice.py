@@ -209,7 +209,9 @@ def load_mmlu(path: str) -> list[MCItem]:
                     continue
                 raise BenchmarkFileError(f"{where}: the answer must be A, B, C or D, not {row[5]!r}.")
             question = row[0].strip()
-            options = "".join(f"\n{letter}. {text.strip()}" for letter, text in zip(letters, row[1:5]))
+            options = "".join(
+                f"\n{letter}. {text.strip()}" for letter, text in zip(letters, row[1:5], strict=False)
+            )
             items.append(
                 MCItem(
                     str(number),

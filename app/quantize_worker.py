@@ -56,7 +56,7 @@ def _forward_llama_log(lc: Any, write: Callable[[bytes], None]) -> None:
 def _kv_overrides(lc: Any, strings: dict[str, str]) -> Any:
     """A llama_model_kv_override array (string values), terminated by an empty key."""
     array = (lc.llama_model_kv_override * (len(strings) + 1))()
-    for item, (key, value) in zip(array, strings.items()):
+    for item, (key, value) in zip(array, strings.items(), strict=False):
         item.tag = lc.LLAMA_KV_OVERRIDE_TYPE_STR
         item.key = key.encode("utf-8")[:127]
         item.value.val_str = value.encode("utf-8")[:127]

@@ -583,7 +583,8 @@ class SamplingSettings(_SettingsBase):
             problems.append(
                 Problem(
                     "mirostat_mode",
-                    f"mirostat_mode {self.mirostat_mode} replaces top_k, top_p, min_p and typical_p: they are ignored",
+                    f"mirostat_mode {self.mirostat_mode} replaces top_k, top_p, min_p and typical_p: "
+                    "they are ignored",
                     "warning",
                 )
             )

@@ -359,7 +359,7 @@ class SnapshotCollector:
             return (), None
         per_core: list[float | None] = []
         busy_sum = total_sum = 0.0
-        for before, after in zip(prev, times):
+        for before, after in zip(prev, times, strict=False):
             d_total = _cpu_total(after) - _cpu_total(before)
             d_busy = _cpu_busy(after) - _cpu_busy(before)
             per_core.append(_percent(d_busy, d_total))

@@ -44,7 +44,7 @@ def rate(stamps_ns: list[int]) -> float:
 def steady_rate(stamps_ns: list[int]) -> float:
     """1 / the median time between tokens: what a token costs when the run is not preempted (on a
     busy machine a few tokens wait for a core, and they weigh heavily in `rate`)."""
-    return 1e9 / statistics.median(b - a for a, b in zip(stamps_ns, stamps_ns[1:]))
+    return 1e9 / statistics.median(b - a for a, b in zip(stamps_ns, stamps_ns[1:], strict=False))
 
 
 def main() -> int:

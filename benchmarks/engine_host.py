@@ -109,7 +109,8 @@ def main() -> int:
     print("|---|---:|")
     print(
         f"| llama.cpp's buffers: weights {(mem.model_buffer_bytes or 0) / MIB:.1f} + KV "
-        f"{(mem.kv_cache_bytes or 0) / MIB:.1f} + compute {(mem.compute_buffer_bytes or 0) / MIB:.1f} + output "
+        f"{(mem.kv_cache_bytes or 0) / MIB:.1f} + compute {(mem.compute_buffer_bytes or 0) / MIB:.1f} "
+        "+ output "
         f"{(mem.output_buffer_bytes or 0) / MIB:.1f} | {reported / MIB:.1f} |"
     )
     print(f"| host process RSS, model loaded, after a generation | {host_rss / MIB:.1f} |")

@@ -162,7 +162,8 @@ def main() -> int:
     if "idle" in parts:
         idle = idle_window_cpu(args.seconds)
         print(
-            f"| idle window, Hardware plots live ({idle['platform']}): whole process | {idle['wall_s']:.1f} | "
+            f"| idle window, Hardware plots live ({idle['platform']}): whole process | "
+            f"{idle['wall_s']:.1f} | "
             f"{idle['ticks']:.0f} | {idle['process_pct']:.2f} | < 3 %: "
             f"{'met' if idle['process_pct'] < 3 else 'NOT met'} |"
         )
@@ -175,7 +176,7 @@ def main() -> int:
     med_off, med_on = statistics.median(off), statistics.median(on)
     ratio = med_on / med_off
     # Each "on" run against the "off" run just before it: robust to load that drifts over minutes.
-    paired = statistics.median(b / a for a, b in zip(off, on))
+    paired = statistics.median(b / a for a, b in zip(off, on, strict=True))
     print(
         f"generation: demo model, {args.tokens} tokens, greedy, {args.threads} threads, "
         f"{args.reps} interleaved repetitions per arm"

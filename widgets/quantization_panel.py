@@ -302,7 +302,8 @@ class QuantizationPanel(Panel):
             self.source_label.setText("Select a loadable model in Model Config.")
         else:
             self.source_label.setText(
-                f"Source: <b>{info.display_name}</b> · {info.file_type or 'n/a'} · {fmt_bytes(info.file_size_bytes)}"
+                f"Source: <b>{info.display_name}</b> · {info.file_type or 'n/a'} · "
+                f"{fmt_bytes(info.file_size_bytes)}"
             )
             self.output_edit.clear()
         self._update_buttons()

@@ -1,4 +1,7 @@
-"""A small service for testing the engine host's plumbing without llama.cpp (tests/core/test_engine_host.py)."""
+"""A small service for testing the engine host's plumbing without llama.cpp.
+
+Used by tests/core/test_engine_host.py.
+"""
 
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ def test_self_test_runs_from_a_path_with_spaces_and_umlauts(bundle_dir: Path, tm
     assert not (home / "config").exists() and not (home / "data").exists()  # self-test: temp only
     print(
         f"\nbundle self-test: window shown {report['startup_s']} s after start, "
-        f"{report['tokens_per_s']} tokens/s, backends {report['backends']}, CPU variant {report['cpu_variant']}, "
+        f"{report['tokens_per_s']} tokens/s, backends {report['backends']}, "
+        f"CPU variant {report['cpu_variant']}, "
         f"{_size_bytes(bundle_dir) / 2**20:.0f} MiB"
     )
 
