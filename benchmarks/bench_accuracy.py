@@ -1,6 +1,6 @@
 """LlamaScope's benchmark runner against a plain llama-cpp-python loop making the same decode calls.
 
-The runner drives llama.cpp through app.llama_driver; the plain loop is what a user of the
+The runner drives llama.cpp through app.llama.driver; the plain loop is what a user of the
 bindings would write (llama_cpp.Llama for the model and context, then llama_decode), so it
 shares none of the runner's code. Both run in this process on the demo model with the same
 settings: `pp 512` (random tokens in n_batch batches from an empty cache) and `tg 128`
@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import llama_runtime  # noqa: E402
-from app.bench import BenchPlan, BenchTest, run_benchmark  # noqa: E402
-from app.demo_model import demo_model_path  # noqa: E402
-from app.settings import LoadSettings  # noqa: E402
+from app.bench.runner import BenchPlan, BenchTest, run_benchmark  # noqa: E402
+from app.model.demo_model import demo_model_path  # noqa: E402
+from app.model.settings import LoadSettings  # noqa: E402
 
 
 def plain_loop(model: str, load: LoadSettings, test: BenchTest, reps: int) -> float:

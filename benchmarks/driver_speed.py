@@ -1,4 +1,4 @@
-"""Generation speed of the Engine (app.llama_driver) against a llama-bench-style decode loop.
+"""Generation speed of the Engine (app.llama.driver) against a llama-bench-style decode loop.
 
 The baseline is what llama.cpp itself can do in this process: llama_decode of one token at a
 time after the same prompt, no sampling, no detokenizing (llama-bench's tg test). Against it:
@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import llama_runtime  # noqa: E402
-from app.demo_model import demo_model_path  # noqa: E402
-from app.engine import Engine, GenerationRequest, TokenEvent  # noqa: E402
-from app.llama_driver import LlamaContext, LlamaModel  # noqa: E402
-from app.settings import LoadSettings, SamplingSettings  # noqa: E402
+from app.engine.client import Engine, GenerationRequest, TokenEvent  # noqa: E402
+from app.llama.driver import LlamaContext, LlamaModel  # noqa: E402
+from app.model.demo_model import demo_model_path  # noqa: E402
+from app.model.settings import LoadSettings, SamplingSettings  # noqa: E402
 
 PROMPT = "Once upon a time, in a land far away,"
 TARGET = 0.95

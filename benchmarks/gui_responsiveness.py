@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PySide6.QtCore import QElapsedTimer, QEventLoop, QSettings, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QSpinBox  # noqa: E402
 
-from app.engine import StopReason  # noqa: E402
+from app.engine.client import StopReason  # noqa: E402
 from ui.gc_guard import GuiThreadGarbageCollector  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
 

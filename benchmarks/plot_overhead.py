@@ -28,7 +28,7 @@ from gui_responsiveness import wait_until  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication, QSpinBox  # noqa: E402
 
-from app.history import HistoryStore  # noqa: E402
+from app.bench.history import HistoryStore  # noqa: E402
 from ui.gc_guard import GuiThreadGarbageCollector  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
 

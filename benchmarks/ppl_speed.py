@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import llama_runtime  # noqa: E402
-from app.demo_model import demo_model_path  # noqa: E402
-from app.eval_text import default_text  # noqa: E402
-from app.perplexity import EvalModel, EvalSettings, evaluate_perplexity  # noqa: E402
+from app.model.demo_model import demo_model_path  # noqa: E402
+from app.quality.eval_text import default_text  # noqa: E402
+from app.quality.perplexity import EvalModel, EvalSettings, evaluate_perplexity  # noqa: E402
 
 
 def main() -> int:

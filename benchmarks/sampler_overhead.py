@@ -26,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.telemetry import Sampler, Snapshot  # noqa: E402
+from app.telemetry.sampler import Sampler, Snapshot  # noqa: E402
 
 PROMPT = "Once upon a time, in a land far away,"
 
@@ -94,9 +94,9 @@ def idle_window_cpu(seconds: float) -> dict[str, float]:
 def generation_with_and_without_sampler(
     reps: int, tokens: int, threads: int
 ) -> tuple[list[float], list[float]]:
-    from app.demo_model import demo_model_path
-    from app.engine import Engine, GenerationRequest, TokenEvent
-    from app.settings import LoadSettings, SamplingSettings
+    from app.engine.client import Engine, GenerationRequest, TokenEvent
+    from app.model.demo_model import demo_model_path
+    from app.model.settings import LoadSettings, SamplingSettings
 
     model = demo_model_path()
     if model is None:

@@ -35,10 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.demo_model import demo_model_path  # noqa: E402
-from app.gguf_info import inspect_model  # noqa: E402
-from app.settings import LoadSettings, preset_for_model  # noqa: E402
-from app.tuner import (  # noqa: E402
+from app.model.demo_model import demo_model_path  # noqa: E402
+from app.model.gguf_info import inspect_model  # noqa: E402
+from app.model.settings import LoadSettings, preset_for_model  # noqa: E402
+from app.tune.space import config_key  # noqa: E402
+from app.tune.tuner import (  # noqa: E402
     BenchMeasure,
     MachineFacts,
     Objective,
@@ -50,7 +51,6 @@ from app.tuner import (  # noqa: E402
     estimate_gain,
     prune,
 )
-from app.tuner_space import config_key  # noqa: E402
 
 
 def describe(load: LoadSettings) -> str:

@@ -7,12 +7,12 @@ bundle made from it dies with SIGILL on an older CPU (AVX-512 code on an AVX2 la
 builds llama.cpp the way llama.cpp's own releases do: GGML_BACKEND_DL with
 GGML_CPU_ALL_VARIANTS, so the CPU backend is a set of libraries (libggml-cpu-haswell.so,
 -skylakex, -zen4, ...) and ggml loads the best one the CPU can run at start-up
-(app.llama_runtime calls ggml_backend_load_all_from_path).
+(app.llama.runtime calls ggml_backend_load_all_from_path).
 
 The sources are the llama.cpp tree vendored in the sdist of the llama-cpp-python version
 installed in the venv, so the libraries match the Python bindings. The Sapphire Rapids variant
 is left out: it is the only one with AMX, and llama.cpp's AMX path crashes on worker threads
-(app/llama_build.py); an AMX machine gets the best variant below it.
+(app/llama/build_flags.py); an AMX machine gets the best variant below it.
 
 The result is cached in the user's cache folder, keyed by the version and the options, so only
 the first build of a version takes long (every CPU variant compiles ggml's CPU backend again:

@@ -17,7 +17,7 @@ os.environ["XDG_CONFIG_HOME"] = os.path.join(_USER_DIRS, "config")
 os.environ["XDG_DATA_HOME"] = os.path.join(_USER_DIRS, "data")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_USER_DIRS, "cache")
 
-from app.demo_model import demo_model_path  # noqa: E402
+from app.model.demo_model import demo_model_path  # noqa: E402
 
 
 @pytest.fixture(scope="session")

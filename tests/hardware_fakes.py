@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from app.llama_runtime import BuildInfo
+from app.llama.runtime import BuildInfo
 
 # ---- sysfs trees ------------------------------------------------------------------------------
 

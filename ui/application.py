@@ -12,7 +12,7 @@ from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app import __version__
-from app.resources import resource_path
+from app.common.resources import resource_path
 from ui.gc_guard import GuiThreadGarbageCollector
 from ui.main_window import MainWindow
 

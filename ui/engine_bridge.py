@@ -9,8 +9,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.bench import BenchPlan
-from app.engine import (
+from app.bench.history import HistoryError, HistoryStore, run_and_record
+from app.bench.runner import BenchPlan
+from app.engine.client import (
     Engine,
     EngineError,
     GenerationRequest,
@@ -18,9 +19,8 @@ from app.engine import (
     OperationCancelled,
     TokenStream,
 )
-from app.history import HistoryError, HistoryStore, run_and_record
-from app.host_jobs import host_benchmark, host_call
-from app.settings import LoadSettings
+from app.engine.jobs import host_benchmark, host_call
+from app.model.settings import LoadSettings
 from widgets.tune_box import TuneRequest
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class EngineBridge(QObject):
         def job(cancel: threading.Event) -> Any:
             return host_call(
                 self.engine,
-                "app.host_jobs:tune",
+                "app.engine.jobs:tune",
                 model_path,
                 base,
                 request.objective,

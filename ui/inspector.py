@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PySide6.QtCore import QObject, Signal
 
-from app.bandwidth import cached_bandwidth
-from app.crash_registry import CrashRegistry
-from app.gguf_info import ModelFileError, inspect_model
-from app.llama_runtime import platform_line
-from app.quant_types import supported_quant_types
+from app.engine.crash_registry import CrashRegistry
+from app.llama.runtime import platform_line
+from app.model.gguf_info import ModelFileError, inspect_model
+from app.quant.types import supported_quant_types
+from app.telemetry.bandwidth import cached_bandwidth
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,9 @@ class ModelInspector(QObject):
     crash_record_read = Signal(str, object)  # path, CrashRecord | None: did it crash llama.cpp at load?
     platform_read = Signal(str)
     quant_types_read = Signal(object)  # tuple[QuantType, ...] this llama.cpp build supports
-    bandwidth_measured = Signal(object)  # app.bandwidth.Bandwidth, or None if it could not be measured
+    bandwidth_measured = Signal(
+        object
+    )  # app.telemetry.bandwidth.Bandwidth, or None if it could not be measured
 
     def __init__(self, parent: QObject | None = None, crashes: CrashRegistry | None = None) -> None:
         super().__init__(parent)

@@ -10,10 +10,10 @@ from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QWidget
 
 from app import __version__
-from app.engine import GenerationRequest
-from app.history import HistoryError, HistoryStore
-from app.settings import SettingsError
-from app.telemetry import Sampler
+from app.bench.history import HistoryError, HistoryStore
+from app.engine.client import GenerationRequest
+from app.model.settings import SettingsError
+from app.telemetry.sampler import Sampler
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
 from ui.quality_bridge import QualityBridge

@@ -1,6 +1,6 @@
 """Runs quantization (a child process) and quality evaluations off the GUI thread, as Qt signals.
 
-Evaluations (perplexity, KL divergence, speed) run in the engine host (app.host_jobs), taking
+Evaluations (perplexity, KL divergence, speed) run in the engine host (app.engine.jobs), taking
 their turn on the engine thread (`Engine.run_exclusive`): nothing else runs beside them, the
 engine's Stop cancels them, and a native crash fails them with a message. Quantization runs in a
 child process of its own.
@@ -14,11 +14,11 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.engine import Engine, EngineError
-from app.eval_text import load_text
-from app.host_jobs import host_call
-from app.perplexity import EvalSettings
-from app.quantize import QuantizeError, QuantizeJob, QuantizeRequest
+from app.engine.client import Engine, EngineError
+from app.engine.jobs import host_call
+from app.quality.eval_text import load_text
+from app.quality.perplexity import EvalSettings
+from app.quant.quantize import QuantizeError, QuantizeJob, QuantizeRequest
 
 
 class QualityBridge(QObject):
@@ -76,7 +76,7 @@ class QualityBridge(QObject):
         def job(cancel: threading.Event) -> Any:
             return host_call(
                 self._engine,
-                "app.perplexity:evaluate_perplexity",
+                "app.quality.perplexity:evaluate_perplexity",
                 model_path,
                 load_text(text_source),
                 settings,
@@ -90,7 +90,7 @@ class QualityBridge(QObject):
         def job(cancel: threading.Event) -> Any:
             return host_call(
                 self._engine,
-                "app.perplexity:evaluate_kl_divergence",
+                "app.quality.perplexity:evaluate_kl_divergence",
                 model_path,
                 logits_file,
                 settings,
@@ -103,7 +103,7 @@ class QualityBridge(QObject):
         def job(cancel: threading.Event) -> Any:
             return host_call(
                 self._engine,
-                "app.quant_compare:measure_speed",
+                "app.quality.compare:measure_speed",
                 model_path,
                 n_prompt=256,
                 n_gen=32,

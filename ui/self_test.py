@@ -1,7 +1,7 @@
 """`llamascope --self-test [MODEL]`: prove that this installation (or bundle) works, headless.
 
 It opens the main window offscreen and closes it (timing the start-up to a shown window), checks
-that the llama.cpp build runs on this CPU (app.build_check, in a child process), loads
+that the llama.cpp build runs on this CPU (app.llama.build_check, in a child process), loads
 the model (the demo model by default), generates 8 tokens, reads two telemetry snapshots, and
 prints one JSON report on stdout. Exit 0 when every step passed; otherwise the report names the
 step that failed and why, the same line goes to stderr, and the exit status is 1.
@@ -104,7 +104,7 @@ def _window_step(report: _Report, model: str | None, folder: str) -> None:
     from PySide6.QtCore import QEventLoop, QSettings, QTimer, QtMsgType, qInstallMessageHandler, qVersion
     from PySide6.QtGui import QGuiApplication
 
-    from app.history import HistoryStore
+    from app.bench.history import HistoryStore
     from ui.application import create_application
     from ui.gc_guard import GuiThreadGarbageCollector
     from ui.main_window import MainWindow
@@ -161,8 +161,8 @@ def _runtime_step(report: _Report) -> None:
     import numpy
     import pyqtgraph
 
-    from app.llama_facts import library_facts
-    from app.llama_runtime import build_info
+    from app.llama.facts import library_facts
+    from app.llama.runtime import build_info
 
     info = build_info()
     report.data.update(
@@ -180,7 +180,7 @@ def _runtime_step(report: _Report) -> None:
 
 
 def _build_check_step(report: _Report, model: str) -> None:
-    from app.build_check import OK, check_build
+    from app.llama.build_check import OK, check_build
 
     verdict = check_build(model)  # cached per installed build; the first run decodes in a child
     report.data["build_check"] = {
@@ -196,8 +196,8 @@ def _build_check_step(report: _Report, model: str) -> None:
 
 
 def _engine_step(report: _Report, model: str) -> None:
-    from app.engine import Engine, GenerationRequest, StopReason
-    from app.settings import LoadSettings, SamplingSettings
+    from app.engine.client import Engine, GenerationRequest, StopReason
+    from app.model.settings import LoadSettings, SamplingSettings
 
     engine = Engine()
     try:
@@ -224,8 +224,8 @@ def _engine_step(report: _Report, model: str) -> None:
 
 
 def _telemetry_step(report: _Report) -> None:
-    from app.nvml import shared_nvml
-    from app.telemetry import SnapshotCollector
+    from app.telemetry.nvml import shared_nvml
+    from app.telemetry.sampler import SnapshotCollector
 
     collector = SnapshotCollector()
     first = collector.collect()
@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(model: str | None) -> tuple[int, dict[str, Any]]:
     """Run every step; returns the exit status and the report."""
     from app import __version__
-    from app.demo_model import demo_model_path
-    from app.resources import is_frozen
+    from app.common.resources import is_frozen
+    from app.model.demo_model import demo_model_path
 
     report = _Report()
     report.data.update(

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from PySide6.QtCore import QEvent, QObject, Signal
 from PySide6.QtWidgets import QWidget
 
-from app.hardware import HardwareReport, detect_hardware
-from app.telemetry import DEFAULT_INTERVAL_S, Sampler, Snapshot
+from app.telemetry.hardware import HardwareReport, detect_hardware
+from app.telemetry.sampler import DEFAULT_INTERVAL_S, Sampler, Snapshot
 
 
 class TelemetryBridge(QObject):

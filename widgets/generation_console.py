@@ -21,8 +21,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine import RunStats, TokenEvent, TokenPiece, TokenStream
-from app.formatting import stats_line
+from app.common.formatting import stats_line
+from app.engine.client import RunStats, TokenEvent, TokenPiece, TokenStream
 from widgets.token_reader import TokenReader
 
 

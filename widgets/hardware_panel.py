@@ -1,7 +1,7 @@
 """Hardware panel: what the machine is, what LlamaScope recommends for it, and what it is doing now.
 
 A view only: detection results (`HardwareReport`) and telemetry snapshots (`Snapshot`) arrive
-through slots from `ui.telemetry_bridge`; the recommendations come from `app.hardware_advice`.
+through slots from `ui.telemetry_bridge`; the recommendations come from `app.telemetry.advice`.
 Nothing here reads /proc, calls NVML or llama.cpp.
 """
 
@@ -22,11 +22,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.formatting import NOT_AVAILABLE, fmt, fmt_bytes
-from app.hardware import GpuInfo, HardwareReport, simd_text
-from app.hardware_advice import ALL_LAYERS, Recommendation, recommend
-from app.model_info import ModelInfo
-from app.telemetry import Snapshot, ThrottleVerdict
+from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes
+from app.model.model_info import ModelInfo
+from app.telemetry.advice import ALL_LAYERS, Recommendation, recommend
+from app.telemetry.hardware import GpuInfo, HardwareReport, simd_text
+from app.telemetry.sampler import Snapshot, ThrottleVerdict
 from widgets.live_plot import LivePlot, ReadoutLabel
 from widgets.panel import Panel
 

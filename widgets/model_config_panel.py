@@ -26,15 +26,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.crash_registry import CrashRecord
-from app.demo_model import demo_model_path
-from app.engine import LoadProgress, LoadResult
-from app.formatting import fmt, fmt_bytes
-from app.gguf_info import SUPPORTED_FORMATS
-from app.memory import MemoryEstimate, Verdict, estimate_memory, format_bytes
-from app.model_info import ModelInfo, SizeClass
-from app.profiles import ProfileError, ProfileStore
-from app.settings import (
+from app.common.formatting import fmt, fmt_bytes
+from app.engine.client import LoadProgress, LoadResult
+from app.engine.crash_registry import CrashRecord
+from app.model.demo_model import demo_model_path
+from app.model.gguf_info import SUPPORTED_FORMATS
+from app.model.memory import MemoryEstimate, Verdict, estimate_memory, format_bytes
+from app.model.model_info import ModelInfo, SizeClass
+from app.model.profiles import ProfileError, ProfileStore
+from app.model.settings import (
     LOAD_FIELDS,
     SAMPLING_FIELDS,
     LoadSettings,

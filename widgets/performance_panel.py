@@ -30,14 +30,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.bandwidth import Bandwidth, roofline_efficiency
-from app.bench import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
-from app.bench_export import export, load_llama_bench
-from app.engine import LoadResult, RunStats, TokenEvent, TokenStream
-from app.formatting import fmt, fmt_bytes
-from app.history import HistoryError, HistoryStore, hardware_fingerprint
-from app.settings import LoadSettings
-from app.telemetry import DeviceVerdict, Snapshot, ThrottleVerdict, summarize
+from app.bench.export import export, load_llama_bench
+from app.bench.history import HistoryError, HistoryStore, hardware_fingerprint
+from app.bench.runner import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
+from app.common.formatting import fmt, fmt_bytes
+from app.engine.client import LoadResult, RunStats, TokenEvent, TokenStream
+from app.model.settings import LoadSettings
+from app.telemetry.bandwidth import Bandwidth, roofline_efficiency
+from app.telemetry.sampler import DeviceVerdict, Snapshot, ThrottleVerdict, summarize
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
 from widgets.token_reader import TokenReader

@@ -27,11 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.eval_text import DEFAULT_TEXT_NAME
-from app.formatting import fmt, fmt_bytes
-from app.model_info import ModelInfo
-from app.perplexity import ChunkProgress, EvalSettings, KLDivergenceResult, PerplexityResult
-from app.quant_compare import (
+from app.common.formatting import fmt, fmt_bytes
+from app.model.model_info import ModelInfo
+from app.quality.compare import (
     Comparison,
     SpeedResult,
     VariantMeasurement,
@@ -39,8 +37,10 @@ from app.quant_compare import (
     export_comparison,
     variant_from_file,
 )
-from app.quant_types import QuantType
-from app.quantize import QuantizeProgress, QuantizeRequest, QuantizeResult, f16_base_request
+from app.quality.eval_text import DEFAULT_TEXT_NAME
+from app.quality.perplexity import ChunkProgress, EvalSettings, KLDivergenceResult, PerplexityResult
+from app.quant.quantize import QuantizeProgress, QuantizeRequest, QuantizeResult, f16_base_request
+from app.quant.types import QuantType
 from widgets.live_plot import cache_axes
 from widgets.panel import Panel
 

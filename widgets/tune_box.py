@@ -25,8 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.settings import LoadSettings
-from app.tuner import TrialRecord, TuneProgress, TuneResult
+from app.model.settings import LoadSettings
+from app.tune.tuner import TrialRecord, TuneProgress, TuneResult
 from widgets.live_plot import cache_axes
 
 # Checkbox label -> the LoadSettings fields it lets the tuner vary.

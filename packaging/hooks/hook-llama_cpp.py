@@ -1,7 +1,7 @@
 """PyInstaller hook for llama-cpp-python: its llama.cpp shared libraries, where it looks for them.
 
 llama_cpp/llama_cpp.py loads `<dir of llama_cpp>/lib/libllama.so` (llama.dll, libllama.dylib)
-with ctypes, and app/llama_runtime.py loads libggml from the same folder; in a bundle that
+with ctypes, and app/llama/runtime.py loads libggml from the same folder; in a bundle that
 folder is `_internal/llama_cpp/lib`, so the libraries go there, as binaries (PyInstaller then
 collects what they link to, such as libgomp). The ggml backends (CPU, CUDA, Metal, Vulkan…) are
 separate libraries in the same folder and come along. LLAMA_CPP_LIB_PATH still overrides it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from app.engine_host import HostContext, HostError
+from app.engine.host import HostContext, HostError
 
 
 class ProbeService:

@@ -16,11 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from app.bench import BenchError, BenchPlan, BenchResult, BenchTest, build_tests, parse_values, run_benchmark
-from app.bench_export import dumps, load_llama_bench, loads, to_record
-from app.history import _MIGRATIONS, HistoryError, HistoryStore
-from app.settings import LoadSettings
-from app.stats import mean, stdev, student_t_two_sided_p, welch
+from app.bench.export import dumps, load_llama_bench, loads, to_record
+from app.bench.history import _MIGRATIONS, HistoryError, HistoryStore
+from app.bench.runner import (
+    BenchError,
+    BenchPlan,
+    BenchResult,
+    BenchTest,
+    build_tests,
+    parse_values,
+    run_benchmark,
+)
+from app.common.stats import mean, stdev, student_t_two_sided_p, welch
+from app.model.settings import LoadSettings
 
 # ---- statistics against reference values (SciPy 1.16, scipy.stats.ttest_ind(equal_var=False)) -------
 
@@ -230,7 +238,7 @@ def _stop_when_polled(plan: BenchPlan, polls: int) -> tuple[list[BenchResult], f
 def test_stop_inside_a_long_prompt_repetition_ends_within_a_second(demo_model: str) -> None:
     """pp2048 on one thread takes seconds per repetition. 50 polls in, llama.cpp is inside the first
     batch (it polls once per graph node); the Stop must end the run within a second."""
-    from app import llama_runtime
+    from app.llama import runtime as llama_runtime
 
     mark = llama_runtime.log_mark()
     plan = _plan(demo_model, tests=(BenchTest(n_prompt=2048),), repetitions=2, warmup=False)
@@ -288,7 +296,7 @@ def test_ctrl_c_stops_the_command_line_benchmark_inside_a_prompt(demo_model: str
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
     args = ["bench", demo_model, "-p", "16,8192", "-n", "0", "-r", "2", "-t", "1", "--no-warmup"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", *args, "--no-telemetry", "-o", "jsonl"],
+        [sys.executable, "-m", "cli", *args, "--no-telemetry", "-o", "jsonl"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -316,10 +324,10 @@ def test_ctrl_c_stops_the_command_line_benchmark_inside_a_prompt(demo_model: str
 
 def _plain_rates(model: str, n_prompt: int, n_gen: int, reps: int) -> tuple[float, float]:
     """The best pp and tg tokens/s of `reps` runs of the same decode calls made through
-    llama-cpp-python's Llama, the way the runner measured before it moved to app.llama_driver."""
+    llama-cpp-python's Llama, the way the runner measured before it moved to app.llama.driver."""
     import random
 
-    from app import llama_runtime
+    from app.llama import runtime as llama_runtime
 
     lc = llama_runtime.llama()
     llama = lc.Llama(
@@ -567,7 +575,7 @@ def test_the_configurations_of_one_sweep_run_compare(tmp_path: Path) -> None:
 
 
 def test_generations_are_stored(tmp_path: Path) -> None:
-    from app.engine import RunStats, StopReason
+    from app.engine.client import RunStats, StopReason
 
     store = HistoryStore(str(tmp_path / "h.sqlite3"))
     stats = RunStats(True, 10, 20, 0.05, 200.0, 100.0, 0.3, StopReason.EOS, "text", 30)
@@ -614,7 +622,7 @@ def test_a_run_killed_midway_leaves_a_readable_database(demo_model: str, tmp_pat
         [
             sys.executable,
             "-m",
-            "app",
+            "cli",
             "bench",
             demo_model,
             "-p",

@@ -1,4 +1,4 @@
-"""The llama.cpp build check (app/build_check.py): the verdict on children that die by a signal,
+"""The llama.cpp build check (app/llama/build_check.py): the verdict on children that die by a signal,
 the cache keyed by the installed libraries, the gate in front of model loads, and the real check
 of the installed build."""
 
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from app import build_check
-from app.build_check import (
+from app.engine.client import EngineError
+from app.llama import build_check
+from app.llama.build_check import (
     CRASHED,
     FAILED,
     OK,
@@ -25,7 +26,6 @@ from app.build_check import (
     run_check,
     write_cache,
 )
-from app.engine import EngineError
 
 SYSTEM_INFO = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 |"
 
@@ -168,8 +168,8 @@ def test_loads_are_refused_with_the_verdict_when_the_build_crashed(monkeypatch: 
 def test_the_engine_refuses_to_load_on_a_crashing_build(
     demo_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.engine import Engine
-    from app.settings import LoadSettings
+    from app.engine.client import Engine
+    from app.model.settings import LoadSettings
 
     monkeypatch.setattr(
         build_check,
@@ -204,8 +204,8 @@ def test_the_window_and_the_cli_read_the_build_without_loading_llama_cpp(tmp_pat
 
     script = (
         "import sys\n"
-        "from app.llama_runtime import build_info, platform_line\n"
-        "from app.quant_types import ftype_value, supported_quant_types, QUANT_TYPES\n"
+        "from app.llama.runtime import build_info, platform_line\n"
+        "from app.quant.types import ftype_value, supported_quant_types, QUANT_TYPES\n"
         "info = build_info()\n"
         "assert 'CPU' in info.backends and info.system_info, info\n"
         "assert 'llama-cpp-python' in platform_line()\n"

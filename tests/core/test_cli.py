@@ -13,7 +13,7 @@ WAIT_S = 300
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=WAIT_S, check=False
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=WAIT_S, check=False
     )
 
 
@@ -99,7 +99,7 @@ def test_bench_history_and_compare_from_the_command_line(demo_model: str, tmp_pa
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "app", *args],
+            [sys.executable, "-m", "cli", *args],
             capture_output=True,
             text=True,
             timeout=WAIT_S,

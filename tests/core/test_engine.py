@@ -16,7 +16,7 @@ import psutil
 import pytest
 from gguf import GGUFWriter
 
-from app.engine import (
+from app.engine.client import (
     Engine,
     EngineBusyError,
     EngineCore,
@@ -29,9 +29,9 @@ from app.engine import (
     StopReason,
     TokenEvent,
 )
-from app.gguf_info import ModelFileError
-from app.memory import InsufficientMemoryError
-from app.settings import LoadSettings, SamplingSettings, SettingsError
+from app.model.gguf_info import ModelFileError
+from app.model.memory import InsufficientMemoryError
+from app.model.settings import LoadSettings, SamplingSettings, SettingsError
 
 GREEDY = SamplingSettings(temperature=0.0, max_tokens=16)
 SMALL = LoadSettings(n_ctx=512, n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, seed=1)
@@ -52,7 +52,7 @@ class GreedyCase:
 
 
 # What the Engine gave while it still ran llama-cpp-python's `Llama` (Llama.generate with its
-# sampler), recorded before app.llama_driver replaced it: loaded with SMALL, each request at
+# sampler), recorded before app.llama.driver replaced it: loaded with SMALL, each request at
 # SamplingSettings(temperature=0.0, max_tokens=64, repeat_penalty=<as given>), the token ids taken
 # from its on_token events and the rest from its RunStats. Greedy output must not change.
 GREEDY_REFERENCE = [

@@ -18,8 +18,7 @@ import psutil
 import pytest
 from conftest import crafted_copy, crafted_duplicate_token
 
-from app.crash_registry import CrashRegistry
-from app.engine import (
+from app.engine.client import (
     Engine,
     EngineCrashedError,
     GenerationRequest,
@@ -27,7 +26,8 @@ from app.engine import (
     StopReason,
     TokenEvent,
 )
-from app.settings import LoadSettings, SamplingSettings
+from app.engine.crash_registry import CrashRegistry
+from app.model.settings import LoadSettings, SamplingSettings
 
 WAIT_S = 120
 SMALL = dataclasses.replace(LoadSettings(), n_ctx=512)
@@ -127,8 +127,8 @@ def test_stop_during_a_load_ends_it_within_half_a_second(engine: Engine, demo_mo
 def test_no_host_outlives_a_killed_llamascope(demo_model: str, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import dataclasses
-        from app.engine import Engine
-        from app.settings import LoadSettings
+        from app.engine.client import Engine
+        from app.model.settings import LoadSettings
         if __name__ == "__main__":
             e = Engine()
             e.load({demo_model!r}, dataclasses.replace(LoadSettings(), n_ctx=512)).result()

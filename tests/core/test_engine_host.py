@@ -1,4 +1,4 @@
-"""The engine host's plumbing (app/engine_host.py), with a probe service instead of llama.cpp:
+"""The engine host's plumbing (app/engine/host.py), with a probe service instead of llama.cpp:
 results, events, errors, a crash turned into an exception, cancel within the grace period, and
 no host outliving its client, even after kill -9."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.engine_host import TEST_HOOKS_ENV, HostCancelled, HostClient, HostCrashed, HostError
+from app.engine.host import TEST_HOOKS_ENV, HostCancelled, HostClient, HostCrashed, HostError
 
 SPEC = "host_probe:ProbeService"
 
@@ -105,7 +105,7 @@ def test_no_host_outlives_a_client_killed_with_sigkill(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from app.engine_host import HostClient
+        from app.engine.host import HostClient
         c = HostClient({SPEC!r})
         print(c.call("pid"), flush=True)
         c.call("spin_until_cancelled", False)

@@ -1,4 +1,4 @@
-"""Tests for app.gguf_info: format detection and GGUF header inspection (no Qt)."""
+"""Tests for app.model.gguf_info: format detection and GGUF header inspection (no Qt)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import gguf
 import numpy as np
 import pytest
 
-from app import gguf_info
-from app.gguf_info import (
+from app.model import gguf_info
+from app.model.gguf_info import (
     SUPPORTED_FORMATS,
     FileFormat,
     ModelFileError,
@@ -27,7 +27,7 @@ from app.gguf_info import (
     inspect_model,
     read_metadata,
 )
-from app.model_info import SizeClass
+from app.model.model_info import SizeClass
 
 GiB = 1024**3
 MiB = 1024**2

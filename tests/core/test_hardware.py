@@ -22,7 +22,11 @@ from hardware_fakes import (
     write,
 )
 
-from app.hardware import (
+from app.model.memory import estimate_memory
+from app.model.model_info import ModelInfo, SizeClass
+from app.model.settings import LoadSettings
+from app.telemetry.advice import ALL_LAYERS, gpu_layers_that_fit, recommend, vram_margin_bytes
+from app.telemetry.hardware import (
     build_cpu_features,
     detect_hardware,
     os_cpu_features,
@@ -30,11 +34,7 @@ from app.hardware import (
     simd_level,
     simd_text,
 )
-from app.hardware_advice import ALL_LAYERS, gpu_layers_that_fit, recommend, vram_margin_bytes
-from app.memory import estimate_memory
-from app.model_info import ModelInfo, SizeClass
-from app.nvml import Nvml
-from app.settings import LoadSettings
+from app.telemetry.nvml import Nvml
 
 OLD_FORMAT = (
     "AVX = 1 | AVX_VNNI = 0 | AVX2 = 1 | AVX512 = 0 | AVX512_VBMI = 0 | AVX512_VNNI = 0 | AVX512_BF16 = 0 | "
@@ -320,7 +320,7 @@ def test_no_budget_means_no_layers() -> None:
 
 def test_hw_command_prints_the_report() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app", "hw", "--json"],
+        [sys.executable, "-m", "cli", "hw", "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -333,7 +333,7 @@ def test_hw_command_prints_the_report() -> None:
     assert report["recommendation"]["n_threads"] >= 1
     assert isinstance(report["gpu_summary"], str)
     text = subprocess.run(
-        [sys.executable, "-m", "app", "hw"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "cli", "hw"], capture_output=True, text=True, timeout=120, check=False
     )
     assert text.returncode == 0, text.stderr
     assert "Cores" in text.stdout and "Recommended" in text.stdout
@@ -390,7 +390,7 @@ def test_an_amx_free_build_is_explained_not_called_a_missed_opportunity(tmp_path
 
 
 def test_a_build_that_crashed_the_check_is_never_recommended(tmp_path: Path) -> None:
-    from app.build_check import CRASHED, OK, BuildVerdict
+    from app.llama.build_check import CRASHED, OK, BuildVerdict
 
     crashed = BuildVerdict(
         key="k",

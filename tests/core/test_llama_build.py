@@ -1,4 +1,4 @@
-"""Which llama.cpp build a CPU gets (app/llama_build.py), from fake /proc/cpuinfo files, and the
+"""Which llama.cpp build a CPU gets (app/llama/build_flags.py), from fake /proc/cpuinfo files, and the
 Makefile's use of it: an AMX CPU gets an AMX-free build and its own install stamp."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.llama_build import (
+from app.llama.build_flags import (
     cmake_args_for_cpu,
     read_cpu_flags,
     rebuild_command,
@@ -130,7 +130,16 @@ def test_the_rebuild_command_is_a_pip_command_for_this_cpu(tmp_path: Path) -> No
 def test_the_module_prints_the_args_for_a_cpuinfo_file(tmp_path: Path) -> None:
     amx = _cpuinfo(tmp_path, SAPPHIRE_RAPIDS)
     out = subprocess.run(
-        [sys.executable, "-m", "app.llama_build", "cmake-args", "--cpuinfo", str(amx), "--machine", "x86_64"],
+        [
+            sys.executable,
+            "-m",
+            "app.llama.build_flags",
+            "cmake-args",
+            "--cpuinfo",
+            str(amx),
+            "--machine",
+            "x86_64",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

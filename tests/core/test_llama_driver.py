@@ -1,4 +1,4 @@
-"""app.llama_driver against the real demo model: llama.cpp's C API, without llama_cpp.Llama."""
+"""app.llama.driver against the real demo model: llama.cpp's C API, without llama_cpp.Llama."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.llama_driver import (
+from app.llama.driver import (
     DriverCancelled,
     DriverError,
     LlamaContext,
@@ -20,7 +20,7 @@ from app.llama_driver import (
     TextStream,
     apply_chat_template,
 )
-from app.settings import SamplingSettings
+from app.model.settings import SamplingSettings
 
 PROMPT = "Once upon a time"
 REPETITIVE = "one, one, one, one, one, one, one, one,"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from app import memory as memory_module
-from app.memory import (
+from app.model import memory as memory_module
+from app.model.memory import (
     InsufficientMemoryError,
     MemoryEstimate,
     Verdict,
@@ -20,8 +20,8 @@ from app.memory import (
     padded_n_ctx,
     verdict_for,
 )
-from app.model_info import ModelInfo, SizeClass
-from app.settings import CACHE_TYPES, LoadSettings
+from app.model.model_info import ModelInfo, SizeClass
+from app.model.settings import CACHE_TYPES, LoadSettings
 
 GIB = 1024**3
 MIB = 1024**2

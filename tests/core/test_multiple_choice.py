@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.multiple_choice import (
+from app.quality.multiple_choice import (
     BenchmarkFileError,
     MCItem,
     MCProgress,
@@ -22,7 +22,7 @@ from app.multiple_choice import (
     start_benchmark,
     wilson_interval,
 )
-from app.perplexity import EvalCancelled, EvalError, EvalModel
+from app.quality.perplexity import EvalCancelled, EvalError, EvalModel
 
 EVAL = Path(__file__).resolve().parents[2] / "resources" / "eval"
 HELLASWAG = str(EVAL / "hellaswag_sample.jsonl")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from test_quant_types import build_tiny_llama
 
-from app.eval_text import EvalText, EvalTextError, default_text, load_text
-from app.perplexity import (
+from app.quality.eval_text import EvalText, EvalTextError, default_text, load_text
+from app.quality.perplexity import (
     ChunkProgress,
     EvalCancelled,
     EvalError,
@@ -42,7 +42,7 @@ from app.perplexity import (
     start_perplexity,
     token_nll,
 )
-from app.quantize import QuantizeRequest, quantize
+from app.quant.quantize import QuantizeRequest, quantize
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = EvalSettings(n_ctx=128, n_chunks=2, n_threads=2)
@@ -469,7 +469,7 @@ def test_model_file_errors(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

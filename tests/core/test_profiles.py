@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app import profiles as profiles_module
-from app.profiles import MAX_NAME_CHARS, ProfileError, ProfileStore, slugify
-from app.settings import LoadSettings, SamplingSettings, SettingsError, UnknownSettingsWarning
+from app.model import profiles as profiles_module
+from app.model.profiles import MAX_NAME_CHARS, ProfileError, ProfileStore, slugify
+from app.model.settings import LoadSettings, SamplingSettings, SettingsError, UnknownSettingsWarning
 
 if sys.version_info >= (3, 11):
     import tomllib

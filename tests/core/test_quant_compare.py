@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.perplexity import EvalCancelled, KLDivergenceResult, PerplexityResult
-from app.quant_compare import (
+from app.quality.compare import (
     VariantMeasurement,
     build_comparison,
     export_comparison,
@@ -21,7 +20,8 @@ from app.quant_compare import (
     quality_score,
     variant_from_file,
 )
-from app.quantize import QuantizeRequest, quantize
+from app.quality.perplexity import EvalCancelled, KLDivergenceResult, PerplexityResult
+from app.quant.quantize import QuantizeRequest, quantize
 
 
 def ppl_result(

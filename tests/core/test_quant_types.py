@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from app.quant_types import (
+from app.quant.types import (
     QUANT_TYPES,
     UnknownQuantTypeError,
     ftype_value,
@@ -49,7 +49,7 @@ def build_tiny_llama(
     if key in _TINY_CACHE and os.path.exists(_TINY_CACHE[key]):
         return _TINY_CACHE[key]
     if not _TOKENIZER:
-        from app.demo_model import demo_model_path
+        from app.model.demo_model import demo_model_path
 
         reader = gguf.GGUFReader(demo_model_path())
         for name in (
@@ -173,7 +173,7 @@ def test_names_are_case_insensitive_and_aliases_resolve() -> None:
 _DRY_RUN = textwrap.dedent(
     """
     import json, sys
-    import app.quantize_worker as w
+    import app.quant.worker as w
     # One process, many dry runs: llama.cpp decides per tensor whether an imatrix is needed.
     for name, ftype in json.loads(sys.argv[2]):
         sys.stderr.write(f"@@@ {name}\\n"); sys.stderr.flush()

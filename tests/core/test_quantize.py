@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from app.gguf_info import _read_header, inspect_model, read_metadata
-from app.quantize import (
+from app.model.gguf_info import _read_header, inspect_model, read_metadata
+from app.quant.quantize import (
     KEY_QUANTIZED_FROM,
     QuantizeCancelled,
     QuantizeError,
@@ -130,7 +130,7 @@ def test_a_killed_run_leaves_a_partial_that_the_next_run_sweeps(f16_base: str, t
         [
             sys.executable,
             "-m",
-            "app",
+            "cli",
             "quantize",
             f16_base,
             "--type",
@@ -243,7 +243,7 @@ def test_read_only_destination_is_refused(
     f16_base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Root ignores chmod, so a read-only folder is simulated where the check asks the OS.
-    import app.quantize as quantize_module
+    import app.quant.quantize as quantize_module
 
     real_access = os.access
 
@@ -300,7 +300,7 @@ def test_llama_cpp_failure_is_reported_and_cleaned_up(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -330,12 +330,12 @@ def test_cli_quantize_refusals(demo_model: str, tmp_path: Path) -> None:
 
 
 def test_the_worker_runs_from_a_shell(f16_base: str) -> None:
-    """`python -m app.quantize_worker`: JSON in, llama.cpp's log on stderr, result line on stdout."""
+    """`python -m app.quant.worker`: JSON in, llama.cpp's log on stderr, result line on stdout."""
     import json
 
     params = {"source": f16_base, "output": "/nonexistent/unused.gguf", "ftype": 7, "dry_run": True}
     result = subprocess.run(
-        [sys.executable, "-m", "app.quantize_worker"],
+        [sys.executable, "-m", "app.quant.worker"],
         input=json.dumps(params),
         cwd=ROOT,
         capture_output=True,

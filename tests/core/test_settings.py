@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from app import settings as settings_module
-from app.model_info import ModelInfo, SizeClass
-from app.settings import (
+from app.model import settings as settings_module
+from app.model.model_info import ModelInfo, SizeClass
+from app.model.settings import (
     CACHE_TYPES,
     FIELD_SPECS,
     LOAD_FIELDS,

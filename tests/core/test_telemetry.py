@@ -27,17 +27,8 @@ from hardware_fakes import (
     write,
 )
 
-from app.nvml import Nvml
-from app.sysfs import (
-    CpuFrequencyReader,
-    MemInfo,
-    RaplReader,
-    SensorReader,
-    ThrottleCounterReader,
-    parse_cpuinfo,
-    read_meminfo,
-)
-from app.telemetry import (
+from app.telemetry.nvml import Nvml
+from app.telemetry.sampler import (
     DeviceVerdict,
     GpuSnapshot,
     Sampler,
@@ -52,6 +43,15 @@ from app.telemetry import (
     gpu_verdict,
     next_deadline,
     summarize,
+)
+from app.telemetry.sysfs import (
+    CpuFrequencyReader,
+    MemInfo,
+    RaplReader,
+    SensorReader,
+    ThrottleCounterReader,
+    parse_cpuinfo,
+    read_meminfo,
 )
 
 WAIT_S = 30  # generous for a shared machine; a hang still fails
@@ -218,7 +218,7 @@ def test_parse_cpuinfo_blocks() -> None:
 def test_unsupported_nvml_calls_are_asked_once_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     module = two_gpu_nvml()
     nvml = Nvml(module)
-    with caplog.at_level(logging.DEBUG, logger="app.nvml"):
+    with caplog.at_level(logging.DEBUG, logger="app.telemetry.nvml"):
         for _ in range(5):
             assert nvml.device_query(1, "nvmlDeviceGetFanSpeed") is None
     assert module.calls["nvmlDeviceGetFanSpeed"] == 1
@@ -243,7 +243,7 @@ def test_a_lost_gpu_answers_none_without_more_driver_calls() -> None:
 def test_nvml_errors_of_any_kind_become_none(caplog: pytest.LogCaptureFixture) -> None:
     module = FakeNvmlModule([FakeGpu("A", nvmlDeviceGetTemperature=RuntimeError("driver hiccup"))])
     nvml = Nvml(module)
-    with caplog.at_level(logging.WARNING, logger="app.nvml"):
+    with caplog.at_level(logging.WARNING, logger="app.telemetry.nvml"):
         for _ in range(3):
             assert nvml.device_query(0, "nvmlDeviceGetTemperature", 0) is None
     assert len(caplog.records) == 1  # a transient error is retried, but logged once
@@ -547,7 +547,7 @@ def test_exceptions_in_the_loop_are_logged_once_and_sampling_goes_on(
 ) -> None:
     collector = CountingCollector(fail=True)
     sampler = Sampler(collector, interval_s=0.1)
-    with caplog.at_level(logging.WARNING, logger="app.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="app.telemetry.sampler"):
         sampler.start()
         try:
             _wait_for(lambda: collector.calls >= 4)
@@ -565,7 +565,7 @@ def test_a_failing_listener_does_not_starve_the_others(caplog: pytest.LogCapture
 
     sampler.add_listener(bad)
     sampler.add_listener(got.append)
-    with caplog.at_level(logging.WARNING, logger="app.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="app.telemetry.sampler"):
         sampler.start()
         try:
             _wait_for(lambda: len(got) >= 3)
@@ -782,7 +782,7 @@ def test_recorder_collects_only_between_start_and_stop() -> None:
 
 def test_monitor_csv_for_a_few_seconds() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app", "monitor", "--interval", "0.1", "--seconds", "1", "--csv"],
+        [sys.executable, "-m", "cli", "monitor", "--interval", "0.1", "--seconds", "1", "--csv"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -799,7 +799,7 @@ def test_monitor_csv_for_a_few_seconds() -> None:
 
 def test_monitor_stops_cleanly_on_ctrl_c() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "monitor", "--interval", "0.1"],
+        [sys.executable, "-m", "cli", "monitor", "--interval", "0.1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -820,7 +820,7 @@ def test_monitor_stops_cleanly_on_ctrl_c() -> None:
 def test_monitor_rejects_bad_arguments() -> None:
     for args in (["--interval", "0"], ["--interval", "60"], ["--seconds", "-1"]):
         result = subprocess.run(
-            [sys.executable, "-m", "app", "monitor", *args],
+            [sys.executable, "-m", "cli", "monitor", *args],
             capture_output=True,
             text=True,
             timeout=120,

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from app.gguf_info import inspect_model
-from app.memory import estimate_memory
-from app.model_info import ModelInfo
-from app.settings import LoadSettings
-from app.tuner import (
+from app.model.gguf_info import inspect_model
+from app.model.memory import estimate_memory
+from app.model.model_info import ModelInfo
+from app.model.settings import LoadSettings
+from app.tune.space import count_numa_nodes
+from app.tune.tuner import (
     BenchMeasure,
     MachineFacts,
     Objective,
@@ -37,7 +38,6 @@ from app.tuner import (
     prune,
     t_quantile,
 )
-from app.tuner_space import count_numa_nodes
 
 PLENTY = 64 << 30
 MACHINE = MachineFacts(logical_cores=4, has_gpu=False, numa_nodes=1, available_ram_bytes=PLENTY)
@@ -634,7 +634,7 @@ def test_the_bench_measure_scores_a_workload_from_both_parts(demo_model: str) ->
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", "tune", *args], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-m", "cli", "tune", *args], capture_output=True, text=True, timeout=600, check=False
     )
 
 

@@ -13,7 +13,7 @@ import shiboken6
 from PySide6.QtCore import QCoreApplication, QEvent, QTimer
 from pytestqt.qtbot import QtBot
 
-from app import llama_runtime
+from app.llama import runtime as llama_runtime
 from ui.gc_guard import GuiThreadGarbageCollector
 
 

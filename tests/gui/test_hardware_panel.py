@@ -22,10 +22,10 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMainWindow, QSpinBox
 from pytestqt.qtbot import QtBot
 
-from app.hardware import HardwareReport, detect_hardware
-from app.model_info import ModelInfo, SizeClass
-from app.nvml import Nvml
-from app.telemetry import DeviceVerdict, GpuSnapshot, Sampler, Snapshot, ThrottleVerdict, gpu_verdict
+from app.model.model_info import ModelInfo, SizeClass
+from app.telemetry.hardware import HardwareReport, detect_hardware
+from app.telemetry.nvml import Nvml
+from app.telemetry.sampler import DeviceVerdict, GpuSnapshot, Sampler, Snapshot, ThrottleVerdict, gpu_verdict
 from ui.telemetry_bridge import TelemetryBridge
 from widgets.hardware_panel import THROTTLE_HOLD_S, HardwarePanel
 from widgets.live_plot import LivePlot

@@ -12,7 +12,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QLabel, QSpinBox
 from pytestqt.qtbot import QtBot
 
-from app.engine import RunStats, StopReason, TokenStream
+from app.engine.client import RunStats, StopReason, TokenStream
 from ui.main_window import MainWindow
 
 WAIT_MS = 120_000  # generous for a shared machine; a hang still fails
@@ -250,8 +250,8 @@ def test_a_build_that_crashed_the_check_is_reported_before_any_load(
 ) -> None:
     import dataclasses
 
-    from app import build_check
-    from app.build_check import CRASHED, BuildVerdict
+    from app.llama import build_check
+    from app.llama.build_check import CRASHED, BuildVerdict
 
     crashed = BuildVerdict(
         key="k",

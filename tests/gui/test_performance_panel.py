@@ -11,7 +11,7 @@ from PySide6.QtCore import QItemSelectionModel, QSettings, Qt
 from PySide6.QtWidgets import QSpinBox
 from pytestqt.qtbot import QtBot
 
-from app.history import HistoryStore
+from app.bench.history import HistoryStore
 from ui.main_window import MainWindow
 
 WAIT_MS = 180_000

@@ -10,7 +10,7 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 from pytestqt.qtbot import QtBot
 
-from app.history import HistoryStore
+from app.bench.history import HistoryStore
 from ui.main_window import MainWindow
 
 WAIT_MS = 300_000

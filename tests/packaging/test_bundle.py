@@ -126,7 +126,7 @@ def test_self_test_runs_from_a_path_with_spaces_and_umlauts(bundle_dir: Path, tm
     report = json.loads(result.stdout)
     assert report["ok"] is True
     assert report["frozen"] is True
-    # The bundled demo model, found through app.resources inside the copied folder.
+    # The bundled demo model, found through app.common.resources inside the copied folder.
     assert report["model"].startswith(str(installed))
     assert report["window_shown"] is True
     assert "CPU" in report["backends"]
@@ -186,7 +186,7 @@ def test_the_bundle_ships_a_cpu_backend_per_cpu_generation_without_amx(bundle_di
         n.removeprefix("libggml-cpu-").removesuffix(".so") for n in names if n.startswith("libggml-cpu-")
     }
     assert {"x64", "sse42", "haswell", "skylakex", "zen4"} <= variants
-    assert "sapphirerapids" not in variants  # the AMX variant (app/llama_build.py)
+    assert "sapphirerapids" not in variants  # the AMX variant (app/llama/build_flags.py)
     assert "libggml-cpu.so" not in names  # no backend compiled for the build machine alone
 
 
@@ -197,7 +197,7 @@ def _under_qemu_haswell(lib_dir: Path | None, tmp_path: Path) -> subprocess.Comp
     qemu-user does not follow an exec and the bundle's bootloader re-executes itself, so the
     bundle's libraries are loaded by a Python that qemu runs itself.
     """
-    from app.demo_model import demo_model_path
+    from app.model.demo_model import demo_model_path
 
     env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
     if lib_dir is not None:
@@ -208,7 +208,7 @@ def _under_qemu_haswell(lib_dir: Path | None, tmp_path: Path) -> subprocess.Comp
         "Haswell",
         sys.executable,
         "-m",
-        "app.build_check",
+        "app.llama.build_check",
         "--child",
         str(demo_model_path()),
         "--prompt-tokens",
@@ -235,7 +235,7 @@ def test_the_bundles_llama_cpp_decodes_on_an_avx2_only_cpu(bundle_dir: Path, tmp
 
 
 def _native_build_has_avx512() -> bool:
-    from app.llama_runtime import build_info
+    from app.llama.runtime import build_info
 
     return "AVX512 = 1" in build_info().system_info
 

@@ -16,7 +16,7 @@ WAIT_S = 300
 
 def _self_test(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", "--self-test", *args],
+        [sys.executable, "-m", "cli", "--self-test", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

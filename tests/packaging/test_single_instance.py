@@ -52,7 +52,7 @@ def test_a_second_app_exits_without_touching_settings(tmp_path: Path) -> None:
     assert held.tryLock(0)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "cli"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
         )
     finally:
         held.unlock()

@@ -1,0 +1,1 @@
+"""Benchmarks: the llama-bench-compatible runner, its exports and the history store."""

@@ -1,0 +1,426 @@
+"""Every benchmark and interactive generation, kept in SQLite in the user's data folder.
+
+WAL mode and one transaction per finished result: a run killed mid-way leaves a readable
+database holding every result that finished (its run stays marked "running", shown as
+interrupted). The schema is versioned with `PRAGMA user_version` and migrated forward on open.
+Each call opens its own short-lived connection, so any thread may use the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.bench.export import from_record, to_record
+from app.bench.runner import BenchResult
+from app.common.stats import Comparison, welch
+
+SCHEMA_VERSION = 2
+
+# Each entry upgrades the schema from version i to i + 1.
+_MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: runs and their benchmark results.
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        model_path TEXT NOT NULL,
+        model_size INTEGER,
+        model_fingerprint TEXT,
+        hardware_fingerprint TEXT,
+        build TEXT,
+        settings_json TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'running'
+    );
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        test TEXT NOT NULL,
+        avg_ts REAL NOT NULL,
+        stddev_ts REAL NOT NULL,
+        record_json TEXT NOT NULL
+    );
+    """,
+    # 1 -> 2: interactive generations, labels, and indexes for the history filters.
+    """
+    ALTER TABLE runs ADD COLUMN label TEXT NOT NULL DEFAULT '';
+    CREATE TABLE generations (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        chat INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        generated_tokens INTEGER NOT NULL,
+        ttft_s REAL,
+        prompt_tokens_per_s REAL,
+        gen_tokens_per_s REAL,
+        total_s REAL NOT NULL,
+        stop_reason TEXT NOT NULL
+    );
+    CREATE INDEX runs_by_model ON runs(model_path, created_at);
+    CREATE INDEX results_by_run ON results(run_id);
+    """,
+)
+
+
+def default_history_path() -> str:
+    import platformdirs
+
+    folder = platformdirs.user_data_dir("LlamaScope", appauthor=False)
+    return os.path.join(folder, "history.sqlite3")
+
+
+def model_fingerprint(path: str) -> str | None:
+    """SHA-256 of the file's size and its first MiB (the GGUF header and metadata)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return None
+    return hashlib.sha256(size.to_bytes(8, "little") + head).hexdigest()[:16]
+
+
+def hardware_fingerprint() -> str:
+    """A short id of this machine's compute: CPU model, logical cores, RAM, OS and architecture."""
+    import psutil
+
+    from app.bench.runner import cpu_info
+
+    parts = [
+        cpu_info(),
+        str(os.cpu_count()),
+        str(psutil.virtual_memory().total),
+        platform.system(),
+        platform.machine(),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    kind: str  # "benchmark", "generation" or "import"
+    created_at: str
+    model_path: str
+    model_size: int | None
+    model_fingerprint: str | None
+    hardware_fingerprint: str | None
+    build: str | None
+    settings: dict[str, Any]
+    status: str  # "running" (or interrupted), "finished", "cancelled", "failed"
+    label: str
+    n_results: int
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    test: str
+    config: str
+    a: BenchResult
+    b: BenchResult
+    comparison: Comparison
+
+
+class HistoryError(Exception):
+    """The history database cannot be used; the message says why."""
+
+
+class HistoryStore:
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or default_history_path()
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with self._connect() as conn:
+            self._migrate(conn)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = sqlite3.connect(self.path, timeout=10)
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot open the history database {self.path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            with conn:  # one transaction: committed on success, rolled back on error
+                yield conn
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(f"the history database {self.path} is damaged or locked: {exc}") from exc
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryError(
+                "the history database was written by a newer LlamaScope "
+                f"(schema {version} > {SCHEMA_VERSION})"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            conn.executescript("BEGIN;" + _MIGRATIONS[step] + f"PRAGMA user_version = {step + 1}; COMMIT;")
+
+    def schema_version(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # ---- writing -----------------------------------------------------------------------------
+    def start_run(
+        self,
+        kind: str,
+        model_path: str,
+        settings: dict[str, Any],
+        *,
+        build: str | None = None,
+        label: str = "",
+    ) -> int:
+        size = os.path.getsize(model_path) if os.path.isfile(model_path) else None
+        with self._connect() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs (kind, created_at, model_path, model_size, model_fingerprint, "
+                "hardware_fingerprint, build, settings_json, status, label) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    kind,
+                    _now(),
+                    model_path,
+                    size,
+                    model_fingerprint(model_path),
+                    hardware_fingerprint(),
+                    build,
+                    json.dumps(settings, default=str),
+                    "running",
+                    label,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def add_result(self, run_id: int, result: BenchResult) -> None:
+        """Store one finished test at once, in its own transaction."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO results (run_id, test, avg_ts, stddev_ts, record_json) VALUES (?,?,?,?,?)",
+                (run_id, result.test.name, result.avg_ts, result.stddev_ts, json.dumps(to_record(result))),
+            )
+
+    def finish_run(self, run_id: int, status: str = "finished") -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
+    def add_generation(
+        self, model_path: str, settings: dict[str, Any], stats: Any, *, build: str | None = None
+    ) -> int:
+        """Store an interactive generation's stats (an app.engine.client.RunStats) as a run of its own."""
+        run_id = self.start_run("generation", model_path, settings, build=build)
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO generations (run_id, chat, prompt_tokens, generated_tokens, ttft_s, "
+                "prompt_tokens_per_s, gen_tokens_per_s, total_s, stop_reason) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    int(stats.chat),
+                    stats.prompt_tokens,
+                    stats.generated_tokens,
+                    stats.ttft_s,
+                    stats.prompt_tokens_per_s,
+                    stats.gen_tokens_per_s,
+                    stats.total_s,
+                    stats.stop_reason.value,
+                ),
+            )
+            conn.execute("UPDATE runs SET status = 'finished' WHERE id = ?", (run_id,))
+        return run_id
+
+    def import_results(self, results: Sequence[BenchResult], *, label: str = "") -> int:
+        """Keep imported results (e.g. llama-bench's) as one run of kind "import"."""
+        if not results:
+            raise HistoryError("nothing to import")
+        run_id = self.start_run("import", results[0].model_filename, {}, build=results[0].build, label=label)
+        for result in results:
+            self.add_result(run_id, result)
+        self.finish_run(run_id)
+        return run_id
+
+    def delete_run(self, run_id: int) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    # ---- reading -----------------------------------------------------------------------------
+    def runs(
+        self, *, model: str | None = None, hardware: str | None = None, kind: str | None = None
+    ) -> list[RunRow]:
+        """Runs, newest first; `model` matches any part of the model path."""
+        where, args = [], []
+        if model:
+            where.append("r.model_path LIKE ?")
+            args.append(f"%{model}%")
+        if hardware:
+            where.append("r.hardware_fingerprint = ?")
+            args.append(hardware)
+        if kind:
+            where.append("r.kind = ?")
+            args.append(kind)
+        sql = (
+            "SELECT r.*, (SELECT COUNT(*) FROM results x WHERE x.run_id = r.id) + "
+            "(SELECT COUNT(*) FROM generations g WHERE g.run_id = r.id) AS n_results FROM runs r"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY r.created_at DESC, r.id DESC"
+        )
+        with self._connect() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [
+            RunRow(
+                id=row["id"],
+                kind=row["kind"],
+                created_at=row["created_at"],
+                model_path=row["model_path"],
+                model_size=row["model_size"],
+                model_fingerprint=row["model_fingerprint"],
+                hardware_fingerprint=row["hardware_fingerprint"],
+                build=row["build"],
+                settings=json.loads(row["settings_json"] or "{}"),
+                status=row["status"],
+                label=row["label"],
+                n_results=row["n_results"],
+            )
+            for row in rows
+        ]
+
+    def results(self, run_id: int) -> list[BenchResult]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT record_json FROM results WHERE run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
+        return [from_record(json.loads(row["record_json"]), source=None) for row in rows]
+
+    def generations(self, run_id: int) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM generations WHERE run_id = ?", (run_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def metric_over_time(self, test: str, *, model: str | None = None) -> list[tuple[str, float, str]]:
+        """(time, mean t/s, model path) of every stored result of one test, oldest first."""
+        sql = (
+            "SELECT r.created_at, x.avg_ts, r.model_path FROM results x JOIN runs r ON r.id = x.run_id "
+            "WHERE x.test = ?"
+            + (" AND r.model_path LIKE ?" if model else "")
+            + " ORDER BY r.created_at, x.id"
+        )
+        args = [test, f"%{model}%"] if model else [test]
+        with self._connect() as conn:
+            return [(row[0], float(row[1]), row[2]) for row in conn.execute(sql, args).fetchall()]
+
+    def compare(self, run_a: int, run_b: int | None = None) -> list[ComparisonRow]:
+        """Results of two runs matched by test and configuration, B against A (Welch's t-test).
+
+        With one run (`run_b` None), its configurations are compared instead: for each test
+        measured in several configurations (a sweep), every configuration against the first.
+        """
+        if run_b is None:
+            return self.compare_configurations(run_a)
+        a_results, b_results = self.results(run_a), self.results(run_b)
+        if not a_results or not b_results:
+            raise HistoryError(f"run {run_a if not a_results else run_b} has no benchmark results to compare")
+        key = _comparison_key
+
+        a_by_key = {key(r): r for r in a_results}
+        rows = []
+        for b in b_results:
+            k = key(b)
+            a = a_by_key.get(k)
+            if a is None:
+                # Two configurations of the same test are compared when the keys differ only in config.
+                same_test = [r for r in a_results if r.test.name == k[0]]
+                if len(same_test) != 1 or len([r for r in b_results if r.test.name == k[0]]) != 1:
+                    continue
+                a = same_test[0]
+                k = (k[0], f"{key(a)[1]} → {k[1]}")
+            rows.append(ComparisonRow(k[0], k[1], a, b, welch(a.samples_ts, b.samples_ts)))
+        if not rows:
+            raise HistoryError("the two runs have no test in common")
+        return rows
+
+    def compare_configurations(self, run: int) -> list[ComparisonRow]:
+        """Within one run: per test, each configuration against the first one measured."""
+        results = self.results(run)
+        if not results:
+            raise HistoryError(f"run {run} has no benchmark results to compare")
+        first: dict[str, BenchResult] = {}
+        rows = []
+        for r in results:
+            test, config = _comparison_key(r)
+            base = first.setdefault(test, r)
+            if base is not r and _comparison_key(base) != (test, config):
+                label = f"{_comparison_key(base)[1]} → {config}"
+                rows.append(ComparisonRow(test, label, base, r, welch(base.samples_ts, r.samples_ts)))
+        if not rows:
+            raise HistoryError(f"run {run} measured each test in one configuration only: select two runs")
+        return rows
+
+
+def _comparison_key(r: BenchResult) -> tuple[str, str]:
+    """(test, configuration) by which results of two runs are matched."""
+    config = (
+        f"t={r.n_threads} b={r.n_batch} ub={r.n_ubatch} fa={int(r.flash_attn)} "
+        f"ctk={r.type_k} ctv={r.type_v} ngl={r.n_gpu_layers} mmap={int(r.use_mmap)}"
+    )
+    return r.test.name, config  # the depth is in the test's name ("tg128 @ d512")
+
+
+def run_and_record(
+    plan: Any,
+    store: HistoryStore | None,
+    *,
+    cancel: Any = None,
+    on_progress: Any = None,
+    on_result: Any = None,
+    sampler: Any = None,
+    run_ids: dict[str, int] | None = None,
+    run: Any = None,
+) -> tuple[list[BenchResult], dict[str, int]]:
+    """Run a benchmark plan, storing each result the moment it finishes (one run per model).
+
+    Returns the results and the run id of each model (also filled into `run_ids` as they start).
+    A run ends "finished", "cancelled" (by `cancel` or Ctrl+C), or "failed" (the exception is
+    re-raised after the runs are closed).
+    """
+    from app.bench.runner import run_benchmark
+
+    run = run or run_benchmark  # app.engine.jobs.host_benchmark(engine) runs it in the engine host
+    run_ids = {} if run_ids is None else run_ids
+    settings = {"repetitions": plan.repetitions, "sweep": {name: list(values) for name, values in plan.sweep}}
+
+    def stored(result: BenchResult) -> None:
+        if store is not None:
+            if result.model_filename not in run_ids:
+                run_ids[result.model_filename] = store.start_run(
+                    "benchmark", result.model_filename, settings, build=result.build
+                )
+            store.add_result(run_ids[result.model_filename], result)
+        if on_result is not None:
+            on_result(result)
+
+    status = "failed"
+    try:
+        results = run(plan, cancel=cancel, on_progress=on_progress, on_result=stored, sampler=sampler)
+        status = "cancelled" if cancel is not None and cancel.is_set() else "finished"
+        return results, run_ids
+    except KeyboardInterrupt:
+        status = "cancelled"
+        raise
+    finally:
+        if store is not None:
+            for run_id in run_ids.values():
+                store.finish_run(run_id, status)

@@ -1,0 +1,556 @@
+"""A benchmark runner that measures what llama-bench measures, the way llama-bench measures it.
+
+Tests: `pp N` (N prompt tokens decoded in n_batch-sized batches), `tg N` (N single-token
+decodes), `pg N,M` (both in one timed run) and depth `d` (the KV cache filled with d tokens
+first, untimed). Tokens are random ids (BOS first), prepared before the clock starts; nothing
+is sampled or detokenized, exactly as in llama-bench's test_prompt/test_gen. Each test runs a
+warm-up, then R timed repetitions from a cleared cache; a sample's speed is
+(n_prompt + n_gen) / time, and the result is the mean ± sample standard deviation of those.
+
+The model and its contexts come from app.llama.driver, llama.cpp's C API with nothing in
+between: a prompt costs its llama_decode calls, a generated token one llama_decode and one
+llama_synchronize. Instances that differ only in context settings (threads, batch, KV cache,
+flash attention) share one model load and get a fresh context each, as in llama-bench.
+
+Plans, results and progress are plain frozen data and the callbacks plain functions, so a run
+can move to another process without changing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import itertools
+import os
+import platform
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from app.common.stats import mean, stdev
+from app.llama import runtime as llama_runtime
+from app.llama.build_check import require_working_build
+from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel, init_numa
+from app.model.gguf_info import inspect_model
+from app.model.model_info import ModelInfo
+from app.model.settings import LoadSettings
+
+# Parameters a plan can sweep: LoadSettings field -> llama-bench flag and its markdown header.
+SWEEPABLE: dict[str, tuple[str, str]] = {
+    "n_threads": ("-t", "threads"),
+    "n_batch": ("-b", "n_batch"),
+    "n_ubatch": ("-ub", "n_ubatch"),
+    "flash_attn": ("-fa", "fa"),
+    "type_k": ("-ctk", "type_k"),
+    "type_v": ("-ctv", "type_v"),
+    "n_gpu_layers": ("-ngl", "ngl"),
+    "use_mmap": ("-mmp", "mmap"),
+}
+
+
+class BenchError(Exception):
+    """A benchmark could not run; the message says why."""
+
+
+@dataclass(frozen=True)
+class BenchTest:
+    n_prompt: int = 0
+    n_gen: int = 0
+    n_depth: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_prompt < 0 or self.n_gen < 0 or self.n_depth < 0:
+            raise BenchError("test sizes must not be negative")
+        if self.n_prompt == 0 and self.n_gen == 0:
+            raise BenchError("a test needs prompt or generated tokens")
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prompt + self.n_gen
+
+    @property
+    def name(self) -> str:
+        """llama-bench's label: pp512, tg128, pp512+tg128, with " @ d512" for a filled cache."""
+        parts = ([f"pp{self.n_prompt}"] if self.n_prompt else []) + (
+            [f"tg{self.n_gen}"] if self.n_gen else []
+        )
+        return "+".join(parts) + (f" @ d{self.n_depth}" if self.n_depth else "")
+
+
+def parse_values(text: str, kind: type = int) -> tuple[Any, ...]:
+    """llama-bench list syntax: "1,2,4", ranges "1-8", "1-8+2" (step), "1-64*2" (multiply)."""
+    out: list[Any] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)-(\d+)(?:([+*])(\d+))?", part) if kind is int else None
+        if m:
+            first, last = int(m.group(1)), int(m.group(2))
+            op, step = m.group(3) or "+", int(m.group(4) or 1)
+            if last < first or step < 1 or (op == "*" and (step < 2 or first < 1)):
+                raise BenchError(f"bad range {part!r}: use first-last, first-last+step or first-last*factor")
+            value = first
+            while value <= last:
+                out.append(value)
+                value = value + step if op == "+" else value * step
+        elif kind is bool:
+            if part.lower() not in ("0", "1", "true", "false", "on", "off"):
+                raise BenchError(f"{part!r} is not 0 or 1")
+            out.append(part.lower() in ("1", "true", "on"))
+        elif kind is int:
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise BenchError(f"{part!r} is not a whole number or a range") from None
+        else:
+            out.append(part)
+    if not out:
+        raise BenchError(f"no values in {text!r}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """Models × tests × every combination of the swept parameters, each run R times."""
+
+    models: tuple[str, ...]
+    tests: tuple[BenchTest, ...]
+    base: LoadSettings = field(default_factory=LoadSettings)
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (LoadSettings field, values)
+    repetitions: int = 5
+    warmup: bool = True
+    seed: int = 0  # for the random token ids
+
+    def __post_init__(self) -> None:
+        if self.repetitions < 1:
+            raise BenchError("repetitions must be at least 1")
+        for name, values in self.sweep:
+            if name not in SWEEPABLE:
+                raise BenchError(f"{name} cannot be swept; choose from {', '.join(SWEEPABLE)}")
+            if not values:
+                raise BenchError(f"no values for {name}")
+
+    @property
+    def swept_fields(self) -> tuple[str, ...]:
+        return tuple(name for name, values in self.sweep if len(values) > 1)
+
+    def instances(self) -> list[tuple[str, LoadSettings, BenchTest]]:
+        """Every (model, settings, test) to run, models outermost as llama-bench orders them."""
+        names = [name for name, _ in self.sweep]
+        combos = list(itertools.product(*(values for _, values in self.sweep))) or [()]
+        out = []
+        for model in self.models:
+            for combo in combos:
+                load = dataclasses.replace(self.base, **dict(zip(names, combo, strict=False)))
+                for test in self.tests:
+                    out.append((model, load, test))
+        return out
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One test's result, with llama-bench's field names and LlamaScope's telemetry beside them."""
+
+    model_filename: str
+    model_type: str
+    model_size: int
+    model_n_params: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    type_k: str
+    type_v: str
+    n_gpu_layers: int
+    flash_attn: bool
+    use_mmap: bool
+    n_prompt: int
+    n_gen: int
+    n_depth: int
+    test_time: str
+    samples_ns: tuple[int, ...]
+    cpu_info: str
+    gpu_info: str
+    backends: str
+    build: str  # llama-cpp-python version (llama-bench: build_commit)
+    complete: bool = True  # False when cancelled before all repetitions ran
+    # Telemetry over the timed repetitions (None: no sampler or source not available).
+    mean_cpu_percent: float | None = None
+    peak_rss_bytes: int | None = None
+    mean_power_watts: float | None = None
+    energy_joules: float | None = None
+    joules_per_token: float | None = None
+    max_temp_c: float | None = None
+    throttle_events: int | None = None
+    throttled: bool = False
+    source: str = "llamascope"  # "llama-bench" for imported records
+
+    @property
+    def test(self) -> BenchTest:
+        return BenchTest(self.n_prompt, self.n_gen, self.n_depth)
+
+    @property
+    def samples_ts(self) -> tuple[float, ...]:
+        n = self.n_prompt + self.n_gen
+        return tuple(1e9 * n / s for s in self.samples_ns if s > 0)
+
+    @property
+    def avg_ns(self) -> int:
+        return int(mean(self.samples_ns)) if self.samples_ns else 0
+
+    @property
+    def stddev_ns(self) -> int:
+        return int(stdev(self.samples_ns))
+
+    @property
+    def avg_ts(self) -> float:
+        return mean(self.samples_ts) if self.samples_ts else 0.0
+
+    @property
+    def stddev_ts(self) -> float:
+        return stdev(self.samples_ts)
+
+
+ProgressCallback = Callable[[int, int, str], None]  # (done steps, total steps, what is running)
+
+
+def cpu_info() -> str:
+    """The CPU model string, as llama-bench reports it (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "n/a"
+
+
+def model_type(info: ModelInfo) -> str:
+    """llama.cpp's model description: architecture, size label, file type ("llama 135M Q4_1")."""
+    size = info.size_label or f"{info.n_params / 1e9:.1f}B"
+    return f"{info.architecture or 'unknown'} {size} {info.file_type or ''}".strip()
+
+
+@dataclass(frozen=True)
+class _ModelKey:
+    """What a loaded model depends on: instances that agree on it share one load, as in llama-bench."""
+
+    path: str
+    n_gpu_layers: int
+    use_mmap: bool
+    use_mlock: bool
+
+
+class _Runner:
+    """Runs a plan on one thread; owns at most one llama.cpp model at a time."""
+
+    def __init__(
+        self,
+        plan: BenchPlan,
+        cancel: CancelFlag,
+        on_progress: ProgressCallback | None,
+        on_result: Callable[[BenchResult], None] | None,
+        sampler: Any | None,
+    ) -> None:
+        self.plan = plan
+        self.cancel = cancel
+        self.on_progress = on_progress
+        self.on_result = on_result
+        self.sampler = sampler
+        self.lc = llama_runtime.llama()
+        self.rng = random.Random(plan.seed)
+        self.build = llama_runtime.build_info()
+        self.cpu = cpu_info()
+        instances = plan.instances()
+        self.total_steps = sum(plan.repetitions + (1 if plan.warmup else 0) for _ in instances)
+        self.done_steps = 0
+        self._model: LlamaModel | None = None
+        self._model_key: _ModelKey | None = None
+
+    def _progress(self, what: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.done_steps, self.total_steps, what)
+
+    def run(self) -> list[BenchResult]:
+        results: list[BenchResult] = []
+        infos: dict[str, ModelInfo] = {}
+        try:
+            for model_path, load, test in self.plan.instances():
+                if self.cancel.is_set():
+                    break
+                info = infos.get(model_path) or infos.setdefault(model_path, inspect_model(model_path))
+                result = self._run_instance(model_path, info, load, test)
+                if result is not None:
+                    results.append(result)
+                    if self.on_result is not None:
+                        self.on_result(result)
+        finally:
+            self._unload()
+        return results
+
+    # ---- model and context ---------------------------------------------------------------------
+    def _keep_loading(self, _fraction: float) -> bool:
+        return not self.cancel.is_set()
+
+    def _unload(self) -> None:
+        model, self._model, self._model_key = self._model, None, None
+        if model is not None:
+            model.close()
+
+    def _load(self, model_path: str, settings: LoadSettings, label: str) -> LlamaModel | None:
+        """The model for these settings: the one already loaded when only context settings differ
+        (llama-bench keeps it too), else a fresh load. None if the load was cancelled."""
+        key = _ModelKey(model_path, settings.n_gpu_layers, settings.use_mmap, settings.use_mlock)
+        if self._model is not None and self._model_key == key:
+            self._progress(f"starting {label}")
+            return self._model
+        self._unload()
+        self._progress(f"loading {label}")
+        require_working_build(BenchError)
+        if settings.numa:
+            init_numa()
+        try:
+            self._model = LlamaModel(
+                model_path,
+                n_gpu_layers=settings.n_gpu_layers,
+                use_mmap=settings.use_mmap,
+                use_mlock=settings.use_mlock,
+                progress=self._keep_loading,
+            )
+        except DriverCancelled:
+            return None
+        except DriverError as exc:
+            raise BenchError(str(exc)) from None
+        self._model_key = key
+        return self._model
+
+    def _run_instance(
+        self, model_path: str, info: ModelInfo, load: LoadSettings, test: BenchTest
+    ) -> BenchResult | None:
+        n_ctx = max(test.n_prompt + test.n_gen + test.n_depth, 16)
+        # llama-bench's -t sets both counts: a prompt runs on n_threads too.
+        settings = dataclasses.replace(load, n_ctx=n_ctx, n_threads_batch=load.n_threads)
+        settings.validate()
+        label = f"{os.path.basename(model_path)} {test.name} (t={load.n_threads}, b={load.n_batch})"
+        model = self._load(model_path, settings, label)
+        if model is None:
+            return None
+        try:
+            ctx = LlamaContext.for_settings(model, settings, n_ctx=n_ctx, cancel=self.cancel)
+        except DriverError as exc:
+            raise BenchError(str(exc)) from None
+        samples: list[int] = []
+        recorder: Any = None
+        summary: Any = None
+        try:
+            if self.plan.warmup:
+                ctx.clear(data=False)
+                if test.n_prompt:
+                    self._decode_prompt(ctx, self._random_ids(model, test.n_prompt, first=True))
+                if test.n_gen:
+                    self._decode_gen(ctx, self._random_ids(model, 1, first=True))
+                self.done_steps += 1
+                self._progress(f"warm-up done: {label}")
+            recorder = self._start_recorder()
+            for rep in range(self.plan.repetitions):
+                if self.cancel.is_set():
+                    break
+                ctx.clear(data=False)
+                if test.n_depth:
+                    self._decode_prompt(ctx, self._random_ids(model, test.n_depth, first=True))
+                prompt = self._random_ids(model, test.n_prompt, first=not test.n_depth)
+                gen = self._random_ids(model, test.n_gen, first=not (test.n_depth or test.n_prompt))
+                t0 = time.perf_counter_ns()
+                if prompt:
+                    self._decode_prompt(ctx, prompt)
+                if gen:
+                    self._decode_gen(ctx, gen)
+                samples.append(time.perf_counter_ns() - t0)
+                self.done_steps += 1
+                self._progress(f"{label}: repetition {rep + 1}/{self.plan.repetitions}")
+        except DriverCancelled:
+            pass  # Stop inside a repetition: that one is dropped, the finished ones are kept
+        except DriverError as exc:
+            raise BenchError(f"{label}: {exc}") from None
+        finally:
+            if recorder is not None:
+                summary = recorder.stop()
+            ctx.close()
+        if not samples:
+            return None
+        return self._result(model_path, info, load, test, samples, summary)
+
+    # ---- llama-bench's test_prompt / test_gen -------------------------------------------------
+    def _random_ids(self, model: LlamaModel, n: int, first: bool) -> list[int]:
+        """Random token ids, BOS first when they start the sequence and the vocabulary adds one.
+        Drawn before the clock starts."""
+        ids = [self.rng.randrange(model.n_vocab) for _ in range(n)]
+        if first and ids and model.add_bos:
+            ids[0] = model.bos
+        return ids
+
+    def _decode_prompt(self, ctx: LlamaContext, ids: Sequence[int]) -> None:
+        """n_batch-sized llama_decode calls, then one synchronize (llama-bench's test_prompt)."""
+        # A prompt batch can run for seconds: let llama.cpp poll the cancel flag inside it.
+        ctx.watch_for_abort(True)
+        ctx.decode(ids)
+        self.lc.llama_synchronize(ctx.handle)
+
+    def _decode_gen(self, ctx: LlamaContext, ids: Sequence[int]) -> None:
+        """One-token llama_decode calls, each synchronized (llama-bench's test_gen)."""
+        # Polled per graph node, the flag would cost generation a few per cent; a token takes
+        # milliseconds, so checking between tokens stops it just as promptly.
+        ctx.watch_for_abort(False)
+        decode_one = ctx.decode_one
+        synchronize = self.lc.llama_synchronize
+        handle = ctx.handle
+        is_set = self.cancel.is_set
+        for token in ids:
+            if is_set():
+                raise DriverCancelled("Cancelled between generated tokens.")
+            decode_one(token)
+            synchronize(handle)
+
+    # ---- telemetry and the result record ------------------------------------------------------
+    def _start_recorder(self) -> Any:
+        if self.sampler is None:
+            return None
+        from app.telemetry.sampler import TelemetryRecorder
+
+        recorder = TelemetryRecorder(self.sampler)
+        recorder.start()
+        return recorder
+
+    def _result(
+        self,
+        model_path: str,
+        info: ModelInfo,
+        load: LoadSettings,
+        test: BenchTest,
+        samples: list[int],
+        summary: Any,
+    ) -> BenchResult:
+        telemetry = telemetry_fields(summary, test.n_tokens * len(samples)) if summary is not None else {}
+        return BenchResult(
+            model_filename=model_path,
+            model_type=model_type(info),
+            model_size=info.tensor_data_bytes,
+            model_n_params=info.n_params,
+            n_batch=load.n_batch,
+            n_ubatch=load.n_ubatch,
+            n_threads=load.n_threads,
+            type_k=load.type_k,
+            type_v=load.type_v,
+            n_gpu_layers=load.n_gpu_layers,
+            flash_attn=load.flash_attn,
+            use_mmap=load.use_mmap,
+            n_prompt=test.n_prompt,
+            n_gen=test.n_gen,
+            n_depth=test.n_depth,
+            test_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            samples_ns=tuple(samples),
+            cpu_info=self.cpu,
+            gpu_info="",
+            backends=",".join(b for b in self.build.backends if b != "CPU") or "CPU",
+            build=self.build.llama_cpp_python_version,
+            complete=len(samples) == self.plan.repetitions,
+            **telemetry,
+        )
+
+
+def telemetry_fields(summary: Any, n_tokens: int) -> dict[str, Any]:
+    """BenchResult's hardware fields from a TelemetrySummary of a test's timed repetitions."""
+    return {
+        "mean_cpu_percent": summary.mean_cpu_percent,
+        "peak_rss_bytes": summary.peak_rss_bytes,
+        "mean_power_watts": summary.mean_power_watts,
+        "energy_joules": summary.energy_joules,
+        "joules_per_token": (summary.energy_joules / n_tokens) if summary.energy_joules else None,
+        "max_temp_c": summary.max_temp_c,
+        "throttle_events": summary.throttle_events,
+        "throttled": bool(summary.throttled),
+    }
+
+
+def run_benchmark(
+    plan: BenchPlan,
+    *,
+    cancel: CancelFlag | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_result: Callable[[BenchResult], None] | None = None,
+    sampler: Any | None = None,
+) -> list[BenchResult]:
+    """Run every test of the plan on the calling thread; returns the finished results.
+
+    `cancel` (threading.Event, multiprocessing.Event, anything with is_set()) stops the run
+    within a fraction of a second: llama.cpp polls it inside every prompt batch, generation
+    checks it between tokens, and a load checks it between tensors. A cancelled run returns
+    what finished; a test stopped part-way keeps its finished repetitions with
+    `complete=False` and drops the one that was running. Called on the main thread, Ctrl+C
+    stops the run the same way, then raises KeyboardInterrupt. `sampler` (a running
+    app.telemetry.sampler.Sampler) adds the hardware figures of each test's timed repetitions.
+    """
+    with _ctrl_c_as_stop(cancel or threading.Event()) as flag:
+        return _Runner(plan, flag, on_progress, on_result, sampler).run()
+
+
+class AnyFlag:
+    """A cancel flag that is set when any of its flags is."""
+
+    def __init__(self, *flags: CancelFlag) -> None:
+        self._flags = flags
+
+    def is_set(self) -> bool:
+        return any(flag.is_set() for flag in self._flags)
+
+
+@contextlib.contextmanager
+def _ctrl_c_as_stop(cancel: CancelFlag) -> Iterator[CancelFlag]:
+    """On the main thread, make Ctrl+C a Stop, then raise KeyboardInterrupt once the run is over.
+
+    Python runs signal handlers on the main thread in whatever Python code runs next, and during a
+    prompt batch that is llama.cpp's abort callback: a KeyboardInterrupt raised there is swallowed
+    by ctypes (which prints its traceback) and the run goes on, so Ctrl+C would not stop a script
+    that runs a benchmark. A handler that only sets a flag is safe there, and the abort callback
+    then sees the flag. Another thread, or a process with its own SIGINT handler (the engine host
+    ignores SIGINT), is left alone.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield cancel
+        return
+    pressed = threading.Event()
+
+    def on_ctrl_c(_signum: int, _frame: FrameType | None) -> None:
+        pressed.set()
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield AnyFlag(cancel, pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed.is_set():
+        raise KeyboardInterrupt
+
+
+def build_tests(
+    n_prompt: Iterable[int], n_gen: Iterable[int], pg: Iterable[tuple[int, int]], depths: Iterable[int]
+) -> tuple[BenchTest, ...]:
+    """llama-bench's test list: every -p, every -n, every -pg pair, each at every depth."""
+    tests = []
+    for d in depths:
+        tests += [BenchTest(n_prompt=p, n_depth=d) for p in n_prompt if p > 0]
+        tests += [BenchTest(n_gen=n, n_depth=d) for n in n_gen if n > 0]
+        tests += [BenchTest(n_prompt=p, n_gen=n, n_depth=d) for p, n in pg]
+    if not tests:
+        raise BenchError("no tests: give -p, -n or -pg with non-zero sizes")
+    return tuple(tests)

@@ -1,0 +1,228 @@
+"""llama.cpp work other than chat, run in the engine host: the benchmark runner, for now.
+
+Each job has two halves. The host half (`run_*_job`) runs in the engine host through
+`EngineService.run_job` and reports through `emit`. The client half (`host_*`) runs on the
+Engine's worker thread (inside `Engine.run_exclusive`) and turns the events back into the
+callbacks the rest of the app already takes. A native crash during a job then fails the job with
+a message, never the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from app.bench.runner import BenchPlan, BenchResult, run_benchmark, telemetry_fields
+from app.llama.driver import CancelFlag
+
+
+class _TimedWindowSignal:
+    """Stands in for the telemetry Sampler in the host: the runner's TelemetryRecorder adds a
+    listener when a test's timed repetitions start and removes it when they end; this sends those
+    two moments to the client, whose own sampler records the hardware in between."""
+
+    def __init__(self, emit: Callable[[str, Any], None]) -> None:
+        self._emit = emit
+
+    def add_listener(self, _listener: object) -> None:
+        self._emit("telemetry", "start")
+
+    def remove_listener(self, _listener: object) -> None:
+        self._emit("telemetry", "stop")
+
+
+def run_benchmark_job(
+    plan: BenchPlan, *, with_telemetry: bool, cancel: CancelFlag, emit: Callable[[str, Any], None]
+) -> list[BenchResult]:
+    """The host half of a benchmark: app.bench.runner.run_benchmark with its callbacks as events."""
+    return run_benchmark(
+        plan,
+        cancel=cancel,
+        on_progress=lambda done, total, what: emit("progress", (done, total, what)),
+        on_result=lambda result: emit("result", result),
+        sampler=_TimedWindowSignal(emit) if with_telemetry else None,
+    )
+
+
+def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
+    """A `run_benchmark` twin that runs the plan in `engine`'s host (call it on the engine's worker
+    thread, i.e. inside Engine.run_exclusive); for app.bench.history.run_and_record(run=...)."""
+
+    def run(
+        plan: BenchPlan,
+        *,
+        cancel: Any = None,
+        on_progress: Callable[[int, int, str], None] | None = None,
+        on_result: Callable[[BenchResult], None] | None = None,
+        sampler: Any = None,
+    ) -> list[BenchResult]:
+        from app.telemetry.sampler import TelemetryRecorder
+
+        recorder: list[Any] = [None]
+        summary: list[Any] = [None]
+        results: list[BenchResult] = []
+
+        def on_event(kind: str, payload: Any) -> None:
+            if kind == "telemetry" and sampler is not None:
+                if payload == "start":
+                    recorder[0] = TelemetryRecorder(sampler)
+                    recorder[0].start()
+                    summary[0] = None
+                elif recorder[0] is not None:
+                    summary[0] = recorder[0].stop()
+                    recorder[0] = None
+            elif kind == "progress" and on_progress is not None:
+                on_progress(*payload)
+            elif kind == "result":
+                result: BenchResult = payload
+                if summary[0] is not None:
+                    n_tokens = (result.n_prompt + result.n_gen) * len(result.samples_ns)
+                    result = dataclasses.replace(result, **telemetry_fields(summary[0], n_tokens))
+                    summary[0] = None
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+
+        try:
+            engine.call_job_here(
+                "app.engine.jobs:run_benchmark_job",
+                plan,
+                with_telemetry=sampler is not None,
+                on_event=on_event,
+            )
+        finally:
+            if recorder[0] is not None:
+                recorder[0].stop()
+        return results
+
+    return run
+
+
+# ---- evaluations and tuning: a core function with `cancel` and progress callbacks ----------------
+
+# The core functions a client may run this way (a job names its function; only these are run).
+PROGRESS_JOBS = {
+    "app.quality.perplexity:evaluate_perplexity",
+    "app.quality.perplexity:evaluate_kl_divergence",
+    "app.quality.perplexity:evaluate_against_base",
+    "app.quality.multiple_choice:run_benchmark_file",
+    "app.quality.compare:measure_speed",
+    "app.engine.jobs:tune",
+    "app.engine.jobs:run_tuner",
+}
+
+
+def run_progress_job(
+    function: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    callbacks: tuple[str, ...],
+    *,
+    cancel: CancelFlag,
+    emit: Callable[[str, Any], None],
+) -> Any:
+    """The host half: `function(*args, cancel=cancel, <callback>=<event sender>..., **kwargs)`."""
+    import importlib
+
+    if function not in PROGRESS_JOBS:
+        raise ValueError(f"not a LlamaScope job: {function}")
+    module_name, _, name = function.partition(":")
+    target = getattr(importlib.import_module(module_name), name)
+    senders = {callback: (lambda payload, kind=callback: emit(kind, payload)) for callback in callbacks}
+    return target(*args, cancel=cancel, **senders, **kwargs)
+
+
+def host_call(
+    engine: Any,
+    function: str,
+    *args: Any,
+    callbacks: dict[str, Callable[[Any], None]] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """The client half, on the engine's worker thread: run `function` in the host; each callback
+    (on_progress=..., on_trial=...) receives its events here."""
+    callbacks = callbacks or {}
+
+    def on_event(kind: str, payload: Any) -> None:
+        callback = callbacks.get(kind)
+        if callback is not None:
+            callback(payload)
+
+    return engine.call_job_here(
+        "app.engine.jobs:run_progress_job", function, args, kwargs, tuple(callbacks), on_event=on_event
+    )
+
+
+def tune(
+    model_path: str,
+    base: Any,
+    objective: Any,
+    parameters: tuple[str, ...],
+    n_trials: int,
+    time_budget_s: float | None,
+    *,
+    cancel: CancelFlag,
+    on_trial: Callable[[Any], None],
+    on_progress: Callable[[Any], None],
+) -> Any:
+    """An Auto-Tune session over the given parameters (the rest fixed at `base`), in the host."""
+    from app.model.gguf_info import inspect_model
+    from app.tune.space import TUNABLE_PARAMS, default_search_space
+    from app.tune.tuner import TuneConfig, Tuner
+
+    info = inspect_model(model_path)
+    space = default_search_space(info, base=base)
+    for name in TUNABLE_PARAMS:
+        if name not in parameters:
+            space = space.with_values(name, (getattr(base, name),))
+    config = TuneConfig(n_trials=n_trials, time_budget_s=time_budget_s)
+    tuner = Tuner(info, objective, space=space, base=base, config=config)
+    return tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
+
+
+def run_tuner(
+    info: Any,
+    objective: str,
+    base: Any,
+    config: Any,
+    storage_path: str | None,
+    *,
+    cancel: CancelFlag,
+    on_trial: Callable[[Any], None],
+    on_progress: Callable[[Any], None],
+) -> Any:
+    """The command line's Auto-Tune session (its own config and study storage), in the host."""
+    from app.tune.tuner import Tuner
+
+    tuner = Tuner(info, objective, base=base, config=config, storage_path=storage_path)
+    return tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
+
+
+# ---- short calls that load a vocabulary: a crafted one can trip llama.cpp's assertions too -----
+
+PLAIN_JOBS = {"app.quality.perplexity:check_same_vocabulary", "app.quality.perplexity:plan_perplexity"}
+
+
+def run_plain_job(
+    function: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    cancel: CancelFlag,
+    emit: Callable[[str, Any], None],
+) -> Any:
+    """The host half of `host_plain`: `function(*args, **kwargs)`, one of PLAIN_JOBS."""
+    import importlib
+
+    if function not in PLAIN_JOBS:
+        raise ValueError(f"not a LlamaScope job: {function}")
+    module_name, _, name = function.partition(":")
+    return getattr(importlib.import_module(module_name), name)(*args, **kwargs)
+
+
+def host_plain(engine: Any, function: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one of PLAIN_JOBS in `engine`'s host and return its result (any thread; takes its turn)."""
+    return engine.run_exclusive(
+        lambda _cancel: engine.call_job_here("app.engine.jobs:run_plain_job", function, args, kwargs)
+    ).result()

@@ -1,0 +1,1 @@
+"""llama.cpp itself: which build, whether it works on this CPU, its facts, and the driver on its C API."""

@@ -1,0 +1,1 @@
+"""What the hardware is and does: detection, the live sampler, sysfs, NVML, memory bandwidth, advice."""

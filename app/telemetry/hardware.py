@@ -1,0 +1,509 @@
+"""What the machine is: CPU, memory, GPUs, OS and the llama.cpp build.
+
+Detection reads /proc and /sys under a filesystem root, asks NVML through `app.telemetry.nvml.Nvml` and
+llama.cpp through `app.llama.runtime.build_info()`, so it must run off the GUI thread. Anything
+not readable is None ("n/a"); nothing here raises for a machine that lacks a source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from app.llama.build_check import BuildVerdict
+from app.llama.runtime import BuildInfo
+from app.telemetry.nvml import NVML_CLOCK_MEM, NVML_CLOCK_SM, Nvml, shared_nvml, text
+from app.telemetry.sysfs import (
+    CacheLevel,
+    CpuFrequencyReader,
+    count_physical_cores_sysfs,
+    read_cpu_caches,
+    read_cpuinfo,
+)
+
+log = logging.getLogger(__name__)
+
+# CPU features llama.cpp's CPU backend reports in llama_print_system_info(), in its own names and
+# order; only these matter to which kernels it runs.
+LLAMA_CPU_FEATURES: tuple[str, ...] = (
+    "SSE3",
+    "SSSE3",
+    "AVX",
+    "AVX_VNNI",
+    "AVX2",
+    "F16C",
+    "FMA",
+    "BMI2",
+    "AVX512",
+    "AVX512_VBMI",
+    "AVX512_VNNI",
+    "AVX512_BF16",
+    "AMX_INT8",
+    "NEON",
+    "ARM_FMA",
+    "FP16_VA",
+    "MATMUL_INT8",
+    "SVE",
+    "DOTPROD",
+    "SME",
+    "VSX",
+    "RISCV_V",
+    "WASM_SIMD",
+)
+
+# /proc/cpuinfo flag (x86 "flags", ARM "Features") -> llama.cpp feature name.
+_OS_FLAG_TO_LLAMA: dict[str, tuple[str, ...]] = {
+    "pni": ("SSE3",),  # the kernel calls SSE3 "pni" (Prescott New Instructions)
+    "sse3": ("SSE3",),
+    "ssse3": ("SSSE3",),
+    "avx": ("AVX",),
+    "avx2": ("AVX2",),
+    "avx_vnni": ("AVX_VNNI",),
+    "fma": ("FMA",),
+    "f16c": ("F16C",),
+    "bmi2": ("BMI2",),
+    "avx512f": ("AVX512",),
+    "avx512vbmi": ("AVX512_VBMI",),
+    "avx512_vbmi": ("AVX512_VBMI",),
+    "avx512_vnni": ("AVX512_VNNI",),
+    "avx512_bf16": ("AVX512_BF16",),
+    "amx_int8": ("AMX_INT8",),
+    "asimd": ("NEON", "ARM_FMA"),  # AArch64 Advanced SIMD includes fused multiply-add
+    "neon": ("NEON",),
+    "asimdhp": ("FP16_VA",),
+    "i8mm": ("MATMUL_INT8",),
+    "asimddp": ("DOTPROD",),
+    "sve": ("SVE",),
+    "sme": ("SME",),
+    "vsx": ("VSX",),
+}
+
+# Best first: the widest SIMD a feature set reaches, with its display name.
+_SIMD_LADDER: tuple[tuple[str, str], ...] = (
+    ("AVX512", "AVX-512"),
+    ("AVX2", "AVX2"),
+    ("AVX", "AVX"),
+    ("SSSE3", "SSSE3"),
+    ("SSE3", "SSE3"),
+    ("SME", "SME"),
+    ("SVE", "SVE"),
+    ("NEON", "NEON"),
+    ("VSX", "VSX"),
+    ("RISCV_V", "RISC-V V"),
+    ("WASM_SIMD", "WASM SIMD"),
+)
+_SIMD_EXTRAS = (
+    "AVX512_VBMI",
+    "AVX512_VNNI",
+    "AVX512_BF16",
+    "AVX_VNNI",
+    "AMX_INT8",
+    "FMA",
+    "F16C",
+    "DOTPROD",
+    "MATMUL_INT8",
+    "FP16_VA",
+)
+
+_GPU_BACKENDS = ("CUDA", "Metal", "Vulkan", "HIP", "ROCm", "SYCL", "OpenCL", "CANN", "MUSA", "Kompute", "RPC")
+
+
+# ---- llama_print_system_info() -----------------------------------------------------------------
+
+_PIECE = re.compile(
+    r"^\s*(?:(?P<backend>[A-Za-z][\w .-]*?)\s+:\s+)?(?P<key>[A-Za-z_][\w.+-]*)\s*=\s*(?P<value>.*?)\s*$"
+)
+
+
+def parse_system_info(system_info: str) -> dict[str, dict[str, str]]:
+    """llama_print_system_info() as {backend: {feature: value}}.
+
+    Reads both formats: the older flat "AVX = 1 | AVX2 = 1 | ..." (listed as backend "CPU") and
+    the newer per-backend "CPU : SSE3 = 1 | AVX2 = 1 | CUDA : ARCHS = 890 | USE_GRAPHS = 1 |",
+    where a "NAME : " prefix starts the features of backend NAME.
+    """
+    out: dict[str, dict[str, str]] = {}
+    backend = "CPU"
+    for piece in system_info.split("|"):
+        m = _PIECE.match(piece)
+        if not m:
+            head = re.match(r"^\s*([A-Za-z][\w .-]*?)\s+:\s*$", piece)  # "Metal : " with no features
+            if head:
+                backend = head.group(1)
+                out.setdefault(backend, {})
+            continue
+        if m.group("backend"):
+            backend = m.group("backend").strip()
+        out.setdefault(backend, {})[m.group("key")] = m.group("value")
+    return out
+
+
+def build_cpu_features(parsed: Mapping[str, Mapping[str, str]]) -> tuple[str, ...]:
+    """CPU features the llama.cpp build uses (value not "0"), in llama.cpp's order."""
+    cpu = parsed.get("CPU", {})
+    on = {k for k, v in cpu.items() if v.strip() not in ("0", "")}
+    return tuple(f for f in LLAMA_CPU_FEATURES if f in on)
+
+
+def os_cpu_features(flags: Iterable[str], machine: str = "") -> tuple[str, ...]:
+    """The llama.cpp features a CPU with these /proc/cpuinfo flags supports, in llama.cpp's order."""
+    found: set[str] = set()
+    for flag in flags:
+        found.update(_OS_FLAG_TO_LLAMA.get(flag.lower(), ()))
+    if not found and machine.lower() in ("arm64", "aarch64"):
+        found.update(("NEON", "ARM_FMA"))  # mandatory in ARMv8-A; macOS has no /proc/cpuinfo
+    return tuple(f for f in LLAMA_CPU_FEATURES if f in found)
+
+
+def simd_level(features: Iterable[str]) -> str | None:
+    """The widest SIMD in `features` ("AVX-512", "AVX2", "NEON"...), None when there is none."""
+    present = set(features)
+    return next((label for name, label in _SIMD_LADDER if name in present), None)
+
+
+def simd_text(features: Iterable[str]) -> str:
+    """e.g. "AVX-512 + AVX512_VNNI, AVX512_BF16, FMA, F16C"; "none" without SIMD."""
+    present = tuple(features)
+    level = simd_level(present)
+    extras = [f for f in _SIMD_EXTRAS if f in present]
+    if level is None:
+        return "none" if not extras else ", ".join(extras)
+    return level + (" + " + ", ".join(extras) if extras else "")
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model_name: str | None
+    vendor: str | None
+    architecture: str
+    physical_cores: int
+    logical_cores: int
+    min_freq_mhz: float | None
+    max_freq_mhz: float | None
+    caches: tuple[CacheLevel, ...]
+    os_flags: frozenset[str]  # raw /proc/cpuinfo flags
+    features_cpu: tuple[str, ...]  # llama.cpp features the CPU supports
+    features_build: tuple[str, ...]  # llama.cpp features the installed build uses
+    is_virtual_machine: bool
+
+    @property
+    def simd_level_cpu(self) -> str | None:
+        return simd_level(self.features_cpu)
+
+    @property
+    def simd_level_build(self) -> str | None:
+        return simd_level(self.features_build)
+
+    @property
+    def features_unused_by_build(self) -> tuple[str, ...]:
+        """What the CPU could do that this llama.cpp build does not use (a rebuild would)."""
+        if not self.features_build:
+            return ()
+        return tuple(f for f in self.features_cpu if f not in self.features_build)
+
+
+@dataclass(frozen=True)
+class RamInfo:
+    total_bytes: int | None
+    available_bytes: int | None
+    swap_total_bytes: int | None
+    swap_used_bytes: int | None
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str | None
+    uuid: str | None
+    memory_total_bytes: int | None
+    memory_used_bytes: int | None
+    memory_free_bytes: int | None
+    power_limit_watts: float | None
+    max_sm_clock_mhz: float | None
+    max_memory_clock_mhz: float | None
+    pcie_generation: int | None  # current link
+    pcie_generation_max: int | None
+    pcie_width: int | None  # lanes, current link
+    pcie_width_max: int | None
+
+
+@dataclass(frozen=True)
+class OsInfo:
+    system: str  # "Linux", "macOS", "Windows"
+    release: str  # kernel release on Linux
+    machine: str
+    python_version: str
+
+
+@dataclass(frozen=True)
+class HardwareReport:
+    """Everything detection found; a field that could not be read is None."""
+
+    cpu: CpuInfo
+    memory: RamInfo
+    gpus: tuple[GpuInfo, ...]
+    gpu_status: str  # "ok", "no NVIDIA driver", "pynvml not installed", ...
+    driver_version: str | None
+    cuda_driver_version: str | None
+    build: BuildInfo | None
+    build_error: str | None
+    build_features: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    os_info: OsInfo = field(default_factory=lambda: current_os())
+    build_check: BuildVerdict | None = None  # app.llama.build_check: does this build run on this CPU?
+    notes: tuple[str, ...] = ()
+
+    @property
+    def gpu_backends(self) -> tuple[str, ...]:
+        backends = self.build.backends if self.build else ()
+        return tuple(b for b in backends if b.upper() in {g.upper() for g in _GPU_BACKENDS})
+
+    @property
+    def gpu_summary(self) -> str:
+        if not self.gpus:
+            return "None — CPU only"
+        return ", ".join(g.name or f"GPU {g.index}" for g in self.gpus)
+
+
+def current_os() -> OsInfo:
+    system = {"Darwin": "macOS"}.get(platform.system(), platform.system())
+    return OsInfo(system, platform.release(), platform.machine(), sys.version.split()[0])
+
+
+_VENDORS = {
+    "GenuineIntel": "Intel",
+    "AuthenticAMD": "AMD",
+    "HygonGenuine": "Hygon",
+    "CentaurHauls": "Centaur",
+}
+_ARM_IMPLEMENTERS = {
+    "0x41": "Arm",
+    "0x42": "Broadcom",
+    "0x48": "HiSilicon",
+    "0x4e": "NVIDIA",
+    "0x51": "Qualcomm",
+    "0x53": "Samsung",
+    "0x61": "Apple",
+    "0xc0": "Ampere",
+}
+
+
+def _psutil() -> ModuleType:
+    import psutil
+
+    return psutil
+
+
+def _detect_cpu(root: str, ps: Any, build_features: tuple[str, ...], machine: str) -> CpuInfo:
+    blocks = read_cpuinfo(root)
+    first = blocks[0] if blocks else {}
+    model_keys = ("model name", "Processor", "Hardware", "cpu model")  # x86, older ARM, MIPS
+    model = next((first[k] for k in model_keys if first.get(k)), None)
+    if not model and root == "/" and not blocks:
+        model = platform.processor() or None
+    vendor = _VENDORS.get(first.get("vendor_id", ""), first.get("vendor_id") or None)
+    if vendor is None and "CPU implementer" in first:
+        vendor = _ARM_IMPLEMENTERS.get(first["CPU implementer"].lower(), first["CPU implementer"])
+    flags = frozenset((first.get("flags") or first.get("Features") or "").split())
+    logical = _call(ps.cpu_count) or len(blocks) or os.cpu_count() or 1
+    physical = _call(lambda: ps.cpu_count(logical=False)) or count_physical_cores_sysfs(root) or logical
+    freq = CpuFrequencyReader(root).read()
+    return CpuInfo(
+        model_name=model,
+        vendor=vendor,
+        architecture=machine,
+        physical_cores=int(physical),
+        logical_cores=int(logical),
+        min_freq_mhz=freq.min_mhz,
+        max_freq_mhz=freq.max_mhz,
+        caches=read_cpu_caches(root),
+        os_flags=flags,
+        features_cpu=os_cpu_features(flags, machine),
+        features_build=build_features,
+        is_virtual_machine="hypervisor" in flags,
+    )
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # psutil raises platform-specific errors for what it cannot read
+        log.debug("psutil call failed: %s", exc)
+        return None
+
+
+def _detect_memory(ps: Any) -> RamInfo:
+    vm = _call(ps.virtual_memory)
+    swap = _call(ps.swap_memory)
+    return RamInfo(
+        total_bytes=getattr(vm, "total", None),
+        available_bytes=getattr(vm, "available", None),
+        swap_total_bytes=getattr(swap, "total", None),
+        swap_used_bytes=getattr(swap, "used", None),
+    )
+
+
+def _as_float(value: Any, scale: float = 1.0) -> float | None:
+    try:
+        return None if value is None else float(value) / scale
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def detect_gpus(nvml: Nvml) -> tuple[tuple[GpuInfo, ...], str | None, str | None]:
+    """(GPUs, driver version, CUDA driver version) through NVML; ((), None, None) without a driver."""
+    if not nvml.available():
+        return (), None, None
+    driver = text(nvml.query("nvmlSystemGetDriverVersion"))
+    cuda_raw = _as_int(nvml.query("nvmlSystemGetCudaDriverVersion"))
+    cuda = f"{cuda_raw // 1000}.{cuda_raw % 1000 // 10}" if cuda_raw else None
+    gpus = []
+    for i in nvml.device_indices():
+        memory = nvml.device_query(i, "nvmlDeviceGetMemoryInfo")
+
+        def max_clock(clock: int, i: int = i) -> Any:
+            return nvml.device_query(i, "nvmlDeviceGetMaxClockInfo", clock)
+
+        limit_mw = nvml.device_query(i, "nvmlDeviceGetEnforcedPowerLimit")
+        if limit_mw is None:
+            limit_mw = nvml.device_query(i, "nvmlDeviceGetPowerManagementLimit")
+        gpus.append(
+            GpuInfo(
+                index=i,
+                name=text(nvml.device_query(i, "nvmlDeviceGetName")),
+                uuid=text(nvml.device_query(i, "nvmlDeviceGetUUID")),
+                memory_total_bytes=_as_int(getattr(memory, "total", None)),
+                memory_used_bytes=_as_int(getattr(memory, "used", None)),
+                memory_free_bytes=_as_int(getattr(memory, "free", None)),
+                power_limit_watts=_as_float(limit_mw, 1000.0),
+                max_sm_clock_mhz=_as_float(max_clock(NVML_CLOCK_SM)),
+                max_memory_clock_mhz=_as_float(max_clock(NVML_CLOCK_MEM)),
+                pcie_generation=_as_int(nvml.device_query(i, "nvmlDeviceGetCurrPcieLinkGeneration")),
+                pcie_generation_max=_as_int(nvml.device_query(i, "nvmlDeviceGetMaxPcieLinkGeneration")),
+                pcie_width=_as_int(nvml.device_query(i, "nvmlDeviceGetCurrPcieLinkWidth")),
+                pcie_width_max=_as_int(nvml.device_query(i, "nvmlDeviceGetMaxPcieLinkWidth")),
+            )
+        )
+    return tuple(gpus), driver, cuda
+
+
+def _default_build() -> BuildInfo:
+    from app.llama.runtime import build_info
+
+    return build_info()
+
+
+def detect_hardware(
+    root: str = "/",
+    nvml: Nvml | None = None,
+    *,
+    build: Callable[[], BuildInfo] | None = None,
+    ps: Any | None = None,
+    machine: str | None = None,
+    build_check: Callable[[], BuildVerdict] | None = None,
+) -> HardwareReport:
+    """Detect the machine. Calls llama.cpp (through `build`) and NVML: never on the GUI thread.
+
+    `build_check` gives the verdict of app.llama.build_check; by default it runs (once per installed
+    build, in a child process) when the installed build is read, and not with a fake `build`.
+    """
+    nvml = nvml or shared_nvml()
+    ps = ps or _psutil()
+    machine = machine or platform.machine()
+    build_info: BuildInfo | None = None
+    build_error: str | None = None
+    try:
+        build_info = (build or _default_build)()
+    except Exception as exc:  # a broken llama-cpp-python install must not hide the rest
+        build_error = f"{type(exc).__name__}: {exc}"
+        log.warning("llama.cpp build facts not readable: %s", build_error)
+    parsed = parse_system_info(build_info.system_info) if build_info else {}
+    cpu = _detect_cpu(root, ps, build_cpu_features(parsed), machine)
+    gpus, driver, cuda = detect_gpus(nvml)
+    report = HardwareReport(
+        cpu=cpu,
+        memory=_detect_memory(ps),
+        gpus=gpus,
+        gpu_status=nvml.status,
+        driver_version=driver,
+        cuda_driver_version=cuda,
+        build=build_info,
+        build_error=build_error,
+        build_features=parsed,
+        build_check=_verdict(build_check, default=build is None and build_info is not None),
+    )
+    return _with_notes(report)
+
+
+def _verdict(build_check: Callable[[], BuildVerdict] | None, default: bool) -> BuildVerdict | None:
+    if build_check is None and default:
+        from app.llama.build_check import session_verdict
+
+        build_check = session_verdict
+    if build_check is None:
+        return None
+    try:
+        return build_check()
+    except Exception as exc:  # noqa: BLE001 (the check's own failure must not hide the rest)
+        log.warning("llama.cpp build check failed: %s", exc)
+        return None
+
+
+def _with_notes(report: HardwareReport) -> HardwareReport:
+    notes: list[str] = []
+    build, cpu = report.build, report.cpu
+    if build is not None:
+        gpu_backends = report.gpu_backends
+        if gpu_backends:
+            notes.append(f"llama.cpp GPU backends: {', '.join(gpu_backends)}")
+        elif not build.gpu_offload:
+            notes.append("this llama.cpp build is CPU-only: GPU layers have no effect")
+        if report.gpus and not any(b.upper() == "CUDA" for b in build.backends):
+            notes.append(
+                "an NVIDIA GPU is present but this llama.cpp build has no CUDA backend "
+                '(reinstall llama-cpp-python with CMAKE_ARGS="-DGGML_CUDA=on")'
+            )
+        if "Metal" in build.backends:
+            notes.append("Apple GPU through Metal (unified memory shared with the CPU)")
+    verdict = report.build_check
+    if verdict is not None and verdict.crashed:
+        notes.append(
+            f"this llama.cpp build crashed LlamaScope's build check on this CPU "
+            f"({verdict.signal_text}); models are not loaded with it. Rebuild it: "
+            f"{verdict.rebuild_command}"
+        )
+    # AMX is left out on purpose (app/llama/build_flags.py): never recommend the build that has it.
+    unused = tuple(f for f in cpu.features_unused_by_build if f != "AMX_INT8")
+    if unused:
+        notes.append(
+            f"the CPU supports {', '.join(unused)} but this llama.cpp build does not use "
+            f"{'it' if len(unused) == 1 else 'them'} (a native build would)"
+        )
+    if "AMX_INT8" in cpu.features_cpu and "AMX_INT8" not in cpu.features_build and cpu.features_build:
+        notes.append(
+            "the CPU has Intel AMX; this llama.cpp build leaves llama.cpp's AMX path out on "
+            "purpose: it dies with an illegal instruction on llama.cpp's worker threads "
+            "(llama.cpp PR #26954)"
+        )
+    if "AMX_INT8" in cpu.features_build and not (verdict is not None and verdict.crashed):
+        notes.append("Intel AMX in use for int8 matrix multiplication")
+    if cpu.is_virtual_machine:
+        notes.append("virtual machine: temperatures, power counters and clock limits are usually hidden")
+    return dataclasses.replace(report, notes=tuple(notes))

@@ -1,0 +1,1 @@
+"""The `llamascope` command line: parses arguments, calls the core, and may start the window."""

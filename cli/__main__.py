@@ -1,0 +1,5 @@
+"""`python -m cli`: the same entry point as the `llamascope` command."""
+
+from cli.main import main
+
+raise SystemExit(main())

