@@ -12,7 +12,7 @@ from typing import Any
 from app import __version__
 from app.common.formatting import fmt as _fmt
 from app.common.formatting import jsonable as _jsonable
-from app.common.formatting import stats_line
+from app.engine.client import stats_line
 from cli import bench as cli_bench
 from cli import hardware as cli_hardware
 from cli import quality as cli_quality
@@ -31,8 +31,8 @@ def _default_model() -> str | None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from app.common.formatting import format_bytes
     from app.model.gguf_info import ModelFileError, inspect_model
-    from app.model.memory import format_bytes
 
     try:
         info = inspect_model(args.model)

@@ -134,7 +134,7 @@ def _print_types() -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from app.model.memory import format_bytes
+    from app.common.formatting import format_bytes
     from app.quant.quantize import (
         QuantizeCancelled,
         QuantizeError,
@@ -255,7 +255,7 @@ def _print_kld(r: Any) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from app.model.memory import format_bytes
+    from app.common.formatting import format_bytes
     from app.quality.eval_text import EvalTextError, load_text
     from app.quality.multiple_choice import MCProgress
     from app.quality.perplexity import (

@@ -26,12 +26,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.common.formatting import fmt, fmt_bytes
+from app.common.formatting import fmt, fmt_bytes, format_bytes
 from app.engine.client import LoadProgress, LoadResult
 from app.engine.crash_registry import CrashRecord
 from app.model.demo_model import demo_model_path
 from app.model.gguf_info import SUPPORTED_FORMATS
-from app.model.memory import MemoryEstimate, Verdict, estimate_memory, format_bytes
+from app.model.memory import MemoryEstimate, Verdict, estimate_memory
 from app.model.model_info import ModelInfo, SizeClass
 from app.model.profiles import ProfileError, ProfileStore
 from app.model.settings import (

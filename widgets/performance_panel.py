@@ -31,12 +31,13 @@ from PySide6.QtWidgets import (
 )
 
 from app.bench.export import export, load_llama_bench
-from app.bench.history import HistoryError, HistoryStore, hardware_fingerprint
+from app.bench.history import HistoryError, HistoryStore
 from app.bench.runner import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
 from app.common.formatting import fmt, fmt_bytes
 from app.engine.client import LoadResult, RunStats, TokenEvent, TokenStream
 from app.model.settings import LoadSettings
 from app.telemetry.bandwidth import Bandwidth, roofline_efficiency
+from app.telemetry.hardware import hardware_fingerprint
 from app.telemetry.sampler import DeviceVerdict, Snapshot, ThrottleVerdict, summarize
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.bench.runner import SWEEPABLE, BenchError, BenchResult
-from app.model.memory import format_bytes
+from app.common.formatting import format_bytes
 
 LLAMA_BENCH_FIELDS = (
     "build_commit",

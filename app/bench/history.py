@@ -13,7 +13,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 from app.bench.export import from_record, to_record
 from app.bench.runner import BenchResult
 from app.common.stats import Comparison, welch
+from app.telemetry.hardware import hardware_fingerprint
 
 SCHEMA_VERSION = 2
 
@@ -87,22 +87,6 @@ def model_fingerprint(path: str) -> str | None:
     except OSError:
         return None
     return hashlib.sha256(size.to_bytes(8, "little") + head).hexdigest()[:16]
-
-
-def hardware_fingerprint() -> str:
-    """A short id of this machine's compute: CPU model, logical cores, RAM, OS and architecture."""
-    import psutil
-
-    from app.bench.runner import cpu_info
-
-    parts = [
-        cpu_info(),
-        str(os.cpu_count()),
-        str(psutil.virtual_memory().total),
-        platform.system(),
-        platform.machine(),
-    ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _now() -> str:

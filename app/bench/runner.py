@@ -23,7 +23,6 @@ import dataclasses
 import datetime as _dt
 import itertools
 import os
-import platform
 import random
 import re
 import signal
@@ -41,6 +40,7 @@ from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaCont
 from app.model.gguf_info import inspect_model
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings
+from app.telemetry.hardware import cpu_info
 
 # Parameters a plan can sweep: LoadSettings field -> llama-bench flag and its markdown header.
 SWEEPABLE: dict[str, tuple[str, str]] = {
@@ -218,18 +218,6 @@ class BenchResult:
 
 
 ProgressCallback = Callable[[int, int, str], None]  # (done steps, total steps, what is running)
-
-
-def cpu_info() -> str:
-    """The CPU model string, as llama-bench reports it (from /proc/cpuinfo on Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "n/a"
 
 
 def model_type(info: ModelInfo) -> str:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from app.engine.client import RunStats
+from typing import Any
 
 NOT_AVAILABLE = "n/a"
 
@@ -17,22 +14,24 @@ def fmt(value: float | int | None, spec: str = "", unit: str = "") -> str:
     return NOT_AVAILABLE if value is None else f"{value:{spec}}{unit}"
 
 
+def format_bytes(n: float) -> str:
+    """Binary units, e.g. "512 B", "1.5 KiB", "90.0 MiB", "512 MiB", "1.9 GiB"."""
+    sign = "-" if n < 0 else ""
+    value = float(abs(n))
+    if value < 1024:
+        return f"{sign}{int(value)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            break
+    # Three significant digits are plenty for a memory budget; decimals only below 100.
+    text = f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+    return f"{sign}{text} {unit}"
+
+
 def fmt_bytes(n: int | None) -> str:
     """Bytes in binary units (KiB, MiB, GiB), or "n/a" when not known."""
-    from app.model.memory import format_bytes
-
     return NOT_AVAILABLE if n is None else format_bytes(n)
-
-
-def stats_line(stats: RunStats) -> str:
-    """The one-line summary shown under a generation."""
-    ttft_ms = None if stats.ttft_s is None else stats.ttft_s * 1000
-    return (
-        f"TTFT {fmt(ttft_ms, '.0f', ' ms')} · "
-        f"prompt {fmt(stats.prompt_tokens_per_s, '.1f', ' t/s')} ({stats.prompt_tokens} tok) · "
-        f"generation {fmt(stats.gen_tokens_per_s, '.1f', ' t/s')} ({stats.generated_tokens} tok) · "
-        f"stop: {stats.stop_reason.value}"
-    )
 
 
 def jsonable(value: Any) -> Any:

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from app.common.formatting import fmt
 from app.engine.crash_registry import CrashRegistry
 from app.engine.host import CANCEL_GRACE_S, HostCancelled, HostClient, HostContext, HostCrashed, HostError
 from app.llama import runtime as llama_runtime
@@ -787,3 +788,14 @@ __all__ = [
     "TokenEvent",
     "TokenPiece",
 ]
+
+
+def stats_line(stats: RunStats) -> str:
+    """The one-line summary shown under a generation."""
+    ttft_ms = None if stats.ttft_s is None else stats.ttft_s * 1000
+    return (
+        f"TTFT {fmt(ttft_ms, '.0f', ' ms')} · "
+        f"prompt {fmt(stats.prompt_tokens_per_s, '.1f', ' t/s')} ({stats.prompt_tokens} tok) · "
+        f"generation {fmt(stats.gen_tokens_per_s, '.1f', ' t/s')} ({stats.generated_tokens} tok) · "
+        f"stop: {stats.stop_reason.value}"
+    )

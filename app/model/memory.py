@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from app.common.formatting import format_bytes
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings
 
@@ -63,21 +64,6 @@ class Verdict(enum.Enum):
 
 
 _VERDICT_ORDER = (Verdict.FITS, Verdict.TIGHT, Verdict.WONT_FIT)
-
-
-def format_bytes(n: float) -> str:
-    """Binary units, e.g. "512 B", "1.5 KiB", "90.0 MiB", "512 MiB", "1.9 GiB"."""
-    sign = "-" if n < 0 else ""
-    value = float(abs(n))
-    if value < 1024:
-        return f"{sign}{int(value)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024 or unit == "PiB":
-            break
-    # Three significant digits are plenty for a memory budget; decimals only below 100.
-    text = f"{value:.0f}" if value >= 100 else f"{value:.1f}"
-    return f"{sign}{text} {unit}"
 
 
 def bytes_per_element(cache_type: str) -> float:

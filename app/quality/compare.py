@@ -37,10 +37,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from app.common.formatting import NOT_AVAILABLE
+from app.common.formatting import NOT_AVAILABLE, format_bytes
 from app.llama.driver import CancelFlag
 from app.model.gguf_info import ModelFileError, inspect_model, read_metadata
-from app.model.memory import format_bytes
 from app.quality.perplexity import (
     EvalCancelled,
     EvalError,

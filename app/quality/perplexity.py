@@ -60,11 +60,11 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from app import __version__
+from app.common.formatting import format_bytes
 from app.llama import runtime as llama_runtime
 from app.llama.build_check import require_working_build
 from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel
 from app.model.gguf_info import ModelFileError, inspect_model
-from app.model.memory import format_bytes
 from app.model.settings import count_logical_cores, count_physical_cores
 from app.quality.eval_text import EvalText
 

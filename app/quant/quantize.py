@@ -42,8 +42,8 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+from app.common.formatting import format_bytes
 from app.model.gguf_info import ModelFileError, detect_format, inspect_model
-from app.model.memory import format_bytes
 from app.model.model_info import ModelInfo
 from app.quant import worker as quantize_worker
 from app.quant.types import (

@@ -13,7 +13,8 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.model.memory import estimate_memory, format_bytes
+from app.common.formatting import format_bytes
+from app.model.memory import estimate_memory
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings, preset_for_model
 from app.telemetry.hardware import HardwareReport, simd_text

@@ -44,7 +44,7 @@ def measure_bandwidth(repetitions: int = 5, size_bytes: int = _COPY_BYTES) -> Ba
 def _cache_path() -> str:
     import platformdirs
 
-    from app.bench.history import hardware_fingerprint
+    from app.telemetry.hardware import hardware_fingerprint
 
     folder = platformdirs.user_cache_dir("LlamaScope", appauthor=False)
     return os.path.join(folder, f"bandwidth-{hardware_fingerprint()}.json")

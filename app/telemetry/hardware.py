@@ -8,6 +8,7 @@ not readable is None ("n/a"); nothing here raises for a machine that lacks a sou
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import platform
@@ -296,6 +297,32 @@ _ARM_IMPLEMENTERS = {
     "0x61": "Apple",
     "0xc0": "Ampere",
 }
+
+
+def cpu_info() -> str:
+    """The CPU model string, as llama-bench reports it (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "n/a"
+
+
+def hardware_fingerprint() -> str:
+    """A short id of this machine's compute: CPU model, logical cores, RAM, OS and architecture."""
+    import psutil
+
+    parts = [
+        cpu_info(),
+        str(os.cpu_count()),
+        str(psutil.virtual_memory().total),
+        platform.system(),
+        platform.machine(),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _psutil() -> ModuleType:

@@ -418,7 +418,7 @@ def study_name(model: ModelInfo, objective: Objective, space: SearchSpace, base:
     Results belong to one model file, one workload and one machine; a different search space needs a new
     study too (Optuna cannot change a categorical parameter's choices within a study).
     """
-    from app.bench.history import hardware_fingerprint
+    from app.telemetry.hardware import hardware_fingerprint
 
     extra = {
         "format": _FORMAT,
