@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
-import enum
 import json
 import queue
 import sys
 import time
 from typing import Any, TextIO
 
-from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes
+from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes, jsonable
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -40,20 +38,6 @@ def register(subparsers: Any) -> None:
 # ---- hw ---------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (frozenset, set)):
-        return sorted(_jsonable(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def _cmd_hw(args: argparse.Namespace) -> int:
     from app.telemetry.advice import recommend
     from app.telemetry.hardware import detect_hardware, simd_text
@@ -61,9 +45,9 @@ def _cmd_hw(args: argparse.Namespace) -> int:
     report = detect_hardware()
     rec = recommend(report)
     if args.json:
-        out = _jsonable(report)
+        out = jsonable(report)
         out["gpu_summary"] = report.gpu_summary
-        out["recommendation"] = _jsonable(rec)
+        out["recommendation"] = jsonable(rec)
         print(json.dumps(out, indent=2))
         return EXIT_OK
     cpu, mem, build = report.cpu, report.memory, report.build

@@ -1,6 +1,6 @@
 """A live plot of named curves over a sliding time window, fed one sample at a time.
 
-The pyqtgraph way (DESIGN.md #7): each curve is created once, samples go into numpy ring
+The pyqtgraph way (docs/architecture.md, "Live plots"): each curve is created once, samples go into numpy ring
 buffers, and one QTimer (100 ms) calls `setData` only when new samples arrived since its last
 tick — never a clear-and-replot per sample. Thin cosmetic pens, clip-to-view and peak
 downsampling keep a 15-minute window cheap to draw.
@@ -487,7 +487,7 @@ class LivePlot(QWidget):
         if window is not None and window.isMinimized():
             return False  # keep the samples; draw them when the window is restored
         self._dirty = False
-        lasts = [t for c in self._curves.values() if (t := c.ring.last_t()) is not None]
+        lasts = [last for c in self._curves.values() if (last := c.ring.last_t()) is not None]
         now = max(lasts) if lasts else 0.0
         lo, hi = math.inf, -math.inf
         if self._since_start and now > self._x_max:

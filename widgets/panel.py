@@ -44,14 +44,3 @@ class Panel(QWidget):
         self._boxes.insertWidget(self._boxes.count() - 1, box)
         return box
 
-
-class PlannedPanel(Panel):
-    """A panel whose figures are not built yet: it names each box and what it will hold, no numbers."""
-
-    def __init__(self, title: str, boxes: list[tuple[str, str]], parent: QWidget | None = None) -> None:
-        super().__init__(title, parent)
-        for box_title, description in boxes:
-            label = QLabel(description)
-            label.setWordWrap(True)
-            label.setEnabled(False)  # greyed: a promise, not a reading
-            self.add_box(box_title, label)

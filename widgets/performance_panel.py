@@ -699,7 +699,8 @@ class PerformancePanel(Panel):
 
     def _selected_run_ids(self) -> list[int]:
         rows = sorted({i.row() for i in self.history_table.selectedIndexes()})
-        return [int(self.history_table.item(r, 0).text()) for r in rows if self.history_table.item(r, 0)]
+        items = (self.history_table.item(r, 0) for r in rows)
+        return [int(item.text()) for item in items if item is not None]
 
     def _on_history_selection(self) -> None:
         ids = self._selected_run_ids()

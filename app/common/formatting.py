@@ -45,6 +45,8 @@ def jsonable(value: Any) -> Any:
         return out
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, (frozenset, set)):
+        return sorted(jsonable(v) for v in value)
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, dict):

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.common.json_store import read_json_dict, write_json_atomic
 
@@ -218,14 +219,15 @@ def verdict_from_child(
     tail = tuple(line for line in stderr.splitlines() if line.strip())[-_LOG_TAIL_LINES:]
     system_info = facts.get("system_info") if isinstance(facts.get("system_info"), str) else None
     variant = facts.get("cpu_variant") if isinstance(facts.get("cpu_variant"), str) else None
-    common = dict(
+    prompt_tokens = facts.get("prompt_tokens")
+    common: dict[str, Any] = dict(
         key=key,
         system_info=system_info,
         cpu_variant=variant,
-        log_tail=tail,  # type: ignore[arg-type]
+        log_tail=tail,
         checked_at_s=time.time(),
         duration_s=round(duration_s, 2),
-        prompt_tokens=facts.get("prompt_tokens") if isinstance(facts.get("prompt_tokens"), int) else None,
+        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
     )
     crash = describe_exit(returncode)
     if crash is not None:
@@ -239,7 +241,7 @@ def verdict_from_child(
         )
         return BuildVerdict(
             status=CRASHED, message=message, signal_text=crash, rebuild_command=command, **common
-        )  # type: ignore[arg-type]
+        )
     if returncode == 0 and facts.get("ok") is True:
         variant_text = f", CPU backend {variant}" if variant else ""
         return BuildVerdict(

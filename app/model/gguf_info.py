@@ -12,7 +12,7 @@ import stat
 import struct
 import zipfile
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import gguf
 import numpy as np
@@ -406,7 +406,7 @@ def _read_value(r: _HeaderReader, vtype: int, depth: int) -> object:
     raise r.corrupt(f"unknown metadata value type {vtype} at byte {r.pos - 4:,}")
 
 
-def _read_array(r: _HeaderReader, depth: int) -> list[object] | _SkippedArray:
+def _read_array(r: _HeaderReader, depth: int) -> list[Any] | _SkippedArray:
     if depth > _MAX_ARRAY_DEPTH:
         raise r.corrupt(f"metadata arrays nested more than {_MAX_ARRAY_DEPTH} deep")
     etype = r.u32()

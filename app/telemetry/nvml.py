@@ -160,7 +160,7 @@ class Nvml:
 
     def shutdown(self) -> None:
         with self._lock:
-            if self._status == "ok":
+            if self._status == "ok" and self._module is not None:
                 try:
                     self._module.nvmlShutdown()
                 except Exception as exc:
