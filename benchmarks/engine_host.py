@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
 
-from app.engine.client import Engine, EngineCore, GenerationRequest  # noqa: E402
+from app.engine.client import Engine, GenerationRequest  # noqa: E402
+from app.engine.core import EngineCore
 from app.model.demo_model import demo_model_path  # noqa: E402
 from app.model.settings import LoadSettings, SamplingSettings  # noqa: E402
 

@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import llama_runtime  # noqa: E402
-from app.engine.client import Engine, GenerationRequest, TokenEvent  # noqa: E402
+from app.engine.client import Engine, TokenEvent  # noqa: E402
+from app.engine.types import GenerationRequest
 from app.model.demo_model import demo_model_path  # noqa: E402
 from app.model.settings import LoadSettings, SamplingSettings  # noqa: E402
 

@@ -94,7 +94,8 @@ def idle_window_cpu(seconds: float) -> dict[str, float]:
 def generation_with_and_without_sampler(
     reps: int, tokens: int, threads: int
 ) -> tuple[list[float], list[float]]:
-    from app.engine.client import Engine, GenerationRequest, TokenEvent
+    from app.engine.client import Engine
+    from app.engine.types import GenerationRequest, TokenEvent
     from app.model.demo_model import demo_model_path
     from app.model.settings import LoadSettings, SamplingSettings
 

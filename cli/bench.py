@@ -135,8 +135,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def on_progress(done: int, total: int, what: str) -> None:
         print(f"\r[{done}/{total}] {what[:70]:<70}", end="", file=sys.stderr, flush=True)
 
-    from app.engine.client import Engine, EngineError
+    from app.engine.client import Engine
     from app.engine.jobs import host_benchmark
+    from app.engine.types import EngineError
 
     # The plan runs in the engine host: a model that crashes llama.cpp fails the run with a message.
     engine = Engine()

@@ -12,7 +12,7 @@ from typing import Any
 from app import __version__
 from app.common.formatting import fmt as _fmt
 from app.common.formatting import jsonable as _jsonable
-from app.engine.client import stats_line
+from app.engine.types import stats_line
 from cli import bench as cli_bench
 from cli import hardware as cli_hardware
 from cli import quality as cli_quality
@@ -67,7 +67,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from app.engine.client import Engine, EngineError, GenerationRequest, StopReason, TokenEvent
+    from app.engine.client import Engine
+    from app.engine.types import EngineError, GenerationRequest, StopReason, TokenEvent
     from app.model.gguf_info import ModelFileError
     from app.model.memory import InsufficientMemoryError
     from app.model.settings import LoadSettings, SamplingSettings, SettingsError

@@ -295,8 +295,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             p.item / p.n_items, f"benchmark [{p.item}/{p.n_items}] accuracy {100 * p.accuracy_norm:.1f} %"
         )
 
-    from app.engine.client import Engine, EngineError
+    from app.engine.client import Engine
     from app.engine.jobs import host_call, host_plain
+    from app.engine.types import EngineError
 
     engine = Engine()  # every evaluation runs in the engine host: a crash is a message, not an exit
 

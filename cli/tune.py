@@ -212,8 +212,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             header_printed = True
         print(_row(record, tuned), file=sys.stderr, flush=True)
 
-    from app.engine.client import Engine, EngineError
+    from app.engine.client import Engine
     from app.engine.jobs import host_call
+    from app.engine.types import EngineError
 
     engine = Engine()  # the trials run in the engine host: a crash ends the session with a message
     outcome: dict[str, Any] = {}

@@ -11,15 +11,9 @@ from PySide6.QtCore import QObject, Signal
 
 from app.bench.history import HistoryError, HistoryStore, run_and_record
 from app.bench.runner import BenchPlan
-from app.engine.client import (
-    Engine,
-    EngineError,
-    GenerationRequest,
-    LoadProgress,
-    OperationCancelled,
-    TokenStream,
-)
+from app.engine.client import Engine
 from app.engine.jobs import host_benchmark, host_call
+from app.engine.types import EngineError, GenerationRequest, LoadProgress, OperationCancelled, TokenStream
 from app.model.settings import LoadSettings
 from widgets.tune_box import TuneRequest
 

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QWidg
 
 from app import __version__
 from app.bench.history import HistoryError, HistoryStore
-from app.engine.client import GenerationRequest
+from app.engine.types import GenerationRequest
 from app.model.settings import SettingsError
 from app.telemetry.sampler import Sampler
 from ui.engine_bridge import EngineBridge

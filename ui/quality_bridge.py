@@ -14,8 +14,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.engine.client import Engine, EngineError
+from app.engine.client import Engine
 from app.engine.jobs import host_call
+from app.engine.types import EngineError
 from app.quality.eval_text import load_text
 from app.quality.perplexity import EvalSettings
 from app.quant.quantize import QuantizeError, QuantizeJob, QuantizeRequest

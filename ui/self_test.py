@@ -196,7 +196,8 @@ def _build_check_step(report: _Report, model: str) -> None:
 
 
 def _engine_step(report: _Report, model: str) -> None:
-    from app.engine.client import Engine, GenerationRequest, StopReason
+    from app.engine.client import Engine
+    from app.engine.types import GenerationRequest, StopReason
     from app.model.settings import LoadSettings, SamplingSettings
 
     engine = Engine()

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine.client import RunStats, TokenEvent, TokenPiece, TokenStream, stats_line
+from app.engine.types import RunStats, TokenEvent, TokenPiece, TokenStream, stats_line
 from widgets.token_reader import TokenReader
 
 

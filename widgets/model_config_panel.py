@@ -27,8 +27,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.common.formatting import fmt, fmt_bytes, format_bytes
-from app.engine.client import LoadProgress, LoadResult
 from app.engine.crash_registry import CrashRecord
+from app.engine.types import LoadProgress, LoadResult
 from app.model.demo_model import demo_model_path
 from app.model.gguf_info import SUPPORTED_FORMATS
 from app.model.memory import MemoryEstimate, Verdict, estimate_memory

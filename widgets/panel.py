@@ -43,4 +43,3 @@ class Panel(QWidget):
             layout.addWidget(body)
         self._boxes.insertWidget(self._boxes.count() - 1, box)
         return box
-

@@ -34,7 +34,7 @@ from app.bench.export import export, load_llama_bench
 from app.bench.history import HistoryError, HistoryStore
 from app.bench.runner import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
 from app.common.formatting import fmt, fmt_bytes
-from app.engine.client import LoadResult, RunStats, TokenEvent, TokenStream
+from app.engine.types import LoadResult, RunStats, TokenEvent, TokenStream
 from app.model.settings import LoadSettings
 from app.telemetry.bandwidth import Bandwidth, roofline_efficiency
 from app.telemetry.hardware import hardware_fingerprint

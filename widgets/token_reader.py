@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QTimer
 
-from app.engine.client import TokenEvent, TokenStream
+from app.engine.types import TokenEvent, TokenStream
 
 
 class TokenReader(QObject):

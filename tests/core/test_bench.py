@@ -575,7 +575,7 @@ def test_the_configurations_of_one_sweep_run_compare(tmp_path: Path) -> None:
 
 
 def test_generations_are_stored(tmp_path: Path) -> None:
-    from app.engine.client import RunStats, StopReason
+    from app.engine.types import RunStats, StopReason
 
     store = HistoryStore(str(tmp_path / "h.sqlite3"))
     stats = RunStats(True, 10, 20, 0.05, 200.0, 100.0, 0.3, StopReason.EOS, "text", 30)

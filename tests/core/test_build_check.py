@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.client import EngineError
+from app.engine.types import EngineError
 from app.llama import build_check
 from app.llama.build_check import (
     CRASHED,

@@ -16,10 +16,10 @@ import psutil
 import pytest
 from gguf import GGUFWriter
 
-from app.engine.client import (
-    Engine,
+from app.engine.client import Engine
+from app.engine.core import EngineCore
+from app.engine.types import (
     EngineBusyError,
-    EngineCore,
     EngineError,
     GenerationRequest,
     LoadProgress,

@@ -18,15 +18,9 @@ import psutil
 import pytest
 from conftest import crafted_copy, crafted_duplicate_token
 
-from app.engine.client import (
-    Engine,
-    EngineCrashedError,
-    GenerationRequest,
-    PromptError,
-    StopReason,
-    TokenEvent,
-)
+from app.engine.client import Engine
 from app.engine.crash_registry import CrashRegistry
+from app.engine.types import EngineCrashedError, GenerationRequest, PromptError, StopReason, TokenEvent
 from app.model.settings import LoadSettings, SamplingSettings
 
 WAIT_S = 120

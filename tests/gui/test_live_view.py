@@ -11,7 +11,7 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QGraphicsItem, QVBoxLayout, QWidget
 from pytestqt.qtbot import QtBot
 
-from app.engine.client import TokenEvent, TokenStream
+from app.engine.types import TokenEvent, TokenStream
 from widgets.live_plot import LivePlot, ReadoutLabel, ValueLabel, keeps_range, nice_range
 from widgets.token_reader import TokenReader
 

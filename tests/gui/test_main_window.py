@@ -12,7 +12,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QLabel, QSpinBox
 from pytestqt.qtbot import QtBot
 
-from app.engine.client import RunStats, StopReason, TokenStream
+from app.engine.types import RunStats, StopReason, TokenStream
 from ui.main_window import MainWindow
 
 WAIT_MS = 120_000  # generous for a shared machine; a hang still fails

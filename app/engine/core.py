@@ -1,0 +1,274 @@
+"""The engine's work, on the caller's thread: load, unload, tokenize, generate with llama.cpp.
+
+`EngineCore` drives llama.cpp through app.llama.driver (its C API and its sampler chain). It
+has no threads and no futures and takes and returns plain picklable data apart from its
+callbacks: the engine host runs it (app.engine.service), and benchmarks and tests can run it in
+their own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from app.engine.types import (
+    EngineError,
+    GenerationRequest,
+    LoadProgress,
+    LoadResult,
+    NoModelLoadedError,
+    OperationCancelled,
+    PromptError,
+    RunStats,
+    StopReason,
+    TokenEvent,
+    TokenPiece,
+    run_stats,
+)
+from app.llama import runtime as llama_runtime
+from app.llama.build_check import require_working_build
+from app.llama.driver import (
+    CancelFlag,
+    DriverCancelled,
+    DriverError,
+    LlamaContext,
+    LlamaModel,
+    SamplerChain,
+    StopMatcher,
+    TextStream,
+    apply_chat_template,
+    init_numa,
+)
+from app.model.gguf_info import inspect_model
+from app.model.memory import check_fits, estimate_memory
+from app.model.settings import LLAMA_DEFAULT_SEED, LoadSettings
+
+log = logging.getLogger(__name__)
+
+
+class EngineCore:
+    """Owns one loaded model and its context, and runs operations on them on the caller's thread.
+
+    No threads, no futures, no busy check: the caller runs one operation at a time (Engine does,
+    and so will the engine host process). Everything it takes and returns is plain picklable data
+    (dataclasses, lists, str) except the callbacks. `cancel` is polled between tokens, inside
+    prompt evaluation and during a load; the caller sets and clears it.
+    """
+
+    def __init__(self, cancel: CancelFlag) -> None:
+        self._cancel = cancel
+        self._model: LlamaModel | None = None
+        self._ctx: LlamaContext | None = None
+        self._loaded: LoadResult | None = None
+        self._seed = LLAMA_DEFAULT_SEED
+
+    @property
+    def loaded(self) -> LoadResult | None:
+        return self._loaded
+
+    # ---- model ----------------------------------------------------------------------------------
+    def load(
+        self,
+        path: str,
+        settings: LoadSettings,
+        *,
+        override_memory: bool = False,
+        on_progress: Callable[[LoadProgress], None] | None = None,
+    ) -> LoadResult:
+        """Inspect, check and load a model, replacing any loaded one."""
+        model_info = inspect_model(path)  # raises ModelFileError with a readable message
+        settings.validate(model_info)
+        estimate = estimate_memory(model_info, settings)
+        check_fits(estimate, override=override_memory)
+        require_working_build(EngineError)  # before the old model is freed: a refusal keeps it
+        self.unload()
+        if self._cancel.is_set():
+            raise OperationCancelled("Loading was cancelled.")
+        if settings.numa:
+            init_numa()
+
+        def progress(fraction: float) -> bool:
+            if on_progress is not None:
+                try:
+                    on_progress(LoadProgress(min(1.0, max(0.0, fraction))))
+                except Exception:  # a listener's bug must not fail the load
+                    log.exception("load progress listener failed")
+            return not self._cancel.is_set()  # False makes llama.cpp abort the load
+
+        mark = llama_runtime.log_mark()
+        t0 = time.perf_counter()
+        try:
+            model = LlamaModel(
+                path,
+                n_gpu_layers=settings.n_gpu_layers,
+                use_mmap=settings.use_mmap,
+                use_mlock=settings.use_mlock,
+                progress=progress,
+            )
+        except DriverCancelled:
+            raise OperationCancelled("Loading was cancelled.") from None
+        except DriverError as exc:
+            if self._cancel.is_set():
+                raise OperationCancelled("Loading was cancelled.") from None
+            raise EngineError(str(exc)) from None
+        try:
+            ctx = LlamaContext.for_settings(model, settings, cancel=self._cancel)
+        except DriverError as exc:
+            model.close()
+            raise EngineError(str(exc)) from None
+        load_time_s = time.perf_counter() - t0
+        self._model, self._ctx = model, ctx
+        # Seed 0 meant random under llama-cpp-python (`seed or LLAMA_DEFAULT_SEED`), and the
+        # settings still warn so; keep that meaning rather than let old profiles change behaviour.
+        self._seed = LLAMA_DEFAULT_SEED if settings.seed in (-1, 0) else settings.seed
+        self._loaded = LoadResult(
+            model=model_info,
+            settings=settings,
+            n_ctx=ctx.n_ctx,
+            load_time_s=load_time_s,
+            estimate=estimate,
+            memory=llama_runtime.parse_memory_report(llama_runtime.log_since(mark)),
+        )
+        return self._loaded
+
+    def unload(self) -> None:
+        """Free the model, its context and their buffers now. Safe to call when nothing is loaded."""
+        ctx, model = self._ctx, self._model
+        self._ctx = self._model = None
+        self._loaded = None
+        if ctx is not None:
+            ctx.close()
+        if model is not None:
+            model.close()
+
+    close = unload
+
+    def _require(self) -> tuple[LlamaModel, LlamaContext]:
+        if self._model is None or self._ctx is None:
+            raise NoModelLoadedError("No model is loaded. Load a model first.")
+        return self._model, self._ctx
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[TokenPiece]:
+        model, _ = self._require()
+        ids = model.tokenize(text, add_special=add_bos, parse_special=special)
+        return [
+            TokenPiece(t, model.token_to_piece(t, special=True).decode("utf-8", errors="backslashreplace"))
+            for t in ids
+        ]
+
+    def detokenize(self, token_ids: Sequence[int], *, special: bool = True) -> str:
+        model, _ = self._require()
+        bad = [t for t in token_ids if not 0 <= t < model.n_vocab]
+        if bad:
+            raise PromptError(f"Token ids must be between 0 and {model.n_vocab - 1}; got {bad[:5]}.")
+        return model.detokenize(list(token_ids), special=special)
+
+    def clear_kv_cache(self) -> None:
+        _, ctx = self._require()
+        ctx.clear(data=True)
+
+    # ---- generation -----------------------------------------------------------------------------
+    def _prompt_tokens(self, model: LlamaModel, request: GenerationRequest) -> tuple[list[int], list[str]]:
+        """Tokens to evaluate and extra stop strings the chat template asks for."""
+        if not request.prompt.strip():
+            raise PromptError("The prompt is empty: type something to send to the model.")
+        if not request.chat:
+            return model.tokenize(request.prompt, add_special=True, parse_special=False), []
+        messages = []
+        if request.system_prompt:
+            messages.append({"role": "system", "content": request.system_prompt})
+        messages.append({"role": "user", "content": request.prompt})
+        try:
+            chat = apply_chat_template(model, messages)
+        except DriverError as exc:
+            raise PromptError(str(exc)) from None
+        return chat.tokens, chat.stops
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_token: Callable[[TokenEvent], None] | None = None,
+        *,
+        t_start_ns: int | None = None,
+    ) -> RunStats:
+        """Evaluate the prompt from an empty cache and generate until EOS, max_tokens, a full
+        context, a stop string or the cancel flag. Failures after the prompt was accepted come
+        back as a RunStats with stop_reason ERROR, keeping the text generated so far.
+
+        `t_start_ns` (time.monotonic_ns, a clock all processes share) is when the request was
+        made, if earlier than this call: the time to the first token counts from there."""
+        model, ctx = self._require()
+        request.sampling.validate()
+        t_start_ns = time.monotonic_ns() if t_start_ns is None else t_start_ns
+        tokens, template_stops = self._prompt_tokens(model, request)
+        if not tokens:
+            raise PromptError("The prompt gave no tokens to evaluate: type some text.")
+        n_ctx = ctx.n_ctx
+        if len(tokens) >= n_ctx:
+            raise PromptError(
+                f"The prompt is {len(tokens)} tokens but the context holds {n_ctx}: "
+                "shorten the prompt or raise n_ctx and reload."
+            )
+        max_new = min(request.sampling.max_tokens, n_ctx - len(tokens))
+        stops = StopMatcher([*request.sampling.stop, *template_stops])
+        text = TextStream(model)
+        cancel = self._cancel
+        text_parts: list[str] = []
+        stamps: list[int] = []
+        stop_reason = StopReason.LENGTH
+        error: str | None = None
+        # A fresh evaluation every run: prompt statistics then always mean the whole prompt.
+        ctx.clear(data=False)
+        with SamplerChain(model, request.sampling, self._seed) as sampler:
+            try:
+                ctx.watch_for_abort(True)
+                try:
+                    ctx.decode(tokens)
+                finally:
+                    ctx.watch_for_abort(False)
+                while True:
+                    token = sampler.sample(ctx)
+                    now = time.monotonic_ns()
+                    if cancel.is_set():
+                        stop_reason = StopReason.CANCELLED
+                        break
+                    if model.is_eog(token):
+                        stop_reason = StopReason.EOS
+                        break
+                    stamps.append(now)
+                    emitted, hit = stops.feed(text.feed(token))
+                    if emitted:
+                        text_parts.append(emitted)
+                    if on_token is not None:
+                        on_token(TokenEvent(len(stamps) - 1, token, emitted, now))
+                    if hit:
+                        stop_reason = StopReason.STOP_STRING
+                        break
+                    if len(stamps) >= max_new:
+                        stop_reason = StopReason.LENGTH
+                        break
+                    if cancel.is_set():  # set by a listener, or meanwhile: skip the next evaluation
+                        stop_reason = StopReason.CANCELLED
+                        break
+                    ctx.decode_one(token)
+            except DriverError as exc:
+                if isinstance(exc, DriverCancelled) or cancel.is_set():
+                    stop_reason = StopReason.CANCELLED
+                else:
+                    stop_reason, error = StopReason.ERROR, str(exc)
+        if stop_reason is not StopReason.STOP_STRING:
+            text_parts.append(stops.flush() + text.flush())
+        t_end_ns = time.monotonic_ns()
+        return run_stats(
+            request.chat,
+            len(tokens),
+            stamps,
+            t_start_ns,
+            t_end_ns,
+            stop_reason,
+            "".join(text_parts),
+            ctx.n_tokens,
+            error,
+        )
