@@ -226,7 +226,7 @@ def _engine_step(report: _Report, model: str) -> None:
 
 def _telemetry_step(report: _Report) -> None:
     from app.telemetry.nvml import shared_nvml
-    from app.telemetry.sampler import SnapshotCollector
+    from app.telemetry.collector import SnapshotCollector
 
     collector = SnapshotCollector()
     first = collector.collect()

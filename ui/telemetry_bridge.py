@@ -15,7 +15,8 @@ from PySide6.QtCore import QEvent, QObject, Signal
 from PySide6.QtWidgets import QWidget
 
 from app.telemetry.hardware import HardwareReport, detect_hardware
-from app.telemetry.sampler import DEFAULT_INTERVAL_S, Sampler, Snapshot
+from app.telemetry.sampler import DEFAULT_INTERVAL_S, Sampler
+from app.telemetry.snapshot import Snapshot
 
 
 class TelemetryBridge(QObject):

@@ -26,7 +26,7 @@ from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes
 from app.model.model_info import ModelInfo
 from app.telemetry.advice import ALL_LAYERS, Recommendation, recommend
 from app.telemetry.hardware import GpuInfo, HardwareReport, simd_text
-from app.telemetry.sampler import Snapshot, ThrottleVerdict
+from app.telemetry.snapshot import Snapshot, ThrottleVerdict
 from widgets.live_plot import LivePlot, ReadoutLabel
 from widgets.panel import Panel
 

@@ -38,7 +38,8 @@ from app.engine.types import LoadResult, RunStats, TokenEvent, TokenStream
 from app.model.settings import LoadSettings
 from app.telemetry.bandwidth import Bandwidth, roofline_efficiency
 from app.telemetry.hardware import hardware_fingerprint
-from app.telemetry.sampler import DeviceVerdict, Snapshot, ThrottleVerdict, summarize
+from app.telemetry.snapshot import DeviceVerdict, Snapshot, ThrottleVerdict
+from app.telemetry.energy import summarize
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
 from widgets.token_reader import TokenReader

@@ -410,7 +410,7 @@ class _Runner:
     def _start_recorder(self) -> Any:
         if self.sampler is None:
             return None
-        from app.telemetry.sampler import TelemetryRecorder
+        from app.telemetry.energy import TelemetryRecorder
 
         recorder = TelemetryRecorder(self.sampler)
         recorder.start()
