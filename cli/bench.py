@@ -102,7 +102,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from app.bench.export import dumps
     from app.bench.history import HistoryError, HistoryStore, run_and_record
     from app.bench.runner import BenchError, BenchResult
-    from app.model.gguf_info import ModelFileError
+    from app.model.file_format import ModelFileError
     from app.model.settings import SettingsError
 
     try:

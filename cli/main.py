@@ -32,7 +32,8 @@ def _default_model() -> str | None:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
-    from app.model.gguf_info import ModelFileError, inspect_model
+    from app.model.file_format import ModelFileError
+    from app.model.gguf_info import inspect_model
 
     try:
         info = inspect_model(args.model)
@@ -69,7 +70,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from app.engine.client import Engine
     from app.engine.types import EngineError, GenerationRequest, StopReason, TokenEvent
-    from app.model.gguf_info import ModelFileError
+    from app.model.file_format import ModelFileError
     from app.model.memory import InsufficientMemoryError
     from app.model.settings import LoadSettings, SamplingSettings, SettingsError
 

@@ -9,7 +9,8 @@ from PySide6.QtCore import QObject, Signal
 
 from app.engine.crash_registry import CrashRegistry
 from app.llama.runtime import platform_line
-from app.model.gguf_info import ModelFileError, inspect_model
+from app.model.file_format import ModelFileError
+from app.model.gguf_info import inspect_model
 from app.quant.types import supported_quant_types
 from app.telemetry.bandwidth import cached_bandwidth
 

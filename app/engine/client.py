@@ -38,7 +38,6 @@ from app.model.settings import LoadSettings
 
 log = logging.getLogger(__name__)
 
-
 T = TypeVar("T")
 
 # Grace for a job to stop after cancel, before the host is ended: a job checks its flag between

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.bench.runner import BenchPlan, BenchResult, run_benchmark, telemetry_fields
 from app.llama.driver import CancelFlag
+from app.model.model_info import ModelInfo
+from app.model.settings import LoadSettings
+
+if TYPE_CHECKING:  # at run time the tuner is imported by its jobs: the session brings optuna along
+    from app.tune.request import TuneRequest
+    from app.tune.results import TrialRecord, TuneConfig, TuneProgress, TuneResult
 
 
 class _TimedWindowSignal:
@@ -57,7 +63,7 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
         on_result: Callable[[BenchResult], None] | None = None,
         sampler: Any = None,
     ) -> list[BenchResult]:
-        from app.telemetry.sampler import TelemetryRecorder
+        from app.telemetry.energy import TelemetryRecorder
 
         recorder: list[Any] = [None]
         summary: list[Any] = [None]
@@ -104,8 +110,8 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
 # The core functions a client may run this way (a job names its function; only these are run).
 PROGRESS_JOBS = {
     "app.quality.perplexity:evaluate_perplexity",
-    "app.quality.perplexity:evaluate_kl_divergence",
-    "app.quality.perplexity:evaluate_against_base",
+    "app.quality.kl_divergence:evaluate_kl_divergence",
+    "app.quality.kl_divergence:evaluate_against_base",
     "app.quality.multiple_choice:run_benchmark_file",
     "app.quality.compare:measure_speed",
     "app.engine.jobs:tune",
@@ -156,44 +162,35 @@ def host_call(
 
 def tune(
     model_path: str,
-    base: Any,
-    objective: Any,
-    parameters: tuple[str, ...],
-    n_trials: int,
-    time_budget_s: float | None,
+    base: LoadSettings,
+    request: TuneRequest,
     *,
     cancel: CancelFlag,
-    on_trial: Callable[[Any], None],
-    on_progress: Callable[[Any], None],
-) -> Any:
-    """An Auto-Tune session over the given parameters (the rest fixed at `base`), in the host."""
+    on_trial: Callable[[TrialRecord], None],
+    on_progress: Callable[[TuneProgress], None],
+) -> TuneResult:
+    """The GUI's Auto-Tune session, in the host: `request`'s parameters tuned, the rest fixed at `base`."""
     from app.model.gguf_info import inspect_model
-    from app.tune.space import TUNABLE_PARAMS, default_search_space
-    from app.tune.tuner import TuneConfig, Tuner
+    from app.tune.request import tuner_for_request
 
-    info = inspect_model(model_path)
-    space = default_search_space(info, base=base)
-    for name in TUNABLE_PARAMS:
-        if name not in parameters:
-            space = space.with_values(name, (getattr(base, name),))
-    config = TuneConfig(n_trials=n_trials, time_budget_s=time_budget_s)
-    tuner = Tuner(info, objective, space=space, base=base, config=config)
+    tuner = tuner_for_request(inspect_model(model_path), base, request)
     return tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
 
 
 def run_tuner(
-    info: Any,
+    info: ModelInfo,
     objective: str,
-    base: Any,
-    config: Any,
+    base: LoadSettings,
+    config: TuneConfig,
     storage_path: str | None,
     *,
     cancel: CancelFlag,
-    on_trial: Callable[[Any], None],
-    on_progress: Callable[[Any], None],
-) -> Any:
-    """The command line's Auto-Tune session (its own config and study storage), in the host."""
-    from app.tune.tuner import Tuner
+    on_trial: Callable[[TrialRecord], None],
+    on_progress: Callable[[TuneProgress], None],
+) -> TuneResult:
+    """The command line's Auto-Tune session (every parameter, its own config and study storage), in the
+    host."""
+    from app.tune.session import Tuner
 
     tuner = Tuner(info, objective, base=base, config=config, storage_path=storage_path)
     return tuner.run(cancel=cancel, on_trial=on_trial, on_progress=on_progress)
@@ -201,7 +198,7 @@ def run_tuner(
 
 # ---- short calls that load a vocabulary: a crafted one can trip llama.cpp's assertions too -----
 
-PLAIN_JOBS = {"app.quality.perplexity:check_same_vocabulary", "app.quality.perplexity:plan_perplexity"}
+PLAIN_JOBS = {"app.quality.kl_divergence:check_same_vocabulary", "app.quality.perplexity:plan_perplexity"}
 
 
 def run_plain_job(

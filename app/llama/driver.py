@@ -642,20 +642,3 @@ def apply_chat_template(model: LlamaModel, messages: Sequence[dict[str, str]]) -
     tokens = model.tokenize(result.prompt, add_special=not result.added_special, parse_special=True)
     stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
     return ChatPrompt(result.prompt, tokens, [s for s in stops if s])
-
-
-__all__ = [
-    "CancelFlag",
-    "ChatPrompt",
-    "DriverCancelled",
-    "DriverError",
-    "LlamaContext",
-    "LlamaModel",
-    "SamplerChain",
-    "StopMatcher",
-    "TextStream",
-    "apply_chat_template",
-    "explain_load_failure",
-    "init_numa",
-    "last_log_error",
-]

@@ -1,39 +1,34 @@
-"""Identify model files and read GGUF headers without touching tensor data.
+"""Read GGUF headers without touching tensor data: the metadata, and the `ModelInfo` shown and used
+for estimates (what a file is comes first, from app.model.file_format).
 
 The GGUF header is parsed here with ``struct`` over a buffered file: ``gguf.GGUFReader`` memory-maps the
 whole file and builds numpy views of every tensor, which is slow for multi-GB models and useless for a
-header view. The ``gguf`` package is used only for its constants (type names and block sizes).
-"""
+header view. The ``gguf`` package is used only for its constants (type names and block sizes)."""
 
 from __future__ import annotations
 
 import os
-import stat
 import struct
-import zipfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import gguf
 import numpy as np
 
+from app.common.formatting import format_bytes
+from app.model.file_format import (
+    GGUF_MAGIC,
+    LE_U32,
+    LE_U64,
+    SUPPORTED_GGUF_VERSIONS,
+    FileFormat,
+    ModelFileError,
+    detect_format,
+    open_binary,
+)
 from app.model.model_info import ModelInfo, SizeClass, TensorTypeStat
 
-__all__ = [
-    "SUPPORTED_FORMATS",
-    "FileFormat",
-    "ModelFileError",
-    "detect_format",
-    "inspect_model",
-    "read_metadata",
-]
-
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_GGUF_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
-
-# Legacy llama.cpp magics, stored as little-endian uint32 at offset 0.
-_LEGACY_MAGICS: dict[int, str] = {0x67676D6C: "ggml", 0x67676D66: "ggmf", 0x67676A74: "ggjt"}
 
 # Sanity limits: far above any real model, low enough that random bytes fail fast instead of
 # driving allocations or loops from a garbage count.
@@ -42,33 +37,14 @@ _MAX_KVS = 100_000
 _MAX_STRING = 100_000_000
 _MAX_DIMS = 8
 _MAX_ARRAY_DEPTH = 8
-_MAX_SAFETENSORS_HEADER = 100_000_000
 
 # Longer metadata arrays (vocabularies, merges) are skipped and kept as their length only. Per-layer
 # arrays (head counts, feed-forward sizes) must survive for inspect_model; read_metadata shows less.
 _KEEP_ARRAY_ITEMS = 1024
 _METADATA_LIST_ITEMS = 64
-_HEAD_BYTES = 16  # enough for every magic number detect_format knows
 _BUFFER_SIZE = 256 * 1024
-
-_CONVERT_HF = "convert it with llama.cpp's convert_hf_to_gguf.py, or download a GGUF build of the model."
-_CONVERT_LEGACY = (
-    "Current llama.cpp reads GGUF only: convert it with llama.cpp's convert_llama_ggml_to_gguf.py, "
-    "or download a GGUF build of the model."
-)
-
-SUPPORTED_FORMATS: tuple[tuple[str, bool, str], ...] = (
-    ("GGUF (.gguf, v2 and v3)", True, "The llama.cpp format: loaded directly."),
-    (
-        "GGML / GGMF / GGJT (legacy .bin)",
-        False,
-        "Pre-August-2023 llama.cpp formats: convert with convert_llama_ggml_to_gguf.py.",
-    ),
-    ("Safetensors (.safetensors)", False, "Hugging Face weights: convert with convert_hf_to_gguf.py."),
-    ("PyTorch (.bin / .pt / .pth)", False, "PyTorch checkpoints: convert with convert_hf_to_gguf.py."),
-)
-
 _VT = gguf.GGUFValueType
+
 # value type -> (struct code, size, display name) for fixed-size types
 _FIXED_TYPES: dict[int, tuple[str, int, str]] = {
     _VT.UINT8: ("B", 1, "uint8"),
@@ -83,27 +59,6 @@ _FIXED_TYPES: dict[int, tuple[str, int, str]] = {
     _VT.INT64: ("q", 8, "int64"),
     _VT.FLOAT64: ("d", 8, "float64"),
 }
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-
-
-class ModelFileError(Exception):
-    """A model file that cannot be used; the message says what the file is and what to do about it."""
-
-    def __init__(self, message: str, *, path: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.path = path
-
-
-@dataclass(frozen=True)
-class FileFormat:
-    """What a file is, judged from its first bytes."""
-
-    kind: str  # gguf, ggml, ggmf, ggjt, safetensors, pytorch-zip, pytorch-pickle, directory, missing, ...
-    version: int | None
-    loadable: bool  # True only for GGUF v2 and v3
-    message: str
 
 
 @dataclass(frozen=True)
@@ -133,196 +88,6 @@ class _Header:
     file_size: int
     kvs: dict[str, object]
     tensors: tuple[_TensorInfo, ...]
-
-
-def _open_binary(path: str, buffering: int) -> BinaryIO:
-    """Open a file for reading: the only place this module opens files (tests wrap it to count reads)."""
-    return open(path, "rb", buffering=buffering)
-
-
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1000:
-            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
-
-
-# --- format detection -------------------------------------------------------------------------------
-
-
-def detect_format(path: str | os.PathLike[str]) -> FileFormat:
-    """Identify a file from its magic number; reads a few bytes (zips: their directory), never raises."""
-    p = os.fspath(path)
-    try:
-        st = os.stat(p)
-    except (FileNotFoundError, NotADirectoryError):
-        return FileFormat(
-            "missing", None, False, "File not found: it may have been moved, renamed or deleted."
-        )
-    except OSError as exc:
-        return FileFormat("unknown", None, False, f"The file cannot be accessed: {exc.strerror or exc}.")
-    if stat.S_ISDIR(st.st_mode):
-        return _directory_format(p)
-    if not stat.S_ISREG(st.st_mode):
-        # Opening a FIFO or device could block forever, so don't.
-        return FileFormat("unknown", None, False, "Not a regular file (a device, pipe or socket).")
-    if st.st_size == 0:
-        return FileFormat(
-            "empty",
-            None,
-            False,
-            "The file is empty (0 bytes): probably a failed download. Download it again.",
-        )
-    try:
-        with _open_binary(p, 0) as f:
-            head = f.read(_HEAD_BYTES)
-            return _classify(head, st.st_size, f)
-    except OSError as exc:
-        return FileFormat("unknown", None, False, f"The file cannot be read: {exc.strerror or exc}.")
-
-
-def _directory_format(path: str) -> FileFormat:
-    try:
-        names = sorted(os.listdir(path))
-    except OSError:
-        names = []
-    ggufs = [n for n in names if n.lower().endswith(".gguf")]
-    if ggufs:
-        shown = ", ".join(ggufs[:3]) + (", …" if len(ggufs) > 3 else "")
-        hint = f"It contains {len(ggufs)} .gguf file(s) ({shown}): choose one of them."
-    elif "config.json" in names and any(n.endswith((".safetensors", ".bin")) for n in names):
-        hint = "It looks like a Hugging Face model folder: " + _CONVERT_HF
-    else:
-        hint = "Choose a .gguf model file instead."
-    return FileFormat("directory", None, False, f"This is a folder, not a model file. {hint}")
-
-
-def _classify(head: bytes, size: int, f: BinaryIO) -> FileFormat:
-    if head[:4] == GGUF_MAGIC:
-        return _gguf_format(head)
-    if len(head) >= 4:
-        legacy = _LEGACY_MAGICS.get(_U32.unpack_from(head)[0])
-        if legacy is not None:
-            return _legacy_format(legacy, head)
-    if len(head) >= 9:
-        header_len = _U64.unpack_from(head)[0]
-        if 2 <= header_len <= _MAX_SAFETENSORS_HEADER and head[8:9] == b"{" and 8 + header_len <= size:
-            return FileFormat(
-                "safetensors", None, False, "Safetensors weights (Hugging Face format). " + _needs_hf()
-            )
-    if head[:4] == b"PK\x03\x04":
-        return _zip_format(f)
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return FileFormat(
-            "pytorch-pickle",
-            None,
-            False,
-            f"Legacy PyTorch checkpoint (pickle protocol {head[1]}, e.g. a .bin/.pt/.pth file). "
-            + _needs_hf(),
-        )
-    return FileFormat(
-        "unknown",
-        None,
-        False,
-        "Not a recognised model file: its first bytes match neither GGUF nor any known model format. "
-        "Choose a .gguf file; if this one should be a model, it is corrupt: download it again.",
-    )
-
-
-def _needs_hf() -> str:
-    return "llama.cpp reads GGUF only: " + _CONVERT_HF
-
-
-def _gguf_format(head: bytes) -> FileFormat:
-    if len(head) < 8:
-        return FileFormat(
-            "gguf",
-            None,
-            False,
-            "GGUF file cut off inside its first 8 bytes: it is truncated. Download it again.",
-        )
-    version = _U32.unpack_from(head, 4)[0]
-    if version in SUPPORTED_GGUF_VERSIONS:
-        return FileFormat("gguf", version, True, f"GGUF v{version} — supported")
-    if version == 1:
-        return FileFormat(
-            "gguf",
-            1,
-            False,
-            "GGUF v1 file (the August 2023 first draft of GGUF). Current llama.cpp reads GGUF v2 and v3 "
-            "only: download a newer GGUF build of the model or convert it again from the original weights.",
-        )
-    swapped = struct.unpack_from(">I", head, 4)[0]
-    if swapped in (1, 2, 3):
-        return FileFormat(
-            "gguf",
-            swapped,
-            False,
-            f"Big-endian GGUF v{swapped} file (made for IBM s390x and similar machines). This computer needs "
-            "a little-endian file: convert it with gguf-convert-endian from the gguf Python package.",
-        )
-    if version > SUPPORTED_GGUF_VERSIONS[-1]:
-        return FileFormat(
-            "gguf",
-            version,
-            False,
-            f"GGUF v{version} is newer than the versions this tool understands (v2, v3): "
-            "update LlamaScope and llama.cpp, or use a GGUF v3 build of the model.",
-        )
-    return FileFormat("gguf", version, False, "GGUF file with an invalid version (0): the file is corrupt.")
-
-
-def _legacy_format(kind: str, head: bytes) -> FileFormat:
-    if kind == "ggml":
-        # The original format had no version field.
-        return FileFormat(
-            "ggml",
-            None,
-            False,
-            "Legacy GGML file (unversioned, early-2023 llama.cpp format). " + _CONVERT_LEGACY,
-        )
-    version = _U32.unpack_from(head, 4)[0] if len(head) >= 8 else None
-    label = f"{kind.upper()} v{version}" if version is not None else kind.upper()
-    return FileFormat(
-        kind, version, False, f"Legacy {label} file (pre-August-2023 llama.cpp format). " + _CONVERT_LEGACY
-    )
-
-
-def _zip_format(f: BinaryIO) -> FileFormat:
-    names: list[str] = []
-    try:
-        # zipfile reads only the central directory at the end of the file, not the members.
-        with zipfile.ZipFile(f) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
-        pass
-    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-        return FileFormat(
-            "pytorch-zip",
-            None,
-            False,
-            "PyTorch checkpoint (zip archive, e.g. a .bin/.pt/.pth file). " + _needs_hf(),
-        )
-    ggufs = [n for n in names if n.lower().endswith(".gguf")]
-    if ggufs:
-        return FileFormat(
-            "pytorch-zip",
-            None,
-            False,
-            f"ZIP archive containing {ggufs[0]}: extract it and open the .gguf file.",
-        )
-    return FileFormat(
-        "pytorch-zip",
-        None,
-        False,
-        "ZIP archive, possibly a PyTorch checkpoint. llama.cpp reads GGUF only: if it holds a .gguf file, "
-        "extract it; if it is a PyTorch checkpoint, " + _CONVERT_HF,
-    )
-
-
-# --- GGUF header parsing ----------------------------------------------------------------------------
 
 
 class _HeaderReader:
@@ -355,10 +120,10 @@ class _HeaderReader:
         self.pos += n
 
     def u32(self) -> int:
-        return int(_U32.unpack(self.read(4))[0])
+        return int(LE_U32.unpack(self.read(4))[0])
 
     def u64(self) -> int:
-        return int(_U64.unpack(self.read(8))[0])
+        return int(LE_U64.unpack(self.read(8))[0])
 
     def string_length(self) -> int:
         n = self.u64()
@@ -453,7 +218,7 @@ def _read_header(path: str, *, with_tensors: bool, keep_items: int) -> _Header:
         raise ModelFileError(_format_error(path, fmt), path=path)
     try:
         file_size = os.stat(path).st_size
-        with _open_binary(path, _BUFFER_SIZE) as f:
+        with open_binary(path, _BUFFER_SIZE) as f:
             return _parse(_HeaderReader(f, file_size, path, keep_items), with_tensors)
     except OSError as exc:
         raise ModelFileError(
@@ -529,15 +294,12 @@ def _parse(r: _HeaderReader, with_tensors: bool) -> _Header:
     if expected > r.file_size:
         share = r.file_size / expected * 100
         raise ModelFileError(
-            f"'{r.name}' is truncated: its header describes {_human_bytes(data_end)} of tensor data, so the "
+            f"'{r.name}' is truncated: its header describes {format_bytes(data_end)} of tensor data, so the "
             f"file should be at least {expected:,} bytes, but it is only {r.file_size:,} bytes "
             f"({share:.0f}% present). This is usually an incomplete download: download it again.",
             path=r.path,
         )
     return _Header(version, r.file_size, kvs, tuple(tensors))
-
-
-# --- public API -------------------------------------------------------------------------------------
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, object]:

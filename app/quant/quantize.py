@@ -43,7 +43,8 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 from app.common.formatting import format_bytes
-from app.model.gguf_info import ModelFileError, detect_format, inspect_model
+from app.model.file_format import ModelFileError, detect_format
+from app.model.gguf_info import inspect_model
 from app.model.model_info import ModelInfo
 from app.quant import worker as quantize_worker
 from app.quant.types import (
@@ -759,21 +760,3 @@ def quantize(
 ) -> QuantizeResult:
     """Quantize and wait: the blocking convenience for scripts and the CLI."""
     return QuantizeJob(request, on_progress=on_progress, free_bytes=free_bytes).run()
-
-
-__all__ = [
-    "KEY_QUANTIZED_FROM",
-    "QuantizeCancelled",
-    "QuantizeError",
-    "QuantizeJob",
-    "QuantizePlan",
-    "QuantizeProgress",
-    "QuantizeRequest",
-    "QuantizeResult",
-    "default_output_path",
-    "disk_free_bytes",
-    "estimate_output_bytes",
-    "f16_base_request",
-    "plan_quantization",
-    "quantize",
-]

@@ -28,7 +28,6 @@ from app.telemetry.sysfs import (
 # correction may be wrong, so that interval's energy is not counted.
 MAX_ENERGY_GAP_S = 60.0
 
-
 log = logging.getLogger(__name__)
 
 

@@ -21,16 +21,9 @@ from app.telemetry.sysfs import (
 
 log = logging.getLogger(__name__)
 
-
 MIN_INTERVAL_S = 0.1
-
-
 MAX_INTERVAL_S = 5.0
-
-
 DEFAULT_INTERVAL_S = 0.5
-
-
 THREAD_NAME = "llamascope-telemetry"
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 # Under this load, a clock far below its maximum is idling, not throttling.
 LOADED_CPU_PERCENT = 80.0
 
-
 # All-core boost is often 80-90 % of the single-core maximum cpuinfo_max_freq reports, so only a
 # deeper drop under load counts as throttling.
 FREQ_DROP_FRACTION = 0.75
@@ -123,13 +122,8 @@ GPU_CLOCK_EVENT_REASONS: tuple[tuple[int, str], ...] = (
     (0x0400, "reliability"),
 )
 
-
 _GPU_THERMAL = 0x0020 | 0x0040
-
-
 _GPU_POWER = 0x0004 | 0x0080
-
-
 _GPU_OTHER = 0x0008 | 0x0200 | 0x0400  # hardware slowdown: heat or power, NVML does not say which
 
 

@@ -29,7 +29,7 @@ from app.engine.types import (
     StopReason,
     TokenEvent,
 )
-from app.model.gguf_info import ModelFileError
+from app.model.file_format import ModelFileError
 from app.model.memory import InsufficientMemoryError
 from app.model.settings import LoadSettings, SamplingSettings, SettingsError
 

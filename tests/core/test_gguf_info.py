@@ -18,15 +18,9 @@ import gguf
 import numpy as np
 import pytest
 
-from app.model import gguf_info
-from app.model.gguf_info import (
-    SUPPORTED_FORMATS,
-    FileFormat,
-    ModelFileError,
-    detect_format,
-    inspect_model,
-    read_metadata,
-)
+from app.model import file_format, gguf_info
+from app.model.file_format import SUPPORTED_FORMATS, FileFormat, ModelFileError, detect_format
+from app.model.gguf_info import inspect_model, read_metadata
 from app.model.model_info import SizeClass
 
 GiB = 1024**3
@@ -75,7 +69,9 @@ def read_counter(monkeypatch: pytest.MonkeyPatch) -> ReadCounter:
         raw = _CountingFileIO(path, counter)
         return raw if buffering == 0 else io.BufferedReader(raw, buffer_size=buffering)
 
-    monkeypatch.setattr(gguf_info, "_open_binary", counting_open)
+    # Both modules that open model files: format detection and header parsing.
+    monkeypatch.setattr(file_format, "open_binary", counting_open)
+    monkeypatch.setattr(gguf_info, "open_binary", counting_open)
     return counter
 
 
@@ -580,7 +576,7 @@ def test_other_formats_are_detected_and_rejected_with_advice(
 
 
 def test_ggjt_message_names_the_legacy_format() -> None:
-    fmt = gguf_info._classify(legacy(0x67676A74, 3)[:16], 72, io.BytesIO())
+    fmt = file_format._classify(legacy(0x67676A74, 3)[:16], 72, io.BytesIO())
     assert fmt.message.startswith("Legacy GGJT v3 file (pre-August-2023 llama.cpp format).")
 
 
