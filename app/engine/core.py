@@ -28,18 +28,8 @@ from app.engine.types import (
 )
 from app.llama import runtime as llama_runtime
 from app.llama.build_check import require_working_build
-from app.llama.driver import (
-    CancelFlag,
-    DriverCancelled,
-    DriverError,
-    LlamaContext,
-    LlamaModel,
-    SamplerChain,
-    StopMatcher,
-    TextStream,
-    apply_chat_template,
-    init_numa,
-)
+from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel, SamplerChain, init_numa
+from app.llama.text import StopMatcher, TextStream, apply_chat_template
 from app.model.gguf_info import inspect_model
 from app.model.memory import check_fits, estimate_memory
 from app.model.settings import LLAMA_DEFAULT_SEED, LoadSettings

@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.llama.driver import (
-    DriverCancelled,
-    DriverError,
-    LlamaContext,
-    LlamaModel,
-    SamplerChain,
-    StopMatcher,
-    TextStream,
-    apply_chat_template,
-)
+from app.llama.driver import DriverCancelled, DriverError, LlamaContext, LlamaModel, SamplerChain
+
+from app.llama.text import StopMatcher, TextStream, apply_chat_template
 from app.model.settings import SamplingSettings
 
 PROMPT = "Once upon a time"
