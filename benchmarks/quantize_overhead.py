@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import llama_runtime  # noqa: E402
 from app.model.demo_model import demo_model_path  # noqa: E402
-from app.quant.quantize import QuantizeRequest, f16_base_request, quantize  # noqa: E402
+from app.quant.plan import QuantizeRequest, f16_base_request
+from app.quant.quantize import quantize  # noqa: E402
 from app.quant.types import ftype_value, quant_type  # noqa: E402
 
 

@@ -15,18 +15,17 @@ from pathlib import Path
 import pytest
 
 from app.model.gguf_info import _read_header, inspect_model, read_metadata
-from app.quant.quantize import (
+from app.quant.plan import (
     KEY_QUANTIZED_FROM,
     QuantizeCancelled,
     QuantizeError,
-    QuantizeJob,
     QuantizeProgress,
     QuantizeRequest,
     default_output_path,
     f16_base_request,
     plan_quantization,
-    quantize,
 )
+from app.quant.quantize import QuantizeJob, quantize
 
 ROOT = Path(__file__).resolve().parents[2]
 PLENTY = 1 << 50  # free bytes reported by a fake disk
