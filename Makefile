@@ -59,7 +59,16 @@ run: install
 test: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
-lint: install
+# Style, types and the architecture's import contracts (pyproject.toml): CI runs it.
+LINT_STAMP := $(VENV)/.lint-stamp
+$(LINT_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --progress-bar off -e '.[dev]'
+	touch $@
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 bench: install
