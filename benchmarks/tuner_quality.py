@@ -38,19 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.model.demo_model import demo_model_path  # noqa: E402
 from app.model.gguf_info import inspect_model  # noqa: E402
 from app.model.settings import LoadSettings, preset_for_model  # noqa: E402
-from app.tune.space import config_key  # noqa: E402
-from app.tune.tuner import (  # noqa: E402
-    BenchMeasure,
-    MachineFacts,
-    Objective,
-    SearchSpace,
-    TrialRecord,
-    TuneConfig,
-    TuneProgress,
-    Tuner,
-    estimate_gain,
-    prune,
-)
+from app.tune.gain import estimate_gain  # noqa: E402
+from app.tune.measure import BenchMeasure  # noqa: E402
+from app.tune.results import TrialRecord, TuneConfig, TuneProgress  # noqa: E402
+from app.tune.session import Tuner  # noqa: E402
+from app.tune.space import MachineFacts, Objective, SearchSpace, config_key, prune  # noqa: E402
 
 
 def describe(load: LoadSettings) -> str:

@@ -78,7 +78,7 @@ def _value(v: Any) -> str:
 
 
 def _result_json(result: Any) -> dict[str, Any]:
-    from app.tune.tuner import llama_cpp_args
+    from app.tune.export import llama_cpp_args
 
     gain = result.gain
     return {
@@ -120,7 +120,7 @@ def _result_json(result: Any) -> dict[str, Any]:
 
 
 def _print_result(result: Any) -> None:
-    from app.tune.tuner import llama_cpp_flags, llama_python_snippet
+    from app.tune.export import llama_cpp_flags, llama_python_snippet
 
     unit = "t/s"
     measured = len(result.measured_trials)
@@ -164,9 +164,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     import dataclasses
 
     from app.model.demo_model import demo_model_path
-    from app.model.gguf_info import ModelFileError, inspect_model
+    from app.model.file_format import ModelFileError
+    from app.model.gguf_info import inspect_model
     from app.model.settings import SettingsError, preset_for_model
-    from app.tune.tuner import TrialRecord, TuneConfig, TuneError, TuneProgress, TuneResult
+    from app.tune.results import TrialRecord, TuneConfig, TuneProgress, TuneResult
+    from app.tune.space import TuneError
 
     model = args.model or demo_model_path()
     if model is None:

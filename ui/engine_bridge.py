@@ -15,7 +15,7 @@ from app.engine.client import Engine
 from app.engine.jobs import host_benchmark, host_call
 from app.engine.types import EngineError, GenerationRequest, LoadProgress, OperationCancelled, TokenStream
 from app.model.settings import LoadSettings
-from widgets.tune_box import TuneRequest
+from app.tune.request import TuneRequest
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ class EngineBridge(QObject):
         self._start("benchmark", lambda: self.engine.run_exclusive(job), self.benchmark_finished)
 
     def request_tune(self, model_path: str, base: LoadSettings, request: TuneRequest) -> None:
-        """Auto-tune on the engine thread: trials and progress arrive as signals, Stop keeps the best."""
+        """Auto-tune in the engine host (app.engine.jobs.tune builds the search from the request): trials
+        and progress arrive as signals, Stop keeps the best."""
 
         def job(cancel: threading.Event) -> Any:
             return host_call(
@@ -115,10 +116,7 @@ class EngineBridge(QObject):
                 "app.engine.jobs:tune",
                 model_path,
                 base,
-                request.objective,
-                tuple(request.parameters),
-                request.n_trials,
-                request.time_budget_s,
+                request,
                 callbacks={"on_trial": self.tune_trial.emit, "on_progress": self.tune_progressed.emit},
             )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
@@ -26,7 +24,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.model.settings import LoadSettings
-from app.tune.tuner import TrialRecord, TuneProgress, TuneResult
+from app.tune.request import TuneRequest
+from app.tune.results import TrialRecord, TuneProgress, TuneResult
 from widgets.live_plot import cache_axes
 
 # Checkbox label -> the LoadSettings fields it lets the tuner vary.
@@ -38,14 +37,6 @@ PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
     "GPU layers": ("n_gpu_layers",),
     "mmap / mlock / NUMA": ("use_mmap", "use_mlock", "numa"),
 }
-
-
-@dataclass(frozen=True)
-class TuneRequest:
-    objective: str  # "tg", "pp" or "mix:P,G"
-    n_trials: int
-    time_budget_s: float | None
-    parameters: tuple[str, ...]  # LoadSettings fields the tuner may vary
 
 
 def recommendation_text(result: TuneResult) -> str:

@@ -1,4 +1,4 @@
-"""Small statistics for benchmark samples: mean, standard deviation, Welch's t-test.
+"""Small statistics for benchmark samples: mean, standard deviation, Welch's t-test and interval.
 
 Kept dependency-free (no SciPy, ~40 MB) because only Student's t distribution is needed; its
 CDF comes from the regularized incomplete beta function, evaluated with Lentz's continued
@@ -71,6 +71,24 @@ def student_t_two_sided_p(t: float, df: float) -> float:
     return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
 
 
+def t_quantile(p_two_sided: float, dof: float) -> float:
+    """t such that P(|T| >= t) = p_two_sided for Student's t, by bisection on the exact CDF above."""
+    if not 0.0 < p_two_sided < 1.0 or dof <= 0:
+        raise ValueError("need 0 < p < 1 and dof > 0")
+    lo, hi = 0.0, 1.0
+    while student_t_two_sided_p(hi, dof) > p_two_sided and hi < 1e12:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if student_t_two_sided_p(mid, dof) > p_two_sided:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return (lo + hi) / 2.0
+
+
 @dataclass(frozen=True)
 class Comparison:
     """B relative to A: difference of means in percent, with Welch's t-test over the samples."""
@@ -108,3 +126,25 @@ def welch(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05) -> Com
     dof = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     p = student_t_two_sided_p(t, dof)
     return Comparison(mean_a, mean_b, diff, t, dof, p, p < alpha)
+
+
+def welch_interval(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """Welch's confidence interval of mean(b) − mean(a); None with fewer than 2 samples on either side.
+
+    The same standard error and Welch–Satterthwaite degrees of freedom as `welch`, so the interval
+    excludes 0 exactly when welch(a, b).p_value < 1 − confidence.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError("confidence must be in (0, 1)")
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = mean(b) - mean(a)
+    va, vb = stdev(a) ** 2 / len(a), stdev(b) ** 2 / len(b)
+    se2 = va + vb
+    if se2 == 0.0:
+        return diff, diff  # no spread at all: the difference is exact
+    dof = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t_quantile(1.0 - confidence, dof) * math.sqrt(se2)
+    return diff - half, diff + half

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from app.bench.runner import AnyFlag, BenchPlan, BenchTest, run_benchmark
+from app.llama.driver import CancelFlag
 from app.model.settings import LoadSettings
 from app.tune.space import Objective
 
@@ -30,7 +31,7 @@ class Measure(Protocol):
     """
 
     def __call__(
-        self, load: LoadSettings, *, repetitions: int, keep_going: KeepGoing, cancel: threading.Event
+        self, load: LoadSettings, *, repetitions: int, keep_going: KeepGoing, cancel: CancelFlag
     ) -> list[float]: ...
 
 
@@ -58,7 +59,7 @@ class BenchMeasure:
         self.sampler = sampler
 
     def __call__(
-        self, load: LoadSettings, *, repetitions: int, keep_going: KeepGoing, cancel: threading.Event
+        self, load: LoadSettings, *, repetitions: int, keep_going: KeepGoing, cancel: CancelFlag
     ) -> list[float]:
         obj = self.objective
         prompt_load = dataclasses.replace(load, n_threads=load.n_threads_batch)
@@ -111,7 +112,7 @@ class BenchMeasure:
         test: BenchTest,
         repetitions: int,
         keep_going: KeepGoing,
-        cancel: threading.Event,
+        cancel: CancelFlag,
         estimate: Callable[[int], float] | None,
     ) -> list[int]:
         """Samples (ns) of one test; stops between repetitions when keep_going says so, and inside

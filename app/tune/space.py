@@ -277,7 +277,7 @@ class MachineFacts:
             has_gpu=has_gpu,
             mlock_supported=mlock,
             numa_nodes=count_numa_nodes(),
-            available_ram_bytes=_available_ram_bytes(),
+            available_ram_bytes=read_available_ram_bytes(),
             available_vram_bytes=_free_vram_bytes() if has_gpu else None,
         )
 
@@ -318,7 +318,8 @@ def count_numa_nodes(root: str = "/") -> int:
     return max(count, 1)
 
 
-def _available_ram_bytes() -> int | None:
+def read_available_ram_bytes() -> int | None:
+    """Available RAM now (psutil), None when it cannot be read."""
     try:
         import psutil
 
@@ -542,7 +543,7 @@ def _prune_memory(
         return space, [f"memory: {total} combinations are too many to check up front; each trial is checked"]
     if machine.available_ram_bytes is None:
         # Read the available RAM once, not once per combination.
-        machine = dataclasses.replace(machine, available_ram_bytes=_available_ram_bytes())
+        machine = dataclasses.replace(machine, available_ram_bytes=read_available_ram_bytes())
     fitting: dict[str, set[Any]] = {name: set() for name in MEMORY_PARAMS}
     any_fit = False
     for chosen, load in _memory_combinations(space, base):

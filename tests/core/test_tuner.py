@@ -14,29 +14,27 @@ from pathlib import Path
 
 import pytest
 
+from app.common.stats import t_quantile, welch, welch_interval
+from app.llama.driver import CancelFlag
 from app.model.gguf_info import inspect_model
 from app.model.memory import estimate_memory
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings
-from app.tune.space import count_numa_nodes
-from app.tune.tuner import (
-    BenchMeasure,
+from app.tune.export import llama_cpp_flags, llama_kwargs_named, llama_python_snippet
+from app.tune.gain import estimate_gain
+from app.tune.measure import BenchMeasure
+from app.tune.request import TuneRequest, request_space, tuner_for_request
+from app.tune.results import TrialRecord, TrialStatus, TuneConfig, TuneResult
+from app.tune.session import Tuner
+from app.tune.space import (
+    TUNABLE_PARAMS,
     MachineFacts,
     Objective,
     SearchSpace,
-    TrialRecord,
-    TrialStatus,
-    TuneConfig,
     TuneError,
-    Tuner,
-    TuneResult,
+    count_numa_nodes,
     default_search_space,
-    estimate_gain,
-    llama_cpp_flags,
-    llama_kwargs_named,
-    llama_python_snippet,
     prune,
-    t_quantile,
 )
 
 PLENTY = 64 << 30
@@ -79,7 +77,7 @@ class FakeMeasure:
         *,
         repetitions: int,
         keep_going: Callable[[float | None], bool],
-        cancel: threading.Event,
+        cancel: CancelFlag,
     ) -> list[float]:
         self.calls.append(load)
         if self.fail is not None and self.fail(load):
@@ -513,6 +511,46 @@ def test_config_budgets_are_checked() -> None:
         SearchSpace(n_threads=(1,), n_threads_batch=(1,), type_k=("f17",))
 
 
+# ---- the GUI's request ------------------------------------------------------------------------------
+
+
+def test_a_request_varies_only_its_parameters_and_keeps_the_rest_at_the_base(model: ModelInfo) -> None:
+    base = base_settings(n_threads=3, n_batch=256, flash_attn=True, type_k="q8_0")
+    space = request_space(model, base, ("n_threads", "type_v"), MACHINE)
+    assert space.n_threads == (1, 2, 3, 4) and space.type_v == ("f16", "q8_0")
+    assert space.fixed == {name: getattr(base, name) for name in TUNABLE_PARAMS if name not in space.tuned}
+    assert set(space.tuned) == {"n_threads", "type_v"}
+    with pytest.raises(TuneError, match="at least one"):
+        request_space(model, base, (), MACHINE)
+
+
+def test_a_request_is_checked_where_it_is_made() -> None:
+    with pytest.raises(TuneError, match="not tunable: n_ctx"):
+        TuneRequest("tg", 5, None, ("n_threads", "n_ctx"))
+    with pytest.raises(TuneError, match="objective"):
+        TuneRequest("fastest", 5, None, ("n_threads",))
+    with pytest.raises(TuneError):
+        TuneRequest("tg", 0, None, ("n_threads",)).config()
+    config = TuneRequest("pp:256", 7, 90.0, ("n_batch",)).config()
+    assert (config.n_trials, config.time_budget_s) == (7, 90.0)
+
+
+def test_a_tuner_for_a_request_searches_only_the_requested_settings(model: ModelInfo, tmp_path: Path) -> None:
+    base = base_settings(n_batch=256, n_ubatch=256, flash_attn=True)
+    request = TuneRequest("mix:512,32", 6, None, ("n_threads",))
+    measure = FakeMeasure(peaked)
+    tuner = tuner_for_request(
+        model, base, request, machine=MACHINE, storage_path=str(tmp_path / "t.sqlite3"), measure=measure
+    )
+    assert tuner.objective == Objective(512, 32) and tuner.config.n_trials == 6
+    result = tuner.run()
+    ran = [t.settings for t in result.trials if t.settings is not None]
+    assert {s.n_threads for s in ran} == {1, 2, 3, 4}  # the whole (small) space was searched
+    assert all(dataclasses.replace(s, n_threads=base.n_threads) == base for s in ran)
+    assert {dataclasses.replace(c, n_threads=base.n_threads) for c in measure.calls} == {base}
+    assert result.best.n_threads == 3 and result.stop_reason == "search space exhausted"
+
+
 # ---- the proof: Welch interval ----------------------------------------------------------------------
 
 
@@ -520,6 +558,25 @@ def test_t_quantiles_against_table_values() -> None:
     assert t_quantile(0.05, 10) == pytest.approx(2.228138851986, rel=1e-9)
     assert t_quantile(0.05, 4) == pytest.approx(2.776445105198, rel=1e-9)
     assert t_quantile(0.01, 30) == pytest.approx(2.749995653567, rel=1e-9)
+
+
+def test_the_welch_interval_excludes_zero_exactly_when_the_test_is_significant() -> None:
+    samples = [
+        ([10.0, 11.0, 12.0], [12.0, 13.0, 14.0]),
+        ([10.0, 10.1, 9.9, 10.0], [12.0, 12.1, 11.9, 12.0]),
+        ([5.0, 7.0, 6.0, 6.5, 5.5], [6.0, 8.0, 6.5, 7.5, 7.0]),
+        ([3.0, 3.0], [3.0, 3.0]),
+    ]
+    for a, b in samples:
+        for confidence in (0.9, 0.95, 0.99):
+            interval = welch_interval(a, b, confidence=confidence)
+            assert interval is not None
+            low, high = interval
+            assert low <= welch(a, b).mean_b - welch(a, b).mean_a <= high
+            p = welch(a, b).p_value
+            assert p is not None
+            assert (low > 0 or high < 0) == (p < 1 - confidence)
+    assert welch_interval([1.0], [1.0, 2.0]) is None
 
 
 def test_gain_interval_and_significance() -> None:
