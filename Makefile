@@ -28,7 +28,7 @@ LLAMASCOPE_BUILD_CACHE ?= $(HOME)/.cache/llamascope-build
 LLAMA_WHEELS     := $(LLAMASCOPE_BUILD_CACHE)/wheels/$(LLAMA_KEY)
 export LLAMASCOPE_BUILD_CACHE
 
-.PHONY: install run test lint bench clean bundle bundle-tools test-bundle constraints
+.PHONY: install run test lint bench clean bundle bundle-tools test-bundle constraints llama-tools
 
 install: $(STAMP)
 
@@ -58,6 +58,11 @@ run: install
 
 test: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+# llama.cpp's own programs (llama-server, llama-perplexity, llama-bench, ...) from the library's
+# sources and with its CPU options, cached in the build cache (app/llama/tools.py).
+llama-tools: install
+	LLAMASCOPE_LLAMA_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m app.llama.tools build
 
 # Style, types and the architecture's import contracts (pyproject.toml): CI runs it.
 LINT_STAMP := $(VENV)/.lint-stamp

@@ -30,9 +30,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
+
+# The sources and the cache are shared with the build of llama.cpp's programs.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.llama.tools import cache_root, extract_llama_cpp, sdist  # noqa: E402
 
 LEFT_OUT_VARIANTS = ("sapphirerapids",)  # AMX: see the module docstring
 CMAKE_OPTIONS = (
@@ -53,11 +56,6 @@ CMAKE_OPTIONS = (
 )
 
 
-def cache_root() -> Path:
-    """LLAMASCOPE_BUILD_CACHE, else ~/.cache/llamascope-build (the Makefile's wheel cache is there too)."""
-    return Path(os.environ.get("LLAMASCOPE_BUILD_CACHE") or os.path.expanduser("~/.cache/llamascope-build"))
-
-
 def supported() -> bool:
     """ggml builds all CPU variants for x86-64 (Linux here; Windows needs MSVC and its own steps)."""
     return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
@@ -76,43 +74,10 @@ def build_key(version: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def _sdist(version: str, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    found = sorted(folder.glob(f"llama_cpp_python-{version}.tar.gz"))
-    if found:
-        return found[0]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"llama-cpp-python=={version}",
-            "-d",
-            str(folder),
-        ],
-        check=True,
-    )
-    return next(folder.glob(f"llama_cpp_python-{version}.tar.gz"))
-
-
-def _extract_llama_cpp(sdist: Path, dest: Path) -> Path:
-    """The vendored llama.cpp tree of the sdist, unpacked under `dest`."""
-    prefix = f"llama_cpp_python-{sdist.name.split('-')[1].removesuffix('.tar.gz')}/vendor/llama.cpp/"
-    with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
-        tar.extractall(dest, members=members, filter="data")
-    return dest / prefix
-
-
 def build(version: str, out_dir: Path, jobs: int) -> None:
     root = cache_root()
     with tempfile.TemporaryDirectory(prefix="llama-portable-", dir=root) as tmp:
-        source = _extract_llama_cpp(_sdist(version, root / "sdist"), Path(tmp) / "src")
+        source = extract_llama_cpp(sdist(version), Path(tmp) / "src")
         build_dir = Path(tmp) / "build"
         subprocess.run(
             ["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_OPTIONS, *user_cmake_args()], check=True
