@@ -258,7 +258,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
     from app.quality.eval_text import EvalTextError, load_text
     from app.quality.multiple_choice import MCProgress
-    from app.quality.perplexity import (
+    from app.quality.eval_types import (
         ChunkProgress,
         EvalCancelled,
         EvalError,
@@ -322,7 +322,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         settings.validate()
         text = load_text(args.ppl) if args.ppl else None
         if args.kld_base:  # before anything long: the base pass would be wasted
-            host_plain(engine, "app.quality.perplexity:check_same_vocabulary", args.kld_base, [args.model])
+            host_plain(engine, "app.quality.kl_divergence:check_same_vocabulary", args.kld_base, [args.model])
         if text is not None and (args.kld_base or args.save_logits):
             # Say how big the logits file will be before writing it (llama.cpp's are large).
             logits_owner = args.kld_base or args.model
@@ -349,7 +349,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     print(f"Saved base log-probabilities to {ppl.logits_file}")
         if args.kld_base and text is not None:
             both = run(
-                "app.quality.perplexity:evaluate_against_base",
+                "app.quality.kl_divergence:evaluate_against_base",
                 args.kld_base,
                 [args.model],
                 text,
@@ -366,7 +366,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 _print_kld(both.variants[0])
         if args.kld_logits:
             kld = run(
-                "app.quality.perplexity:evaluate_kl_divergence",
+                "app.quality.kl_divergence:evaluate_kl_divergence",
                 args.model,
                 args.kld_logits,
                 settings,

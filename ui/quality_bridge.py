@@ -18,7 +18,7 @@ from app.engine.client import Engine
 from app.engine.jobs import host_call
 from app.engine.types import EngineError
 from app.quality.eval_text import load_text
-from app.quality.perplexity import EvalSettings
+from app.quality.eval_types import EvalSettings
 from app.quant.quantize import QuantizeError, QuantizeJob, QuantizeRequest
 
 
@@ -91,7 +91,7 @@ class QualityBridge(QObject):
         def job(cancel: threading.Event) -> Any:
             return host_call(
                 self._engine,
-                "app.quality.perplexity:evaluate_kl_divergence",
+                "app.quality.kl_divergence:evaluate_kl_divergence",
                 model_path,
                 logits_file,
                 settings,

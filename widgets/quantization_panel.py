@@ -38,7 +38,7 @@ from app.quality.compare import (
     variant_from_file,
 )
 from app.quality.eval_text import DEFAULT_TEXT_NAME
-from app.quality.perplexity import ChunkProgress, EvalSettings, KLDivergenceResult, PerplexityResult
+from app.quality.eval_types import ChunkProgress, EvalSettings, KLDivergenceResult, PerplexityResult
 from app.quant.quantize import QuantizeProgress, QuantizeRequest, QuantizeResult, f16_base_request
 from app.quant.types import QuantType
 from widgets.live_plot import cache_axes

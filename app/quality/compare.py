@@ -40,14 +40,8 @@ import numpy as np
 from app.common.formatting import NOT_AVAILABLE, format_bytes
 from app.llama.driver import CancelFlag
 from app.model.gguf_info import ModelFileError, inspect_model, read_metadata
-from app.quality.perplexity import (
-    EvalCancelled,
-    EvalError,
-    EvalJob,
-    EvalModel,
-    KLDivergenceResult,
-    PerplexityResult,
-)
+from app.quality.eval_model import EvalModel
+from app.quality.eval_types import EvalCancelled, EvalError, KLDivergenceResult, PerplexityResult
 
 
 def quality_score(mean_kld: float | None) -> float | None:
@@ -148,15 +142,6 @@ def measure_speed(
     pp, pp_std = _mean_std(pp_rates)
     tg, tg_std = _mean_std(tg_rates)
     return SpeedResult(path, n_prompt, n_gen, threads, repetitions, pp, pp_std, tg, tg_std)
-
-
-def start_speed(model_path: str, **kwargs: object) -> EvalJob[SpeedResult]:
-    """measure_speed on a "llamascope-eval-speed" thread (keyword arguments as measure_speed)."""
-
-    def run(cancel: threading.Event) -> SpeedResult:
-        return measure_speed(model_path, cancel=cancel, **kwargs)  # type: ignore[arg-type]
-
-    return EvalJob("speed", run).start()
 
 
 @dataclass(frozen=True)
@@ -370,6 +355,5 @@ __all__ = [
     "export_comparison",
     "measure_speed",
     "quality_score",
-    "start_speed",
     "variant_from_file",
 ]

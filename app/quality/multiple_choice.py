@@ -42,7 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.llama.driver import CancelFlag
-from app.quality.perplexity import EvalCancelled, EvalError, EvalJob, EvalModel, token_nll
+from app.quality.eval_model import EvalModel
+from app.quality.eval_types import EvalCancelled, EvalError
+from app.quality.metrics import token_nll
 
 FORMATS = ("hellaswag", "arc", "mmlu")
 
@@ -365,23 +367,6 @@ def run_benchmark_file(
     )
 
 
-def start_benchmark(
-    model_path: str,
-    path: str,
-    fmt: str,
-    *,
-    n_threads: int | None = None,
-    on_progress: Callable[[MCProgress], None] | None = None,
-) -> EvalJob[MCResult]:
-    """run_benchmark_file on a "llamascope-eval-mc" thread."""
-    return EvalJob(
-        "mc",
-        lambda cancel: run_benchmark_file(
-            model_path, path, fmt, n_threads=n_threads, cancel=cancel, on_progress=on_progress
-        ),
-    ).start()
-
-
 __all__ = [
     "FORMATS",
     "BenchmarkFileError",
@@ -393,6 +378,5 @@ __all__ = [
     "load_items",
     "run_benchmark_file",
     "score_item",
-    "start_benchmark",
     "wilson_interval",
 ]

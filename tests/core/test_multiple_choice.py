@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.quality.eval_model import EvalModel
+from app.quality.eval_types import EvalCancelled, EvalError
+from app.quality.job import EvalJob
 from app.quality.multiple_choice import (
     BenchmarkFileError,
     MCItem,
@@ -19,10 +22,8 @@ from app.quality.multiple_choice import (
     load_items,
     run_benchmark_file,
     score_item,
-    start_benchmark,
     wilson_interval,
 )
-from app.quality.perplexity import EvalCancelled, EvalError, EvalModel
 
 EVAL = Path(__file__).resolve().parents[2] / "resources" / "eval"
 HELLASWAG = str(EVAL / "hellaswag_sample.jsonl")
@@ -159,7 +160,12 @@ def test_cancel_shows_no_score(demo_model: str) -> None:
             assert job is not None
             job.cancel()
 
-    job = start_benchmark(demo_model, ARC, "arc", n_threads=2, on_progress=on_progress)
+    job = EvalJob(
+        "mc",
+        lambda cancel: run_benchmark_file(
+            demo_model, ARC, "arc", n_threads=2, cancel=cancel, on_progress=on_progress
+        ),
+    ).start()
     with pytest.raises(EvalCancelled):
         job.wait()
 

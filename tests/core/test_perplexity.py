@@ -16,32 +16,32 @@ import numpy as np
 import pytest
 from test_quant_types import build_tiny_llama
 
+from app.model.fingerprint import FINGERPRINT_SCHEME, model_fingerprint
+from app.quality.eval_model import EvalModel
 from app.quality.eval_text import EvalText, EvalTextError, default_text, load_text
-from app.quality.perplexity import (
+from app.quality.eval_types import (
     ChunkProgress,
     EvalCancelled,
     EvalError,
-    EvalModel,
     EvalSettings,
     IncompatibleBaseError,
     LogitsFileError,
     TextTooShortError,
-    _KldSums,
+)
+from app.quality.job import EvalJob
+from app.quality.kl_divergence import evaluate_against_base, evaluate_kl_divergence
+from app.quality.logits_file import TRAILER_MAGIC, expected_logits_file_bytes, read_logits_info
+from app.quality.metrics import (
+    KldSums,
     dequantize_log_probs,
-    evaluate_against_base,
-    evaluate_kl_divergence,
-    evaluate_perplexity,
-    expected_logits_file_bytes,
     kld_rows,
     log_prob_row_width,
     percentile,
-    plan_perplexity,
     ppl_and_uncertainty,
     quantize_log_probs,
-    read_logits_info,
-    start_perplexity,
     token_nll,
 )
+from app.quality.perplexity import evaluate_perplexity, plan_perplexity
 from app.quant.quantize import QuantizeRequest, quantize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_kld_of_identical_distributions_is_zero() -> None:
     targets = rng.integers(0, 1000, 20)
     base = np.empty((20, log_prob_row_width(1000)), dtype=np.uint16)
     quantize_log_probs(logits, targets, base)
-    sums = _KldSums()
+    sums = KldSums()
     kld, p_diff = kld_rows(logits, base, targets, sums)
     # Zero up to the format's resolution: the base's log-probabilities are stored in steps of at
     # most 16/65535 (llama.cpp's uint16 encoding), which leaves |KLD| around 1e-5.
@@ -93,7 +93,7 @@ def test_kld_of_known_distributions() -> None:
     model_logits = np.log(model_p).astype(np.float32)[None, :]
     base = np.empty((1, log_prob_row_width(2)), dtype=np.uint16)
     quantize_log_probs(base_logits, np.array([1]), base)
-    sums = _KldSums()
+    sums = KldSums()
     kld, p_diff = kld_rows(model_logits, base, np.array([1]), sums)
     expected = float((base_p * np.log(base_p / model_p)).sum())
     assert kld[0] == pytest.approx(expected, abs=1e-4)
@@ -405,6 +405,37 @@ def test_a_llama_cpp_file_without_trailer_is_accepted(
     assert abs(r.kld_mean) < 1e-4 and r.base_model.startswith("unknown")
 
 
+def test_the_logits_file_names_its_base_by_the_current_fingerprint(
+    demo_model: str, base_logits: tuple[str, object], tmp_path: Path
+) -> None:
+    """A file written before fingerprint scheme 2 carries a value computed otherwise under the same
+    key: it reads as "unknown", not as a fingerprint that matches nothing, and works as before."""
+    import hashlib
+
+    path, _ = base_logits
+    info = read_logits_info(path)
+    assert info.model_fingerprint is not None and info.model_fingerprint == model_fingerprint(demo_model)
+
+    raw = Path(path).read_bytes()
+    core = expected_logits_file_bytes(49152, 128, 2)
+    trailer = json.loads(raw[core:-16])
+    assert trailer["model_fingerprint_scheme"] == FINGERPRINT_SCHEME
+    old = {k: v for k, v in trailer.items() if k != "model_fingerprint_scheme"}
+    size = os.path.getsize(demo_model)  # how earlier versions computed it: size, first and last MiB
+    with open(demo_model, "rb") as f:
+        head = f.read(1 << 20)
+        f.seek(-(1 << 20), os.SEEK_END)
+        tail = f.read(1 << 20)
+    old["model_fingerprint"] = hashlib.sha256(str(size).encode() + head + tail).hexdigest()
+    blob = json.dumps(old).encode()
+    older = tmp_path / "older.logits"
+    older.write_bytes(raw[:core] + blob + struct.pack("<Q", len(blob)) + TRAILER_MAGIC)
+    old_info = read_logits_info(str(older))
+    assert old_info.has_trailer and old_info.model_fingerprint is None
+    assert old_info.vocab_sha256 == info.vocab_sha256 and old_info.chunk_crc32 == info.chunk_crc32
+    assert abs(evaluate_kl_divergence(demo_model, str(older), SMALL).kld_mean) < 1e-4
+
+
 def test_cancel_between_chunks_leaves_no_logits_file(demo_model: str, tmp_path: Path) -> None:
     import hashlib
 
@@ -418,13 +449,17 @@ def test_cancel_between_chunks_leaves_no_logits_file(demo_model: str, tmp_path: 
         assert job is not None
         job.cancel()
 
-    job = start_perplexity(
-        demo_model,
-        default_text(),
-        EvalSettings(n_ctx=128, n_chunks=3, n_threads=2),
-        save_logits=str(out),
-        on_progress=on_progress,
-    )
+    job = EvalJob(
+        "ppl",
+        lambda cancel: evaluate_perplexity(
+            demo_model,
+            default_text(),
+            EvalSettings(n_ctx=128, n_chunks=3, n_threads=2),
+            save_logits=str(out),
+            cancel=cancel,
+            on_progress=on_progress,
+        ),
+    ).start()
     with pytest.raises(EvalCancelled):
         job.wait()
     assert seen == [1]

@@ -20,7 +20,7 @@ from app.quality.compare import (
     quality_score,
     variant_from_file,
 )
-from app.quality.perplexity import EvalCancelled, KLDivergenceResult, PerplexityResult
+from app.quality.eval_types import EvalCancelled, KLDivergenceResult, PerplexityResult
 from app.quant.quantize import QuantizeRequest, quantize
 
 
