@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def model(demo_model: str) -> ModelInfo:
     return inspect_model(demo_model)
 
 
-def base_settings(**changes: object) -> LoadSettings:
+def base_settings(**changes: Any) -> LoadSettings:
     base = LoadSettings(n_ctx=4096, n_threads=2, n_threads_batch=4, n_batch=512, n_ubatch=512)
     return dataclasses.replace(base, **changes)
 
@@ -124,7 +125,7 @@ def make_tuner(
     clock: Callable[[], float] | None = None,
     db: str = "tuning.sqlite3",
 ) -> Tuner:
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
     return Tuner(
@@ -137,7 +138,7 @@ def make_tuner(
         storage_path=str(tmp_path / db),
         machine=machine,
         **kwargs,
-    )  # type: ignore[arg-type]
+    )
 
 
 SMALL_SPACE = SearchSpace(
@@ -309,7 +310,8 @@ def test_finds_a_known_optimum_within_its_budget(model: ModelInfo, tmp_path: Pat
     assert len(result.measured_trials) == 20
     assert [t.number for t in seen] == [t.number for t in result.trials]  # every trial was reported
     assert result.trials[0].phase == "baseline"
-    assert (result.trials[0].settings.n_threads, result.trials[0].settings.n_batch) == (2, 512)
+    baseline = result.trials[0].settings
+    assert baseline is not None and (baseline.n_threads, baseline.n_batch) == (2, 512)
     assert {t.phase for t in result.trials} >= {"baseline", "numeric", "grid", "refine"}
     # The default (the base settings) was measured again against the best, and lost clearly.
     assert result.default == base_settings()
@@ -331,10 +333,8 @@ def test_a_gain_within_noise_is_not_proven_and_the_default_stays_recommended(
     flat = FakeMeasure(lambda load: 100.0 + (0.2 if load.n_batch == 256 else 0.0))  # 0.2% apart, spread 0.2%
     result = make_tuner(model, tmp_path, flat, SMALL_SPACE, config=quiet(n_trials=6)).run()
     assert result.gain is not None and not result.gain.significant and not result.proven
-    assert (
-        result.gain.ci_low_percent is not None
-        and result.gain.ci_low_percent < 0 < result.gain.ci_high_percent
-    )
+    low, high = result.gain.ci_low_percent, result.gain.ci_high_percent
+    assert low is not None and high is not None and low < 0 < high
     assert result.recommended == result.default == base_settings()
 
 
@@ -364,6 +364,7 @@ def test_a_trial_past_its_time_limit_fails_as_timed_out(model: ModelInfo, tmp_pa
     slow = [t for t in result.trials if t.settings is not None and t.settings.n_threads == 1]
     assert slow and all(t.state is TrialStatus.FAILED and "timed out" in t.reason for t in slow)
     assert all(t.score == 0.0 for t in slow)
+    assert slow[0].settings is not None
     assert measure.reps_run[measure.calls.index(slow[0].settings)] == 2  # stopped after the 2nd repetition
     assert result.best.n_threads == 3
 
