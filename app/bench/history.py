@@ -4,29 +4,53 @@ WAL mode and one transaction per finished result: a run killed mid-way leaves a 
 database holding every result that finished (its run stays marked "running", shown as
 interrupted). The schema is versioned with `PRAGMA user_version` and migrated forward on open.
 Each call opens its own short-lived connection, so any thread may use the store.
+
+A run names its model by path and by app.model.fingerprint (content, not name). Schema 3 moved
+the stored fingerprints to that function's scheme; see `_refingerprint`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from app.bench.export import from_record, to_record
 from app.bench.runner import BenchResult
 from app.common.stats import Comparison, welch
+from app.model.fingerprint import fingerprint_v1, model_fingerprint
 from app.telemetry.hardware import hardware_fingerprint
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Each entry upgrades the schema from version i to i + 1.
-_MIGRATIONS: tuple[str, ...] = (
+
+def _refingerprint(conn: sqlite3.Connection) -> None:
+    """2 -> 3: model fingerprints from size and first MiB to app.model.fingerprint's scheme 2.
+
+    An old value cannot be converted by computation, only by reading the file again. A row gets
+    the new fingerprint when the file at its path is still the one it was recorded with (the old
+    fingerprint of that file still matches); otherwise, the file gone or changed since, NULL: the
+    fingerprint is unknown, as for a run recorded without a readable file. Keeping the old value
+    would look like an identity that no file can ever match again.
+    """
+    pairs = conn.execute(
+        "SELECT DISTINCT model_path, model_fingerprint FROM runs WHERE model_fingerprint IS NOT NULL"
+    ).fetchall()
+    for path, old in pairs:
+        new = model_fingerprint(path) if fingerprint_v1(path) == old else None
+        conn.execute(
+            "UPDATE runs SET model_fingerprint = ? WHERE model_path = ? AND model_fingerprint = ?",
+            (new, path, old),
+        )
+
+
+# Each entry upgrades the schema from version i to i + 1: SQL, or a function for what SQL cannot do.
+_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     # 0 -> 1: runs and their benchmark results.
     """
     CREATE TABLE runs (
@@ -68,6 +92,8 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_by_model ON runs(model_path, created_at);
     CREATE INDEX results_by_run ON results(run_id);
     """,
+    # 2 -> 3: model fingerprints of app.model.fingerprint's scheme.
+    _refingerprint,
 )
 
 
@@ -76,17 +102,6 @@ def default_history_path() -> str:
 
     folder = platformdirs.user_data_dir("LlamaScope", appauthor=False)
     return os.path.join(folder, "history.sqlite3")
-
-
-def model_fingerprint(path: str) -> str | None:
-    """SHA-256 of the file's size and its first MiB (the GGUF header and metadata)."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-    except OSError:
-        return None
-    return hashlib.sha256(size.to_bytes(8, "little") + head).hexdigest()[:16]
 
 
 def _now() -> str:
@@ -155,7 +170,22 @@ class HistoryStore:
                 f"(schema {version} > {SCHEMA_VERSION})"
             )
         for step in range(version, SCHEMA_VERSION):
-            conn.executescript("BEGIN;" + _MIGRATIONS[step] + f"PRAGMA user_version = {step + 1}; COMMIT;")
+            migration = _MIGRATIONS[step]
+            if isinstance(migration, str):
+                conn.executescript("BEGIN;" + migration + f"PRAGMA user_version = {step + 1}; COMMIT;")
+                continue
+            # IMMEDIATE takes the write lock before reading: another LlamaScope opening the same
+            # database may have run this step meanwhile, and running it twice would find the
+            # fingerprints it just wrote "changed since" and clear them.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] == step:
+                    migration(conn)
+                    conn.execute(f"PRAGMA user_version = {step + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def schema_version(self) -> int:
         with self._connect() as conn:

@@ -3,8 +3,13 @@
 A GGUF that passes LlamaScope's header check can still trip a GGML_ASSERT inside llama.cpp's
 loader (a zero block count, a duplicated vocabulary entry). The engine host turns that into an
 error; this registry keeps it, so the model list can mark the file and the next load asks first.
-The fingerprint (app.bench.history.model_fingerprint: size and first MiB, where the metadata lives)
-follows the file's content, not its name: a repaired copy is a new file, a renamed one is not.
+The fingerprint (app.model.fingerprint: size, first and last MiB) follows the file's content, not
+its name: a repaired copy is a new file, a renamed one is not.
+
+Records written before fingerprint scheme 2 are keyed by the older fingerprint (size and first
+MiB) and carry no scheme. They are converted the first time the registry is read: a record whose
+file is still where it crashed, unchanged, is keyed by that file's new fingerprint; one whose
+file is gone or changed could never be looked up again and is dropped.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from app.bench.history import model_fingerprint
 from app.common.json_store import read_json_dict, write_json_atomic
+from app.model.fingerprint import FINGERPRINT_SCHEME, fingerprint_v1, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,12 @@ class CrashRegistry:
         self._lock = threading.Lock()
 
     def _read(self) -> dict[str, Any]:
-        return read_json_dict(self.path)
+        entries = read_json_dict(self.path)
+        if all(isinstance(raw, dict) and "fingerprint_scheme" in raw for raw in entries.values()):
+            return entries
+        converted = _convert_old_records(entries)
+        self._write(converted)
+        return converted
 
     def _write(self, entries: dict[str, Any]) -> None:
         write_json_atomic(self.path, entries)  # a record is a courtesy: failing to keep it fails nothing
@@ -67,12 +77,16 @@ class CrashRegistry:
         )
         with self._lock:
             entries = self._read()
-            entries[fingerprint] = {**asdict(entry), "log_tail": list(entry.log_tail)}
+            entries[fingerprint] = {
+                **asdict(entry),
+                "log_tail": list(entry.log_tail),
+                "fingerprint_scheme": FINGERPRINT_SCHEME,
+            }
             self._write(entries)
         return entry
 
     def lookup(self, model_path: str) -> CrashRecord | None:
-        """The crash this file's content caused, if any (reads the file's first MiB)."""
+        """The crash this file's content caused, if any (reads the file's first and last MiB)."""
         fingerprint = model_fingerprint(model_path)
         if fingerprint is None:
             return None
@@ -100,3 +114,27 @@ class CrashRegistry:
             entries = self._read()
             if entries.pop(fingerprint, None) is not None:
                 self._write(entries)
+
+
+def _convert_old_records(entries: dict[str, Any]) -> dict[str, Any]:
+    """Records keyed by the fingerprint before scheme 2, re-keyed by the current one where the file
+    they name is still the file that crashed; the others dropped (see the module docstring)."""
+    converted: dict[str, Any] = {}
+    for key, raw in entries.items():
+        if not isinstance(raw, dict):
+            continue
+        if "fingerprint_scheme" in raw:
+            converted[key] = raw
+            continue
+        path = raw.get("path")
+        if not isinstance(path, str) or fingerprint_v1(path) != key:
+            log.info("dropping a crash record for %s: the file is gone or has changed", path)
+            continue
+        fingerprint = model_fingerprint(path)
+        if fingerprint is not None:
+            converted[fingerprint] = {
+                **raw,
+                "fingerprint": fingerprint,
+                "fingerprint_scheme": FINGERPRINT_SCHEME,
+            }
+    return converted

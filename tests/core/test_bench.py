@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.bench.export import dumps, load_llama_bench, loads, to_record
-from app.bench.history import _MIGRATIONS, HistoryError, HistoryStore
+from app.bench.history import _MIGRATIONS, SCHEMA_VERSION, HistoryError, HistoryStore
 from app.bench.runner import (
     BenchError,
     BenchPlan,
@@ -28,6 +28,7 @@ from app.bench.runner import (
     run_benchmark,
 )
 from app.common.stats import mean, stdev, student_t_two_sided_p, welch
+from app.model.fingerprint import fingerprint_v1, model_fingerprint
 from app.model.settings import LoadSettings
 
 # ---- statistics against reference values (SciPy 1.16, scipy.stats.ttest_ind(equal_var=False)) -------
@@ -601,10 +602,72 @@ def test_migration_from_schema_1_keeps_the_data(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = HistoryStore(str(path))
-    assert store.schema_version() == 2
+    assert store.schema_version() == SCHEMA_VERSION
     (run,) = store.runs()
     assert run.label == "" and run.n_results == 1
     assert store.results(run.id)[0].avg_ts == pytest.approx(460.8)
+
+
+def test_the_fingerprint_sees_the_tensor_data_at_the_end(tmp_path: Path) -> None:
+    """Two files alike in size and first MiB (the metadata) but not in their last bytes differ."""
+    head = os.urandom(1 << 20)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(head + bytes(3 << 20) + b"weights A")
+    b.write_bytes(head + bytes(3 << 20) + b"weights B")
+    assert fingerprint_v1(a) == fingerprint_v1(b)  # why the scheme changed
+    assert model_fingerprint(a) != model_fingerprint(b)
+    copy = tmp_path / "elsewhere" / "renamed.gguf"
+    copy.parent.mkdir()
+    copy.write_bytes(a.read_bytes())
+    assert model_fingerprint(copy) == model_fingerprint(a) and len(str(model_fingerprint(a))) == 16
+    small = tmp_path / "small.bin"  # under 2 MiB: hashed whole, the last byte counts too
+    small.write_bytes(bytes(1_500_000) + b"x")
+    other = tmp_path / "other.bin"
+    other.write_bytes(bytes(1_500_000) + b"y")
+    assert model_fingerprint(small) != model_fingerprint(other)
+    assert model_fingerprint(tmp_path / "missing.gguf") is None and model_fingerprint(tmp_path) is None
+
+
+def test_migration_to_schema_3_recomputes_the_fingerprints_it_can(tmp_path: Path) -> None:
+    """Old fingerprints (size and first MiB) become the current ones where the file at the path is
+    still the one recorded; a file gone or changed since leaves the fingerprint unknown (NULL)."""
+    kept, changed, gone = tmp_path / "kept.gguf", tmp_path / "changed.gguf", tmp_path / "gone.gguf"
+    for f in (kept, changed, gone):
+        f.write_bytes(f.name.encode() * 200_000)  # over 1 MiB: the two schemes differ
+    old = {f.name: fingerprint_v1(f) for f in (kept, changed, gone)}
+    path = tmp_path / "v2.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(f"{_MIGRATIONS[0]}{_MIGRATIONS[1]}PRAGMA user_version = 2;")
+    rows = [(kept, old["kept.gguf"]), (kept, old["kept.gguf"]), (changed, old["changed.gguf"])]
+    rows += [(gone, old["gone.gguf"]), (tmp_path / "imported.gguf", None)]
+    for model, fingerprint in rows:
+        conn.execute(
+            "INSERT INTO runs (kind, created_at, model_path, model_fingerprint) "
+            "VALUES ('benchmark', '2026-01-01T00:00:00Z', ?, ?)",
+            (str(model), fingerprint),
+        )
+    conn.commit()
+    conn.close()
+    changed.write_bytes(b"requantized" * 200_000)
+    gone.unlink()
+
+    store = HistoryStore(str(path))
+    assert store.schema_version() == SCHEMA_VERSION == 3
+    by_path: dict[str, set[str | None]] = {}
+    for run in store.runs():
+        by_path.setdefault(os.path.basename(run.model_path), set()).add(run.model_fingerprint)
+    assert by_path == {
+        "kept.gguf": {model_fingerprint(kept)},
+        "changed.gguf": {None},
+        "gone.gguf": {None},
+        "imported.gguf": {None},
+    }
+    assert model_fingerprint(kept) != old["kept.gguf"]
+    # A new run of the same file matches the converted ones.
+    store.start_run("benchmark", str(kept), {})
+    assert {r.model_fingerprint for r in store.runs() if r.model_path == str(kept)} == {
+        model_fingerprint(kept)
+    }
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

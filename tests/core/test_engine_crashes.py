@@ -99,6 +99,46 @@ def test_a_load_that_worked_clears_the_record(
     assert registry.lookup(str(copy)) is None
 
 
+def test_records_from_before_fingerprint_scheme_2_are_converted(
+    registry: CrashRegistry, tmp_path: Path
+) -> None:
+    """A record keyed by the old fingerprint (size and first MiB) still marks its file when that
+    file is unchanged where it crashed; one for a file gone or changed since is dropped."""
+    import json
+
+    from app.model.fingerprint import fingerprint_v1
+
+    still, changed, gone = tmp_path / "still.gguf", tmp_path / "changed.gguf", tmp_path / "gone.gguf"
+    for f in (still, changed, gone):
+        f.write_bytes(f.name.encode() * 1000)
+    old: dict[str, object] = {}
+    for f in (still, changed, gone):
+        key = str(fingerprint_v1(f))
+        log_tail = ["GGML_ASSERT(...) failed"]
+        old[key] = {
+            "fingerprint": key,
+            "path": str(f),
+            "signal_text": "SIGABRT",
+            "log_tail": log_tail,
+            "when_s": 1.0,
+        }
+    registry.path.write_text(json.dumps(old), encoding="utf-8")
+    changed.write_bytes(b"repaired" * 1000)
+    gone.unlink()
+
+    found = registry.lookup(str(still))
+    assert (
+        found is not None
+        and found.signal_text == "SIGABRT"
+        and found.log_tail == ("GGML_ASSERT(...) failed",)
+    )
+    assert registry.lookup(str(changed)) is None
+    stored = json.loads(registry.path.read_text(encoding="utf-8"))
+    assert list(stored) == [found.fingerprint] and stored[found.fingerprint]["fingerprint_scheme"] == 2
+    registry.forget(str(still))
+    assert registry.lookup(str(still)) is None
+
+
 def test_stop_during_a_load_ends_it_within_half_a_second(engine: Engine, demo_model: str) -> None:
     import time
 
