@@ -13,6 +13,7 @@ from app import __version__
 from app.bench.history import HistoryError, HistoryStore
 from app.engine.types import GenerationRequest
 from app.model.settings import SettingsError
+from app.quant.workflow import QuantWorkflow
 from app.telemetry.sampler import Sampler
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
@@ -62,8 +63,8 @@ class MainWindow(QMainWindow):
 
         self.model_panel = ModelConfigPanel(settings)
         self.hardware_panel = HardwarePanel()
-        self.quality = QualityBridge(self.bridge.engine, parent=self)
-        self.quantization_panel = QuantizationPanel(logits_folder=_logits_folder())
+        self.quality = QualityBridge(self.bridge.engine, QuantWorkflow(_logits_folder()), parent=self)
+        self.quantization_panel = QuantizationPanel()
         self.history = history or _open_history()
         self.performance_panel = PerformancePanel(self.history)
         self.console = GenerationConsole()
@@ -177,10 +178,9 @@ class MainWindow(QMainWindow):
         self.model_panel.model_info_changed.connect(quant.set_source)
         self.inspector.quant_types_read.connect(quant.set_quant_types)
         self.inspector.request_quant_types()
-        quant.quantize_requested.connect(q.start_quantize)
-        quant.perplexity_requested.connect(q.start_perplexity)
-        quant.kld_requested.connect(q.start_kl_divergence)
-        quant.speed_requested.connect(q.start_speed)
+        quant.quantize_requested.connect(q.quantize)
+        quant.base_requested.connect(q.measure_base)
+        quant.measure_requested.connect(q.measure)
         quant.cancel_requested.connect(q.cancel)
         q.busy_changed.connect(quant.set_busy)
         q.quantize_progressed.connect(quant.on_quantize_progressed)
@@ -188,6 +188,9 @@ class MainWindow(QMainWindow):
         q.quantize_finished.connect(lambda result: self.model_panel.add_model_file(result.output_path))
         q.eval_progressed.connect(quant.on_eval_progressed)
         q.eval_finished.connect(quant.on_eval_finished)
+        q.base_changed.connect(quant.on_base_changed)
+        q.comparison_changed.connect(quant.on_comparison_changed)
+        q.measurements_finished.connect(quant.on_measurements_finished)
         q.failed.connect(quant.on_failed)
 
     def _wire_hardware(self) -> None:

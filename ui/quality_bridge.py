@@ -4,10 +4,16 @@ Evaluations (perplexity, KL divergence, speed) run in the engine host (app.engin
 their turn on the engine thread (`Engine.run_exclusive`): nothing else runs beside them, the
 engine's Stop cancels them, and a native crash fails them with a message. Quantization runs in a
 child process of its own.
+
+What runs, and in which order, is the quantization workflow's decision (app.quant.workflow): the
+panel asks for a base, a measurement or a quantization, the bridge asks the workflow for the
+step, runs it, and hands each result back for the next one, all on the GUI thread. The panel
+hears what changed (the base, the comparison, measurements done) and keeps no workflow state.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -18,8 +24,18 @@ from app.engine.client import Engine
 from app.engine.jobs import host_call
 from app.engine.types import EngineError
 from app.quality.eval_text import load_text
-from app.quality.eval_types import EvalSettings
-from app.quant.quantize import QuantizeError, QuantizeJob, QuantizeRequest
+from app.quality.eval_types import EvalError, EvalSettings
+from app.quant.plan import QuantizeError, QuantizeRequest, QuantizeResult
+from app.quant.quantize import QuantizeJob
+from app.quant.workflow import (
+    KLDivergenceStep,
+    Outcome,
+    PerplexityStep,
+    QuantizeStep,
+    QuantWorkflow,
+    SpeedStep,
+    Step,
+)
 
 
 class QualityBridge(QObject):
@@ -29,19 +45,73 @@ class QualityBridge(QObject):
     eval_progressed = Signal(object)  # ChunkProgress or SpeedProgress
     eval_finished = Signal(str, object)  # kind ("ppl", "kld", "speed"), result
     failed = Signal(str, str)  # operation, message for the user
+    base_changed = Signal(object)  # PerplexityResult that saved the new base's log-probabilities
+    comparison_changed = Signal(object)  # Comparison of the base and every file measured or made
+    measurements_finished = Signal(str)  # model path: every measurement asked for it is done
 
-    def __init__(self, engine: Engine, parent: QObject | None = None) -> None:
+    def __init__(self, engine: Engine, workflow: QuantWorkflow, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._engine = engine
+        self.workflow = workflow  # others read it; only the bridge drives it
         self._job: QuantizeJob | None = None
         self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamascope-quantize-start")
+        # Connected here, before anyone else can connect: the workflow hears every outcome first and
+        # on the GUI thread (queued from the job threads), so its state is current in later slots.
+        self.quantize_finished.connect(self._on_quantize_finished)
+        self.eval_finished.connect(self._on_eval_finished)
+        self.failed.connect(self._on_failed)
 
     @property
     def quantizing(self) -> bool:
         return self._job is not None
 
+    # ---- what the panel asks for -------------------------------------------------------------
+    def quantize(self, request: QuantizeRequest) -> None:
+        self._run_step(self.workflow.quantize(request))
+
+    def measure_base(self, model_path: str, text_source: str, settings: EvalSettings) -> None:
+        self._run_step(self.workflow.measure_base(model_path, text_source, settings))
+
+    def measure(self, model_path: str, text_source: str, settings: EvalSettings) -> None:
+        self._run_step(self.workflow.measure(model_path, text_source, settings))
+
+    def _run_step(self, step: Step) -> None:
+        if isinstance(step, QuantizeStep):
+            self._start_quantize(step.request)
+        elif isinstance(step, PerplexityStep):
+            self._start_perplexity(step)
+        elif isinstance(step, KLDivergenceStep):
+            self._start_kl_divergence(step)
+        elif isinstance(step, SpeedStep):
+            self._start_speed(step)
+
+    def _on_quantize_finished(self, result: Outcome) -> None:
+        self._record("quantize", result)
+
+    def _on_eval_finished(self, kind: str, result: Outcome) -> None:
+        self._record(kind, result)
+
+    def _record(self, kind: str, result: Outcome) -> None:
+        try:
+            step = self.workflow.record(result)
+        except EvalError as exc:  # the file just measured can no longer be read
+            self.failed.emit(kind, str(exc))
+            return
+        if self.workflow.comparison is not None:
+            self.comparison_changed.emit(self.workflow.comparison)
+        if result is self.workflow.base_result:
+            self.base_changed.emit(result)
+        if step is not None:
+            self._run_step(step)
+        elif not isinstance(result, QuantizeResult) and not self.workflow.running:
+            self.measurements_finished.emit(result.model_path)
+
+    def _on_failed(self, operation: str, message: str) -> None:
+        # Whatever failed (a step, its start, a cancel) ends the workflow: what came next needed it.
+        self.workflow.failed()
+
     # ---- quantization ------------------------------------------------------------------------
-    def start_quantize(self, request: QuantizeRequest) -> None:
+    def _start_quantize(self, request: QuantizeRequest) -> None:
         if self._job is not None:
             self.failed.emit("quantize", "A quantization is already running; wait or press Cancel.")
             return
@@ -71,45 +141,44 @@ class QualityBridge(QObject):
             self.failed.emit("quantize", str(exc))
 
     # ---- evaluations on the engine thread ----------------------------------------------------
-    def start_perplexity(
-        self, model_path: str, text_source: str, settings: EvalSettings, save_logits: str | None = None
-    ) -> None:
+    def _start_perplexity(self, step: PerplexityStep) -> None:
         def job(cancel: threading.Event) -> Any:
+            if step.save_logits is not None:  # the base's cache folder, made here and not on the GUI thread
+                os.makedirs(os.path.dirname(step.save_logits), exist_ok=True)
             return host_call(
                 self._engine,
                 "app.quality.perplexity:evaluate_perplexity",
-                model_path,
-                load_text(text_source),
-                settings,
-                save_logits=save_logits,
+                step.model_path,
+                load_text(step.text_source),
+                step.settings,
+                save_logits=step.save_logits,
                 callbacks={"on_progress": self.eval_progressed.emit},
             )
 
         self._run("ppl", job)
 
-    def start_kl_divergence(self, model_path: str, logits_file: str, settings: EvalSettings) -> None:
+    def _start_kl_divergence(self, step: KLDivergenceStep) -> None:
         def job(cancel: threading.Event) -> Any:
             return host_call(
                 self._engine,
                 "app.quality.kl_divergence:evaluate_kl_divergence",
-                model_path,
-                logits_file,
-                settings,
+                step.model_path,
+                step.logits_file,
+                step.settings,
                 callbacks={"on_progress": self.eval_progressed.emit},
             )
 
         self._run("kld", job)
 
-    def start_speed(self, model_path: str, n_threads: int | None = None) -> None:
+    def _start_speed(self, step: SpeedStep) -> None:
         def job(cancel: threading.Event) -> Any:
             return host_call(
                 self._engine,
                 "app.quality.compare:measure_speed",
-                model_path,
-                n_prompt=256,
-                n_gen=32,
-                repetitions=3,
-                n_threads=n_threads,
+                step.model_path,
+                n_prompt=step.n_prompt,
+                n_gen=step.n_gen,
+                repetitions=step.repetitions,
                 callbacks={"on_progress": self.eval_progressed.emit},
             )
 

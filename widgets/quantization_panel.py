@@ -29,17 +29,10 @@ from PySide6.QtWidgets import (
 
 from app.common.formatting import fmt, fmt_bytes
 from app.model.model_info import ModelInfo
-from app.quality.compare import (
-    Comparison,
-    SpeedResult,
-    VariantMeasurement,
-    build_comparison,
-    export_comparison,
-    variant_from_file,
-)
+from app.quality.compare import Comparison, export_comparison
 from app.quality.eval_text import DEFAULT_TEXT_NAME
 from app.quality.eval_types import ChunkProgress, EvalSettings, KLDivergenceResult, PerplexityResult
-from app.quant.quantize import QuantizeProgress, QuantizeRequest, QuantizeResult, f16_base_request
+from app.quant.plan import QuantizeProgress, QuantizeRequest, QuantizeResult, f16_base_request
 from app.quant.types import QuantType
 from widgets.live_plot import cache_axes
 from widgets.panel import Panel
@@ -55,25 +48,23 @@ def _label(text: str = "n/a") -> QLabel:
 
 
 class QuantizationPanel(Panel):
-    """The third column: Methods, Quality, Comparison, Advanced, Tools."""
+    """The third column: Methods, Quality, Comparison, Advanced, Tools.
+
+    A view of the quantization workflow (app.quant.workflow, driven by ui.quality_bridge): it asks
+    for a base, a measurement or a quantization, and shows the results, the base and the
+    comparison it is told about. What runs next and what the base is are not decided here.
+    """
 
     quantize_requested = Signal(object)  # QuantizeRequest
-    perplexity_requested = Signal(str, str, object, object)  # model, text source, EvalSettings, logits path
-    kld_requested = Signal(str, str, object)  # model, base logits file, EvalSettings
-    speed_requested = Signal(str)  # model
+    base_requested = Signal(str, str, object)  # model, text source, EvalSettings
+    measure_requested = Signal(str, str, object)  # model, text source, EvalSettings
     cancel_requested = Signal()
 
-    def __init__(self, logits_folder: str, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Quantization", parent)
-        self._logits_folder = logits_folder
         self._source: str | None = None
-        self._source_info: ModelInfo | None = None
-        self._base: str | None = None
-        self._base_logits: str | None = None
-        self._variants: dict[str, VariantMeasurement] = {}
-        self._comparison: Comparison | None = None
+        self._comparison: Comparison | None = None  # the one on show, for Export
         self._busy = False
-        self._pending: list[tuple[str, str]] = []  # (kind, model) measurements still to run
         self._build_methods_box()
         self._build_quality_box()
         self._build_comparison_box()
@@ -292,11 +283,12 @@ class QuantizationPanel(Panel):
                 self.type_table.setItem(row, col, item)
         default = next((r for r, t in enumerate(types) if t.name == "Q4_K_M"), 0)
         self.type_table.selectRow(default)
-        self.type_table.scrollToItem(self.type_table.item(default, 0))
+        first = self.type_table.item(default, 0)
+        if first is not None:  # None when the build offers no type at all
+            self.type_table.scrollToItem(first)
 
     def set_source(self, info: ModelInfo | None) -> None:
         """The model selected in Model Config: what quantize, measure and base act on."""
-        self._source_info = info
         self._source = info.path if info is not None else None
         if info is None:
             self.source_label.setText("Select a loadable model in Model Config.")
@@ -307,6 +299,11 @@ class QuantizationPanel(Panel):
             )
             self.output_edit.clear()
         self._update_buttons()
+
+    @property
+    def source(self) -> str | None:
+        """The model that quantize, measure and base act on."""
+        return self._source
 
     def set_busy(self, busy: bool) -> None:
         self._busy = busy
@@ -321,9 +318,8 @@ class QuantizationPanel(Panel):
     # ---- requests ----------------------------------------------------------------------------
     def selected_type(self) -> str | None:
         rows = self.type_table.selectionModel().selectedRows()
-        if not rows:
-            return None
-        return self.type_table.item(rows[0].row(), 0).data(Qt.ItemDataRole.UserRole)
+        item = self.type_table.item(rows[0].row(), 0) if rows else None
+        return None if item is None else item.data(Qt.ItemDataRole.UserRole)
 
     def eval_settings(self) -> EvalSettings:
         chunks = self.chunks_spin.value()
@@ -365,27 +361,14 @@ class QuantizationPanel(Panel):
     def request_base(self) -> None:
         if self._source is None:
             return
-        os.makedirs(self._logits_folder, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(self._source))[0]
-        logits = os.path.join(self._logits_folder, f"{stem}.c{self.ctx_spin.value()}.kld")
-        self._pending = [("speed", self._source)]
         self._start_eval(f"Measuring the base {os.path.basename(self._source)}…")
-        self._base, self._base_logits = self._source, logits
-        self.perplexity_requested.emit(
-            self._source, self.text_edit.text().strip(), self.eval_settings(), logits
-        )
+        self.base_requested.emit(self._source, self.text_edit.text().strip(), self.eval_settings())
 
     def request_measure(self) -> None:
         if self._source is None:
             return
-        self._pending = [("speed", self._source)]
         self._start_eval(f"Measuring {os.path.basename(self._source)}…")
-        if self._base_logits and os.path.exists(self._base_logits) and self._source != self._base:
-            self.kld_requested.emit(self._source, self._base_logits, self.eval_settings())
-        else:
-            self.perplexity_requested.emit(
-                self._source, self.text_edit.text().strip(), self.eval_settings(), None
-            )
+        self.measure_requested.emit(self._source, self.text_edit.text().strip(), self.eval_settings())
 
     def _start_eval(self, text: str) -> None:
         self._ppl_points = []
@@ -410,19 +393,12 @@ class QuantizationPanel(Panel):
         self.size_label.setText(
             f"Original {fmt_bytes(result.source_bytes)} · quantized {fmt_bytes(result.output_bytes)}"
         )
-        self._variants.setdefault(
-            result.output_path, variant_from_file(result.output_path, label=result.label)
-        )
-        self._refresh_comparison()
 
     def on_failed(self, operation: str, message: str) -> None:
-        self._pending = []
         if operation == "quantize":
             self.progress.setValue(0)
             self.status.setText(f"✗ {message}")
         else:
-            if self._base is not None and self._base_logits and not os.path.exists(self._base_logits):
-                self._base, self._base_logits = None, None  # the base was not saved
             self.quality_status.setText(f"✗ {message}")
 
     def on_eval_progressed(self, progress: Any) -> None:
@@ -440,50 +416,30 @@ class QuantizationPanel(Panel):
             )
 
     def on_eval_finished(self, kind: str, result: Any) -> None:
-        path = getattr(result, "model_path", None)
-        if path is None:
-            return
-        variant = self._variants.get(path) or variant_from_file(path)
         if isinstance(result, PerplexityResult):
-            variant = _replace(variant, perplexity=result)
             unc = f" ± {result.ppl_uncertainty:.4f}" if result.ppl_uncertainty is not None else ""
             self.quality_result.setText(
                 f"Perplexity {result.ppl:.4f}{unc} over {result.n_chunks} chunks "
                 f"of {result.n_ctx} ({result.tokens_per_s:.0f} tokens/s)"
             )
-            if result.logits_file and path == self._base:
-                self.base_label.setText(
-                    f"Base: {os.path.basename(path)} (PPL {result.ppl:.4f}); "
-                    f"log-probabilities saved for KL divergence"
-                )
         elif isinstance(result, KLDivergenceResult):
-            variant = _replace(variant, kld=result)
             self.quality_result.setText(
                 f"PPL(Q) {result.ppl:.4f} vs PPL(base) {result.ppl_base:.4f} · mean KLD {result.kld_mean:.5f}"
                 f" · KLD 99% {result.kld_p99:.4f} · same top p {fmt(result.same_top_p * 100, '.1f', ' %')}"
             )
-        elif isinstance(result, SpeedResult):
-            variant = _replace(variant, speed=result)
-        self._variants[path] = variant
-        if self._pending:
-            next_kind, model = self._pending.pop(0)
-            if next_kind == "speed":
-                self.speed_requested.emit(model)
-        else:
-            self.quality_status.setText(f"✓ measured {os.path.basename(path)}")
-        self._refresh_comparison()
 
-    def _refresh_comparison(self) -> None:
-        base = self._variants.get(self._base or "")
-        if base is None and self._base is not None:
-            base = variant_from_file(self._base)
-        variants = [v for p, v in self._variants.items() if p != self._base]
-        if base is None:
-            if not variants:
-                return
-            base, variants = variants[0], variants[1:]
-        self._comparison = build_comparison(base, variants)
-        rows = self._comparison.rows
+    def on_base_changed(self, result: PerplexityResult) -> None:
+        self.base_label.setText(
+            f"Base: {os.path.basename(result.model_path)} (PPL {result.ppl:.4f}); "
+            f"log-probabilities saved for KL divergence"
+        )
+
+    def on_measurements_finished(self, model_path: str) -> None:
+        self.quality_status.setText(f"✓ measured {os.path.basename(model_path)}")
+
+    def on_comparison_changed(self, comparison: Comparison) -> None:
+        self._comparison = comparison
+        rows = comparison.rows
         self.compare_table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, (name, _title) in enumerate(Comparison.COLUMNS):
@@ -521,12 +477,6 @@ class QuantizationPanel(Panel):
         )
         if path:
             self.text_edit.setText(path)
-
-
-def _replace(variant: VariantMeasurement, **changes: Any) -> VariantMeasurement:
-    import dataclasses
-
-    return dataclasses.replace(variant, **changes)
 
 
 def _cell(name: str, value: Any) -> str:

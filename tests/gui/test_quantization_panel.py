@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QTableWidget, QTableWidgetItem
 from pytestqt.qtbot import QtBot
 
 from app.bench.history import HistoryStore
@@ -22,15 +23,21 @@ def window(qtbot: QtBot, tmp_path: Path, demo_model: str) -> Iterator[MainWindow
     win = MainWindow(settings=settings, history=HistoryStore(str(tmp_path / "history.sqlite3")))
     qtbot.addWidget(win)
     win.show()
-    qtbot.waitUntil(lambda: win.quantization_panel._source == demo_model, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: win.quantization_panel.source == demo_model, timeout=WAIT_MS)
     yield win
     win.close()
+
+
+def _item(table: QTableWidget, row: int, column: int) -> QTableWidgetItem:
+    item = table.item(row, column)
+    assert item is not None, (row, column)
+    return item
 
 
 def _select_type(win: MainWindow, name: str) -> None:
     table = win.quantization_panel.type_table
     for row in range(table.rowCount()):
-        if table.item(row, 0).text() == name:
+        if _item(table, row, 0).text() == name:
             table.selectRow(row)
             return
     raise AssertionError(f"{name} not listed")
@@ -38,7 +45,7 @@ def _select_type(win: MainWindow, name: str) -> None:
 
 def test_types_needing_an_imatrix_are_listed_but_disabled(window: MainWindow) -> None:
     table = window.quantization_panel.type_table
-    names = {table.item(r, 0).text(): table.item(r, 0) for r in range(table.rowCount())}
+    names = {_item(table, r, 0).text(): _item(table, r, 0) for r in range(table.rowCount())}
     assert {"Q4_K_M", "Q8_0", "F16"} <= set(names)
     iq = [item for name, item in names.items() if name.startswith("IQ1") or name.startswith("IQ2_XXS")]
     assert iq and all(not (item.flags() & Qt.ItemFlag.ItemIsEnabled) for item in iq)
@@ -64,7 +71,7 @@ def test_quantize_then_measure_base_and_variant(
 
     # The demo model as base: perplexity with saved log-probabilities, then its speed.
     window.model_panel.add_model_file(demo_model)
-    qtbot.waitUntil(lambda: quant._source == demo_model, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: quant.source == demo_model, timeout=WAIT_MS)
     quant.ctx_spin.setValue(128)
     quant.chunks_spin.setValue(2)
     with qtbot.waitSignal(
@@ -72,9 +79,13 @@ def test_quantize_then_measure_base_and_variant(
     ):
         qtbot.mouseClick(quant.base_button, Qt.MouseButton.LeftButton)
     assert "log-probabilities saved" in quant.base_label.text()
+    workflow = window.quality.workflow
+    assert workflow.base == os.path.abspath(demo_model) and not workflow.running
+    assert workflow.base_logits is not None and os.path.exists(workflow.base_logits)
+    assert quant.quality_status.text() == f"✓ measured {os.path.basename(demo_model)}"
     # The variant against the base: KL divergence, then speed.
     window.model_panel.add_model_file(str(out))
-    qtbot.waitUntil(lambda: quant._source == str(out), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: quant.source == str(out), timeout=WAIT_MS)
     with qtbot.waitSignal(
         window.quality.eval_finished, timeout=WAIT_MS, check_params_cb=lambda kind, _r: kind == "speed"
     ):
@@ -82,11 +93,15 @@ def test_quantize_then_measure_base_and_variant(
     assert "mean KLD" in quant.quality_result.text()
     table = quant.compare_table
     assert table.rowCount() == 2
-    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    headers = [table.model().headerData(c, Qt.Orientation.Horizontal) for c in range(table.columnCount())]
     kld_col, score_col = headers.index("Mean KLD"), headers.index("Quality score")
-    assert table.item(1, kld_col).text() != "n/a"
-    assert 0 < float(table.item(1, score_col).text()) <= 100
+    assert _item(table, 1, kld_col).text() != "n/a"
+    assert 0 < float(_item(table, 1, score_col).text()) <= 100
     assert len(quant.scatter.data) >= 1
+    # The table shows the workflow's comparison: the base first, then the variant against it.
+    assert workflow.comparison is not None
+    assert [row.path for row in workflow.comparison.rows] == [os.path.abspath(demo_model), str(out)]
+    assert not workflow.running
 
 
 def test_cancel_during_quantization_leaves_no_file(
