@@ -16,6 +16,7 @@ from typing import Any
 
 from app.bench.runner import SWEEPABLE, BenchError, BenchResult
 from app.common.formatting import format_bytes
+from app.common.markdown import markdown_table
 
 LLAMA_BENCH_FIELDS = (
     "build_commit",
@@ -163,32 +164,9 @@ def _markdown(results: Sequence[BenchResult], swept: Sequence[str]) -> str:
             v = getattr(r, f)
             values[SWEEPABLE[f][1]] = str(int(v) if isinstance(v, bool) else v)
         rows.append([values[c] for c in columns])
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    # llama-bench's alignment: numbers (and the test name) to the right, words to the left.
     right = {"size", "params", "threads", "t/s", "n_batch", "n_ubatch", "ngl", "fa", "test", "mmap"}
-    line = (
-        "| "
-        + " | ".join(
-            c.ljust(w) if c not in right else c.rjust(w) for c, w in zip(columns, widths, strict=False)
-        )
-        + " |"
-    )
-    sep = (
-        "| "
-        + " | ".join(
-            ("-" * (w - 1) + ":") if c in right else "-" * w for c, w in zip(columns, widths, strict=False)
-        )
-        + " |"
-    )
-    body = [
-        "| "
-        + " | ".join(
-            v.ljust(w) if c not in right else v.rjust(w)
-            for v, c, w in zip(row, columns, widths, strict=False)
-        )
-        + " |"
-        for row in rows
-    ]
-    return "\n".join([line, sep, *body]) + "\n"
+    return markdown_table(columns, rows, align=["right" if c in right else "default" for c in columns])
 
 
 def dumps(results: Sequence[BenchResult], fmt: str, *, swept: Sequence[str] = ()) -> str:

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from app.common.formatting import NOT_AVAILABLE, format_bytes
+from app.common.markdown import markdown_table
 from app.llama.driver import CancelFlag
 from app.model.gguf_info import ModelFileError, inspect_model, read_metadata
 from app.quality.eval_model import EvalModel
@@ -254,17 +255,15 @@ class Comparison:
         return out.getvalue()
 
     def to_markdown(self) -> str:
-        header = [title for _, title in self.COLUMNS]
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        for row in self.rows:
-            cells = (_cell(name, getattr(row, name), row) for name, _ in self.COLUMNS)
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append(
-            f"Base: {self.base_label}. Quality score = 100 × exp(−mean KLD) against the base; "
-            "n/a = not measured."
+        table = markdown_table(
+            [title for _, title in self.COLUMNS],
+            ([_cell(name, getattr(row, name), row) for name, _ in self.COLUMNS] for row in self.rows),
+            pad=False,
         )
-        return "\n".join(lines) + "\n"
+        return (
+            f"{table}\nBase: {self.base_label}. Quality score = 100 × exp(−mean KLD) against the base; "
+            "n/a = not measured.\n"
+        )
 
 
 def _cell(name: str, value: object, row: ComparisonRow) -> str:
@@ -283,7 +282,7 @@ def _cell(name: str, value: object, row: ComparisonRow) -> str:
         return f"{value:+.2f}"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value).replace("|", "\\|")
+    return str(value)
 
 
 def _same_text(a: PerplexityResult, b: PerplexityResult) -> bool:

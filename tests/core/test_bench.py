@@ -27,6 +27,7 @@ from app.bench.runner import (
     parse_values,
     run_benchmark,
 )
+from app.common.markdown import markdown_table
 from app.common.stats import mean, stdev, student_t_two_sided_p, welch
 from app.model.fingerprint import fingerprint_v1, model_fingerprint
 from app.model.settings import LoadSettings
@@ -465,6 +466,34 @@ def test_csv_and_markdown() -> None:
     assert header == ["model", "size", "params", "backend", "threads", "test", "t/s"]
     assert len(md.splitlines()) == 4
     assert "pp512" in md and "460.80 ± 72.41" in md
+
+
+def test_markdown_tables_align_escape_and_refuse_ragged_rows() -> None:
+    padded = markdown_table(
+        ["name", "n", "mid", "left"],
+        [["a", "12", "x", "y"], ["long|name", "3", "", "z"]],
+        align=["default", "right", "center", "left"],
+    )
+    assert padded == (
+        "| name       |  n | mid | left |\n"
+        "| ---------- | -: | :-: | :--- |\n"
+        "| a          | 12 |  x  | y    |\n"
+        "| long\\|name |  3 |     | z    |\n"
+    )
+    compact = markdown_table(["a", "b"], [["1", "two\nlines"]], align=["default", "right"], pad=False)
+    assert compact == "| a | b |\n|---|--:|\n| 1 | two lines |\n"
+    assert markdown_table(["only"], []) == "| only |\n| ---- |\n"
+    with pytest.raises(ValueError, match="row of 1 cells"):
+        markdown_table(["a", "b"], [["1"]])
+    with pytest.raises(ValueError, match="alignments"):
+        markdown_table(["a", "b"], [], align=["right"])
+
+
+def test_a_pipe_in_a_benchmark_field_does_not_shift_the_columns() -> None:
+    md = dumps([_result(backends="CPU|BLAS")], "md")
+    lines = md.splitlines()
+    unescaped = [line.replace("\\|", "").count("|") for line in lines]
+    assert unescaped == [8, 8, 8] and "CPU\\|BLAS" in lines[2]
 
 
 def test_import_llama_bench_json(tmp_path: Path) -> None:
