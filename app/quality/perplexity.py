@@ -61,6 +61,7 @@ from app.quality.metrics import log_prob_row_width, ppl_and_uncertainty, quantiz
 
 log = logging.getLogger(__name__)
 
+
 # ---- chunks and progress ----------------------------------------------------------------------
 def emit_progress(on_progress: Callable[[ChunkProgress], None] | None, progress: ChunkProgress) -> None:
     """Tell the listener, if any; its exception is logged, not raised."""
