@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import llama_runtime  # noqa: E402
+from app.llama import runtime as llama_runtime  # noqa: E402
 from app.model.demo_model import demo_model_path  # noqa: E402
-from app.quality.eval_text import default_text  # noqa: E402
 from app.quality.eval_model import EvalModel  # noqa: E402
+from app.quality.eval_text import default_text  # noqa: E402
 from app.quality.eval_types import EvalSettings  # noqa: E402
 from app.quality.perplexity import evaluate_perplexity  # noqa: E402
 
