@@ -135,13 +135,8 @@ def _print_types() -> None:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
-    from app.quant.quantize import (
-        QuantizeCancelled,
-        QuantizeError,
-        QuantizeJob,
-        QuantizeProgress,
-        QuantizeRequest,
-    )
+    from app.quant.plan import QuantizeCancelled, QuantizeError, QuantizeProgress, QuantizeRequest
+    from app.quant.quantize import QuantizeJob
 
     if args.list_types:
         _print_types()
@@ -257,13 +252,13 @@ def _print_kld(r: Any) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
     from app.quality.eval_text import EvalTextError, load_text
-    from app.quality.multiple_choice import MCProgress
     from app.quality.eval_types import (
         ChunkProgress,
         EvalCancelled,
         EvalError,
         EvalSettings,
     )
+    from app.quality.multiple_choice import MCProgress
 
     if not (args.ppl or args.kld_logits or args.mc):
         _err("eval needs --ppl TEXT, --kld-logits FILE or --mc FILE")

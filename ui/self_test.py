@@ -225,8 +225,8 @@ def _engine_step(report: _Report, model: str) -> None:
 
 
 def _telemetry_step(report: _Report) -> None:
-    from app.telemetry.nvml import shared_nvml
     from app.telemetry.collector import SnapshotCollector
+    from app.telemetry.nvml import shared_nvml
 
     collector = SnapshotCollector()
     first = collector.collect()

@@ -30,6 +30,7 @@ from app.common.formatting import fmt, fmt_bytes, format_bytes
 from app.engine.crash_registry import CrashRecord
 from app.engine.types import LoadProgress, LoadResult
 from app.model.demo_model import demo_model_path
+from app.model.fields import Problem
 from app.model.file_format import SUPPORTED_FORMATS
 from app.model.memory import MemoryEstimate, Verdict, estimate_memory
 from app.model.model_info import ModelInfo, SizeClass
@@ -38,7 +39,6 @@ from app.model.settings import (
     LOAD_FIELDS,
     SAMPLING_FIELDS,
     LoadSettings,
-    Problem,
     SamplingSettings,
     SettingsError,
     needs_reload,

@@ -37,9 +37,9 @@ from app.common.formatting import fmt, fmt_bytes
 from app.engine.types import LoadResult, RunStats, TokenEvent, TokenStream
 from app.model.settings import LoadSettings
 from app.telemetry.bandwidth import Bandwidth, roofline_efficiency
+from app.telemetry.energy import summarize
 from app.telemetry.hardware import hardware_fingerprint
 from app.telemetry.snapshot import DeviceVerdict, Snapshot, ThrottleVerdict
-from app.telemetry.energy import summarize
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
 from widgets.token_reader import TokenReader

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.model.settings import FIELD_SPECS, FieldSpec
+from app.model.fields import FIELD_SPECS, FieldSpec
 
 _STOP_SEPARATOR = "|"
 

@@ -28,11 +28,20 @@ from app.engine.types import (
 )
 from app.llama import runtime as llama_runtime
 from app.llama.build_check import require_working_build
-from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel, SamplerChain, init_numa
+from app.llama.driver import (
+    CancelFlag,
+    DriverCancelled,
+    DriverError,
+    LlamaContext,
+    LlamaModel,
+    SamplerChain,
+    init_numa,
+)
 from app.llama.text import StopMatcher, TextStream, apply_chat_template
+from app.model.fields import LLAMA_DEFAULT_SEED
 from app.model.gguf_info import inspect_model
 from app.model.memory import check_fits, estimate_memory
-from app.model.settings import LLAMA_DEFAULT_SEED, LoadSettings
+from app.model.settings import LoadSettings
 
 log = logging.getLogger(__name__)
 

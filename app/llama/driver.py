@@ -27,7 +27,8 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from app.llama import runtime as llama_runtime
-from app.model.settings import GGML_TYPE_IDS, LLAMA_DEFAULT_SEED, LoadSettings, SamplingSettings
+from app.model.fields import GGML_TYPE_IDS, LLAMA_DEFAULT_SEED
+from app.model.settings import LoadSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ class LlamaContext:
         n_threads: int,
         n_threads_batch: int,
         flash_attn: bool = False,
-        type_k: int = 1,  # ggml_type ids (app.model.settings.GGML_TYPE_IDS); 1 = f16
+        type_k: int = 1,  # ggml_type ids (app.model.fields.GGML_TYPE_IDS); 1 = f16
         type_v: int = 1,
         offload_kqv: bool = True,
         cancel: CancelFlag | None = None,

@@ -40,7 +40,8 @@ import numpy as np
 from app.common.formatting import NOT_AVAILABLE, format_bytes
 from app.common.markdown import markdown_table
 from app.llama.driver import CancelFlag
-from app.model.gguf_info import ModelFileError, inspect_model, read_metadata
+from app.model.file_format import ModelFileError
+from app.model.gguf_info import inspect_model, read_metadata
 from app.quality.eval_model import EvalModel
 from app.quality.eval_types import EvalCancelled, EvalError, KLDivergenceResult, PerplexityResult
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from app.model.settings import GGML_TYPE_IDS, LoadSettings
+from app.model.fields import GGML_TYPE_IDS
+from app.model.settings import LoadSettings
 
 # llama.cpp (llama-server, llama-cli) treats any -ngl above the layer count as "all"; 999 is the
 # spelling every build accepts (newer ones also take "all", older ones do not).

@@ -19,15 +19,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.model.fields import FIELD_SPECS, UNQUANTIZED_CACHE_TYPES
 from app.model.memory import Verdict, estimate_memory
 from app.model.model_info import ModelInfo
-from app.model.settings import (
-    FIELD_SPECS,
-    UNQUANTIZED_CACHE_TYPES,
-    LoadSettings,
-    count_logical_cores,
-    preset_for_model,
-)
+from app.model.settings import LoadSettings, count_logical_cores, preset_for_model
 
 # Ordered numbers: the TPE sampler learns which region is good. The rest are few, unordered choices
 # that the tuner walks as a grid (the way llama-optimus treats flash attention and tensor overrides).

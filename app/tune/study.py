@@ -62,7 +62,7 @@ def open_storage(path: str) -> optuna.storages.RDBStorage:
 
 
 def _model_fingerprint(model: ModelInfo) -> str:
-    from app.bench.history import model_fingerprint
+    from app.model.fingerprint import model_fingerprint
 
     fp = model_fingerprint(model.path)
     if fp is not None:

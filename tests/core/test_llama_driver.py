@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from app.llama.driver import DriverCancelled, DriverError, LlamaContext, LlamaModel, SamplerChain
-
 from app.llama.text import StopMatcher, TextStream, apply_chat_template
 from app.model.settings import SamplingSettings
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from app.model import memory as memory_module
+from app.model.fields import CACHE_TYPES
 from app.model.memory import (
     InsufficientMemoryError,
     MemoryEstimate,
@@ -21,7 +22,7 @@ from app.model.memory import (
     verdict_for,
 )
 from app.model.model_info import ModelInfo, SizeClass
-from app.model.settings import CACHE_TYPES, LoadSettings
+from app.model.settings import LoadSettings
 
 GIB = 1024**3
 MIB = 1024**2

@@ -28,7 +28,6 @@ from app.quality.eval_types import (
     LogitsFileError,
     TextTooShortError,
 )
-from app.quality.job import EvalJob
 from app.quality.kl_divergence import evaluate_against_base, evaluate_kl_divergence
 from app.quality.logits_file import TRAILER_MAGIC, expected_logits_file_bytes, read_logits_info
 from app.quality.metrics import (
@@ -42,7 +41,8 @@ from app.quality.metrics import (
     token_nll,
 )
 from app.quality.perplexity import evaluate_perplexity, plan_perplexity
-from app.quant.quantize import QuantizeRequest, quantize
+from app.quant.plan import QuantizeRequest
+from app.quant.quantize import quantize
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = EvalSettings(n_ctx=128, n_chunks=2, n_threads=2)
@@ -441,27 +441,22 @@ def test_cancel_between_chunks_leaves_no_logits_file(demo_model: str, tmp_path: 
 
     model_hash = hashlib.sha256(Path(demo_model).read_bytes()).hexdigest()
     out = tmp_path / "cancelled.logits"
-    job = None
+    cancel = threading.Event()
     seen: list[int] = []
 
     def on_progress(p: ChunkProgress) -> None:
         seen.append(p.chunk)
-        assert job is not None
-        job.cancel()
+        cancel.set()  # as Stop does, from another thread, after the first chunk
 
-    job = EvalJob(
-        "ppl",
-        lambda cancel: evaluate_perplexity(
+    with pytest.raises(EvalCancelled):
+        evaluate_perplexity(
             demo_model,
             default_text(),
             EvalSettings(n_ctx=128, n_chunks=3, n_threads=2),
             save_logits=str(out),
             cancel=cancel,
             on_progress=on_progress,
-        ),
-    ).start()
-    with pytest.raises(EvalCancelled):
-        job.wait()
+        )
     assert seen == [1]
     assert list(tmp_path.iterdir()) == []
     assert hashlib.sha256(Path(demo_model).read_bytes()).hexdigest() == model_hash

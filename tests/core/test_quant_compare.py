@@ -21,7 +21,8 @@ from app.quality.compare import (
     variant_from_file,
 )
 from app.quality.eval_types import EvalCancelled, KLDivergenceResult, PerplexityResult
-from app.quant.quantize import QuantizeRequest, quantize
+from app.quant.plan import QuantizeRequest
+from app.quant.quantize import quantize
 
 
 def ppl_result(

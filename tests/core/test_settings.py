@@ -9,16 +9,13 @@ from typing import Any
 import pytest
 
 from app.model import settings as settings_module
+from app.model.fields import CACHE_TYPES, FIELD_SPECS, FieldSpec, Problem
 from app.model.model_info import ModelInfo, SizeClass
 from app.model.settings import (
-    CACHE_TYPES,
-    FIELD_SPECS,
     LOAD_FIELDS,
     RELOAD_FIELDS,
     SAMPLING_FIELDS,
-    FieldSpec,
     LoadSettings,
-    Problem,
     SamplingSettings,
     SettingsError,
     UnknownSettingsWarning,

@@ -27,11 +27,19 @@ from hardware_fakes import (
     write,
 )
 
-from app.telemetry.nvml import Nvml
-from app.telemetry.snapshot import DeviceVerdict, GpuSnapshot, Snapshot, ThrottleVerdict, cpu_verdict, decode_clock_event_reasons, gpu_verdict
-from app.telemetry.sampler import Sampler, clamp_interval, next_deadline
 from app.telemetry.collector import SnapshotCollector
 from app.telemetry.energy import TelemetryRecorder, energy_between, summarize
+from app.telemetry.nvml import Nvml
+from app.telemetry.sampler import Sampler, clamp_interval, next_deadline
+from app.telemetry.snapshot import (
+    DeviceVerdict,
+    GpuSnapshot,
+    Snapshot,
+    ThrottleVerdict,
+    cpu_verdict,
+    decode_clock_event_reasons,
+    gpu_verdict,
+)
 from app.telemetry.sysfs import (
     CpuFrequencyReader,
     MemInfo,

@@ -25,8 +25,8 @@ from pytestqt.qtbot import QtBot
 from app.model.model_info import ModelInfo, SizeClass
 from app.telemetry.hardware import HardwareReport, detect_hardware
 from app.telemetry.nvml import Nvml
-from app.telemetry.snapshot import DeviceVerdict, GpuSnapshot, Snapshot, ThrottleVerdict, gpu_verdict
 from app.telemetry.sampler import Sampler
+from app.telemetry.snapshot import DeviceVerdict, GpuSnapshot, Snapshot, ThrottleVerdict, gpu_verdict
 from ui.telemetry_bridge import TelemetryBridge
 from widgets.hardware_panel import THROTTLE_HOLD_S, HardwarePanel
 from widgets.live_plot import LivePlot
