@@ -184,20 +184,32 @@ def q8_model(tmp_path_factory: pytest.TempPathFactory, demo_model: str) -> str:
     return quantize(QuantizeRequest(demo_model, "Q8_0", str(out), allow_requantize=True)).output_path
 
 
+# A fixed text shipped with the tests: the first 24,000 characters of Python 3.11.7's
+# documentation topics (pydoc_data.topics in sorted key order, cut at a blank line), under the
+# PSF licence beside it in resources/eval.
+CROSS_CHECK_TEXT = Path(__file__).resolve().parents[2] / "resources" / "eval" / "python-docs-excerpt.txt"
+
+
 def test_perplexity_matches_llama_perplexity(demo_model: str) -> None:
-    """Reference: llama-perplexity (llama.cpp vendored in llama-cpp-python 0.3.36) on the same text,
-    `-c 128 -b 128 --chunks 3 -t 2`: [1]6.4214,[2]9.3306,[3]12.4851, PPL = 12.4851 +/- 2.61653."""
-    text = default_text()
-    if text.sha256 != "d9dc35bce5ab1a24ed7f4c3c9b7c22450410e9d68279e3426db458c6be371621":
-        pytest.skip("this Python ships other documentation text than the reference run used")
+    """Reference: llama.cpp's own llama-perplexity, built by `make llama-tools` from the llama.cpp
+    vendored in llama-cpp-python 0.3.36 (the library the tests run), on the demo model:
+    `llama-perplexity -m SmolLM2-135M-Instruct.Q4_1.gguf -f resources/eval/python-docs-excerpt.txt
+    -c 256 -b 256 --chunks 8 -t 2` printed
+    [1]16.5946,[2]15.5657,[3]11.8729,[4]12.1033,[5]13.2941,[6]12.5400,[7]13.3076,[8]14.2053
+    and "Final estimate: PPL = 14.2053 +/- 1.23314"."""
+    text = load_text(str(CROSS_CHECK_TEXT))
+    assert (
+        text.sha256 == "b78f52341e0d4dcddb7e0c4599be2ba1d62e408ce6fd58d2086dff8d2347146d"
+    )  # the text the reference was measured on
     seen: list[ChunkProgress] = []
-    settings = EvalSettings(n_ctx=128, n_chunks=3, n_threads=2)
+    settings = EvalSettings(n_ctx=256, n_chunks=8, n_threads=2)
     r = evaluate_perplexity(demo_model, text, settings, on_progress=seen.append)
-    assert r.running_ppl == pytest.approx([6.4214, 9.3306, 12.4851], rel=2e-3)
-    assert r.ppl == pytest.approx(12.4851, rel=2e-3)
-    assert r.ppl_uncertainty == pytest.approx(2.61653, rel=5e-3)
-    assert [p.chunk for p in seen] == [1, 2, 3] and seen[-1].ppl == r.ppl
-    assert r.n_scored == 3 * 63 and r.n_chunks == 3 and not r.add_bos
+    reference = [16.5946, 15.5657, 11.8729, 12.1033, 13.2941, 12.5400, 13.3076, 14.2053]
+    assert r.running_ppl == pytest.approx(reference, rel=2e-3)
+    assert r.ppl == pytest.approx(14.2053, rel=2e-3)
+    assert r.ppl_uncertainty == pytest.approx(1.23314, rel=5e-3)
+    assert [p.chunk for p in seen] == list(range(1, 9)) and seen[-1].ppl == r.ppl
+    assert r.n_scored == 8 * 127 and r.n_chunks == 8 and not r.add_bos
 
 
 def test_only_the_second_half_of_each_chunk_is_scored(demo_model: str) -> None:
