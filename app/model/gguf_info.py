@@ -100,6 +100,11 @@ class _HeaderReader:
         self.path = path
         self.name = os.path.basename(path)
         self.keep_items = keep_items
+        # Where the parser is (a metadata key or tensor info by number), for the messages.
+        self.context = ""
+        # The counts the header declared, named when a counted section does not parse: a corrupt count
+        # makes the parser read one section's bytes as the other's.
+        self.counts = ""
 
     def require(self, n: int) -> None:
         # Checked before reading so a garbage length never turns into a huge allocation.
@@ -138,17 +143,20 @@ class _HeaderReader:
         self.skip(self.string_length())
 
     def truncated(self, needed: int, available: int) -> ModelFileError:
+        where = f" while reading {self.context}" if self.context else ""
         return ModelFileError(
-            f"'{self.name}' is truncated: the header ends early (it needs at least {needed:,} bytes but "
-            f"the file has {available:,}). It is probably an incomplete download or a partial copy: "
-            "download or copy it again.",
+            f"'{self.name}' is truncated: the header ends early{where} (it needs at least {needed:,} "
+            f"bytes but the file has {available:,}). It is probably an incomplete download or a partial "
+            "copy: download or copy it again.",
             path=self.path,
         )
 
     def corrupt(self, what: str) -> ModelFileError:
+        where = f" (in {self.context})" if self.context else ""
+        counts = f" {self.counts}" if self.counts and self.context else ""
         return ModelFileError(
-            f"'{self.name}' is not a valid GGUF file: {what}. The file is corrupt or not really a GGUF "
-            "model: download it again.",
+            f"'{self.name}' is not a valid GGUF file: its header is corrupt: {what}{where}.{counts} The "
+            "file is corrupt or not really a GGUF model: download it again.",
             path=self.path,
         )
 
@@ -198,11 +206,20 @@ def _read_array(r: _HeaderReader, depth: int) -> list[Any] | _SkippedArray:
     raise r.corrupt(f"unknown metadata array element type {etype} at byte {r.pos - 12:,}")
 
 
+# ggml numbers its types from 0 and has used about 40 of them; a raw value far past that is not a type
+# from a newer llama.cpp but bytes of something else read as one (a corrupt count in the header).
+_MAX_PLAUSIBLE_GGML_TYPE = 1024
+
+
 def _ggml_type(r: _HeaderReader, tensor: str, raw: int) -> tuple[str, int, int]:
     try:
         qtype = gguf.GGMLQuantizationType(raw)
         block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
     except (ValueError, KeyError):
+        if raw > _MAX_PLAUSIBLE_GGML_TYPE:
+            raise r.corrupt(
+                f"tensor '{tensor}' has ggml type {raw:,}, which no version of ggml has"
+            ) from None
         raise ModelFileError(
             f"'{r.name}': tensor '{tensor}' uses ggml type {raw}, which this version does not know. It is "
             "either a type removed from llama.cpp (re-download or re-quantize the model) or one newer than "
@@ -210,6 +227,17 @@ def _ggml_type(r: _HeaderReader, tensor: str, raw: int) -> tuple[str, int, int]:
             path=r.path,
         ) from None
     return qtype.name, block_size, type_size
+
+
+@dataclass(frozen=True)
+class _RawTensor:
+    """A tensor info as read, before its type is looked up."""
+
+    name: str
+    dims: tuple[int, ...]
+    raw_type: int
+    offset: int
+    start: int  # byte where its info starts, for messages
 
 
 def _read_header(path: str, *, with_tensors: bool, keep_items: int) -> _Header:
@@ -245,29 +273,56 @@ def _parse(r: _HeaderReader, with_tensors: bool) -> _Header:
     if kv_count > _MAX_KVS:
         raise r.corrupt(f"its header declares {kv_count:,} metadata keys (the limit is {_MAX_KVS:,})")
 
+    r.counts = (
+        f"The header declares {kv_count:,} metadata keys and {tensor_count:,} tensors; if the file is "
+        "otherwise complete, one of these counts is wrong."
+    )
     kvs: dict[str, object] = {}
-    for _ in range(kv_count):
+    for index in range(kv_count):
+        r.context = f"metadata key {index + 1:,} of {kv_count:,}, which starts at byte {r.pos:,}"
         key = r.string()
         value = _read_value(r, r.u32(), 0)
         if key in kvs:
             raise r.corrupt(f"the metadata key '{key}' appears twice")
         kvs[key] = value
+    r.context = ""
     if not with_tensors:
         return _Header(version, r.file_size, kvs, ())
 
-    tensors: list[_TensorInfo] = []
+    # The tensor infos are read whole before any type is looked up: when a count is corrupt, what is
+    # read as a tensor is some other bytes, and the structure fails or the type is garbage. Either is
+    # the header's fault, not a ggml type this version lacks.
+    raw_tensors: list[_RawTensor] = []
     seen: set[str] = set()
-    for _ in range(tensor_count):
+    for index in range(tensor_count):
+        start = r.pos
+        r.context = f"tensor info {index + 1:,} of {tensor_count:,}, which starts at byte {start:,}"
         name = r.string()
         n_dims = r.u32()
         if n_dims > _MAX_DIMS:
             raise r.corrupt(f"tensor '{name}' declares {n_dims} dimensions (the limit is {_MAX_DIMS})")
         dims = struct.unpack(f"<{n_dims}Q", r.read(8 * n_dims))
-        type_name, block_size, type_size = _ggml_type(r, name, r.u32())
+        raw_type = r.u32()
         offset = r.u64()
         if name in seen:
             raise r.corrupt(f"the tensor name '{name}' appears twice")
         seen.add(name)
+        raw_tensors.append(_RawTensor(name, tuple(dims), raw_type, offset, start))
+    header_end = r.pos
+    r.context = ""
+
+    raw_alignment = kvs.get("general.alignment", DEFAULT_ALIGNMENT)
+    alignment = raw_alignment if type(raw_alignment) is int else 0  # bools and arrays are invalid too
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise r.corrupt(f"general.alignment is {raw_alignment!r}, not a power of two")
+
+    tensors: list[_TensorInfo] = []
+    for index, raw in enumerate(raw_tensors):
+        r.context = f"tensor info {index + 1:,} of {tensor_count:,}, which starts at byte {raw.start:,}"
+        name, dims = raw.name, raw.dims
+        if raw.offset % alignment:
+            raise r.corrupt(f"tensor '{name}' starts at offset {raw.offset}, not a multiple of {alignment}")
+        type_name, block_size, type_size = _ggml_type(r, name, raw.raw_type)
         n_elements = 1
         for d in dims:
             n_elements *= d
@@ -278,19 +333,12 @@ def _parse(r: _HeaderReader, with_tensors: bool) -> _Header:
                 f"tensor '{name}' row length {dims[0]} is not a multiple of the {type_name} block"
             )
         n_bytes = n_elements // block_size * type_size
-        tensors.append(_TensorInfo(name, tuple(dims), type_name, n_elements, n_bytes, offset))
+        tensors.append(_TensorInfo(name, tuple(dims), type_name, n_elements, n_bytes, raw.offset))
+    r.context = ""
 
-    raw_alignment = kvs.get("general.alignment", DEFAULT_ALIGNMENT)
-    alignment = raw_alignment if type(raw_alignment) is int else 0  # bools and arrays are invalid too
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise r.corrupt(f"general.alignment is {raw_alignment!r}, not a power of two")
-    data_start = -(-r.pos // alignment) * alignment
-    data_end = 0
-    for t in tensors:
-        if t.offset % alignment:
-            raise r.corrupt(f"tensor '{t.name}' starts at offset {t.offset}, not a multiple of {alignment}")
-        data_end = max(data_end, t.offset + t.n_bytes)
-    expected = data_start + data_end if tensors else r.pos
+    data_start = -(-header_end // alignment) * alignment
+    data_end = max((t.offset + t.n_bytes for t in tensors), default=0)
+    expected = data_start + data_end if tensors else header_end
     if expected > r.file_size:
         share = r.file_size / expected * 100
         raise ModelFileError(

@@ -510,6 +510,34 @@ def test_unknown_tensor_type(tmp_path: Path) -> None:
     assert "blk.0.w" in message and "ggml type 4" in message
 
 
+def test_tensor_type_no_ggml_has_is_a_corrupt_header(tmp_path: Path) -> None:
+    path = tmp_path / "garbage-type.gguf"
+    path.write_bytes(raw_gguf(tensors=[("blk.0.w", [256], 1_952_411_255, 0)]) + b"\0" * 4096)
+    message = expect_error(path)
+    assert "header is corrupt" in message and "1,952,411,255" in message and "tensor info 1 of 1" in message
+    assert "update LlamaScope" not in message
+
+
+@pytest.mark.parametrize("change", [-1, -5, -33, +1, +100])
+def test_a_corrupt_key_count_is_named_not_blamed_on_a_ggml_type(
+    demo: str, tmp_path: Path, change: int
+) -> None:
+    # Too few keys: the parser reads the last keys as tensor infos; too many: the first tensor infos
+    # as keys. Either way the header is corrupt, and the message says where and which counts it read.
+    path = tmp_path / "kv-count.gguf"
+    shutil.copyfile(demo, path)
+    with open(path, "r+b") as f:
+        f.seek(16)
+        n_kv = struct.unpack("<Q", f.read(8))[0]
+        f.seek(16)
+        f.write(struct.pack("<Q", n_kv + change))
+    message = expect_error(path)
+    assert "header is corrupt" in message, message
+    assert f"declares {n_kv + change:,} metadata keys and 272 tensors" in message
+    assert "(in tensor info " in message or "(in metadata key " in message
+    assert "update LlamaScope" not in message and "does not know" not in message
+
+
 def test_gguf_v1_is_too_old(tmp_path: Path) -> None:
     path = tmp_path / "old.gguf"
     path.write_bytes(b"GGUF" + struct.pack("<III", 1, 0, 0))
