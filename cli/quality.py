@@ -32,7 +32,11 @@ def register(subparsers: Any) -> None:
     p_q.add_argument("source", nargs="?", default=None, help="GGUF file to quantize (never overwritten)")
     p_q.add_argument("--type", "-q", dest="type_name", help="target type, e.g. Q4_K_M (see --list-types)")
     p_q.add_argument(
-        "-o", "--output", default=None, help="output file (default: beside the source, named after the type)"
+        "-o",
+        "--output",
+        default=None,
+        help="output file (default: MODEL.TYPE.gguf beside the source, or in LlamaScope's user data folder "
+        "when the source's folder is not writable or belongs to an installed Python package)",
     )
     p_q.add_argument(
         "--allow-requantize",
@@ -135,7 +139,14 @@ def _print_types() -> None:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
-    from app.quant.plan import QuantizeCancelled, QuantizeError, QuantizeProgress, QuantizeRequest
+    from app.quant.partials import sweep_leftover_partials
+    from app.quant.plan import (
+        QuantizeCancelled,
+        QuantizeError,
+        QuantizeProgress,
+        QuantizeRequest,
+        output_folder_reason,
+    )
     from app.quant.quantize import QuantizeJob
 
     if args.list_types:
@@ -144,6 +155,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.source is None or args.type_name is None:
         _err("quantize needs a source file and --type (see `llamascope quantize --list-types`)")
         return EXIT_USAGE
+    # What quantizations that did not live to finish (kill -9, a crash) left behind, wherever it is.
+    for leftover in sweep_leftover_partials():
+        _err(f"removed {leftover}, left by a quantization that did not finish")
     request = QuantizeRequest(
         source=args.source,
         type_name=args.type_name,
@@ -168,6 +182,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         plan = job.start()
         for warning in plan.warnings:
             _err(f"warning: {warning}")
+        moved = output_folder_reason(plan.source.path) if args.output is None else None
+        if moved is not None:
+            _err(f"writing to LlamaScope's user data folder, because {moved} (-o chooses another place)")
         print(
             f"Quantizing {plan.source.path} -> {plan.output_path} ({plan.qtype.name}, "
             f"about {format_bytes(plan.expected_bytes)})",
@@ -195,8 +212,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     else:
         print(
             f"Wrote {result.output_path}: {result.label}, {format_bytes(result.output_bytes)}, "
-            f"{result.bits_per_weight:.2f} bits/weight, {result.compression_ratio:.2f}x smaller than the "
-            f"source ({format_bytes(result.source_bytes)}), in {result.elapsed_s:.1f} s"
+            f"{result.bits_per_weight:.2f} bits/weight, {result.size_change} "
+            f"({format_bytes(result.source_bytes)}), in {result.elapsed_s:.1f} s"
         )
     return EXIT_OK
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 from PySide6.QtCore import QLockFile, QSettings
@@ -73,6 +74,16 @@ def _refuse_second_instance() -> int:
     return EXIT_ALREADY_RUNNING
 
 
+def start_sweeping_leftovers() -> threading.Thread:
+    """Delete, off the GUI thread, the hidden files that quantizations left when an earlier
+    LlamaScope (window or CLI) died mid-way; files that a running LlamaScope writes are kept."""
+    from app.quant.partials import sweep_leftover_partials
+
+    thread = threading.Thread(target=sweep_leftover_partials, name="llamascope-sweep", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -80,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     instance_lock = acquire_instance_lock()
     if instance_lock is None:
         return _refuse_second_instance()
+    start_sweeping_leftovers()
     initial_model = argv[1] if len(argv) > 1 else None
     collector = GuiThreadGarbageCollector(app)
     window = MainWindow(settings=QSettings(), initial_model=initial_model)

@@ -32,7 +32,14 @@ from app.model.model_info import ModelInfo
 from app.quality.compare import Comparison, export_comparison
 from app.quality.eval_text import DEFAULT_TEXT_NAME
 from app.quality.eval_types import ChunkProgress, EvalSettings, KLDivergenceResult, PerplexityResult
-from app.quant.plan import QuantizeProgress, QuantizeRequest, QuantizeResult, f16_base_request
+from app.quant.plan import (
+    QuantizeProgress,
+    QuantizeRequest,
+    QuantizeResult,
+    f16_base_request,
+    output_folder_reason,
+    user_models_folder,
+)
 from app.quant.types import QuantType
 from widgets.live_plot import cache_axes
 from widgets.panel import Panel
@@ -88,7 +95,7 @@ class QuantizationPanel(Panel):
         self.type_table.setMinimumHeight(150)
         self.type_table.setToolTip("Reading the types this llama.cpp build supports…")
         self.output_edit = QLineEdit()
-        self.output_edit.setPlaceholderText("beside the source, named after the type")
+        self.output_edit.setPlaceholderText("beside the source, named after the model and type")
         self.output_edit.setToolTip(
             "Output file; written to a temporary file and renamed into place when complete"
         )
@@ -298,7 +305,22 @@ class QuantizationPanel(Panel):
                 f"{fmt_bytes(info.file_size_bytes)}"
             )
             self.output_edit.clear()
+        self._show_output_folder(info.path if info is not None else None)
         self._update_buttons()
+
+    def _show_output_folder(self, source: str | None) -> None:
+        """Say where an output with no name given goes: beside the source, or LlamaScope's user
+        data folder when the source's folder is not writable or belongs to an installed package."""
+        if source is None:
+            self.output_edit.setPlaceholderText("beside the source, named after the model and type")
+            return
+        reason = output_folder_reason(source)
+        folder = user_models_folder() if reason else os.path.dirname(os.path.abspath(source))
+        self.output_edit.setPlaceholderText(os.path.join(folder, "MODEL.TYPE.gguf"))
+        where = f"Outputs with no name given go to {folder}" + (f", because {reason}" if reason else "")
+        self.output_edit.setToolTip(
+            f"{where}. A file is written to a temporary name and renamed into place when complete."
+        )
 
     @property
     def source(self) -> str | None:
@@ -387,7 +409,7 @@ class QuantizationPanel(Panel):
         warnings = (" · " + " ".join(result.warnings)) if result.warnings else ""
         self.status.setText(
             f"✓ {result.label}: {fmt_bytes(result.output_bytes)} ({result.bits_per_weight:.2f} bits/weight, "
-            f"{result.compression_ratio:.2f}× smaller than the source) in {result.elapsed_s:.1f} s → "
+            f"{result.size_change}) in {result.elapsed_s:.1f} s → "
             f"{result.output_path}{warnings}"
         )
         self.size_label.setText(

@@ -20,6 +20,7 @@ failed evaluation leaves no half-written file behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -232,16 +233,46 @@ class LogitsWriter:
 def check_space_for_logits(
     path: str, n_bytes: int, *, free_bytes: Callable[[str], int] | None = None
 ) -> None:
-    """Refuse a logits file that would not fit on its disk."""
+    """Refuse a logits file that cannot be written where asked: a missing or read-only folder
+    first (a read-only mount reports no free space, which is not the problem to name), then a disk
+    without room for it."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise EvalError(f"The folder for the logits file, {folder}, does not exist.")
+    problem = _write_problem(folder)
+    if problem is not None:
+        raise EvalError(f"Cannot write the logits file in {folder}: {problem} Choose another folder.")
     free = (free_bytes or (lambda p: shutil.disk_usage(p).free))(folder)
     if free < n_bytes + (16 << 20):
         raise EvalError(
             f"Not enough disk space for the logits file: it needs {format_bytes(n_bytes)} and "
             f"{format_bytes(free)} is free in {folder}."
         )
+
+
+def _write_problem(folder: str) -> str | None:
+    """Why no file can be created in `folder`, in words; None when one can.
+
+    Creating one is the real test: os.access says yes to root on a folder without write
+    permission, and /proc-like folders accept nothing whatever the permissions say.
+    """
+    probe = os.path.join(folder, f".llamascope-write-test.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return "the folder is on a read-only file system."
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "the folder is read-only for you (permission denied)."
+        if exc.errno == errno.ENOENT:  # the folder exists: it is one that takes no new files (/proc)
+            return "no files can be created in this folder."
+        return f"{exc.strerror or exc}."
+    os.close(fd)
+    try:
+        os.remove(probe)
+    except OSError:
+        pass
+    return None
 
 
 __all__ = [

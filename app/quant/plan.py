@@ -64,7 +64,7 @@ class QuantizeRequest:
 
     source: str
     type_name: str  # a QuantType name, e.g. "Q4_K_M"
-    output: str | None = None  # None: beside the source, named after the type (see default_output_path)
+    output: str | None = None  # None: named after the model and type (see default_output_path)
     allow_requantize: bool = False  # --allow-requantize
     pure: bool = False  # --pure: every tensor in the main type, no K-quant mix
     leave_output_tensor: bool = False  # --leave-output-tensor (quantize_output_tensor = False)
@@ -127,8 +127,14 @@ class QuantizeResult:
 
     @property
     def compression_ratio(self) -> float:
-        """Source size / output size (2.0 = half the size)."""
+        """Source size / output size (2.0 = half the size; below 1 the output is larger)."""
         return self.source_bytes / self.output_bytes if self.output_bytes else 0.0
+
+    @property
+    def size_change(self) -> str:
+        """The output's size against the source's, the right way round: "2.75× larger than the
+        source", "2.3× smaller than the source"."""
+        return size_change_text(self.source_bytes, self.output_bytes)
 
     @property
     def label(self) -> str:
@@ -140,32 +146,107 @@ class QuantizeResult:
         return self.type_name
 
 
+def size_change_text(source_bytes: int, output_bytes: int) -> str:
+    """ "2.75× larger than the source" / "2.3× smaller than the source" / "the source's size"."""
+    if source_bytes <= 0 or output_bytes <= 0:
+        return "n/a"
+    ratio = output_bytes / source_bytes
+    if ratio >= 1:
+        factor, word = ratio, "larger"
+    else:
+        factor, word = 1 / ratio, "smaller"
+    if f"{factor:.3g}" == "1":  # within half a per cent: no factor to speak of
+        return "the same size as the source"
+    return f"{factor:.3g}× {word} than the source"
+
+
+def space_needed_bytes(expected_bytes: int) -> int:
+    """The free space a quantization needs: its estimated size plus the margin."""
+    return int(expected_bytes * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
+
+
 def disk_free_bytes(path: str) -> int:
     """Free bytes on the filesystem holding `path` (a folder)."""
     return int(shutil.disk_usage(path).free)
 
 
 def _strip_type_suffix(stem: str) -> str:
-    """ "Model.Q4_1" or "model-q8_0" -> "Model" / "model"; other stems unchanged."""
+    """ "Model.Q4_1", "model-q8_0", "Model.F16-from-Q4_1" -> "Model" / "model"; other stems unchanged.
+
+    Suffixes are stripped until none is left, so a file made from a file LlamaScope named gets the
+    model's name back, not a chain of types; the "-from-<type>" names of older LlamaScopes too.
+    """
     names = [t.name for t in supported_quant_types()] + ["Q3_K", "Q4_K", "Q5_K"]
-    for name in sorted(names, key=len, reverse=True):
-        for sep in (".", "-", "_"):
-            suffix = f"{sep}{name}"
-            if stem.upper().endswith(suffix.upper()):
-                return stem[: -len(suffix)]
-    return stem
+    # Longest first: "-from-Q4_1" before "-Q4_1". "…F16-from" is what an older LlamaScope made of
+    # "Model.F16-from-Q4_1" when quantizing it ("Model.F16-from.Q8_0.gguf").
+    suffixes = sorted(
+        {
+            s
+            for name in names
+            for sep in (".", "-", "_")
+            for s in (f"{sep}{name}", f"-from-{name}", f"{sep}{name}-from")
+        },
+        key=len,
+        reverse=True,
+    )
+    while True:
+        for suffix in suffixes:
+            if len(stem) > len(suffix) and stem.upper().endswith(suffix.upper()):
+                stem = stem[: -len(suffix)]
+                break
+        else:
+            return stem
 
 
-def default_output_path(source: str, type_name: str, source_quantized_type: str | None = None) -> str:
-    """Beside the source: "Model.Q4_1.gguf" -> "Model.Q4_K_M.gguf"; a float copy of a quantized
-    model says what it came from: "Model.F16-from-Q4_1.gguf"."""
-    path = Path(source)
-    stem = _strip_type_suffix(path.stem)
-    qtype = quant_type(type_name)
-    tag = qtype.name
-    if qtype.is_float and source_quantized_type:
-        tag = f"{qtype.name}-from-{source_quantized_type}"
-    return str(path.with_name(f"{stem}.{tag}.gguf"))
+USER_MODELS_FOLDER_NAME = "models"
+
+
+def user_models_folder() -> str:
+    """<user data dir>/LlamaScope/models: where outputs go when the source's folder will not do."""
+    import platformdirs
+
+    return os.path.join(platformdirs.user_data_dir("LlamaScope", appauthor=False), USER_MODELS_FOLDER_NAME)
+
+
+def _inside_installed_package(folder: str) -> bool:
+    """Whether `folder` lies in a Python environment's package folders, where a reinstall or an
+    uninstall deletes what is not the package's (the demo model lives in one)."""
+    parts = {part.lower() for part in Path(os.path.realpath(folder)).parts}
+    return bool(parts & {"site-packages", "dist-packages"})
+
+
+def output_folder_reason(source: str) -> str | None:
+    """Why outputs of `source` do not go beside it, in words that follow "because"; None when they do."""
+    folder = os.path.dirname(os.path.abspath(source))
+    if _inside_installed_package(folder):
+        return (
+            f"the source's folder {folder} belongs to an installed Python package, "
+            "and reinstalling it would delete them"
+        )
+    # os.access also answers for root on a read-only mount (EROFS); the job's real write test
+    # (creating its temporary file) still decides for a chosen folder.
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the source's folder {folder} is not writable"
+    return None
+
+
+def default_output_folder(source: str) -> str:
+    """The source's folder, unless it is not writable or lies inside an installed package: then
+    LlamaScope's user data folder (`user_models_folder`)."""
+    if output_folder_reason(source) is None:
+        return os.path.dirname(os.path.abspath(source))
+    return user_models_folder()
+
+
+def default_output_path(source: str, type_name: str) -> str:
+    """The model's name and the type, in `default_output_folder`: "Model.Q4_1.gguf" and
+    "Model.F16.gguf" (a copy of it) both give "Model.Q4_K_M.gguf" for Q4_K_M.
+
+    The name says what the file is. Where it came from (a dequantized copy of Q4_1, say) is in its
+    metadata (`KEY_QUANTIZED_FROM`), which the model list shows.
+    """
+    stem = _strip_type_suffix(Path(source).stem) or Path(source).stem
+    return os.path.join(default_output_folder(source), f"{stem}.{quant_type(type_name).name}.gguf")
 
 
 def f16_base_request(
@@ -174,8 +255,8 @@ def f16_base_request(
     """ "Make F16 base": an F16 copy of a quantized model to quantize other types from.
 
     It is a dequantized copy: it carries the quantized model's errors, so types made from it
-    measure against that model, not against the original. The plan and result say so, the file
-    name says "F16-from-<type>", and the file's metadata records `llamascope.quantized_from`.
+    measure against that model, not against the original. The plan and result say so, and the
+    file's metadata records `llamascope.quantized_from`, which the model list shows.
     """
     return QuantizeRequest(source, "F16", output, allow_requantize=True, n_threads=n_threads)
 
@@ -283,7 +364,18 @@ def plan_quantization(
         else:
             warnings.append(REQUANTIZE_WARNING.format(source_type=src_qtype, target=qtype.name))
 
-    output = os.path.abspath(request.output or default_output_path(source, qtype.name, src_qtype))
+    if request.output is None:
+        output = default_output_path(source, qtype.name)
+        if os.path.dirname(output) == user_models_folder():
+            try:  # LlamaScope's own folder: created on first use
+                os.makedirs(os.path.dirname(output), exist_ok=True)
+            except OSError as exc:
+                raise QuantizeError(
+                    f"Cannot create {os.path.dirname(output)} for the output: {exc.strerror or exc}. "
+                    "Choose an output file."
+                ) from None
+    else:
+        output = os.path.abspath(request.output)
     if not output.lower().endswith(".gguf"):
         warnings.append(f"The output name {os.path.basename(output)} does not end in .gguf.")
     if _same_file(source, output):
@@ -303,7 +395,7 @@ def plan_quantization(
         raise QuantizeError(f"{output} already exists; choose another name or allow overwriting it.")
 
     expected = estimate_output_bytes(info, request, qtype)
-    needed = int(expected * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
+    needed = space_needed_bytes(expected)
     free = int(free_bytes(dest_dir))
     if free < needed:
         raise QuantizeError(

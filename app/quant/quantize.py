@@ -20,7 +20,6 @@ import multiprocessing
 import multiprocessing.context
 import os
 import re
-import secrets
 import threading
 import time
 from collections import deque
@@ -28,9 +27,18 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
+from app.common.formatting import format_bytes
 from app.model.file_format import ModelFileError, detect_format
 from app.model.gguf_info import inspect_model
 from app.quant import worker as quantize_worker
+from app.quant.partials import (
+    PartialEntry,
+    PartialRegistry,
+    partial_name,
+    remove_stale_partials,
+    still_named,
+    try_lock,
+)
 from app.quant.plan import (
     KEY_QUANTIZED_FROM,
     QuantizeCancelled,
@@ -41,6 +49,7 @@ from app.quant.plan import (
     QuantizeResult,
     disk_free_bytes,
     plan_quantization,
+    space_needed_bytes,
 )
 from app.quant.types import (
     ftype_value,
@@ -52,6 +61,8 @@ try:
     import fcntl  # POSIX: advisory locks mark a temporary file as in use
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
+
+__all__ = ["QuantizeJob", "quantize", "remove_stale_partials"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +99,7 @@ class QuantizeJob:
         on_progress: Callable[[QuantizeProgress], None] | None = None,
         on_log: Callable[[str], None] | None = None,
         free_bytes: Callable[[str], int] = disk_free_bytes,
+        registry: PartialRegistry | None = None,
     ) -> None:
         self.request = request
         self._on_progress = on_progress
@@ -100,12 +112,21 @@ class QuantizeJob:
         self._thread: threading.Thread | None = None
         self._temp_path: str | None = None
         self._temp_fd: int | None = None  # open and locked while the job may write the temporary file
+        self._registry = registry or PartialRegistry()
+        self._registered: PartialEntry | None = None  # the temporary file's entry in the registry
+        self._lifeline: Connection | None = None  # the child exits when this closes (our death)
         self.plan: QuantizePlan | None = None
 
     @property
     def future(self) -> Future[QuantizeResult]:
         """Completes with the QuantizeResult, or QuantizeError / QuantizeCancelled."""
         return self._future
+
+    @property
+    def child_pid(self) -> int | None:
+        """The quantizer child's process id once started (for diagnostics and tests)."""
+        proc = self._proc
+        return None if proc is None else proc.pid
 
     def start(self) -> QuantizePlan:
         """Check the request, create the temporary file and start the child; raises QuantizeError."""
@@ -134,20 +155,25 @@ class QuantizeJob:
             t0 = time.perf_counter()
             ctx = _process_context()
             reader, writer = ctx.Pipe(duplex=False)
+            # Nothing is ever sent on the lifeline: the child waits for EOF, which comes when
+            # this end closes, at the job's end or when this process dies however it dies.
+            lifeline_r, self._lifeline = ctx.Pipe(duplex=False)
             try:
                 self._proc = ctx.Process(  # type: ignore[attr-defined]
                     target=quantize_worker.child_main,
-                    args=(params, writer),
+                    args=(params, writer, lifeline_r),
                     name="llamascope-quantizer",
                     daemon=True,  # killed if LlamaScope exits while it runs
                 )
                 self._proc.start()
             except Exception as exc:
                 reader.close()
+                self._close_lifeline()
                 self._remove_temp()
                 raise QuantizeError(f"Could not start the quantizer process: {exc}") from exc
             finally:
                 writer.close()  # the child holds its own end; EOF here means the child has gone
+                lifeline_r.close()
             self._thread = threading.Thread(
                 target=self._supervise, args=(plan, reader, t0), name="llamascope-quantize", daemon=True
             )
@@ -182,9 +208,9 @@ class QuantizeJob:
         # umask) gives the finished file the permissions any new file would get.
         for stale in remove_stale_partials(output_path):
             log.info("removed %s, left by a quantization that did not finish", stale)
-        folder, name = os.path.split(output_path)
+        folder = os.path.dirname(output_path)
         for _attempt in range(100):
-            temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.partial")
+            temp = partial_name(output_path)
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
@@ -196,11 +222,13 @@ class QuantizeJob:
             # Held until the file is renamed or removed: it marks the file as in use, so another
             # LlamaScope's sweep of stale files leaves it alone. If a sweep removed it before the
             # lock was taken, the name now points elsewhere (or nowhere): try another name.
-            if _try_lock(fd) and _still_named(fd, temp):
+            if try_lock(fd) and still_named(fd, temp):
                 if fcntl is None:  # Windows: an open handle would block the final rename
                     os.close(fd)
                 else:
                     self._temp_fd = fd
+                # Recorded so that LlamaScope's next start deletes it if this process dies first.
+                self._registered = self._registry.register(temp)
                 return temp
             os.close(fd)
         raise QuantizeError(f"Cannot create a temporary file in {folder}.")
@@ -209,6 +237,13 @@ class QuantizeJob:
         fd, self._temp_fd = self._temp_fd, None
         if fd is not None:
             os.close(fd)
+        entry, self._registered = self._registered, None
+        self._registry.unregister(entry)
+
+    def _close_lifeline(self) -> None:
+        lifeline, self._lifeline = self._lifeline, None
+        if lifeline is not None:
+            lifeline.close()
 
     def _kill(self) -> None:
         # No is_alive() here: it would read the exit status the supervisor thread waits for.
@@ -221,7 +256,8 @@ class QuantizeJob:
                 pass
 
     def _remove_temp(self) -> None:
-        self._release_temp()
+        # Removed while still locked (POSIX allows it; on Windows the handle is already closed),
+        # so no other LlamaScope's sweep sees it unlocked in between.
         if self._temp_path is not None:
             try:
                 os.remove(self._temp_path)
@@ -229,6 +265,19 @@ class QuantizeJob:
                 pass
             except OSError as exc:
                 log.warning("could not remove %s: %s", self._temp_path, exc)
+        self._release_temp()
+
+    def _temp_bytes(self) -> int:
+        try:
+            return os.path.getsize(self._temp_path) if self._temp_path is not None else 0
+        except OSError:
+            return 0
+
+    def _free_now(self, folder: str) -> int | None:
+        try:
+            return int(self._free_bytes(folder))
+        except OSError:
+            return None
 
     def _emit_progress(self, progress: QuantizeProgress) -> None:
         if self._on_progress is None:
@@ -282,9 +331,11 @@ class QuantizeJob:
                         failure = f.group(1).strip()
             reader.close()
             proc.join()
+            self._close_lifeline()
             self._finish(plan, t0, proc.exitcode, result, failure, n_tensors, quant_mib, tuple(tail))
         except BaseException as exc:  # whatever happens, the caller must get an answer
             self._kill()
+            self._close_lifeline()
             self._remove_temp()
             if not self._future.done():
                 self._future.set_exception(QuantizeError(f"The quantization failed: {exc}"))
@@ -306,6 +357,9 @@ class QuantizeJob:
                 self._future.set_exception(QuantizeCancelled("Quantization cancelled; no file was written."))
                 return
             if exitcode != 0 or result.get("rc") != 0:
+                folder = os.path.dirname(plan.output_path)
+                written = self._temp_bytes()
+                free_at_failure = self._free_now(folder)
                 self._remove_temp()
                 reason = failure or result.get("error") or _last_error(tail)
                 if not reason:
@@ -315,7 +369,12 @@ class QuantizeJob:
                         else f"the quantizer exited with code {exitcode}"
                     )
                 self._future.set_exception(
-                    QuantizeError(f"llama.cpp could not quantize {plan.source.path}: {reason}")
+                    QuantizeError(
+                        _write_failure_message(
+                            plan, str(reason), written, free_at_failure, self._free_now(folder)
+                        )
+                        or f"llama.cpp could not quantize {plan.source.path}: {reason}"
+                    )
                 )
                 return
             assert self._temp_path is not None
@@ -365,69 +424,36 @@ class QuantizeJob:
             )
 
 
-def remove_stale_partials(output_path: str) -> list[str]:
-    """Delete the temporary files that quantizations into `output_path` left behind when
-    LlamaScope itself was killed mid-way; returns their paths.
+def _write_failure_message(
+    plan: QuantizePlan, reason: str, written: int, free_at_failure: int | None, free_after: int | None
+) -> str | None:
+    """What to tell the user when writing the output failed, in words of the cause; None when the
+    failure was not about writing.
 
-    Only LlamaScope's own names (".NAME.<8 hex digits>.partial" beside the output) are touched,
-    and only when no running job holds the file's lock (POSIX); on Windows a file that another
-    process has open cannot be deleted, which is lock enough.
+    llama.cpp reports any failed write as "basic_ios::clear: iostream error" (its std::ofstream
+    throws), which names no cause. A disk that has less room left than the rest of the file needs
+    is full; then the free space after the partial file was deleted is what a new attempt has.
     """
-    folder, name = os.path.split(output_path)
-    prefix, suffix = f".{name}.", ".partial"
-    try:
-        entries = os.listdir(folder or ".")
-    except OSError:
-        return []
-    removed = []
-    for entry in entries:
-        tag = entry[len(prefix) : -len(suffix)]
-        if not (entry.startswith(prefix) and entry.endswith(suffix) and _is_hex8(tag)):
-            continue
-        path = os.path.join(folder, entry)
-        if fcntl is None:  # Windows: deleting fails while the writing process has the file open
-            try:
-                os.remove(path)
-                removed.append(path)
-            except OSError:
-                pass
-            continue
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            if _try_lock(fd):
-                os.remove(path)
-                removed.append(path)
-        except OSError:
-            pass  # not ours to delete: leave it
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _is_hex8(text: str) -> bool:
-    return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
-
-
-def _try_lock(fd: int) -> bool:
-    """An exclusive advisory lock on an open file, without waiting (always True without fcntl)."""
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-def _still_named(fd: int, path: str) -> bool:
-    """Whether `path` still names the file open as `fd`."""
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except OSError:
-        return False
+    folder = os.path.dirname(plan.output_path)
+    needed = space_needed_bytes(plan.expected_bytes)
+    if free_at_failure is not None and free_at_failure < max(needed - written, 0):
+        free = free_after if free_after is not None else free_at_failure
+        return (
+            f"The disk filled up while writing {os.path.basename(plan.output_path)}: the quantization "
+            f"stopped after {format_bytes(written)}. {folder} has {format_bytes(free)} free, and the "
+            f"{plan.qtype.name} file needs about {format_bytes(plan.expected_bytes)} "
+            f"(with margin, {format_bytes(needed)}). Nothing was installed and the partial file was "
+            "deleted; free some space or choose another destination folder."
+        )
+    if "iostream error" in reason or "basic_ios" in reason:
+        free_text = format_bytes(free_after) if free_after is not None else "n/a"
+        return (
+            f"Writing {os.path.basename(plan.output_path)} in {folder} failed after {format_bytes(written)} "
+            f"(llama.cpp: {reason}). The disk is not full ({free_text} free), so the folder's file system "
+            "may not take a file this large (FAT32 stops at 4 GiB), or the disk went away. Nothing was "
+            "installed; choose another destination folder."
+        )
+    return None
 
 
 def _optional_type_id(name: str | None) -> int | None:

@@ -9,8 +9,9 @@ progress. The child writes only the file it is told to (a temporary name in the 
 folder); the parent renames it into place once the child has succeeded.
 
 Two ways in:
-- `child_main(params, conn)`: the multiprocessing target the job uses. Messages on `conn` are
-  bytes: b"L" + a piece of llama.cpp's log, then b"R" + the JSON result.
+- `child_main(params, conn, lifeline)`: the multiprocessing target the job uses. Messages on
+  `conn` are bytes: b"L" + a piece of llama.cpp's log, then b"R" + the JSON result. The child
+  dies with the process that started the job (see `_die_with_parent`).
 - `python -m app.quant.worker`: the same for a shell (JSON parameters on stdin, llama.cpp's
   log on stderr, `LLAMASCOPE-RESULT {json}` on stdout), for debugging and scripting.
 """
@@ -19,7 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +38,8 @@ MSG_RESULT = b"R"
 # multiprocessing's name for the program's main script: preloaded, the children need not import
 # it again (multiprocessing would, for a script run by path).
 PRELOAD_MODULES = ["__main__", "app.quant.worker", "llama_cpp"]
+EXIT_ORPHANED = 70  # the child's exit status when the process that started its job went away
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _log_callback_ref: Any = None  # must outlive every llama.cpp call
 
@@ -130,8 +136,71 @@ class _LogBatcher:
         self._last = time.monotonic()
 
 
-def child_main(params: dict[str, Any], conn: Any) -> None:
-    """multiprocessing target: log pieces and the result go to the parent over `conn`."""
+def _watch_lifeline(lifeline: Any) -> None:
+    try:
+        lifeline.recv_bytes()  # nothing is ever sent: this returns only when the job's end closes
+    except (EOFError, OSError):
+        pass
+    os._exit(EXIT_ORPHANED)  # no clean-up: the job is gone, and llama.cpp is mid-call
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: the kernel kills this process when its parent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError):
+        pass  # the lifeline below still ends this process
+
+
+def _leave_forkserver() -> None:
+    """Close this child's copy of the fork server's "alive" pipe.
+
+    The fork server exits when every holder of that pipe's write end is gone: the process that
+    started it and, by default, every child it forked. Holding it here would keep the fork server
+    alive for as long as llama.cpp runs, so the parent-death signal would never come; closed, the
+    fork server ends with LlamaScope, and the kernel then kills this child.
+    """
+    try:
+        from multiprocessing import forkserver
+
+        # CPython's private names (3.8 to 3.13): if they change, the lifeline still works.
+        server: Any = getattr(forkserver, "_forkserver")  # noqa: B009
+        if server.get_inherited_fds() is None:  # not forked by a fork server (spawn)
+            return
+        fd = getattr(server, "_forkserver_alive_fd", None)
+        if isinstance(fd, int):
+            server._forkserver_alive_fd = None
+            os.close(fd)
+    except (ImportError, AttributeError, OSError):
+        pass  # another Python's internals: the lifeline below still ends this process
+
+
+def _die_with_parent(lifeline: Any) -> None:
+    """End this process when the job's process dies, even by kill -9, so that llama.cpp does not
+    go on writing tens of GB for nobody.
+
+    Two ways, because either alone has a gap. On Linux the child's parent is the fork server, and
+    PR_SET_PDEATHSIG kills the child when that exits, which it does once LlamaScope has gone (see
+    `_leave_forkserver`): the kernel's doing, whatever the child's threads are busy with. On
+    every platform a thread waits on the lifeline pipe, whose other end only the job holds; the
+    OS closes it when the job's process dies. It also covers a parent that died before prctl.
+    """
+    _set_parent_death_signal()
+    _leave_forkserver()
+    if lifeline is not None:
+        threading.Thread(
+            target=_watch_lifeline, args=(lifeline,), name="llamascope-lifeline", daemon=True
+        ).start()
+
+
+def child_main(params: dict[str, Any], conn: Any, lifeline: Any = None) -> None:
+    """multiprocessing target: log pieces and the result go to the parent over `conn`; the child
+    ends by itself when `lifeline`'s other end closes (the job's process has gone)."""
+    _die_with_parent(lifeline)
     batcher = _LogBatcher(conn)
     result = _safe_run(params, batcher.write)
     try:

@@ -23,7 +23,10 @@ from app.quant.plan import (
     QuantizeRequest,
     default_output_path,
     f16_base_request,
+    output_folder_reason,
     plan_quantization,
+    size_change_text,
+    user_models_folder,
 )
 from app.quant.quantize import QuantizeJob, quantize
 
@@ -47,7 +50,7 @@ def leftovers(folder: Path) -> list[str]:
 def f16_base(tmp_path_factory: pytest.TempPathFactory, demo_model: str) -> str:
     """ "Make F16 base" on the demo model, once per session."""
     folder = tmp_path_factory.mktemp("base")
-    result = quantize(f16_base_request(demo_model, str(folder / "demo.F16-from-Q4_1.gguf")))
+    result = quantize(f16_base_request(demo_model, str(folder / "SmolLM2-135M-Instruct.F16.gguf")))
     return result.output_path
 
 
@@ -58,7 +61,64 @@ def test_make_f16_base_is_labelled_as_a_dequantized_copy(f16_base: str, demo_mod
     plan = plan_quantization(f16_base_request(demo_model, os.path.join(os.path.dirname(f16_base), "x.gguf")))
     assert plan.dequantized_copy
     assert any("dequantized copy" in w for w in plan.warnings)
-    assert default_output_path(demo_model, "F16", "Q4_1").endswith("SmolLM2-135M-Instruct.F16-from-Q4_1.gguf")
+
+
+def test_output_names_say_what_the_file_is(f16_base: str, tmp_path: Path) -> None:
+    folder = os.path.dirname(f16_base)
+    # Named after the model and the type, whatever the source was made from.
+    assert default_output_path(f16_base, "q8_0") == os.path.join(folder, "SmolLM2-135M-Instruct.Q8_0.gguf")
+    assert default_output_path(f16_base, "Q4_K_M").endswith(f"{os.sep}SmolLM2-135M-Instruct.Q4_K_M.gguf")
+    # Names an earlier LlamaScope gave, and the one it made of them, lose their chain of types.
+    for legacy in ("demo.F16-from-Q4_1.gguf", "demo.F16-from.Q8_0.gguf", "demo-f16.gguf"):
+        assert default_output_path(str(tmp_path / legacy), "Q8_0") == str(tmp_path / "demo.Q8_0.gguf")
+    assert default_output_path(str(tmp_path / "Llama-3-8B-Instruct-Q4_K_M.gguf"), "Q6_K") == str(
+        tmp_path / "Llama-3-8B-Instruct.Q6_K.gguf"
+    )
+
+
+def test_outputs_of_a_packaged_model_go_to_the_user_folder(demo_model: str) -> None:
+    # The demo model lives in an installed package (site-packages): a reinstall would delete
+    # anything written beside it.
+    assert "site-packages" in demo_model or "dist-packages" in demo_model
+    reason = output_folder_reason(demo_model)
+    assert reason is not None and "installed Python package" in reason
+    expected = os.path.join(user_models_folder(), "SmolLM2-135M-Instruct.F16.gguf")
+    assert default_output_path(demo_model, "F16") == expected
+    assert user_models_folder().startswith(os.environ["XDG_DATA_HOME"])  # the tests' own user folder
+    plan = plan_quantization(f16_base_request(demo_model))
+    assert plan.output_path == expected
+    assert os.path.isdir(user_models_folder())  # created for the plan
+    assert not plan.output_path.startswith(os.path.dirname(demo_model) + os.sep)
+
+
+def test_outputs_of_a_model_in_a_read_only_folder_go_to_the_user_folder(
+    f16_base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root ignores permissions, so the folder's answer is given where the plan asks the OS.
+    import app.quant.plan as plan_module
+
+    folder = os.path.dirname(f16_base)
+    real_access = os.access
+    monkeypatch.setattr(
+        plan_module.os, "access", lambda p, mode: False if str(p) == folder else real_access(p, mode)
+    )
+    assert output_folder_reason(f16_base) == f"the source's folder {folder} is not writable"
+    assert default_output_path(f16_base, "Q8_0") == os.path.join(
+        user_models_folder(), "SmolLM2-135M-Instruct.Q8_0.gguf"
+    )
+
+
+def test_size_ratios_point_the_right_way(f16_base: str, demo_model: str) -> None:
+    assert size_change_text(100, 275) == "2.75× larger than the source"
+    assert size_change_text(230, 100) == "2.3× smaller than the source"
+    assert size_change_text(1000, 1002) == "the same size as the source"
+    assert size_change_text(0, 10) == "n/a"
+    # The F16 base is larger than the Q4_1 it was made from: "larger", never "0.36× smaller".
+    ratio = os.path.getsize(f16_base) / os.path.getsize(demo_model)
+    assert ratio > 2
+    assert size_change_text(os.path.getsize(demo_model), os.path.getsize(f16_base)) == (
+        f"{ratio:.3g}× larger than the source"
+    )
 
 
 def test_quantize_reports_progress_and_renames_into_place(f16_base: str, tmp_path: Path) -> None:
@@ -74,6 +134,7 @@ def test_quantize_reports_progress_and_renames_into_place(f16_base: str, tmp_pat
     assert [e.tensor_index for e in events] == list(range(1, 273))
     assert events[-1].fraction == 1.0 and events[-1].n_tensors == 272
     assert result.compression_ratio > 2.5
+    assert result.size_change == f"{result.compression_ratio:.3g}× smaller than the source"
     assert result.label == "Q4_0" and not result.dequantized_copy
     assert leftovers(tmp_path) == []
     assert sha256(f16_base) == source_hash
@@ -315,6 +376,7 @@ def test_cli_quantize(f16_base: str, tmp_path: Path) -> None:
     assert out.is_file() and inspect_model(str(out)).file_type == "Q4_0"
     assert "quantizing [ 272/272]" in result.stderr  # progress went to stderr
     assert "Wrote" in result.stdout and "bits/weight" in result.stdout
+    assert "× smaller than the source" in result.stdout  # Q4_0 from F16
 
 
 def test_cli_quantize_refusals(demo_model: str, tmp_path: Path) -> None:
