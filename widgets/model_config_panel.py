@@ -584,7 +584,7 @@ class ModelConfigPanel(Panel):
         origin = item.data(PathRole + 1)
         info = self._infos.get(path)
         if info is not None:
-            text = f"{info.display_name}\n{info.file_type or 'n/a'} · {format_bytes(info.file_size_bytes)}"
+            text = f"{info.display_name}\n{info.file_type_label} · {format_bytes(info.file_size_bytes)}"
         elif path in self._errors:
             text = f"{os.path.basename(path)}\n✗ not loadable"
         else:
@@ -634,7 +634,7 @@ class ModelConfigPanel(Panel):
                 f"{info.n_params:,}" + (f" ({info.size_label})" if info.size_label else "")
             )
             labels["Size class"].setText(info.size_class.label)
-            labels["File type"].setText(info.file_type or "n/a")
+            labels["File type"].setText(info.file_type_label)  # "F16 (dequantized from Q4_1)"
             labels["File size"].setText(format_bytes(info.file_size_bytes))
             labels["Bits/weight"].setText(f"{info.bits_per_weight:.2f}")
             labels["Train context"].setText(fmt(info.context_length, ","))

@@ -301,7 +301,7 @@ class QuantizationPanel(Panel):
             self.source_label.setText("Select a loadable model in Model Config.")
         else:
             self.source_label.setText(
-                f"Source: <b>{info.display_name}</b> · {info.file_type or 'n/a'} · "
+                f"Source: <b>{info.display_name}</b> · {info.file_type_label} · "
                 f"{fmt_bytes(info.file_size_bytes)}"
             )
             self.output_edit.clear()

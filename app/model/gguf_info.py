@@ -26,7 +26,7 @@ from app.model.file_format import (
     detect_format,
     open_binary,
 )
-from app.model.model_info import ModelInfo, SizeClass, TensorTypeStat
+from app.model.model_info import KEY_QUANTIZED_FROM, ModelInfo, SizeClass, TensorTypeStat
 
 DEFAULT_ALIGNMENT = 32
 
@@ -430,6 +430,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
         n_embd_head_v=n_embd_head_v if n_embd_head_v is not None else head_dim,
         vocab_size=vocab_size,
         chat_template=template if isinstance(template, str) and template else None,
+        quantized_from=_as_str(kvs.get(KEY_QUANTIZED_FROM)),
     )
 
 

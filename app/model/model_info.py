@@ -34,6 +34,11 @@ class SizeClass(enum.Enum):
         }[self]
 
 
+# Metadata key LlamaScope's quantizer writes into a file made from a quantized model, naming the
+# type it was made from.
+KEY_QUANTIZED_FROM = "llamascope.quantized_from"
+
+
 @dataclass(frozen=True)
 class TensorTypeStat:
     """One row of a model's tensor-type histogram."""
@@ -69,6 +74,9 @@ class ModelInfo:
     n_embd_head_v: int | None  # <arch>.attention.value_length or n_embd // n_head
     vocab_size: int | None  # <arch>.vocab_size or len(tokenizer.ggml.tokens)
     chat_template: str | None
+    # The quantized type a LlamaScope-made file was quantized from (KEY_QUANTIZED_FROM), e.g. "Q4_1"
+    # for an F16 base made from a Q4_1 model: its provenance, which its name does not carry.
+    quantized_from: str | None = None
 
     @property
     def has_chat_template(self) -> bool:
@@ -85,6 +93,17 @@ class ModelInfo:
         if self.n_embd_head_v is None or self.n_head_kv is None:
             return None
         return self.n_embd_head_v * self.n_head_kv
+
+    @property
+    def file_type_label(self) -> str:
+        """The file type with its provenance: "F16 (dequantized from Q4_1)", "Q4_0 (requantized
+        from Q4_1)", "Q8_0"; "n/a" when the header names none."""
+        kind = self.file_type or "n/a"
+        origin = self.quantized_from
+        if not origin or origin == self.file_type:
+            return kind
+        verb = "dequantized" if self.file_type in ("F32", "F16", "BF16") else "requantized"
+        return f"{kind} ({verb} from {origin})"
 
     @property
     def display_name(self) -> str:

@@ -46,9 +46,6 @@ DEQUANTIZED_NOTE = (
     "from and compare against, not the original model."
 )
 
-# Metadata key LlamaScope writes into a requantized file, naming the type it was made from.
-KEY_QUANTIZED_FROM = "llamascope.quantized_from"
-
 
 class QuantizeError(Exception):
     """A quantization that cannot start or did not finish; the message is meant for the user."""

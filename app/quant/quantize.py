@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from app.common.formatting import format_bytes
 from app.model.file_format import ModelFileError, detect_format
 from app.model.gguf_info import inspect_model
+from app.model.model_info import KEY_QUANTIZED_FROM
 from app.quant import worker as quantize_worker
 from app.quant.partials import (
     PartialEntry,
@@ -40,7 +41,6 @@ from app.quant.partials import (
     try_lock,
 )
 from app.quant.plan import (
-    KEY_QUANTIZED_FROM,
     QuantizeCancelled,
     QuantizeError,
     QuantizePlan,

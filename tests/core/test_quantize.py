@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from app.model.gguf_info import _read_header, inspect_model, read_metadata
+from app.model.model_info import KEY_QUANTIZED_FROM
 from app.quant.plan import (
-    KEY_QUANTIZED_FROM,
     QuantizeCancelled,
     QuantizeError,
     QuantizeProgress,
@@ -58,6 +58,9 @@ def test_make_f16_base_is_labelled_as_a_dequantized_copy(f16_base: str, demo_mod
     info = inspect_model(f16_base)
     assert info.file_type == "F16"
     assert read_metadata(f16_base)[KEY_QUANTIZED_FROM] == "Q4_1"
+    # The name says F16; the model list says where it came from.
+    assert info.quantized_from == "Q4_1"
+    assert info.file_type_label == "F16 (dequantized from Q4_1)"
     plan = plan_quantization(f16_base_request(demo_model, os.path.join(os.path.dirname(f16_base), "x.gguf")))
     assert plan.dequantized_copy
     assert any("dequantized copy" in w for w in plan.warnings)

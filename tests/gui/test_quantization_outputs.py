@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from PySide6.QtCore import QSettings
 from pytestqt.qtbot import QtBot
 
 from app.model.gguf_info import inspect_model
 from app.quant.partials import default_registry_folder
-from app.quant.plan import QuantizeResult, user_models_folder
+from app.quant.plan import QuantizeResult, f16_base_request, user_models_folder
+from app.quant.quantize import quantize
+from widgets.model_config_panel import ModelConfigPanel
 from widgets.quantization_panel import QuantizationPanel
 
 
@@ -72,3 +76,24 @@ def test_the_windows_start_sweeps_leftovers_in_the_background(tmp_path: Path) ->
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert not leftover.exists() and not entry.exists()
+
+
+@pytest.fixture(scope="module")
+def f16_base(tmp_path_factory: pytest.TempPathFactory, demo_model: str) -> str:
+    folder = tmp_path_factory.mktemp("base")
+    return quantize(f16_base_request(demo_model, str(folder / "SmolLM2-135M-Instruct.F16.gguf"))).output_path
+
+
+def test_the_model_list_says_where_a_dequantized_base_came_from(
+    qtbot: QtBot, tmp_path: Path, f16_base: str
+) -> None:
+    # The file's name says only F16; the list and the details add what LlamaScope recorded in
+    # its metadata when it made the copy.
+    panel = ModelConfigPanel(QSettings(str(tmp_path / "llamascope.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(panel)
+    panel.add_model_file(f16_base)
+    panel.on_model_inspected(f16_base, inspect_model(f16_base), "")
+    item = panel.model_list.currentItem()
+    assert item is not None
+    assert "F16 (dequantized from Q4_1)" in item.text()
+    assert panel._meta_labels["File type"].text() == "F16 (dequantized from Q4_1)"
