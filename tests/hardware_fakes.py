@@ -13,6 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from app.llama.devices import LlamaDevice
+from app.llama.facts import LibraryFacts
 from app.llama.runtime import BuildInfo
 
 # ---- sysfs trees ------------------------------------------------------------------------------
@@ -274,3 +276,85 @@ def fake_build(
 ) -> Callable[[], BuildInfo]:
     info = BuildInfo("0.3.99", system_info, backends, gpu_offload, True, True)
     return lambda: info
+
+
+# ---- llama.cpp's device list ------------------------------------------------------------------
+
+CPU_DEVICE = LlamaDevice(0, "CPU", "Intel(R) Core(TM) i7-1185G7", "CPU", "CPU", 10 * 1024**3, 16 * 1024**3)
+
+
+def gpu_device(
+    index: int,
+    name: str,
+    description: str,
+    *,
+    backend: str,
+    kind: str = "GPU",
+    total_gib: float = 24,
+    free_gib: float = 22,
+    pci_bus_id: str | None = None,
+) -> LlamaDevice:
+    """One GPU as ggml's device registry describes it."""
+    gib = 1024**3
+    return LlamaDevice(
+        index, name, description, kind, backend, int(free_gib * gib), int(total_gib * gib), pci_bus_id
+    )
+
+
+def fake_facts(
+    devices: tuple[LlamaDevice, ...] | None,
+    *,
+    backends: tuple[str, ...] = ("CPU",),
+    system_info: str = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+    "BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 |",
+) -> LibraryFacts:
+    """A build facts record as app.llama.facts caches it, with `devices` as its device list."""
+    gpu = devices is not None and any(d.is_gpu for d in devices)
+    return LibraryFacts(
+        llama_cpp_python_version="0.3.99",
+        system_info=system_info,
+        backends=backends,
+        gpu_offload=gpu,
+        mmap=True,
+        mlock=True,
+        cpu_variant=None,
+        ftypes={"LLAMA_FTYPE_MOSTLY_Q8_0": 7},
+        devices=devices,
+        devices_error=None if devices is not None else "llama.cpp's device list not readable: test",
+    )
+
+
+def from_facts(facts: LibraryFacts) -> dict[str, Any]:
+    """detect_hardware's `build` and `devices` arguments, both read from one facts record."""
+    info = BuildInfo(
+        facts.llama_cpp_python_version,
+        facts.system_info,
+        facts.backends,
+        facts.gpu_offload,
+        facts.mmap,
+        facts.mlock,
+    )
+    return {"build": lambda: info, "devices": lambda: facts.devices}
+
+
+def metal_facts() -> LibraryFacts:
+    """An Apple silicon Mac: llama.cpp's Metal backend with the integrated GPU (unified memory)."""
+    mac = gpu_device(1, "MTL0", "Apple M2 Max", backend="MTL", kind="IGPU", total_gib=48, free_gib=40)
+    cpu = LlamaDevice(0, "CPU", "Apple M2 Max", "CPU", "CPU", 40 * 1024**3, 64 * 1024**3)
+    return fake_facts(
+        (cpu, mac), backends=("MTL", "BLAS", "CPU"), system_info="MTL : EMBED_LIBRARY = 1 | CPU : NEON = 1 |"
+    )
+
+
+def vulkan_facts() -> LibraryFacts:
+    """A Vulkan build on a machine with an AMD GPU (no NVIDIA driver)."""
+    amd = gpu_device(
+        1,
+        "Vulkan0",
+        "AMD Radeon RX 7900 XTX (RADV NAVI31)",
+        backend="Vulkan",
+        total_gib=24,
+        free_gib=23,
+        pci_bus_id="0000:03:00.0",
+    )
+    return fake_facts((CPU_DEVICE, amd), backends=("Vulkan", "CPU"))

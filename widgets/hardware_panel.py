@@ -103,7 +103,7 @@ class HardwarePanel(Panel):
         self._report: HardwareReport | None = None
         self._model: ModelInfo | None = None
         self._recommendation: Recommendation | None = None
-        self._free_vram: list[int | None] | None = None
+        self._nvml_free_vram: dict[int, int | None] | None = None  # NVML index -> free bytes, live
         self._last_throttle_t: dict[str, float] = {}
         self._gpu_indices: tuple[int, ...] = ()
         self._seen_snapshot = False
@@ -347,11 +347,12 @@ class HardwarePanel(Panel):
         self.notes_label.setStyleSheet(f"color: {_WARN}")
         self.notes_label.setText("<br>".join(f"• {n}" for n in report.notes))
         self.notes_label.setVisible(bool(report.notes))
-        if report.gpus:
-            self.gpu_label.setText("<br>".join(_gpu_line(g, report) for g in report.gpus))
-        else:
-            why = "" if report.gpu_status in ("ok", "") else f" ({report.gpu_status})"
-            self.gpu_label.setText(f"None — CPU only{why}")
+        self.gpu_label.setText(gpu_html(report))
+        self.gpu_label.setToolTip(
+            "The GPUs in llama.cpp's own device list: the ones this build can put layers on "
+            "(CUDA, ROCm, Metal, Vulkan, SYCL…). Power, clocks and PCIe come from NVIDIA's driver "
+            "for NVIDIA GPUs."
+        )
         self.detect_button.setEnabled(True)
 
     def _on_detect_clicked(self) -> None:
@@ -364,7 +365,7 @@ class HardwarePanel(Panel):
             self._recommendation = None
             self.apply_button.setEnabled(False)
             return
-        rec = recommend(self._report, self._model, free_vram_bytes=self._free_vram)
+        rec = recommend(self._report, self._model, free_vram_bytes=self._free_vram(self._report))
         self._recommendation = rec
         labels = self.advice_labels
         labels["simd"].setText(rec.simd_text)
@@ -376,6 +377,16 @@ class HardwarePanel(Panel):
         for key in ("n_threads", "n_threads_batch", "n_batch", "n_gpu_layers"):
             labels[key].setToolTip(rec.reason(key))
         self.apply_button.setEnabled(True)
+
+    def _free_vram(self, report: HardwareReport) -> list[int | None] | None:
+        """Free memory per GPU of the report: NVML's live reading for an NVIDIA GPU, the report's
+        (llama.cpp's, at detection) for the others; None before the first telemetry sample."""
+        live = self._nvml_free_vram
+        if live is None:
+            return None
+        return [
+            live.get(g.nvml_index) if g.nvml_index is not None else g.memory_free_bytes for g in report.gpus
+        ]
 
     def _on_apply_clicked(self) -> None:
         if self._recommendation is not None:
@@ -459,12 +470,13 @@ class HardwarePanel(Panel):
                     for g in s.gpus
                 )
             )
-        self._free_vram = [
-            g.memory_total_bytes - g.memory_used_bytes
+        # Free VRAM by NVML index, fresher than the report's; matched to llama.cpp's GPUs when advising.
+        self._nvml_free_vram = {
+            g.index: g.memory_total_bytes - g.memory_used_bytes
             if g.memory_total_bytes is not None and g.memory_used_bytes is not None
             else None
             for g in s.gpus
-        ] or None
+        }
         if indices != self._gpu_indices:
             self._gpu_indices = indices
             self._refresh_recommendation()
@@ -517,10 +529,28 @@ def _core_share(s: Snapshot) -> float | None:
     return min(100.0, s.process_cpu_percent / len(s.cpu_per_core_percent))
 
 
+def gpu_html(report: HardwareReport) -> str:
+    """The Detection box's GPU lines: llama.cpp's GPUs, then NVIDIA GPUs it does not list."""
+    if report.devices is None:
+        return f"n/a — {report.devices_error or 'llama.cpp could not be asked'}"
+    lines = [_gpu_line(g, report) for g in report.gpus]
+    lines += [
+        f"<b>{g.name or f'NVIDIA GPU {g.index}'}</b> · not usable by this llama.cpp build (see the notes)"
+        for g in report.unused_gpus
+    ]
+    return "<br>".join(lines) or "None — CPU only (llama.cpp lists no GPU)"
+
+
 def _gpu_line(g: GpuInfo, report: HardwareReport) -> str:
-    parts = [f"<b>{g.name or f'GPU {g.index}'}</b>"]
+    memory = "shared memory" if g.kind == "IGPU" else "VRAM"
+    parts = [
+        f"<b>{g.name or f'GPU {g.index}'}</b>",
+        f"llama.cpp device {g.device_name} ({g.backend or 'n/a'})",
+    ]
     if g.memory_total_bytes is not None:
-        parts.append(f"{fmt_bytes(g.memory_total_bytes)} VRAM ({fmt_bytes(g.memory_free_bytes)} free)")
+        parts.append(f"{fmt_bytes(g.memory_total_bytes)} {memory} ({fmt_bytes(g.memory_free_bytes)} free)")
+    if g.nvml_index is None:
+        return " · ".join(parts)  # what follows only NVIDIA's driver tells
     parts.append(
         f"driver {report.driver_version or NOT_AVAILABLE} · "
         f"CUDA {report.cuda_driver_version or NOT_AVAILABLE}"

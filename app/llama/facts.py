@@ -1,12 +1,17 @@
 """What the installed llama.cpp build is, read in a child process so the window never loads it.
 
 The window and the command line show facts about the llama.cpp build (its CPU features and
-backends, GPU offload, which quantization types it knows) but run no model: the engine host does
-that. Loading the library alone can already fault: a build compiled for a newer CPU may run
-AVX-512 code in ggml's start-up. So these facts are read by `python -m app.llama.facts` in a child
-process and cached per installed build (the build check's key) in the user cache folder. A process
-that has loaded llama.cpp anyway (the engine host, the build check, the quantizer, the tests)
-reads them in place.
+backends, GPU offload, which quantization types it knows, the devices it computes on) but run no
+model: the engine host does that. Loading the library alone can already fault: a build compiled
+for a newer CPU may run AVX-512 code in ggml's start-up. So these facts are read by
+`python -m app.llama.facts` in a child process and cached per installed build (the build check's
+key) in the user cache folder. A process that has loaded llama.cpp anyway (the engine host, the
+build check, the quantizer, the tests) reads them in place.
+
+The devices (ggml's device registry, `app.llama.devices`) are part of the record, so the hardware
+report, the advice, the tuner and the benchmark records all use one list. Their free memory changes
+and a driver can come or go without the build changing, so `current_devices()` reads them again
+(and refreshes the cached record) instead of trusting the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from app.common.json_store import read_json_dict, write_json_atomic
+from app.llama.devices import LlamaDevice
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ class LibraryFacts:
     mlock: bool
     cpu_variant: str | None
     ftypes: dict[str, int]  # "LLAMA_FTYPE_MOSTLY_Q4_K_M" -> 15
+    # ggml's device registry (CPU included) when read; None when the registry could not be read.
+    devices: tuple[LlamaDevice, ...] | None
+    devices_error: str | None = None  # why `devices` is None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LibraryFacts:
@@ -57,7 +66,17 @@ class LibraryFacts:
             mlock=bool(data["mlock"]),
             cpu_variant=None if data.get("cpu_variant") is None else str(data["cpu_variant"]),
             ftypes={str(k): int(v) for k, v in dict(data["ftypes"]).items()},
+            # A record written before devices were read has no "devices" key: KeyError, read again.
+            devices=None
+            if data["devices"] is None
+            else tuple(LlamaDevice.from_json(d) for d in data["devices"]),
+            devices_error=None if data.get("devices_error") is None else str(data["devices_error"]),
         )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["devices"] = None if self.devices is None else [d.to_json() for d in self.devices]
+        return out
 
 
 def read_in_this_process() -> LibraryFacts:
@@ -67,6 +86,7 @@ def read_in_this_process() -> LibraryFacts:
     lc = llama_runtime.llama()
     info = llama_runtime.read_build_info()
     ftypes = {name: int(getattr(lc, name)) for name in dir(lc) if name.startswith("LLAMA_FTYPE_")}
+    devices, devices_error = _devices_in_this_process()
     return LibraryFacts(
         llama_cpp_python_version=info.llama_cpp_python_version,
         system_info=info.system_info,
@@ -76,21 +96,53 @@ def read_in_this_process() -> LibraryFacts:
         mlock=info.mlock,
         cpu_variant=llama_runtime.cpu_backend_variant(),
         ftypes=ftypes,
+        devices=devices,
+        devices_error=devices_error,
     )
+
+
+def _devices_in_this_process() -> tuple[tuple[LlamaDevice, ...] | None, str | None]:
+    """(devices, None), or (None, why) when ggml's device registry cannot be read."""
+    from app.llama import runtime as llama_runtime
+    from app.llama.devices import read_devices
+
+    lc = llama_runtime.llama()
+    try:
+        lc.llama_backend_init()  # registers the backends a regular build has compiled in
+        return read_devices(llama_runtime._ggml_library(llama_runtime.llama_lib_dir())), None
+    except (OSError, AttributeError) as exc:  # a libggml without the device registry
+        log.warning("llama.cpp's device list not readable: %s", exc)
+        return None, f"llama.cpp's device list not readable: {exc}"
 
 
 _lock = threading.Lock()
 _facts: LibraryFacts | None = None
 
 
-def library_facts() -> LibraryFacts:
+def library_facts(*, refresh: bool = False) -> LibraryFacts:
     """The installed build's facts: in place if llama.cpp is loaded here, else from the cache or a
-    child process (about a second, once per installed build). Raises LlamaFactsError."""
+    child process (about a second, once per installed build). `refresh` reads them again (a child
+    process, or in place) and updates the cache. Raises LlamaFactsError."""
     global _facts
     with _lock:
-        if _facts is None:
-            _facts = read_in_this_process() if "llama_cpp" in sys.modules else _from_child_or_cache()
+        if _facts is None or refresh:
+            if "llama_cpp" in sys.modules:
+                _facts = read_in_this_process()
+            else:
+                _facts = _from_child_or_cache(use_cache=not refresh)
         return _facts
+
+
+def current_devices() -> tuple[LlamaDevice, ...] | None:
+    """llama.cpp's device list as it is now, with free memory as of now; None when not readable.
+
+    In a process that has loaded llama.cpp (the engine host) the registry is read in place, which
+    costs microseconds; elsewhere a child process reads it (a third of a second) and the cached
+    record is refreshed. Raises LlamaFactsError when the library cannot be read at all.
+    """
+    if "llama_cpp" in sys.modules:
+        return _devices_in_this_process()[0]
+    return library_facts(refresh=True).devices
 
 
 def _cache_path() -> Path:
@@ -99,7 +151,7 @@ def _cache_path() -> Path:
     return Path(platformdirs.user_cache_dir("LlamaScope", appauthor=False)) / CACHE_FILE_NAME
 
 
-def _from_child_or_cache() -> LibraryFacts:
+def _from_child_or_cache(*, use_cache: bool = True) -> LibraryFacts:
     from app.llama.build_check import build_key, describe_exit
     from app.llama.runtime import llama_lib_dir
 
@@ -110,7 +162,7 @@ def _from_child_or_cache() -> LibraryFacts:
     if key is None:
         raise LlamaFactsError(f"No llama.cpp library found in {llama_lib_dir()}.")
     path = _cache_path()
-    cached = read_json_dict(path).get(key)
+    cached = read_json_dict(path).get(key) if use_cache else None
     if isinstance(cached, dict):
         try:
             return LibraryFacts.from_json(cached)
@@ -144,9 +196,9 @@ def _from_child_or_cache() -> LibraryFacts:
 def _write_cache(path: Path, key: str, facts: LibraryFacts) -> None:
     # A cache that cannot be written only costs a child process next time.
     entries = read_json_dict(path)
-    entries[key] = asdict(facts)
+    entries[key] = facts.to_json()
     write_json_atomic(path, entries)
 
 
 if __name__ == "__main__":
-    print(json.dumps(asdict(read_in_this_process())), flush=True)
+    print(json.dumps(read_in_this_process().to_json()), flush=True)

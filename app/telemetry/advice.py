@@ -4,7 +4,9 @@ The rules follow how llama.cpp spends its time. Token generation is memory-bound
 hyper-thread siblings only compete: one thread per physical core. Prompt processing is
 compute-bound and gains from every logical core. Batch sizes are llama.cpp's defaults where a GPU
 takes the layers (n_batch 2048, n_ubatch 512) and the Model Config presets' on the CPU. GPU layers
-are the most that llama.cpp's own memory accounting (`app.model.memory`) fits in free VRAM with a margin.
+are the most that llama.cpp's own memory accounting (`app.model.memory`) fits in free VRAM with a margin,
+on the GPUs llama.cpp's own device list names (the hardware report's `gpus`): a Metal, Vulkan or ROCm
+GPU counts as much as a CUDA one.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def recommend(
     *,
     free_vram_bytes: Sequence[int | None] | None = None,
 ) -> Recommendation:
-    """Recommended settings; `free_vram_bytes` per GPU (fresher than the report's) when known."""
+    """Recommended settings; `free_vram_bytes` per GPU of `report.gpus`, in its order, when fresher
+    figures than the report's are known (None in it: that GPU's free memory is unknown)."""
     cpu = report.cpu
     physical, logical = max(1, cpu.physical_cores), max(1, cpu.logical_cores)
     reasons = [
@@ -136,17 +139,19 @@ def _gpu_layers(
     base: LoadSettings,
     free_vram_bytes: Sequence[int | None] | None,
 ) -> tuple[int, str]:
+    if report.devices is None:
+        return 0, f"GPUs unknown: {report.devices_error or 'llama.cpp could not be asked'}"
     if not report.gpus:
-        return 0, "no GPU, CPU only"
-    if report.build is not None and not report.build.gpu_offload:
-        return 0, "this llama.cpp build has no GPU backend"
+        if report.unused_gpus:
+            return 0, "this llama.cpp build has no backend for the GPU present (see the notes)"
+        return 0, "no GPU that llama.cpp can use, CPU only"
     if model is None:
         return 0, "select a model"
     if not model.n_layer:
         return 0, "the model's layer count is unknown"
-    if free_vram_bytes is not None:
+    if free_vram_bytes is not None and len(free_vram_bytes) == len(report.gpus):
         frees = list(free_vram_bytes)
-    else:
+    else:  # none fresher, or read for another list of GPUs: the report's own figures
         frees = [g.memory_free_bytes for g in report.gpus]
     known = [(f, g) for f, g in zip(frees, report.gpus, strict=True) if f is not None]
     if not known:
@@ -154,7 +159,9 @@ def _gpu_layers(
     free = sum(f for f, _ in known)
     margin = sum(vram_margin_bytes(g.memory_total_bytes) for _, g in known)
     layers = gpu_layers_that_fit(model, base, free - margin)
-    where = f"{format_bytes(free)} free VRAM" + (f" on {len(known)} GPUs" if len(known) > 1 else "")
+    # An integrated GPU (Apple silicon, an APU) has no VRAM of its own: it shares the host's memory.
+    memory = "GPU memory" if all(g.kind == "IGPU" for _, g in known) else "VRAM"
+    where = f"{format_bytes(free)} free {memory}" + (f" on {len(known)} GPUs" if len(known) > 1 else "")
     if layers == ALL_LAYERS:
         what = f"all {model.n_layer} layers and the output layer fit"
     else:

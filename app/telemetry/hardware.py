@@ -1,8 +1,14 @@
 """What the machine is: CPU, memory, GPUs, OS and the llama.cpp build.
 
-Detection reads /proc and /sys under a filesystem root, asks NVML through `app.telemetry.nvml.Nvml` and
-llama.cpp through `app.llama.runtime.build_info()`, so it must run off the GUI thread. Anything
-not readable is None ("n/a"); nothing here raises for a machine that lacks a source.
+Detection reads /proc and /sys under a filesystem root, asks llama.cpp through
+`app.llama.runtime.build_info()` and `app.llama.facts.current_devices()` (a child process), and
+NVML through `app.telemetry.nvml.Nvml`, so it must run off the GUI thread. Anything not readable
+is None ("n/a"); nothing here raises for a machine that lacks a source.
+
+The GPUs are llama.cpp's own device list (ggml's registry): a Metal, Vulkan, ROCm or CUDA GPU is
+listed when this build can offload to it, and only then. NVML adds the details only NVIDIA's
+driver knows (power limit, clocks, PCIe link) to the NVIDIA ones, matched by PCI bus id; an NVIDIA
+GPU that the build does not list (a CPU-only build) is reported apart, as not usable.
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from app.llama.build_check import BuildVerdict
+from app.llama.devices import LlamaDevice, gpu_devices, pci_key
 from app.llama.runtime import BuildInfo
 from app.telemetry.nvml import NVML_CLOCK_MEM, NVML_CLOCK_SM, Nvml, shared_nvml, text
 from app.telemetry.sysfs import (
@@ -114,7 +121,20 @@ _SIMD_EXTRAS = (
     "FP16_VA",
 )
 
-_GPU_BACKENDS = ("CUDA", "Metal", "Vulkan", "HIP", "ROCm", "SYCL", "OpenCL", "CANN", "MUSA", "Kompute", "RPC")
+_GPU_BACKENDS = (
+    "CUDA",
+    "Metal",
+    "MTL",
+    "Vulkan",
+    "HIP",
+    "ROCm",
+    "SYCL",
+    "OpenCL",
+    "CANN",
+    "MUSA",
+    "Kompute",
+    "RPC",
+)
 
 
 # ---- llama_print_system_info() -----------------------------------------------------------------
@@ -224,7 +244,10 @@ class RamInfo:
 
 @dataclass(frozen=True)
 class GpuInfo:
-    index: int
+    """A GPU: one of llama.cpp's GPU devices, with NVML's details when it is an NVIDIA GPU NVML
+    knows; or (in `HardwareReport.unused_gpus`) an NVIDIA GPU that this build does not list."""
+
+    index: int  # llama.cpp's GPU number (what --main-gpu counts); NVML's index for an unused GPU
     name: str | None
     uuid: str | None
     memory_total_bytes: int | None
@@ -237,6 +260,17 @@ class GpuInfo:
     pcie_generation_max: int | None
     pcie_width: int | None  # lanes, current link
     pcie_width_max: int | None
+    device_name: str | None = None  # llama.cpp's device: "CUDA0", "Vulkan0", "MTL0"; None if unused
+    backend: str | None = None  # the ggml backend that owns the device: "CUDA", "Vulkan", "Metal"
+    kind: str | None = None  # "GPU" (own memory) or "IGPU" (integrated: shares the host's memory)
+    pci_bus_id: str | None = None
+    nvml_index: int | None = None  # the NVML device that gives this GPU's telemetry
+
+    @property
+    def label(self) -> str:
+        """ "NVIDIA GeForce RTX 4090 (CUDA0)", "Apple M2 Max (MTL0)"."""
+        name = self.name or f"GPU {self.index}"
+        return f"{name} ({self.device_name})" if self.device_name else name
 
 
 @dataclass(frozen=True)
@@ -253,8 +287,8 @@ class HardwareReport:
 
     cpu: CpuInfo
     memory: RamInfo
-    gpus: tuple[GpuInfo, ...]
-    gpu_status: str  # "ok", "no NVIDIA driver", "pynvml not installed", ...
+    gpus: tuple[GpuInfo, ...]  # the GPUs llama.cpp can offload to (its device list), in its order
+    gpu_status: str  # NVML's: "ok", "no NVIDIA driver", "pynvml not installed", ...
     driver_version: str | None
     cuda_driver_version: str | None
     build: BuildInfo | None
@@ -263,6 +297,9 @@ class HardwareReport:
     os_info: OsInfo = field(default_factory=lambda: current_os())
     build_check: BuildVerdict | None = None  # app.llama.build_check: does this build run on this CPU?
     notes: tuple[str, ...] = ()
+    unused_gpus: tuple[GpuInfo, ...] = ()  # NVIDIA GPUs NVML sees that llama.cpp does not list
+    devices: tuple[LlamaDevice, ...] | None = ()  # llama.cpp's whole device list; None: not readable
+    devices_error: str | None = None  # why `devices` is None
 
     @property
     def gpu_backends(self) -> tuple[str, ...]:
@@ -271,9 +308,13 @@ class HardwareReport:
 
     @property
     def gpu_summary(self) -> str:
-        if not self.gpus:
-            return "None — CPU only"
-        return ", ".join(g.name or f"GPU {g.index}" for g in self.gpus)
+        if self.gpus:
+            return ", ".join(g.label for g in self.gpus)
+        if self.devices is None:
+            return f"n/a — {self.devices_error or 'llama.cpp could not be asked'}"
+        if self.unused_gpus:
+            return "None usable by this llama.cpp build — CPU only"
+        return "None — CPU only"
 
 
 def current_os() -> OsInfo:
@@ -411,6 +452,7 @@ def detect_gpus(nvml: Nvml) -> tuple[tuple[GpuInfo, ...], str | None, str | None
         limit_mw = nvml.device_query(i, "nvmlDeviceGetEnforcedPowerLimit")
         if limit_mw is None:
             limit_mw = nvml.device_query(i, "nvmlDeviceGetPowerManagementLimit")
+        pci = nvml.device_query(i, "nvmlDeviceGetPciInfo")
         gpus.append(
             GpuInfo(
                 index=i,
@@ -426,9 +468,61 @@ def detect_gpus(nvml: Nvml) -> tuple[tuple[GpuInfo, ...], str | None, str | None
                 pcie_generation_max=_as_int(nvml.device_query(i, "nvmlDeviceGetMaxPcieLinkGeneration")),
                 pcie_width=_as_int(nvml.device_query(i, "nvmlDeviceGetCurrPcieLinkWidth")),
                 pcie_width_max=_as_int(nvml.device_query(i, "nvmlDeviceGetMaxPcieLinkWidth")),
+                pci_bus_id=text(getattr(pci, "busId", None)),
+                nvml_index=i,
             )
         )
     return tuple(gpus), driver, cuda
+
+
+def llama_gpus(
+    devices: Sequence[LlamaDevice], nvidia: Sequence[GpuInfo]
+) -> tuple[tuple[GpuInfo, ...], tuple[GpuInfo, ...]]:
+    """(llama.cpp's GPUs with NVML's details where they match, the NVIDIA GPUs llama.cpp does not list).
+
+    A device matches an NVIDIA GPU by PCI bus id. Without one (an older backend), CUDA devices take
+    the NVIDIA GPUs of the same name in order: CUDA and NVML may count in different orders, but
+    GPUs of one name are interchangeable for what is shown here.
+    """
+    matched: set[int] = set()  # positions in `nvidia`
+    out = []
+    for number, device in enumerate(gpu_devices(devices)):
+        key = pci_key(device.pci_bus_id)
+        found = next((i for i, g in enumerate(nvidia) if key and pci_key(g.pci_bus_id) == key), None)
+        if found is None and key is None and (device.backend or "").upper() == "CUDA":
+            found = next(
+                (i for i, g in enumerate(nvidia) if i not in matched and g.name == device.description), None
+            )
+        match = None if found is None else nvidia[found]
+        if found is not None:
+            matched.add(found)
+        total, free = device.memory_total_bytes, device.memory_free_bytes
+        out.append(
+            GpuInfo(
+                index=number,
+                name=device.description or (match.name if match else None),
+                uuid=match.uuid if match else None,
+                # llama.cpp's own reading: what it will allocate from (NVML's would be the same
+                # figure on CUDA, and does not exist elsewhere).
+                memory_total_bytes=total,
+                memory_used_bytes=total - free if total is not None and free is not None else None,
+                memory_free_bytes=free,
+                power_limit_watts=match.power_limit_watts if match else None,
+                max_sm_clock_mhz=match.max_sm_clock_mhz if match else None,
+                max_memory_clock_mhz=match.max_memory_clock_mhz if match else None,
+                pcie_generation=match.pcie_generation if match else None,
+                pcie_generation_max=match.pcie_generation_max if match else None,
+                pcie_width=match.pcie_width if match else None,
+                pcie_width_max=match.pcie_width_max if match else None,
+                device_name=device.name,
+                backend=device.backend,
+                kind=device.kind,
+                pci_bus_id=device.pci_bus_id or (match.pci_bus_id if match else None),
+                nvml_index=match.nvml_index if match else None,
+            )
+        )
+    unused = tuple(g for i, g in enumerate(nvidia) if i not in matched)
+    return tuple(out), unused
 
 
 def _default_build() -> BuildInfo:
@@ -445,11 +539,15 @@ def detect_hardware(
     ps: Any | None = None,
     machine: str | None = None,
     build_check: Callable[[], BuildVerdict] | None = None,
+    devices: Callable[[], tuple[LlamaDevice, ...] | None] | None = None,
 ) -> HardwareReport:
-    """Detect the machine. Calls llama.cpp (through `build`) and NVML: never on the GUI thread.
+    """Detect the machine. Calls llama.cpp (through `build` and `devices`) and NVML: never on the
+    GUI thread.
 
     `build_check` gives the verdict of app.llama.build_check; by default it runs (once per installed
     build, in a child process) when the installed build is read, and not with a fake `build`.
+    `devices` gives llama.cpp's device list (None: not readable); by default the installed build is
+    asked (app.llama.facts.current_devices), and a fake `build` has no devices unless given.
     """
     nvml = nvml or shared_nvml()
     ps = ps or _psutil()
@@ -463,11 +561,20 @@ def detect_hardware(
         log.warning("llama.cpp build facts not readable: %s", build_error)
     parsed = parse_system_info(build_info.system_info) if build_info else {}
     cpu = _detect_cpu(root, ps, build_cpu_features(parsed), machine)
-    gpus, driver, cuda = detect_gpus(nvml)
+    nvidia, driver, cuda = detect_gpus(nvml)
+    device_list, devices_error = _devices(devices, default=build is None and build_info is not None)
+    if build_info is None and devices is None:
+        device_list, devices_error = None, f"llama.cpp not readable ({build_error})"
+    gpus, unused = llama_gpus(device_list or (), nvidia)
+    if device_list is None:
+        unused = ()  # not known to be unused: llama.cpp could not be asked
     report = HardwareReport(
         cpu=cpu,
         memory=_detect_memory(ps),
         gpus=gpus,
+        unused_gpus=unused,
+        devices=device_list,
+        devices_error=devices_error,
         gpu_status=nvml.status,
         driver_version=driver,
         cuda_driver_version=cuda,
@@ -477,6 +584,23 @@ def detect_hardware(
         build_check=_verdict(build_check, default=build is None and build_info is not None),
     )
     return _with_notes(report)
+
+
+def _devices(
+    devices: Callable[[], tuple[LlamaDevice, ...] | None] | None, default: bool
+) -> tuple[tuple[LlamaDevice, ...] | None, str | None]:
+    if devices is None and not default:
+        return (), None  # a fake build without devices: a CPU-only build
+    if devices is None:
+        from app.llama.facts import current_devices
+
+        devices = current_devices
+    try:
+        found = devices()
+    except Exception as exc:  # noqa: BLE001 (a failed read must not hide the rest of the report)
+        log.warning("llama.cpp's device list not readable: %s", exc)
+        return None, f"llama.cpp's device list not readable: {exc}"
+    return found, None if found is not None else "llama.cpp's device list not readable"
 
 
 def _verdict(build_check: Callable[[], BuildVerdict] | None, default: bool) -> BuildVerdict | None:
@@ -502,12 +626,15 @@ def _with_notes(report: HardwareReport) -> HardwareReport:
             notes.append(f"llama.cpp GPU backends: {', '.join(gpu_backends)}")
         elif not build.gpu_offload:
             notes.append("this llama.cpp build is CPU-only: GPU layers have no effect")
-        if report.gpus and not any(b.upper() == "CUDA" for b in build.backends):
+        if report.unused_gpus and not any(b.upper() == "CUDA" for b in build.backends):
             notes.append(
                 "an NVIDIA GPU is present but this llama.cpp build has no CUDA backend "
                 '(reinstall llama-cpp-python with CMAKE_ARGS="-DGGML_CUDA=on")'
             )
-        if "Metal" in build.backends:
+        elif report.unused_gpus:
+            names = ", ".join(g.name or f"GPU {g.index}" for g in report.unused_gpus)
+            notes.append(f"NVIDIA GPU not in llama.cpp's device list (driver or CUDA runtime?): {names}")
+        if any((g.backend or "").upper() in ("MTL", "METAL") for g in report.gpus):
             notes.append("Apple GPU through Metal (unified memory shared with the CPU)")
     verdict = report.build_check
     if verdict is not None and verdict.crashed:

@@ -13,16 +13,20 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.llama.devices import LlamaDevice, gpu_devices
 from app.model.fields import FIELD_SPECS, UNQUANTIZED_CACHE_TYPES
 from app.model.memory import Verdict, estimate_memory
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings, count_logical_cores, preset_for_model
+
+log = logging.getLogger(__name__)
 
 # Ordered numbers: the TPE sampler learns which region is good. The rest are few, unordered choices
 # that the tuner walks as a grid (the way llama-optimus treats flash attention and tensor overrides).
@@ -264,36 +268,56 @@ class MachineFacts:
     available_vram_bytes: int | None = None
 
     @classmethod
-    def detect(cls) -> MachineFacts:
-        """Calls llama.cpp (build facts) and NVML: run it off the GUI thread."""
-        has_gpu, mlock = _build_gpu_and_mlock()
+    def detect(cls, devices: Callable[[], tuple[LlamaDevice, ...] | None] | None = None) -> MachineFacts:
+        """Calls llama.cpp (build facts, its device list): run it off the GUI thread. `devices` gives
+        llama.cpp's device list (default: the installed build's, read now)."""
+        has_gpu, free_vram = _llama_gpus(devices)
         return cls(
             logical_cores=count_logical_cores(),
             has_gpu=has_gpu,
-            mlock_supported=mlock,
+            mlock_supported=_build_mlock(),
             numa_nodes=count_numa_nodes(),
             available_ram_bytes=read_available_ram_bytes(),
-            available_vram_bytes=_free_vram_bytes() if has_gpu else None,
+            available_vram_bytes=free_vram,
         )
 
 
-def _build_gpu_and_mlock() -> tuple[bool, bool]:
-    """(GPU offload possible, mlock supported) from the llama.cpp build; (False, True) if unreadable.
-
-    llama_supports_gpu_offload() is true only when a GPU *device* is registered, so a CUDA build on a
-    machine without an NVIDIA GPU answers False: it means "a GPU is present and this build can use it".
-    """
+def _build_mlock() -> bool:
+    """Whether the llama.cpp build supports mlock; True if unreadable (a trial then finds out)."""
     try:
         from app.llama.runtime import build_info
 
-        info = build_info()
-        return info.gpu_offload, info.mlock
+        return build_info().mlock
     except Exception:  # a broken llama-cpp-python install: tune the CPU settings only
-        return False, True
+        return True
+
+
+def _llama_gpus(
+    devices: Callable[[], tuple[LlamaDevice, ...] | None] | None = None,
+) -> tuple[bool, int | None]:
+    """(a GPU llama.cpp can offload to, free memory summed over its GPUs or None if unknown).
+
+    The GPUs are llama.cpp's own device list (app.llama.devices), the list the hardware report and
+    its advice use: Metal, Vulkan and ROCm GPUs count as much as CUDA ones. llama.cpp splits layers
+    across all of them, so their free memory is summed. An unreadable list means no GPU: the CPU
+    settings are tuned and nothing is offloaded on a guess.
+    """
+    try:
+        if devices is None:
+            from app.llama.facts import current_devices
+
+            devices = current_devices
+        found = devices()
+    except Exception as exc:  # a broken llama-cpp-python install: tune the CPU settings only
+        log.warning("llama.cpp's device list not readable: %s", exc)
+        return False, None
+    gpus = gpu_devices(found or ())
+    frees = [g.memory_free_bytes for g in gpus if g.memory_free_bytes is not None]
+    return bool(gpus), (sum(frees) if frees else None)
 
 
 def detect_has_gpu() -> bool:
-    return _build_gpu_and_mlock()[0]
+    return _llama_gpus()[0]
 
 
 def count_numa_nodes(root: str = "/") -> int:
@@ -320,24 +344,6 @@ def read_available_ram_bytes() -> int | None:
 
         return int(psutil.virtual_memory().available)
     except Exception:  # psutil missing or failing: estimate_memory will try again and report
-        return None
-
-
-def _free_vram_bytes() -> int | None:
-    """Free memory summed over the NVIDIA GPUs (llama.cpp splits layers across all of them)."""
-    try:
-        from app.telemetry.nvml import shared_nvml
-
-        nvml = shared_nvml()
-        if not nvml.available():
-            return None
-        free = [
-            getattr(nvml.device_query(i, "nvmlDeviceGetMemoryInfo"), "free", None)
-            for i in nvml.device_indices()
-        ]
-        known = [int(f) for f in free if f is not None]
-        return sum(known) if known else None
-    except Exception:  # NVML trouble means "unknown", never a failed tuning session
         return None
 
 

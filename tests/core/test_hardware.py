@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hardware_fakes import (
+    CPU_DEVICE,
     LIBRARY_NOT_FOUND,
     FakeGpu,
     FakeNvmlModule,
@@ -22,6 +23,7 @@ from hardware_fakes import (
     write,
 )
 
+from app.llama.devices import LlamaDevice
 from app.model.memory import estimate_memory
 from app.model.model_info import ModelInfo, SizeClass
 from app.model.settings import LoadSettings
@@ -140,8 +142,11 @@ def test_detects_cpu_memory_and_two_gpus_from_fakes(tmp_path: Path) -> None:
     assert cpu.features_unused_by_build == ("AVX512", "AVX512_VBMI", "AVX512_VNNI")
     assert report.memory.total_bytes == 16 * GIB and report.memory.available_bytes == 10 * GIB
 
-    assert [g.name for g in report.gpus] == ["RTX 4090", "RTX 3060"]
-    first = report.gpus[0]
+    # A CPU-only build: llama.cpp lists no GPU, so the NVIDIA GPUs NVML sees are not usable.
+    assert report.gpus == () and report.gpu_summary == "None usable by this llama.cpp build — CPU only"
+    assert [g.name for g in report.unused_gpus] == ["RTX 4090", "RTX 3060"]
+    assert [g.nvml_index for g in report.unused_gpus] == [0, 1]
+    first = report.unused_gpus[0]
     assert first.memory_total_bytes == 24 * GIB and first.memory_free_bytes == 22 * GIB
     assert first.power_limit_watts == 450.0
     assert (first.max_sm_clock_mhz, first.max_memory_clock_mhz) == (2790.0, 10501.0)
@@ -225,9 +230,10 @@ def test_nvml_failing_on_every_device_call_leaves_gpus_with_n_a(tmp_path: Path) 
     report = detect_hardware(
         str(tmp_path), Nvml(module), build=fake_build(), ps=FakePsutil(), machine="x86_64"
     )
-    assert len(report.gpus) == 2
+    assert len(report.unused_gpus) == 2
     assert all(
-        g.name is None and g.memory_total_bytes is None and g.pcie_generation is None for g in report.gpus
+        g.name is None and g.memory_total_bytes is None and g.pcie_generation is None
+        for g in report.unused_gpus
     )
 
 
@@ -242,11 +248,30 @@ def test_this_machine_is_detected_with_its_real_llama_cpp_build() -> None:
 # ---- recommendations ---------------------------------------------------------------------------
 
 
-def _report(tmp_path: Path, module: FakeNvmlModule, *, gpu_offload: bool = True, cores: int = 8):
+def _cuda_devices(module: FakeNvmlModule) -> tuple[LlamaDevice, ...]:
+    """What a CUDA build of llama.cpp lists for the fake NVML's GPUs (same names and memory)."""
+    devices = [CPU_DEVICE]
+    for i, gpu in enumerate(module.gpus):
+        memory = gpu.answers["nvmlDeviceGetMemoryInfo"]
+        name = gpu.answers["nvmlDeviceGetName"].decode()
+        devices.append(LlamaDevice(i + 1, f"CUDA{i}", name, "GPU", "CUDA", memory.free, memory.total))
+    return tuple(devices)
+
+
+def _report(tmp_path: Path, module: FakeNvmlModule, *, cuda: bool = True, cores: int = 8):
     build_x86_tree(tmp_path)
-    build = fake_build(NEW_FORMAT, backends=("CUDA", "CPU"), gpu_offload=gpu_offload)
+    if cuda:
+        build = fake_build(NEW_FORMAT, backends=("CUDA", "CPU"), gpu_offload=bool(module.gpus))
+        devices = _cuda_devices(module)
+    else:
+        build, devices = fake_build(), (CPU_DEVICE,)
     return detect_hardware(
-        str(tmp_path), Nvml(module), build=build, ps=FakePsutil(cores=cores), machine="x86_64"
+        str(tmp_path),
+        Nvml(module),
+        build=build,
+        devices=lambda: devices,
+        ps=FakePsutil(cores=cores),
+        machine="x86_64",
     )
 
 
@@ -254,7 +279,7 @@ def test_threads_and_batches_without_a_gpu(tmp_path: Path) -> None:
     rec = recommend(_report(tmp_path, FakeNvmlModule([]), cores=8))
     assert (rec.n_threads, rec.n_threads_batch) == (4, 8)  # physical for generation, logical for prompt
     assert (rec.n_batch, rec.n_ubatch) == (512, 512)
-    assert rec.n_gpu_layers == 0 and "no GPU" in rec.gpu_layers_text
+    assert rec.n_gpu_layers == 0 and rec.gpu_layers_text == "no GPU that llama.cpp can use, CPU only"
     assert rec.load_values() == {
         "n_threads": 4,
         "n_threads_batch": 8,
@@ -270,10 +295,13 @@ def test_gpu_layers_need_a_model_and_a_gpu_build(tmp_path: Path) -> None:
     report = _report(tmp_path, FakeNvmlModule([FakeGpu("A")]))
     assert recommend(report).n_gpu_layers == 0
     assert recommend(report).gpu_layers_text == "select a model"
-    cpu_only = dataclasses.replace(report, build=dataclasses.replace(report.build, gpu_offload=False))
+    cpu_only = _report(tmp_path, FakeNvmlModule([FakeGpu("A")]), cuda=False)
     assert recommend(cpu_only, _model()).n_gpu_layers == 0
-    assert "no GPU backend" in recommend(cpu_only, _model()).gpu_layers_text
+    assert "no backend for the GPU present" in recommend(cpu_only, _model()).gpu_layers_text
     assert recommend(report, _model(n_layer=None)).n_gpu_layers == 0
+    unknown = dataclasses.replace(report, devices=None, devices_error="llama.cpp crashed")
+    assert recommend(unknown, _model()).n_gpu_layers == 0
+    assert recommend(unknown, _model()).gpu_layers_text == "GPUs unknown: llama.cpp crashed"
 
 
 def test_everything_fits_in_a_big_gpu(tmp_path: Path) -> None:

@@ -11,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hardware_fakes import (
+    CPU_DEVICE,
     LIBRARY_NOT_FOUND,
     FakeGpu,
     FakeNvmlModule,
     FakePsutil,
     build_x86_tree,
     fake_build,
+    from_facts,
+    gpu_device,
+    metal_facts,
 )
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMainWindow, QSpinBox
@@ -44,7 +48,17 @@ def _report(tmp_path: Path, *, gpus: bool) -> HardwareReport:
         else FakeNvmlModule([], init_error=LIBRARY_NOT_FOUND)
     )
     build = fake_build(backends=("CUDA", "CPU"), gpu_offload=True) if gpus else fake_build()
-    return detect_hardware(str(tmp_path), Nvml(module), build=build, ps=FakePsutil(cores=8), machine="x86_64")
+    # What llama.cpp's device list holds: a CUDA build lists the GPU, a CPU build only the CPU.
+    cuda = gpu_device(1, "CUDA0", "RTX 4090", backend="CUDA", total_gib=24, free_gib=22)
+    devices = (CPU_DEVICE, cuda) if gpus else (CPU_DEVICE,)
+    return detect_hardware(
+        str(tmp_path),
+        Nvml(module),
+        build=build,
+        devices=lambda: devices,
+        ps=FakePsutil(cores=8),
+        machine="x86_64",
+    )
 
 
 def _model() -> ModelInfo:
@@ -150,7 +164,7 @@ def test_cpu_only_machine(panel: HardwarePanel, tmp_path: Path) -> None:
     assert "L3 12.0 MiB" in panel.cpu_labels["Cache"].text()
     assert panel.cpu_labels["SIMD (CPU)"].text().startswith("AVX-512")
     assert "backends CPU" in panel.cpu_labels["llama.cpp"].text()
-    assert panel.gpu_label.text() == "None — CPU only (no NVIDIA driver)"
+    assert panel.gpu_label.text() == "None — CPU only (llama.cpp lists no GPU)"
     assert panel.advice_labels["n_threads"].text() == "4"
     assert panel.advice_labels["n_threads_batch"].text() == "8"
     assert panel.advice_labels["n_batch"].text() == "512 / 512"
@@ -167,6 +181,36 @@ def test_gpu_layers_follow_the_selected_model(panel: HardwarePanel, tmp_path: Pa
     assert panel.advice_labels["n_batch"].text() == "2048 / 512"
     panel.set_model(None)
     assert panel.advice_labels["n_gpu_layers"].text() == "0 — select a model"
+
+
+def test_a_metal_gpu_from_llama_cpps_list_is_shown_and_advised(panel: HardwarePanel, tmp_path: Path) -> None:
+    build_x86_tree(tmp_path, cpus=8)
+    report = detect_hardware(
+        str(tmp_path),
+        Nvml(FakeNvmlModule([], init_error=LIBRARY_NOT_FOUND)),
+        ps=FakePsutil(cores=8),
+        machine="arm64",
+        **from_facts(metal_facts()),
+    )
+    panel.on_hardware_detected(report)
+    text = panel.gpu_label.text()
+    assert "Apple M2 Max" in text and "MTL0" in text and "48.0 GiB shared memory (40.0 GiB free)" in text
+    assert "CUDA" not in text and "power limit" not in text  # NVIDIA's details only for NVIDIA GPUs
+    panel.set_model(_model())
+    assert panel.advice_labels["n_gpu_layers"].text().startswith("all — all 32 layers")
+    panel.on_snapshot(_snap(1.0))  # telemetry without NVIDIA GPUs: llama.cpp's figure stays
+    assert panel.advice_labels["n_gpu_layers"].text().startswith("all — all 32 layers")
+
+
+def test_live_free_vram_comes_from_the_nvidia_gpu_on_the_same_slot(
+    panel: HardwarePanel, tmp_path: Path
+) -> None:
+    panel.on_hardware_detected(_report(tmp_path, gpus=True))
+    panel.set_model(_model())
+    assert panel.advice_labels["n_gpu_layers"].text().startswith("all — ")
+    full = dataclasses.replace(_gpu(0), memory_used_bytes=24 * GIB)  # NVML now: no VRAM free
+    panel.on_snapshot(_snap(1.0, gpus=(full,)))
+    assert panel.advice_labels["n_gpu_layers"].text().startswith("0 — 0 of 32 layers fit")
 
 
 def test_apply_emits_the_recommended_load_values(qtbot: QtBot, panel: HardwarePanel, tmp_path: Path) -> None:
