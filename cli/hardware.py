@@ -8,9 +8,12 @@ import json
 import queue
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes, jsonable
+
+if TYPE_CHECKING:
+    from app.telemetry.hardware import HardwareReport
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -36,6 +39,36 @@ def register(subparsers: Any) -> None:
 
 
 # ---- hw ---------------------------------------------------------------------------------------
+
+
+def _gpu_rows(report: HardwareReport) -> list[tuple[str, str]]:
+    """One row per GPU in llama.cpp's device list (NVIDIA's details where NVML has them), then the
+    NVIDIA GPUs llama.cpp does not list."""
+    rows = []
+    for g in report.gpus:
+        memory = "shared memory" if g.kind == "IGPU" else "VRAM"
+        line = (
+            f"{g.name or NOT_AVAILABLE} · llama.cpp {g.device_name} ({g.backend or NOT_AVAILABLE}) · "
+            f"{fmt_bytes(g.memory_total_bytes)} {memory} ({fmt_bytes(g.memory_free_bytes)} free)"
+        )
+        if g.nvml_index is not None:
+            line += (
+                f" · limit {fmt(g.power_limit_watts, '.0f', ' W')} · "
+                f"PCIe {fmt(g.pcie_generation)} x{fmt(g.pcie_width)}"
+            )
+        rows.append((f"  GPU {g.index}", line))
+    for g in report.unused_gpus:
+        rows.append(
+            (f"  NVIDIA {g.index}", f"{g.name or NOT_AVAILABLE} · not usable by this llama.cpp build")
+        )
+    if any(g.nvml_index is not None for g in (*report.gpus, *report.unused_gpus)):
+        rows.append(
+            (
+                "Driver / CUDA",
+                f"{report.driver_version or NOT_AVAILABLE} / {report.cuda_driver_version or NOT_AVAILABLE}",
+            )
+        )
+    return rows
 
 
 def _cmd_hw(args: argparse.Namespace) -> int:
@@ -70,28 +103,9 @@ def _cmd_hw(args: argparse.Namespace) -> int:
             if mem.swap_total_bytes == 0
             else f"{fmt_bytes(mem.swap_used_bytes)} used of {fmt_bytes(mem.swap_total_bytes)}",
         ),
-        (
-            "GPU",
-            report.gpu_summary
-            + ("" if report.gpus or report.gpu_status == "ok" else f" ({report.gpu_status})"),
-        ),
+        ("GPU", report.gpu_summary),
     ]
-    for g in report.gpus:
-        rows.append(
-            (
-                f"  GPU {g.index}",
-                f"{g.name or NOT_AVAILABLE} · {fmt_bytes(g.memory_total_bytes)} VRAM "
-                f"({fmt_bytes(g.memory_free_bytes)} free) · limit {fmt(g.power_limit_watts, '.0f', ' W')} · "
-                f"PCIe {fmt(g.pcie_generation)} x{fmt(g.pcie_width)}",
-            )
-        )
-    if report.gpus:
-        rows.append(
-            (
-                "Driver / CUDA",
-                f"{report.driver_version or NOT_AVAILABLE} / {report.cuda_driver_version or NOT_AVAILABLE}",
-            )
-        )
+    rows += _gpu_rows(report)
     if build is not None:
 
         def yes(flag: bool) -> str:

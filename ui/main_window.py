@@ -198,6 +198,7 @@ class MainWindow(QMainWindow):
         t.snapshot_received.connect(hw.on_snapshot)
         t.snapshot_received.connect(self.performance_panel.on_sample)
         t.hardware_detected.connect(hw.on_hardware_detected)
+        t.hardware_detected.connect(self.performance_panel.set_hardware)
         t.detection_failed.connect(hw.on_detection_failed)
         t.hardware_detected.connect(self._on_hardware_detected)
         t.interval_changed.connect(hw.set_sampling_interval)

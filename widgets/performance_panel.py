@@ -36,9 +36,9 @@ from app.bench.runner import SWEEPABLE, BenchError, BenchPlan, BenchResult, buil
 from app.common.formatting import fmt, fmt_bytes
 from app.engine.types import LoadResult, RunStats, TokenEvent, TokenStream
 from app.model.settings import LoadSettings
-from app.telemetry.bandwidth import Bandwidth, roofline_efficiency
+from app.telemetry.bandwidth import Bandwidth, roofline
 from app.telemetry.energy import summarize
-from app.telemetry.hardware import hardware_fingerprint
+from app.telemetry.hardware import HardwareReport, hardware_fingerprint
 from app.telemetry.snapshot import DeviceVerdict, Snapshot, ThrottleVerdict
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
@@ -46,6 +46,12 @@ from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
 
 LIVE_REFRESH_MS = 500  # how often the live view reads new tokens and redraws
+
+ROOFLINE_TOOLTIP = (
+    "Generation speed as a share of the memory-bandwidth bound, for generation on the CPU only: "
+    "each token reads all weights and the K/V of every context token, so memory can feed at most "
+    "bandwidth ÷ bytes per token tokens/s. Not shown when layers run on a GPU."
+)
 
 PlanSource = Callable[[], tuple[str | None, LoadSettings]]  # (selected model, Model Config's load settings)
 
@@ -106,6 +112,7 @@ class PerformancePanel(Panel):
         self._plan_source: PlanSource | None = None
         self._loaded: LoadResult | None = None
         self._bandwidth: Bandwidth | None = None
+        self._hardware: HardwareReport | None = None  # whether llama.cpp has a GPU to put layers on
         self._last_stats: RunStats | None = None
         self._last_token_ns: int | None = None
         self._t0_ns: int | None = None
@@ -204,12 +211,10 @@ class PerformancePanel(Panel):
         )
         self.eff_roofline = QLabel("n/a")
         self.eff_roofline.setObjectName("rooflineLabel")
-        self.eff_roofline.setToolTip(
-            "Generation speed as a share of the memory-bandwidth limit: bytes read per token "
-            "(all weights + the K/V of every context token) × tokens/s ÷ this machine's measured "
-            "bandwidth (a large-array copy, measured once and cached)."
-        )
+        self.eff_roofline.setToolTip(ROOFLINE_TOOLTIP)
         self.eff_bandwidth = QLabel("n/a")
+        self.eff_bandwidth.setObjectName("bandwidthLabel")
+        self.eff_bandwidth.setToolTip("Not measured yet.")
         form.addRow("CPU during run", self.eff_cpu)
         form.addRow("Memory", self.eff_memory)
         form.addRow("Energy", self.eff_joules)
@@ -383,7 +388,20 @@ class PerformancePanel(Panel):
 
     def set_bandwidth(self, bandwidth: Bandwidth | None) -> None:
         self._bandwidth = bandwidth
-        self.eff_bandwidth.setText("n/a" if bandwidth is None else f"{bandwidth.bytes_per_s / 1e9:.1f} GB/s")
+        if bandwidth is None:
+            self.eff_bandwidth.setText("n/a — not measured")
+            self.eff_bandwidth.setToolTip("The memory bandwidth could not be measured (see the log).")
+        else:
+            self.eff_bandwidth.setText(
+                f"{bandwidth.threads} threads: {bandwidth.bytes_per_s / 1e9:.1f} GB/s · "
+                f"1 thread: {bandwidth.single_thread_bytes_per_s / 1e9:.1f} GB/s"
+            )
+            self.eff_bandwidth.setToolTip(bandwidth.method)
+        self._update_roofline()
+
+    def set_hardware(self, report: HardwareReport) -> None:
+        """The detected hardware: whether llama.cpp lists a GPU that GPU layers would run on."""
+        self._hardware = report
         self._update_roofline()
 
     def set_busy(self, busy: bool) -> None:
@@ -485,18 +503,41 @@ class PerformancePanel(Panel):
 
     def _update_roofline(self) -> None:
         stats, loaded, bw = self._last_stats, self._loaded, self._bandwidth
-        if stats is None or loaded is None or bw is None or not stats.gen_tokens_per_s:
+        self.eff_roofline.setToolTip(ROOFLINE_TOOLTIP)
+        if bw is None or stats is None or loaded is None or not stats.gen_tokens_per_s:
             self.eff_roofline.setText("n/a")
             return
-        share = roofline_efficiency(
+        gpu = self._layers_on_gpu(loaded.settings)
+        if gpu:
+            self.eff_roofline.setText(f"n/a — {gpu}")
+            return
+        result = roofline(
             loaded.model,
             stats.gen_tokens_per_s,
-            bw.bytes_per_s,
+            bw,
             context_tokens=stats.context_tokens,
             type_k=loaded.settings.type_k,
             type_v=loaded.settings.type_v,
         )
-        self.eff_roofline.setText(f"{share * 100:.0f} % of the bandwidth limit")
+        self.eff_roofline.setText(result.text)
+        details = (
+            f"{result.bytes_per_token / 1e6:,.1f} MB read per token at {bw.bytes_per_s / 1e9:.1f} GB/s "
+            f"({bw.threads} threads): at most {result.bound_tokens_per_s:,.1f} t/s; "
+            f"this run {result.tokens_per_s:,.1f} t/s."
+        )
+        why = f"\n\nWhy it is over the bound: {result.why}." if result.exceeds else ""
+        self.eff_roofline.setToolTip(f"{ROOFLINE_TOOLTIP}\n\n{details}{why}")
+
+    def _layers_on_gpu(self, settings: LoadSettings) -> str:
+        """Why the CPU's bandwidth does not bound this generation ("" when it does: CPU only)."""
+        if settings.n_gpu_layers == 0:
+            return ""
+        report = self._hardware
+        if report is None or report.devices is None:
+            return "GPU layers set and llama.cpp's GPUs not known yet"
+        if not report.gpus:
+            return ""  # no GPU in llama.cpp's device list: the layers stay on the CPU
+        return "layers run on a GPU; the bound is the CPU's memory bandwidth"
 
     # ---- benchmarks --------------------------------------------------------------------------
     def build_plan(self) -> BenchPlan:

@@ -36,7 +36,9 @@ from typing import Any
 from app.common.stats import mean, stdev
 from app.llama import runtime as llama_runtime
 from app.llama.build_check import require_working_build
+from app.llama.devices import gpu_info_text
 from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel, init_numa
+from app.llama.facts import current_devices
 from app.model.gguf_info import inspect_model
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings
@@ -256,6 +258,8 @@ class _Runner:
         self.rng = random.Random(plan.seed)
         self.build = llama_runtime.build_info()
         self.cpu = cpu_info()
+        # llama-bench's gpu_info: the GPU devices of llama.cpp's own device list, read in place here.
+        self.gpu = gpu_info_text(current_devices() or ())
         instances = plan.instances()
         self.total_steps = sum(plan.repetitions + (1 if plan.warmup else 0) for _ in instances)
         self.done_steps = 0
@@ -445,7 +449,7 @@ class _Runner:
             test_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             samples_ns=tuple(samples),
             cpu_info=self.cpu,
-            gpu_info="",
+            gpu_info=self.gpu,
             backends=",".join(b for b in self.build.backends if b != "CPU") or "CPU",
             build=self.build.llama_cpp_python_version,
             complete=len(samples) == self.plan.repetitions,

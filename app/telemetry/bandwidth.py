@@ -399,17 +399,3 @@ def roofline(
         bytes_per_token=per_token,
         last_level_cache_bytes=bandwidth.last_level_cache_bytes,
     )
-
-
-def roofline_efficiency(
-    model: ModelInfo,
-    tokens_per_s: float,
-    bandwidth_bytes_per_s: float,
-    *,
-    context_tokens: int,
-    type_k: str = "f16",
-    type_v: str = "f16",
-) -> float:
-    """Generation speed as a fraction of the memory-bandwidth limit (the Performance panel's old call;
-    `roofline` replaces it)."""
-    return bytes_per_token(model, context_tokens, type_k, type_v) * tokens_per_s / bandwidth_bytes_per_s

@@ -72,7 +72,7 @@ def tuner_for_request(
     measure: Measure | None = None,
 ) -> Tuner:
     """A Tuner for `request` over `model` from the `base` settings. `machine` defaults to
-    MachineFacts.detect() (asks llama.cpp and NVML: not on the GUI thread); the space is built from the
+    MachineFacts.detect() (asks llama.cpp: not on the GUI thread); the space is built from the
     same facts the tuner prunes with. `storage_path` and `measure` as Tuner takes them."""
     machine = machine or MachineFacts.detect()
     return Tuner(
