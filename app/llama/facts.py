@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,19 +118,24 @@ def _devices_in_this_process() -> tuple[tuple[LlamaDevice, ...] | None, str | No
 
 _lock = threading.Lock()
 _facts: LibraryFacts | None = None
+_facts_read_at: float | None = None  # time.monotonic() when _facts was read from llama.cpp, not the cache
+# A device list read this recently is read again no sooner: the first detection of a session reads
+# the facts once, not once for the build and again for its devices.
+DEVICES_FRESH_S = 2.0
 
 
 def library_facts(*, refresh: bool = False) -> LibraryFacts:
     """The installed build's facts: in place if llama.cpp is loaded here, else from the cache or a
     child process (about a second, once per installed build). `refresh` reads them again (a child
     process, or in place) and updates the cache. Raises LlamaFactsError."""
-    global _facts
+    global _facts, _facts_read_at
     with _lock:
         if _facts is None or refresh:
             if "llama_cpp" in sys.modules:
-                _facts = read_in_this_process()
+                _facts, from_llama = read_in_this_process(), True
             else:
-                _facts = _from_child_or_cache(use_cache=not refresh)
+                _facts, from_llama = _from_child_or_cache(use_cache=not refresh)
+            _facts_read_at = time.monotonic() if from_llama else None
         return _facts
 
 
@@ -142,7 +148,10 @@ def current_devices() -> tuple[LlamaDevice, ...] | None:
     """
     if "llama_cpp" in sys.modules:
         return _devices_in_this_process()[0]
-    return library_facts(refresh=True).devices
+    with _lock:
+        read_at = _facts_read_at
+    fresh = read_at is not None and time.monotonic() - read_at < DEVICES_FRESH_S
+    return library_facts(refresh=not fresh).devices
 
 
 def _cache_path() -> Path:
@@ -151,7 +160,8 @@ def _cache_path() -> Path:
     return Path(platformdirs.user_cache_dir("LlamaScope", appauthor=False)) / CACHE_FILE_NAME
 
 
-def _from_child_or_cache(*, use_cache: bool = True) -> LibraryFacts:
+def _from_child_or_cache(*, use_cache: bool = True) -> tuple[LibraryFacts, bool]:
+    """(the facts, whether a child read them just now rather than the cache)."""
     from app.llama.build_check import build_key, describe_exit
     from app.llama.runtime import llama_lib_dir
 
@@ -165,7 +175,7 @@ def _from_child_or_cache(*, use_cache: bool = True) -> LibraryFacts:
     cached = read_json_dict(path).get(key) if use_cache else None
     if isinstance(cached, dict):
         try:
-            return LibraryFacts.from_json(cached)
+            return LibraryFacts.from_json(cached), False
         except (KeyError, TypeError, ValueError):
             pass  # written by another version: read again
     env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
@@ -190,7 +200,7 @@ def _from_child_or_cache(*, use_cache: bool = True) -> LibraryFacts:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         raise LlamaFactsError(f"The llama.cpp build could not be read: {tail[0]}") from None
     _write_cache(path, key, facts)
-    return facts
+    return facts, True
 
 
 def _write_cache(path: Path, key: str, facts: LibraryFacts) -> None:

@@ -171,13 +171,55 @@ def test_a_child_reads_the_same_devices_and_an_old_cache_is_read_again(
     old = here.to_json()
     del old["devices"]  # a record written before devices were part of it
     cache.write_text(json.dumps({key: old}), encoding="utf-8")
-    child = llama_facts._from_child_or_cache()  # the old record is not trusted: a child reads again
+    child, read_now = llama_facts._from_child_or_cache()  # the old record is not trusted
+    assert read_now  # a child read it again
     assert child.devices is not None and here.devices is not None
     assert [(d.name, d.kind, d.memory_total_bytes) for d in child.devices] == [
         (d.name, d.kind, d.memory_total_bytes) for d in here.devices
     ]
     stored = json.loads(cache.read_text(encoding="utf-8"))[key]
     assert LibraryFacts.from_json(stored) == child  # the refreshed record, devices included
+
+
+def test_a_process_without_llama_cpp_asks_a_child_and_never_loads_it() -> None:
+    # What the window and the command line do: the device list comes from a child process.
+    code = (
+        "import json, sys\n"
+        "from app.llama.facts import current_devices\n"
+        "devices = current_devices()\n"
+        "assert 'llama_cpp' not in sys.modules\n"
+        "print(json.dumps([d.to_json() for d in devices]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    names = [d["name"] for d in json.loads(done.stdout)]
+    here = current_devices()
+    assert here is not None and names == [d.name for d in here]
+
+
+def test_a_detection_asks_one_child_whether_the_cache_is_cold_or_warm(tmp_path: Path) -> None:
+    # The build's facts, then its devices, as detect_hardware asks for them: a cold cache costs one
+    # child (its device list is fresh), a warm one the child that reads the devices again.
+    cache = tmp_path / "llama-facts.json"
+    code = (
+        "import pathlib, subprocess\n"
+        "real, calls = subprocess.run, []\n"
+        "subprocess.run = lambda *a, **k: calls.append(a) or real(*a, **k)\n"
+        "from app.llama import facts\n"
+        f"facts._cache_path = lambda: pathlib.Path({str(cache)!r})\n"
+        "facts.library_facts()\n"
+        "assert facts.current_devices() is not None\n"
+        "print(len(calls))\n"
+    )
+    for state in ("cold", "warm"):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "1", state
+        assert cache.is_file()
 
 
 def test_the_facts_record_round_trips_with_its_devices() -> None:
