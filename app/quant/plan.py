@@ -218,7 +218,7 @@ def output_folder_reason(source: str) -> str | None:
     if _inside_installed_package(folder):
         return (
             f"the source's folder {folder} belongs to an installed Python package, "
-            "and reinstalling it would delete them"
+            "and reinstalling the package would delete anything written there"
         )
     # os.access also answers for root on a read-only mount (EROFS); the job's real write test
     # (creating its temporary file) still decides for a chosen folder.
