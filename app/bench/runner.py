@@ -40,6 +40,7 @@ from app.llama.devices import gpu_info_text
 from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel, init_numa
 from app.llama.facts import current_devices
 from app.model.gguf_info import inspect_model
+from app.model.memory import InsufficientMemoryError, available_ram_for, check_memory
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings
 from app.telemetry.hardware import cpu_info
@@ -86,8 +87,15 @@ class BenchTest:
         return "+".join(parts) + (f" @ d{self.n_depth}" if self.n_depth else "")
 
 
+# A list or range longer than this is a typo (1-100000000 for 1-1000...), and each value is at least one
+# benchmark run; expanding it would only fill memory.
+MAX_VALUES = 1000
+
+
 def parse_values(text: str, kind: type = int) -> tuple[Any, ...]:
-    """llama-bench list syntax: "1,2,4", ranges "1-8", "1-8+2" (step), "1-64*2" (multiply)."""
+    """llama-bench list syntax: "1,2,4", ranges "1-8", "1-8+2" (step), "1-64*2" (multiply).
+
+    At most MAX_VALUES values: a longer list raises BenchError before it is expanded."""
     out: list[Any] = []
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
@@ -98,6 +106,17 @@ def parse_values(text: str, kind: type = int) -> tuple[Any, ...]:
             op, step = m.group(3) or "+", int(m.group(4) or 1)
             if last < first or step < 1 or (op == "*" and (step < 2 or first < 1)):
                 raise BenchError(f"bad range {part!r}: use first-last, first-last+step or first-last*factor")
+            count = (last - first) // step + 1 if op == "+" else _geometric_count(first, last, step)
+            if len(out) + count > MAX_VALUES:
+                what = (
+                    f"the range {part!r} expands to {count:,} values"
+                    if count > MAX_VALUES
+                    else (f"{str(text)!r} expands to more than {MAX_VALUES:,} values")
+                )
+                raise BenchError(
+                    f"{what}; a list holds at most {MAX_VALUES:,} (each value is a benchmark run): "
+                    "use a step (1-8192+512) or a factor (1-8192*2)"
+                )
             value = first
             while value <= last:
                 out.append(value)
@@ -115,7 +134,16 @@ def parse_values(text: str, kind: type = int) -> tuple[Any, ...]:
             out.append(part)
     if not out:
         raise BenchError(f"no values in {text!r}")
+    if len(out) > MAX_VALUES:
+        raise BenchError(f"{len(out):,} values in one list; at most {MAX_VALUES:,} are allowed")
     return tuple(out)
+
+
+def _geometric_count(first: int, last: int, factor: int) -> int:
+    count, value = 0, first
+    while value <= last:  # at most log2(last) steps: factor >= 2 and first >= 1
+        count, value = count + 1, value * factor
+    return count
 
 
 @dataclass(frozen=True)
@@ -129,6 +157,7 @@ class BenchPlan:
     repetitions: int = 5
     warmup: bool = True
     seed: int = 0  # for the random token ids
+    override_memory: bool = False  # run configurations the memory check says will not fit
 
     def __post_init__(self) -> None:
         if self.repetitions < 1:
@@ -270,9 +299,8 @@ class _Runner:
         if self.on_progress is not None:
             self.on_progress(self.done_steps, self.total_steps, what)
 
-    def run(self) -> list[BenchResult]:
+    def run(self, infos: dict[str, ModelInfo]) -> list[BenchResult]:
         results: list[BenchResult] = []
-        infos: dict[str, ModelInfo] = {}
         try:
             for model_path, load, test in self.plan.instances():
                 if self.cancel.is_set():
@@ -326,9 +354,8 @@ class _Runner:
     def _run_instance(
         self, model_path: str, info: ModelInfo, load: LoadSettings, test: BenchTest
     ) -> BenchResult | None:
-        n_ctx = max(test.n_prompt + test.n_gen + test.n_depth, 16)
-        # llama-bench's -t sets both counts: a prompt runs on n_threads too.
-        settings = dataclasses.replace(load, n_ctx=n_ctx, n_threads_batch=load.n_threads)
+        settings = instance_settings(load, test)
+        n_ctx = settings.n_ctx
         settings.validate()
         label = f"{os.path.basename(model_path)} {test.name} (t={load.n_threads}, b={load.n_batch})"
         model = self._load(model_path, settings, label)
@@ -471,6 +498,62 @@ def telemetry_fields(summary: Any, n_tokens: int) -> dict[str, Any]:
     }
 
 
+def instance_settings(load: LoadSettings, test: BenchTest) -> LoadSettings:
+    """The settings one test runs with. The context is sized as llama-bench sizes it,
+    n_prompt + n_gen + n_depth (at least 16 cells), and llama-bench's -t sets both thread counts: a
+    prompt runs on n_threads too."""
+    n_ctx = max(test.n_prompt + test.n_gen + test.n_depth, 16)
+    return dataclasses.replace(load, n_ctx=n_ctx, n_threads_batch=load.n_threads)
+
+
+def _configuration_text(model_path: str, settings: LoadSettings, test: BenchTest) -> str:
+    on_off = "on" if settings.flash_attn else "off"
+    return (
+        f"benchmark {os.path.basename(model_path)} {test.name} (n_ctx {settings.n_ctx}, n_batch "
+        f"{settings.n_batch}, n_ubatch {settings.n_ubatch}, KV cache {settings.type_k}/{settings.type_v}, "
+        f"flash attention {on_off}, {settings.n_gpu_layers} GPU layers)"
+    )
+
+
+def check_plan_memory(plan: BenchPlan, infos: dict[str, ModelInfo] | None = None) -> dict[str, ModelInfo]:
+    """The memory check (app.model.memory.check_memory) for every distinct configuration of the plan,
+    before anything loads: a sweep refuses at once, not after the configurations that fit have run.
+
+    Each configuration is checked with the context it would get (`instance_settings`). The available
+    RAM is read once per model file, before the runner loads anything. Refused configurations raise
+    one InsufficientMemoryError: the first one's numbers and how many more would not fit, unless
+    `plan.override_memory`. Returns the models' headers (read here anyway) for the runner.
+    """
+    infos = {} if infos is None else infos
+    available: dict[str, int] = {}
+    seen: set[tuple[str, LoadSettings]] = set()
+    refused: list[InsufficientMemoryError] = []
+    for model_path, load, test in plan.instances():
+        settings = instance_settings(load, test)
+        if (model_path, settings) in seen:
+            continue
+        seen.add((model_path, settings))
+        settings.validate()  # the estimate needs valid settings; the runner would refuse them anyway
+        info = infos.get(model_path) or infos.setdefault(model_path, inspect_model(model_path))
+        if model_path not in available:
+            available[model_path] = available_ram_for(model_path)
+        try:
+            check_memory(
+                info,
+                settings,
+                override=plan.override_memory,
+                purpose=_configuration_text(model_path, settings, test),
+                available_ram_bytes=available[model_path],
+            )
+        except InsufficientMemoryError as exc:
+            refused.append(exc)
+    if refused:
+        first = refused[0]
+        more = f" ({len(refused) - 1} more of the plan's {len(seen)} configurations would not fit either)"
+        raise InsufficientMemoryError(first.estimate, first.purpose + (more if len(refused) > 1 else ""))
+    return infos
+
+
 def run_benchmark(
     plan: BenchPlan,
     *,
@@ -488,9 +571,13 @@ def run_benchmark(
     `complete=False` and drops the one that was running. Called on the main thread, Ctrl+C
     stops the run the same way, then raises KeyboardInterrupt. `sampler` (a running
     app.telemetry.sampler.Sampler) adds the hardware figures of each test's timed repetitions.
+    Before anything loads, every distinct configuration passes the memory check
+    (`check_plan_memory`): one that will not fit raises InsufficientMemoryError with the numbers,
+    unless `plan.override_memory`.
     """
+    infos = check_plan_memory(plan)  # before llama.cpp allocates anything
     with _ctrl_c_as_stop(cancel or threading.Event()) as flag:
-        return _Runner(plan, flag, on_progress, on_result, sampler).run()
+        return _Runner(plan, flag, on_progress, on_result, sampler).run(infos)
 
 
 class AnyFlag:

@@ -40,7 +40,7 @@ from app.llama.driver import (
 from app.llama.text import StopMatcher, TextStream, apply_chat_template
 from app.model.fields import LLAMA_DEFAULT_SEED
 from app.model.gguf_info import inspect_model
-from app.model.memory import check_fits, estimate_memory
+from app.model.memory import check_memory, forget_loaded_model, note_loaded_model
 from app.model.settings import LoadSettings
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,14 @@ class EngineCore:
         """Inspect, check and load a model, replacing any loaded one."""
         model_info = inspect_model(path)  # raises ModelFileError with a readable message
         settings.validate(model_info)
-        estimate = estimate_memory(model_info, settings)
-        check_fits(estimate, override=override_memory)
+        # The model loaded now is freed before this one loads: its mapped weights are not taken off.
+        estimate = check_memory(
+            model_info,
+            settings,
+            override=override_memory,
+            purpose=f"load {model_info.display_name} with n_ctx {settings.n_ctx}",
+            replacing=self,
+        )
         require_working_build(EngineError)  # before the old model is freed: a refusal keeps it
         self.unload()
         if self._cancel.is_set():
@@ -118,6 +124,7 @@ class EngineCore:
             raise EngineError(str(exc)) from None
         load_time_s = time.perf_counter() - t0
         self._model, self._ctx = model, ctx
+        note_loaded_model(self, path, settings, estimate)
         # Seed 0 meant random under llama-cpp-python (`seed or LLAMA_DEFAULT_SEED`), and the
         # settings still warn so; keep that meaning rather than let old profiles change behaviour.
         self._seed = LLAMA_DEFAULT_SEED if settings.seed in (-1, 0) else settings.seed
@@ -136,6 +143,7 @@ class EngineCore:
         ctx, model = self._ctx, self._model
         self._ctx = self._model = None
         self._loaded = None
+        forget_loaded_model(self)
         if ctx is not None:
             ctx.close()
         if model is not None:

@@ -106,6 +106,11 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
 
 
 # ---- evaluations and tuning: a core function with `cancel` and progress callbacks ----------------
+# Every job that loads a model passes the memory check (app.model.memory.check_memory) in the core
+# function itself, before llama.cpp allocates: the benchmark runner per configuration, the evaluations
+# in EvalModel, the tuner per trial; `override_memory=True` among a job's keywords overrides it. The
+# host may keep the window's model loaded beside the job's: its buffers are already missing from the
+# available RAM, and EngineCore notes its mapped weights (note_loaded_model), which the check takes off.
 
 # The core functions a client may run this way (a job names its function; only these are run).
 PROGRESS_JOBS = {

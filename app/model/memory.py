@@ -14,6 +14,8 @@ process is already running, so its own footprint is accounted for.
 from __future__ import annotations
 
 import enum
+import os
+import threading
 from dataclasses import dataclass
 
 from app.common.formatting import format_bytes
@@ -306,14 +308,119 @@ def _compute_bytes(
 
 
 class InsufficientMemoryError(Exception):
-    """The estimate says the model will not fit; carries the estimate."""
+    """The estimate says the model will not fit; carries the estimate and what was to be run.
 
-    def __init__(self, estimate: MemoryEstimate) -> None:
-        super().__init__(f"Not enough memory: {estimate.summary()}; override to load anyway")
+    The message gives the numbers (needed against available, in RAM and VRAM where it applies),
+    names the largest part on the side that does not fit and what makes that part smaller."""
+
+    def __init__(self, estimate: MemoryEstimate, purpose: str = "") -> None:
+        super().__init__(refusal_message(estimate, purpose))
         self.estimate = estimate
+        self.purpose = purpose
 
 
-def check_fits(estimate: MemoryEstimate, *, override: bool) -> None:
+def _largest_part(estimate: MemoryEstimate) -> str:
+    """Which part dominates on the side that does not fit, and what makes it smaller."""
+    on_vram = estimate.vram_verdict is Verdict.WONT_FIT and estimate.ram_verdict is not Verdict.WONT_FIT
+    parts = (
+        (
+            estimate.weights_vram_bytes if on_vram else estimate.weights_ram_bytes,
+            "the weights are the largest part: a smaller quantization of the model needs less"
+            + (", and so do fewer GPU layers" if on_vram else ""),
+        ),
+        (
+            estimate.kv_cache_vram_bytes if on_vram else estimate.kv_cache_ram_bytes,
+            "the KV cache is the largest part: it grows with the context size, and a quantized cache "
+            "type makes it smaller",
+        ),
+        (
+            estimate.compute_vram_bytes if on_vram else estimate.compute_ram_bytes,
+            "the compute buffer is the largest part: it grows with the context size and n_ubatch, and "
+            "flash attention makes it smaller",
+        ),
+    )
+    return max(parts, key=lambda part: part[0])[1]
+
+
+def refusal_message(estimate: MemoryEstimate, purpose: str = "") -> str:
+    """The refusal: "Not enough memory to <purpose>: needs … of … available: will not fit; <the largest
+    part and what makes it smaller>; override to load anyway"."""
+    what = f" to {purpose}" if purpose else ""
+    return (
+        f"Not enough memory{what}: {estimate.summary()}; {_largest_part(estimate)}; override to load anyway"
+    )
+
+
+def check_fits(estimate: MemoryEstimate, *, override: bool, purpose: str = "") -> None:
     """Raise InsufficientMemoryError when the verdict is WONT_FIT, unless `override`."""
     if estimate.verdict is Verdict.WONT_FIT and not override:
-        raise InsufficientMemoryError(estimate)
+        raise InsufficientMemoryError(estimate, purpose)
+
+
+# ---- models this process keeps loaded --------------------------------------------------------------
+# psutil's "available" (Linux MemAvailable) counts the page cache as available, and the pages of a
+# model loaded with mmap (and not mlock) are page cache: a model the engine host keeps loaded would
+# look as if it took no RAM for its weights, and a second model measured beside it (an evaluation,
+# a benchmark) would be let in to evict them. Its KV cache and compute buffers are ordinary
+# allocations, already missing from "available"; so are weights read without mmap, and locked ones.
+# So whoever keeps a model loaded notes its mapped weights here, and the check takes them off.
+_mapped_lock = threading.Lock()
+_mapped_weights: dict[int, tuple[str, int]] = {}  # id(owner) -> (real path, mapped weight bytes)
+
+
+def note_loaded_model(owner: object, path: str, load: LoadSettings, estimate: MemoryEstimate) -> None:
+    """`owner` keeps the model at `path` loaded with `load`; until `forget_loaded_model(owner)`, checks
+    for other files count its mapped weights as taken."""
+    mapped = estimate.weights_ram_bytes if load.use_mmap and not load.use_mlock else 0
+    with _mapped_lock:
+        _mapped_weights[id(owner)] = (os.path.realpath(path), mapped)
+
+
+def forget_loaded_model(owner: object) -> None:
+    with _mapped_lock:
+        _mapped_weights.pop(id(owner), None)
+
+
+def available_ram_for(model_path: str, *, replacing: object | None = None) -> int:
+    """RAM available for loading `model_path`: psutil's figure minus the mapped weights of the models
+    this process keeps loaded. A model of the same file shares its pages, so it is not taken off; nor
+    is the model of `replacing`, which is freed before the new one loads."""
+    path = os.path.realpath(model_path)
+    with _mapped_lock:
+        held = sum(
+            n_bytes
+            for owner, (held_path, n_bytes) in _mapped_weights.items()
+            if held_path != path and (replacing is None or owner != id(replacing))
+        )
+    return max(0, _available_ram_bytes() - held)
+
+
+def check_memory(
+    model: ModelInfo,
+    load: LoadSettings,
+    *,
+    override: bool = False,
+    purpose: str = "",
+    available_ram_bytes: int | None = None,
+    available_vram_bytes: int | None = None,
+    replacing: object | None = None,
+) -> MemoryEstimate:
+    """The memory check every path that loads a model calls first: estimate, then refuse with the numbers
+    (InsufficientMemoryError) when it will not fit, unless `override`. Returns the estimate.
+
+    Used by the engine's load (generate, the window's Load), the benchmark runner (once per distinct
+    configuration of a sweep, before anything loads), the evaluations (perplexity, KL divergence,
+    multiple choice, speed: app.quality.eval_model) and the tuner (each trial's settings). The window's
+    evaluations run those same functions in the engine host, where the model the window has loaded
+    stays loaded: its KV cache and buffers are already missing from the available RAM, and its mapped
+    weights are taken off here (`note_loaded_model`). `available_ram_bytes` None reads it now
+    (`available_ram_for`); `available_vram_bytes` None means unknown (offloaded layers are then TIGHT,
+    never refused); `replacing` is the owner whose model this load replaces.
+    """
+    if available_ram_bytes is None:
+        available_ram_bytes = available_ram_for(model.path, replacing=replacing)
+    estimate = estimate_memory(
+        model, load, available_ram_bytes=available_ram_bytes, available_vram_bytes=available_vram_bytes
+    )
+    check_fits(estimate, override=override, purpose=purpose)
+    return estimate

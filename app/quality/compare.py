@@ -88,8 +88,10 @@ def measure_speed(
     seed: int = 1234,
     cancel: CancelFlag | None = None,
     on_progress: Callable[[SpeedProgress], None] | None = None,
+    override_memory: bool = False,
 ) -> SpeedResult:
-    """pp (n_prompt-token batch) and tg (n_gen greedy tokens) in tokens per second."""
+    """pp (n_prompt-token batch) and tg (n_gen greedy tokens) in tokens per second. Refused with the
+    numbers (InsufficientMemoryError) before loading when it will not fit, unless `override_memory`."""
     from app.model.settings import count_physical_cores
 
     if n_prompt < 1 or n_gen < 1 or repetitions < 1:
@@ -106,6 +108,7 @@ def measure_speed(
         n_threads_batch=threads,
         n_gpu_layers=n_gpu_layers,
         cancel=cancel,
+        override_memory=override_memory,
     ) as m:
         rng = np.random.default_rng(seed)
         prompt = rng.integers(0, m.n_vocab, size=n_prompt, dtype=np.int32)

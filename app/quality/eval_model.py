@@ -4,7 +4,10 @@ The perplexity, KL-divergence, multiple-choice and speed evaluations all score t
 tokenizes, hashes the vocabulary (so a KLD base from another tokenizer is refused), and decodes a
 batch of tokens at chosen positions, returning the logits rows asked for straight from llama.cpp's
 output buffer. It loads its own model and context, not the GUI's engine: scoring needs a context
-shaped for it (n_ctx = n_batch = the chunk size) and must not disturb a chat in progress.
+shaped for it (n_ctx = n_batch = the chunk size) and must not disturb a chat in progress. Before
+loading, it passes the memory check (app.model.memory.check_memory) for that model and context: an
+evaluation that will not fit is refused with the numbers (InsufficientMemoryError) unless
+`override_memory`.
 `llama_decode` can be stopped from outside (the abort callback), so the cancel flag is polled
 inside a decode as well as between them.
 """
@@ -23,7 +26,8 @@ from app.llama.build_check import require_working_build
 from app.llama.driver import CancelFlag, DriverCancelled, DriverError, LlamaContext, LlamaModel
 from app.model.file_format import ModelFileError
 from app.model.gguf_info import inspect_model
-from app.model.settings import count_logical_cores, count_physical_cores
+from app.model.memory import check_memory
+from app.model.settings import LoadSettings, count_logical_cores, count_physical_cores
 from app.quality.eval_types import EvalCancelled, EvalError
 
 
@@ -58,12 +62,27 @@ class EvalModel:
         flash_attn: bool | None = None,
         vocab_only: bool = False,
         cancel: CancelFlag | None = None,
+        override_memory: bool = False,
     ) -> None:
         try:
             self.info = inspect_model(path)
         except ModelFileError as exc:
             raise EvalError(str(exc)) from None
+        batch_size = n_batch or n_ctx
         if not vocab_only:
+            # Before llama.cpp allocates anything: the weights, and the context made below.
+            check_memory(
+                self.info,
+                LoadSettings(
+                    n_ctx=n_ctx,
+                    n_batch=batch_size,
+                    n_ubatch=min(512, batch_size),
+                    n_gpu_layers=n_gpu_layers,
+                    flash_attn=_flash_attn_choice(flash_attn),
+                ),
+                override=override_memory,
+                purpose=f"evaluate {os.path.basename(path)} with a context of {n_ctx} tokens",
+            )
             require_working_build(EvalError)
         self.path = os.path.abspath(path)
         lc = self._lc = llama_runtime.llama()
@@ -87,7 +106,6 @@ class EvalModel:
         self.n_ctx = n_ctx
         if vocab_only:
             return
-        batch_size = n_batch or n_ctx
         try:
             self._ctx = LlamaContext(
                 self._model,

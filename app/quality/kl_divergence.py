@@ -65,11 +65,13 @@ def evaluate_kl_divergence(
     text: EvalText | None = None,
     cancel: CancelFlag | None = None,
     on_progress: Callable[[ChunkProgress], None] | None = None,
+    override_memory: bool = False,
 ) -> KLDivergenceResult:
     """KL divergence of `model_path` from the base log-probabilities in `logits_file`.
 
     The tokens come from the file (as in llama.cpp); n_ctx is the file's. `settings.n_chunks`
-    limits the chunks. With `text`, the file's tokens must be that text's tokens.
+    limits the chunks. With `text`, the file's tokens must be that text's tokens. Refused with the
+    numbers (InsufficientMemoryError) before loading when it will not fit, unless `override_memory`.
     """
     settings = settings or EvalSettings()
     settings.validate()
@@ -88,6 +90,7 @@ def evaluate_kl_divergence(
             n_gpu_layers=settings.n_gpu_layers,
             flash_attn=settings.flash_attn,
             cancel=cancel,
+            override_memory=override_memory,
         ) as m:
             check_base_compatible(info, m)
             if text is not None:
@@ -180,12 +183,14 @@ def evaluate_against_base(
     cancel: CancelFlag | None = None,
     on_progress: Callable[[ChunkProgress], None] | None = None,
     free_bytes: Callable[[str], int] | None = None,
+    override_memory: bool = False,
 ) -> BaseComparison:
     """The base's log-probabilities on `text`, then every variant's KL divergence from them.
 
     `logits_file`: where to keep the base's log-probabilities (llama.cpp format); None writes
     them to a temporary file that is deleted at the end (also on cancel or error). Vocabularies
-    are checked first, before the (long) base pass.
+    are checked first, before the (long) base pass. Each model passes the memory check as it loads
+    (one at a time: the base is closed before the variants load), unless `override_memory`.
     """
     settings = settings or EvalSettings()
     cancel = cancel or threading.Event()
@@ -205,9 +210,17 @@ def evaluate_against_base(
             cancel=cancel,
             on_progress=on_progress,
             free_bytes=free_bytes,
+            override_memory=override_memory,
         )
         variants = tuple(
-            evaluate_kl_divergence(path, logits_file, settings, cancel=cancel, on_progress=on_progress)
+            evaluate_kl_divergence(
+                path,
+                logits_file,
+                settings,
+                cancel=cancel,
+                on_progress=on_progress,
+                override_memory=override_memory,
+            )
             for path in variant_paths
         )
         return BaseComparison(base, variants)

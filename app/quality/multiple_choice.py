@@ -36,8 +36,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 
@@ -126,14 +127,19 @@ def _jsonl(path: str) -> list[tuple[int, dict[str, object]]]:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{os.path.basename(path)} line {number}"
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
+                raise BenchmarkFileError(f"{where}: not JSON ({exc.msg}).") from None
+            except RecursionError:
+                raise BenchmarkFileError(f"{where}: the JSON is nested too deeply to be an item.") from None
+            except ValueError:  # json's only other failure: an integer past Python's digit limit
                 raise BenchmarkFileError(
-                    f"{os.path.basename(path)} line {number}: not JSON ({exc.msg})."
+                    f"{where}: a number of more than 4,300 digits; not an item."
                 ) from None
             if not isinstance(value, dict):
-                raise BenchmarkFileError(f"{os.path.basename(path)} line {number}: expected a JSON object.")
+                raise BenchmarkFileError(f"{where}: expected a JSON object.")
             rows.append((number, value))
     return rows
 
@@ -197,7 +203,7 @@ def load_mmlu(path: str) -> list[MCItem]:
     items = []
     letters = "ABCD"
     with open(path, encoding="utf-8", newline="") as f:
-        for number, row in enumerate(csv.reader(f), 1):
+        for number, row in enumerate(_csv_rows(path, f), 1):
             if not row or not any(cell.strip() for cell in row):
                 continue
             where = f"{os.path.basename(path)} line {number}"
@@ -225,16 +231,41 @@ def load_mmlu(path: str) -> list[MCItem]:
     return items
 
 
+def _csv_rows(path: str, f: TextIO) -> Iterator[list[str]]:
+    """csv.reader's rows, with its errors (a field past its 131,072-character limit, which is what an
+    unclosed quote makes of the rest of a file) as BenchmarkFileError naming the line."""
+    reader = csv.reader(f)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            where = f"{os.path.basename(path)} line {reader.line_num}"
+            if "field limit" in str(exc):
+                raise BenchmarkFileError(
+                    f"{where}: a field is longer than {csv.field_size_limit():,} characters; an unclosed "
+                    'quote (") makes the rest of the file one field. Check the quotes there.'
+                ) from None
+            raise BenchmarkFileError(f"{where}: not CSV ({exc}).") from None
+        yield row
+
+
 def load_items(path: str, fmt: str) -> list[MCItem]:
     """Read a benchmark file in `fmt` ("hellaswag", "arc" or "mmlu"); raises BenchmarkFileError."""
     if fmt not in FORMATS:
         raise BenchmarkFileError(f"Unknown benchmark format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    if os.path.isdir(path):
+        raise BenchmarkFileError(f"{path} is a folder; give the benchmark's data file.")
     if not os.path.isfile(path):
         raise BenchmarkFileError(f"Benchmark file not found: {path}.")
     try:
         items = {"hellaswag": load_hellaswag, "arc": load_arc, "mmlu": load_mmlu}[fmt](path)
-    except UnicodeDecodeError:
-        raise BenchmarkFileError(f"{os.path.basename(path)} is not UTF-8 text.") from None
+    except UnicodeDecodeError as exc:
+        raise BenchmarkFileError(
+            f"{os.path.basename(path)} is not UTF-8 text (a 0x{exc.object[exc.start]:02x} byte); "
+            "save it as UTF-8."
+        ) from None
     except OSError as exc:
         raise BenchmarkFileError(f"Cannot read {path}: {exc.strerror or exc}.") from None
     if not items:
@@ -295,8 +326,10 @@ def evaluate_multiple_choice(
     n_gpu_layers: int = 0,
     cancel: CancelFlag | None = None,
     on_progress: Callable[[MCProgress], None] | None = None,
+    override_memory: bool = False,
 ) -> MCResult:
-    """Score every item; the context is sized to the longest item."""
+    """Score every item; the context is sized to the longest item. Refused with the numbers
+    (InsufficientMemoryError) before loading when that will not fit, unless `override_memory`."""
     if not items:
         raise EvalError("There are no benchmark items to score.")
     cancel = cancel or threading.Event()
@@ -307,7 +340,12 @@ def evaluate_multiple_choice(
     results: list[MCItemResult] = []
     correct = correct_norm = 0
     with EvalModel(
-        model_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, cancel=cancel
+        model_path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        cancel=cancel,
+        override_memory=override_memory,
     ) as model:
         for i, item in enumerate(items):
             if cancel.is_set():
@@ -353,6 +391,7 @@ def run_benchmark_file(
     n_threads: int | None = None,
     cancel: CancelFlag | None = None,
     on_progress: Callable[[MCProgress], None] | None = None,
+    override_memory: bool = False,
 ) -> MCResult:
     """load_items + evaluate_multiple_choice."""
     items = load_items(path, fmt)
@@ -364,6 +403,7 @@ def run_benchmark_file(
         n_threads=n_threads,
         cancel=cancel,
         on_progress=on_progress,
+        override_memory=override_memory,
     )
 
 

@@ -123,8 +123,12 @@ def evaluate_perplexity(
     cancel: CancelFlag | None = None,
     on_progress: Callable[[ChunkProgress], None] | None = None,
     free_bytes: Callable[[str], int] | None = None,
+    override_memory: bool = False,
 ) -> PerplexityResult:
-    """Perplexity of `model_path` on `text`; with `save_logits`, also write the KLD base file."""
+    """Perplexity of `model_path` on `text`; with `save_logits`, also write the KLD base file.
+
+    Refused with the numbers (InsufficientMemoryError) before loading when the model and a context of
+    n_ctx will not fit in memory, unless `override_memory`."""
     settings = settings or EvalSettings()
     settings.validate()
     cancel = cancel or threading.Event()
@@ -137,6 +141,7 @@ def evaluate_perplexity(
         n_gpu_layers=settings.n_gpu_layers,
         flash_attn=settings.flash_attn,
         cancel=cancel,
+        override_memory=override_memory,
     ) as m:
         tokens = m.tokenize(text.text)
         _check_tokens(tokens, n_ctx, text)

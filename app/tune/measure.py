@@ -53,10 +53,18 @@ class BenchMeasure:
     scores are the runner's own samples.
     """
 
-    def __init__(self, model_path: str, objective: Objective, *, sampler: object | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        objective: Objective,
+        *,
+        sampler: object | None = None,
+        override_memory: bool = False,
+    ) -> None:
         self.model_path = model_path
         self.objective = objective
         self.sampler = sampler
+        self.override_memory = override_memory  # passed to the runner's own memory check
 
     def __call__(
         self, load: LoadSettings, *, repetitions: int, keep_going: KeepGoing, cancel: CancelFlag
@@ -139,7 +147,12 @@ class BenchMeasure:
                 stop.set()
 
         plan = BenchPlan(
-            models=(self.model_path,), tests=(test,), base=load, repetitions=repetitions, warmup=True
+            models=(self.model_path,),
+            tests=(test,),
+            base=load,
+            repetitions=repetitions,
+            warmup=True,
+            override_memory=self.override_memory,
         )
         # The tuner's own cancel goes to the runner too, not only through `stop` at progress calls:
         # llama.cpp then sees a Stop inside a repetition and cuts a long prompt short.

@@ -35,6 +35,7 @@ class TuneConfig:
     alpha: float = 0.05  # significance level of Welch's test
     seed: int | None = None
     resume: bool = True  # False: delete this model's study for this objective and space first
+    override_memory: bool = False  # measure configurations the memory check says will not fit
 
     def __post_init__(self) -> None:
         if self.n_trials is not None and self.n_trials < 1:
@@ -65,7 +66,7 @@ class TrialStatus(enum.Enum):
     COMPLETE = "complete"  # measured; score = median of its repetitions
     PRUNED = "pruned"  # stopped early: clearly worse than the best so far (score: median so far)
     FAILED = "failed"  # raised, timed out or finished no repetition; scores 0, reason says why
-    SKIPPED = "skipped"  # not tried: would not fit in memory (or not allowed)
+    SKIPPED = "skipped"  # not tried: refused by the memory check (or not allowed); the reason says which
     DUPLICATE = "duplicate"  # same effective settings as an earlier trial; that trial's score reused
     INTERRUPTED = "interrupted"  # Stop, or the process ended during it; not scored
 

@@ -6,8 +6,9 @@ the categorical switches, and a refining TPE search.
 
 Each trial is measured with repetitions and scored by their median; a trial whose first repetitions
 fall below 70% of the best so far is pruned. A failed or timed-out trial scores 0 and keeps its
-reason; a configuration estimate_memory says will not fit is skipped, and one already measured is not
-measured again unless it was pruned (both are free: the trial budget counts measurements). Finally the
+reason; a configuration the memory check (app.model.memory.check_memory) refuses is recorded as skipped
+with the numbers, unless the config overrides the check, and one already measured is not measured again
+unless it was pruned (both are free: the trial budget counts measurements). Finally the
 best and the default settings are measured again, alternately, in the same session, and Welch's t-test
 says whether the gain is real. The GUI drives `Tuner.run` from a worker thread: callbacks for each
 finished trial and for progress, a cancel flag, and frozen dataclasses out.
@@ -27,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from app.llama.driver import CancelFlag
+from app.model.memory import InsufficientMemoryError, check_memory, estimate_memory
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings, preset_for_model
 from app.tune.gain import GainEstimate, estimate_gain
@@ -45,9 +47,9 @@ from app.tune.space import (
     MachineFacts,
     Objective,
     SearchSpace,
+    TuneError,
     config_key,
     default_search_space,
-    fits_in_memory,
     prune,
     read_available_ram_bytes,
 )
@@ -64,6 +66,7 @@ from app.tune.study import (
 _FREE_BEFORE_RANDOM = 3  # duplicates/skips in a row before an untried configuration is queued instead
 _FREE_LIMIT = 200  # ... and before giving up on finding one
 _MAX_WARMUP_RUNS = 50
+_UNLIMITED_BYTES = 1 << 62  # the memory a pruning with the memory check overridden assumes
 
 
 class Tuner:
@@ -116,7 +119,13 @@ class Tuner:
         space = self._space or default_search_space(
             model, logical_cores=machine.logical_cores, has_gpu=machine.has_gpu, base=base
         )
-        space, notes = prune(space, model, objective=self.objective, base=base, machine=machine)
+        pruning = machine
+        if self.config.override_memory:
+            # The memory check is overridden: pruning must not drop candidates for memory either.
+            pruning = dataclasses.replace(
+                machine, available_ram_bytes=_UNLIMITED_BYTES, available_vram_bytes=_UNLIMITED_BYTES
+            )
+        space, notes = prune(space, model, objective=self.objective, base=base, machine=pruning)
         return model, machine, base, space, notes
 
     def run(
@@ -174,8 +183,24 @@ class _Session:
                 TuneProgress(stage, message, self.measured, self.config.n_trials, self.elapsed())
             )
 
+    def check_memory(self, load: LoadSettings, purpose: str) -> None:
+        """The memory check for `load`, against the RAM read once for the session (the tuner keeps no
+        model loaded between trials); raises InsufficientMemoryError unless overridden."""
+        check_memory(
+            self.model,
+            load,
+            override=self.config.override_memory,
+            purpose=purpose,
+            available_ram_bytes=self.machine.available_ram_bytes,
+            available_vram_bytes=self.machine.available_vram_bytes,
+        )
+
     def fits(self, load: LoadSettings) -> bool:
-        return fits_in_memory(self.model, load, self.machine)
+        try:
+            self.check_memory(load, "tune")
+        except InsufficientMemoryError:
+            return False
+        return True
 
     def keep_going_until(self, deadline: float | None, flags: dict[str, bool]) -> KeepGoing:
         def keep_going(_estimate: float | None) -> bool:
@@ -199,9 +224,20 @@ class _Session:
             # Read once for the session, not once per memory check.
             self.machine = dataclasses.replace(self.machine, available_ram_bytes=read_available_ram_bytes())
         self.notes.extend(notes)
-        self.measure: Measure = self.tuner._measure or BenchMeasure(self.model.path, self.objective)
+        self.measure: Measure = self.tuner._measure or BenchMeasure(
+            self.model.path, self.objective, override_memory=self.config.override_memory
+        )
         self.dists = distributions(self.space)
-        self.baseline, note = baseline_params(self.space, self.base, self.fits)
+        try:
+            self.baseline, note = baseline_params(self.space, self.base, self.fits)
+        except TuneError as exc:  # nothing fits: say by how much
+            estimate = estimate_memory(
+                self.model,
+                self.base,
+                available_ram_bytes=self.machine.available_ram_bytes,
+                available_vram_bytes=self.machine.available_vram_bytes,
+            )
+            raise TuneError(f"{exc} (the default settings: {estimate.summary()})") from None
         if note is not None:
             self.notes.append(note)
 
@@ -437,18 +473,10 @@ class _Session:
                 duplicate_of=previous.number,
                 reason=f"same settings as trial {previous.number} ({previous.state.value})",
             )
-        if not self.fits(load):
-            from app.model.memory import estimate_memory
-
-            estimate = estimate_memory(
-                self.model,
-                load,
-                available_ram_bytes=self.machine.available_ram_bytes,
-                available_vram_bytes=self.machine.available_vram_bytes,
-            )
-            return finish(
-                TrialStatus.SKIPPED, 0.0, value=None, reason=f"would not fit in memory: {estimate.summary()}"
-            )
+        try:
+            self.check_memory(load, f"run trial {trial.number}")
+        except InsufficientMemoryError as exc:
+            return finish(TrialStatus.SKIPPED, 0.0, value=None, reason=_refused(exc))
 
         reps_wanted = self.config.repetitions
         deadline = start + self.config.trial_timeout_s if self.config.trial_timeout_s is not None else None
@@ -475,6 +503,8 @@ class _Session:
                     load, repetitions=reps_wanted, keep_going=keep_going, cancel=self.cancel
                 )
             ]
+        except InsufficientMemoryError as exc:  # the benchmark's own context (its test size) is refused
+            return finish(TrialStatus.SKIPPED, 0.0, value=None, reason=_refused(exc))
         except Exception as exc:  # any failure of one configuration must not end the search
             return finish(TrialStatus.FAILED, 0.0, value=0.0, reason=f"{type(exc).__name__}: {exc}")
         elapsed = self.clock() - start
@@ -561,3 +591,8 @@ class _Session:
         if note is not None:
             self.notes.append(note)
         return importances
+
+
+def _refused(exc: InsufficientMemoryError) -> str:
+    """A refused trial's reason: the numbers, without the advice the trials table has no room for."""
+    return f"refused: would not fit in memory: {exc.estimate.summary()}"

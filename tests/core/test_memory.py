@@ -13,11 +13,15 @@ from app.model.memory import (
     InsufficientMemoryError,
     MemoryEstimate,
     Verdict,
+    available_ram_for,
     bytes_per_element,
     check_fits,
+    check_memory,
     estimate_memory,
+    forget_loaded_model,
     format_bytes,
     kv_cache_bytes,
+    note_loaded_model,
     padded_n_ctx,
     verdict_for,
 )
@@ -319,3 +323,81 @@ def test_summary_with_offload_reports_ram_and_vram() -> None:
     text = estimate(n_gpu_layers=10, available_vram_bytes=8 * GIB).summary()
     assert text.startswith("RAM needs ")
     assert "; VRAM needs " in text and "of 8.0 GiB available: fits" in text
+
+
+# ---------------------------------------------------------------- the one check
+
+
+@pytest.mark.parametrize(
+    ("changes", "available_ram", "part"),
+    [
+        # a million cells of f16 KV cache: 21.5 GiB, above the compute buffer with flash attention
+        ({"n_ctx": 1_048_576, "flash_attn": True}, 4 * GIB, "the KV cache is the largest part"),
+        # without flash attention one layer's scores (n_ubatch x n_ctx x 9 heads f32: 36 GiB) dominate
+        (
+            {"n_ctx": 1_048_576, "n_batch": 1024, "n_ubatch": 1024},
+            4 * GIB,
+            "the compute buffer is the largest part",
+        ),
+        ({"n_ctx": 256}, 50 * MIB, "the weights are the largest part"),
+    ],
+)
+def test_a_refusal_gives_the_numbers_and_names_the_largest_part(
+    changes: dict[str, Any], available_ram: int, part: str
+) -> None:
+    est = estimate(available_ram_bytes=available_ram, **changes)
+    with pytest.raises(InsufficientMemoryError) as info:
+        check_fits(est, override=False, purpose="benchmark pp512")
+    message = str(info.value)
+    assert message.startswith("Not enough memory to benchmark pp512: needs ")
+    assert f"needs {format_bytes(est.total_ram_bytes)} (weights " in message
+    assert f"of {format_bytes(available_ram)} available: will not fit" in message
+    assert part in message and message.endswith("override to load anyway")
+    assert info.value.purpose == "benchmark pp512" and info.value.estimate is est
+
+
+def test_a_vram_refusal_names_the_largest_part_in_vram() -> None:
+    est = estimate(n_gpu_layers=-1, available_vram_bytes=50 * MIB)
+    with pytest.raises(InsufficientMemoryError) as info:
+        check_fits(est, override=False)
+    assert "VRAM needs" in str(info.value)
+    assert "the weights are the largest part" in str(info.value) and "fewer GPU layers" in str(info.value)
+
+
+def test_check_memory_estimates_refuses_and_can_be_overridden() -> None:
+    model = make_model()
+    fits = check_memory(model, settings(n_ctx=512), available_ram_bytes=8 * GIB)
+    assert fits.verdict is Verdict.FITS and fits.available_ram_bytes == 8 * GIB
+    huge = settings(n_ctx=1_048_576)
+    with pytest.raises(InsufficientMemoryError, match="Not enough memory to tune: needs"):
+        check_memory(model, huge, purpose="tune", available_ram_bytes=8 * GIB)
+    overridden = check_memory(model, huge, override=True, available_ram_bytes=8 * GIB)
+    assert overridden.verdict is Verdict.WONT_FIT  # the estimate is still returned, with its verdict
+
+
+def test_mapped_weights_of_a_loaded_model_are_taken_off_the_available_ram(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """psutil counts a mapped model's pages as available; the check must not (see app.model.memory)."""
+    monkeypatch.setattr(memory_module, "_available_ram_bytes", lambda: 8 * GIB)
+    loaded, other = str(tmp_path / "loaded.gguf"), str(tmp_path / "other.gguf")
+    est = estimate()
+    owner, replacing_owner = object(), object()
+    assert available_ram_for(other) == 8 * GIB
+    note_loaded_model(owner, loaded, settings(), est)
+    try:
+        assert available_ram_for(other) == 8 * GIB - est.weights_ram_bytes
+        assert available_ram_for(loaded) == 8 * GIB  # the same file shares the mapped pages
+        assert available_ram_for(other, replacing=owner) == 8 * GIB  # freed before the new load
+        # Weights read without mmap, or locked, are ordinary allocations: already not available.
+        note_loaded_model(replacing_owner, other, settings(use_mmap=False), est)
+        note_loaded_model(owner, loaded, settings(use_mlock=True), est)
+        assert available_ram_for(str(tmp_path / "third.gguf")) == 8 * GIB
+        note_loaded_model(owner, loaded, settings(), est)
+        small = dataclasses.replace(make_model(), path=other)
+        refused = estimate(available_ram_bytes=8 * GIB - est.weights_ram_bytes)
+        assert check_memory(small, settings()).available_ram_bytes == refused.available_ram_bytes
+    finally:
+        forget_loaded_model(owner)
+        forget_loaded_model(replacing_owner)
+    assert available_ram_for(other) == 8 * GIB
