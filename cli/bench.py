@@ -35,6 +35,11 @@ def register(sub: Any) -> None:
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
     p.add_argument("--no-history", action="store_true", help="do not store the results")
     p.add_argument("--no-telemetry", action="store_true", help="do not sample CPU/memory/power during tests")
+    p.add_argument(
+        "--override-memory",
+        action="store_true",
+        help="run configurations even if the memory estimate says they will not fit",
+    )
     p.set_defaults(func=_cmd_bench)
 
     h = sub.add_parser(
@@ -95,6 +100,7 @@ def _plan(args: argparse.Namespace) -> Any:
         sweep=sweep,
         repetitions=args.repetitions,
         warmup=not args.no_warmup,
+        override_memory=args.override_memory,
     )
 
 
@@ -103,6 +109,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from app.bench.history import HistoryError, HistoryStore, run_and_record
     from app.bench.runner import BenchError, BenchResult
     from app.model.file_format import ModelFileError
+    from app.model.memory import InsufficientMemoryError
     from app.model.settings import SettingsError
 
     try:
@@ -161,6 +168,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             engine.cancel()  # the finished repetitions are kept, as llama-bench's Ctrl+C does not
             status = "cancelled"
             future.exception()
+    except InsufficientMemoryError as exc:  # checked in the host before anything loads
+        print(f"\nllamascope: benchmark refused: {exc} (--override-memory)", file=sys.stderr)
+        status = "failed"
     except (BenchError, ModelFileError, SettingsError, EngineError, RuntimeError, ValueError) as exc:
         print(f"\nllamascope: benchmark failed: {exc}", file=sys.stderr)
         status = "failed"

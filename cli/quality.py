@@ -91,6 +91,11 @@ def register(subparsers: Any) -> None:
         default=None,
         help="format of --mc",
     )
+    p_e.add_argument(
+        "--override-memory",
+        action="store_true",
+        help="evaluate even if the memory estimate says the model and context will not fit",
+    )
     p_e.add_argument("--json", action="store_true", help="print one JSON object with every result")
     p_e.set_defaults(func=_cmd_eval)
 
@@ -268,6 +273,7 @@ def _print_kld(r: Any) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
+    from app.model.memory import InsufficientMemoryError
     from app.quality.eval_text import EvalTextError, load_text
     from app.quality.eval_types import (
         ChunkProgress,
@@ -316,7 +322,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     def run(function: str, *fn_args: Any, on_progress: Any, **kwargs: Any) -> Any:
         future = engine.run_exclusive(
             lambda _cancel: host_call(
-                engine, function, *fn_args, callbacks={"on_progress": on_progress}, **kwargs
+                engine,
+                function,
+                *fn_args,
+                callbacks={"on_progress": on_progress},
+                override_memory=args.override_memory,  # every evaluation checks memory before it loads
+                **kwargs,
             )
         )
         try:
@@ -408,6 +419,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except EvalCancelled as exc:
         _err(str(exc))
         return EXIT_CANCELLED
+    except InsufficientMemoryError as exc:
+        _err(f"{exc} (--override-memory)")
+        return EXIT_ERROR
     except (EvalError, EvalTextError, EngineError) as exc:
         _err(str(exc))
         return EXIT_ERROR

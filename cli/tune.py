@@ -60,6 +60,11 @@ def register(sub: Any) -> None:
     p.add_argument("--storage", default=None, metavar="FILE", help="SQLite file of the studies")
     p.add_argument("--fresh", action="store_true", help="discard this model's earlier study and start over")
     p.add_argument("--seed", type=int, default=None, help="sampler seed, for a reproducible search order")
+    p.add_argument(
+        "--override-memory",
+        action="store_true",
+        help="measure configurations even if the memory estimate says they will not fit",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_tune)
 
@@ -187,6 +192,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             compare_rounds=args.compare_rounds,
             seed=args.seed,
             resume=not args.fresh,
+            override_memory=args.override_memory,
         )
         info = inspect_model(model)
         base = preset_for_model(info)[0]
