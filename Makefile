@@ -56,7 +56,8 @@ $(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
 run: install
 	$(PY) -m cli
 
-test: install
+# llama-tools: the tests of app.server run a real llama-server (built once, then cached).
+test: install llama-tools
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
 # llama.cpp's own programs (llama-server, llama-perplexity, llama-bench, ...) from the library's

@@ -197,6 +197,12 @@ def _start_sampler() -> Any:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
+    from cli import server as cli_server
+
+    if args.run is not None and not args.import_file:
+        shown = cli_server.show_server_run(args.run, args.json)  # None: not a server benchmark
+        if shown is not None:
+            return shown
     from app.bench.export import dumps, load_llama_bench
     from app.bench.history import HistoryError, HistoryStore
     from app.bench.runner import BenchError
@@ -227,6 +233,11 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from cli import server as cli_server
+
+    compared = cli_server.compare_server_runs(args.run_a, args.run_b, args.json)  # None: local runs
+    if compared is not None:
+        return compared
     from app.bench.history import HistoryError, HistoryStore
 
     try:

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes, jsonable
+from cli import server as cli_server
 
 if TYPE_CHECKING:
     from app.telemetry.hardware import HardwareReport
@@ -36,6 +37,7 @@ def register(subparsers: Any) -> None:
     )
     p_mon.add_argument("--csv", action="store_true", help="CSV: a header, then one row per reading")
     p_mon.set_defaults(func=_cmd_monitor)
+    cli_server.add_monitor_arguments(p_mon)
 
 
 # ---- hw ---------------------------------------------------------------------------------------
@@ -239,6 +241,8 @@ def _text_line(s: Any) -> str:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
+    if cli_server.wants_server_monitor(args):  # --server, --prometheus: cli/server.py
+        return cli_server.cmd_monitor(args, _text_line, _CsvWriter)
     from app.telemetry.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, Sampler
 
     if not MIN_INTERVAL_S <= args.interval <= MAX_INTERVAL_S:

@@ -16,6 +16,7 @@ from app.engine.types import stats_line
 from cli import bench as cli_bench
 from cli import hardware as cli_hardware
 from cli import quality as cli_quality
+from cli import server as cli_server
 from cli import tune as cli_tune
 
 EXIT_OK = 0
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_hardware.register(sub)
     cli_quality.register(sub)
     cli_tune.register(sub)
+    cli_server.register(sub)
     return parser
 
 

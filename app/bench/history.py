@@ -26,7 +26,7 @@ from app.common.stats import Comparison, welch
 from app.model.fingerprint import fingerprint_v1, model_fingerprint
 from app.telemetry.hardware import hardware_fingerprint
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _refingerprint(conn: sqlite3.Connection) -> None:
@@ -94,6 +94,16 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """,
     # 2 -> 3: model fingerprints of app.model.fingerprint's scheme.
     _refingerprint,
+    # 3 -> 4: the levels of server benchmarks (app.server.record), one row per concurrency level.
+    """
+    CREATE TABLE server_levels (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        concurrency INTEGER NOT NULL,
+        record_json TEXT NOT NULL
+    );
+    CREATE INDEX server_levels_by_run ON server_levels(run_id);
+    """,
 )
 
 
@@ -111,7 +121,7 @@ def _now() -> str:
 @dataclass(frozen=True)
 class RunRow:
     id: int
-    kind: str  # "benchmark", "generation" or "import"
+    kind: str  # "benchmark", "generation", "import" or "server-bench"
     created_at: str
     model_path: str
     model_size: int | None
@@ -200,8 +210,11 @@ class HistoryStore:
         *,
         build: str | None = None,
         label: str = "",
+        local: bool = True,
     ) -> int:
-        size = os.path.getsize(model_path) if os.path.isfile(model_path) else None
+        """A new run. `local=False`: it measured another machine (a server), so this machine's
+        hardware id and the size and fingerprint of a file at `model_path` here are not its own."""
+        size = os.path.getsize(model_path) if local and os.path.isfile(model_path) else None
         with self._connect() as conn:
             cur = conn.execute(
                 "INSERT INTO runs (kind, created_at, model_path, model_size, model_fingerprint, "
@@ -211,8 +224,8 @@ class HistoryStore:
                     _now(),
                     model_path,
                     size,
-                    model_fingerprint(model_path),
-                    hardware_fingerprint(),
+                    model_fingerprint(model_path) if local else None,
+                    hardware_fingerprint() if local else None,
                     build,
                     json.dumps(settings, default=str),
                     "running",
@@ -267,6 +280,22 @@ class HistoryStore:
         self.finish_run(run_id)
         return run_id
 
+    def add_server_level(self, run_id: int, concurrency: int, record: dict[str, Any]) -> None:
+        """Store one finished level of a server benchmark (app.server.record's record) at once."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO server_levels (run_id, concurrency, record_json) VALUES (?,?,?)",
+                (run_id, concurrency, json.dumps(record)),
+            )
+
+    def server_levels(self, run_id: int) -> list[dict[str, Any]]:
+        """The stored level records of a server benchmark run, in the order they ran."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT record_json FROM server_levels WHERE run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
+        return [json.loads(row["record_json"]) for row in rows]
+
     def delete_run(self, run_id: int) -> None:
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
@@ -288,7 +317,8 @@ class HistoryStore:
             args.append(kind)
         sql = (
             "SELECT r.*, (SELECT COUNT(*) FROM results x WHERE x.run_id = r.id) + "
-            "(SELECT COUNT(*) FROM generations g WHERE g.run_id = r.id) AS n_results FROM runs r"
+            "(SELECT COUNT(*) FROM generations g WHERE g.run_id = r.id) + "
+            "(SELECT COUNT(*) FROM server_levels s WHERE s.run_id = r.id) AS n_results FROM runs r"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY r.created_at DESC, r.id DESC"
         )

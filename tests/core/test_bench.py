@@ -681,7 +681,7 @@ def test_migration_to_schema_3_recomputes_the_fingerprints_it_can(tmp_path: Path
     gone.unlink()
 
     store = HistoryStore(str(path))
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     by_path: dict[str, set[str | None]] = {}
     for run in store.runs():
         by_path.setdefault(os.path.basename(run.model_path), set()).add(run.model_fingerprint)
