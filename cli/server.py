@@ -284,7 +284,14 @@ def _cmd_server_bench(args: argparse.Namespace) -> int:
     if recorder is not None:
         print(f"stored as run {recorder.run_id}", file=sys.stderr)
     if result is not None and result.stopped:
-        kept = f"the {len(levels)} finished levels are kept" if levels else "no level had finished"
+        n = len(levels)
+        kept = (
+            "no level had finished"
+            if not n
+            else "the finished level is kept"
+            if n == 1
+            else f"the {n} finished levels are kept"
+        )
         return _error(f"{result.stopped}; {kept}")
     return EXIT_CANCELLED if result is None or result.cancelled else EXIT_OK
 

@@ -18,6 +18,7 @@ from app.telemetry.sampler import Sampler
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
 from ui.quality_bridge import QualityBridge
+from ui.server_bridge import ServerBridge, connect_servers_box
 from ui.telemetry_bridge import TelemetryBridge
 from widgets.generation_console import GenerationConsole
 from widgets.hardware_panel import HardwarePanel
@@ -67,6 +68,8 @@ class MainWindow(QMainWindow):
         self.quantization_panel = QuantizationPanel()
         self.history = history or _open_history()
         self.performance_panel = PerformancePanel(self.history)
+        self.servers = ServerBridge(self.sampler, self.history, parent=self)
+        connect_servers_box(self.servers, self.performance_panel.servers_box, self.bridge)
         self.console = GenerationConsole()
 
         self.panels_splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -306,5 +309,6 @@ class MainWindow(QMainWindow):
         self.quality.shutdown()  # stops a quantization child process; evaluations stop with the engine
         self.bridge.shutdown()
         self.inspector.shutdown()
+        self.servers.shutdown()  # watched servers, a server benchmark, the Prometheus endpoint
         self.telemetry.shutdown()  # stops and joins the sampler and the detection thread
         super().closeEvent(event)

@@ -42,6 +42,7 @@ from app.telemetry.hardware import HardwareReport, hardware_fingerprint
 from app.telemetry.snapshot import DeviceVerdict, Snapshot, ThrottleVerdict
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
+from widgets.servers_box import ServersBox
 from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
 
@@ -133,6 +134,8 @@ class PerformancePanel(Panel):
         self._build_history_box()
         self.tune_box = TuneBox()
         self.add_box("Optimization: Auto-Tune", self.tune_box)
+        self.servers_box = ServersBox()  # ui/server_bridge.py does its work
+        self.add_box("Servers: llama-server", self.servers_box)
         self.refresh_history()
 
     # ---- construction ------------------------------------------------------------------------
