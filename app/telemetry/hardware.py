@@ -633,7 +633,10 @@ def _with_notes(report: HardwareReport) -> HardwareReport:
             )
         elif report.unused_gpus:
             names = ", ".join(g.name or f"GPU {g.index}" for g in report.unused_gpus)
-            notes.append(f"NVIDIA GPU not in llama.cpp's device list (driver or CUDA runtime?): {names}")
+            notes.append(
+                f"NVIDIA GPU present but not in llama.cpp's device list, so it gets no layers: {names} "
+                "(hidden by CUDA_VISIBLE_DEVICES, or not usable by this build's CUDA runtime)"
+            )
         if any((g.backend or "").upper() in ("MTL", "METAL") for g in report.gpus):
             notes.append("Apple GPU through Metal (unified memory shared with the CPU)")
     verdict = report.build_check
