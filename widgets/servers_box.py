@@ -131,6 +131,7 @@ class ServersBox(QWidget):
         layout.addWidget(self.requests_plot)
         layout.addWidget(self.speed_plot)
 
+        # Two inputs a row: the Performance column is narrow, and nothing in it may cut a box off.
         bench = QGridLayout()
         self.concurrency_edit = QLineEdit("1,2,4")
         self.concurrency_edit.setToolTip("Concurrency levels, comma-separated")
@@ -145,14 +146,17 @@ class ServersBox(QWidget):
         self.bench_stop.setEnabled(False)
         self.bench_button.clicked.connect(self._on_bench)
         self.bench_stop.clicked.connect(self.bench_stop_requested.emit)
-        for column, (label, widget) in enumerate(
-            (("concurrency", self.concurrency_edit), ("requests", self.requests_spin),
-             ("prompt", self.prompt_spin), ("generate", self.gen_spin))
-        ):  # fmt: skip
-            bench.addWidget(QLabel(label), 0, column)
-            bench.addWidget(widget, 1, column)
-        bench.addWidget(self.bench_button, 1, 4)
-        bench.addWidget(self.bench_stop, 1, 5)
+        inputs = (
+            ("concurrency", self.concurrency_edit),
+            ("requests", self.requests_spin),
+            ("prompt tokens", self.prompt_spin),
+            ("generated", self.gen_spin),
+        )
+        for index, (label, widget) in enumerate(inputs):
+            bench.addWidget(QLabel(label), index // 2, (index % 2) * 2)
+            bench.addWidget(widget, index // 2, (index % 2) * 2 + 1)
+        bench.addWidget(self.bench_button, 2, 0, 1, 2)
+        bench.addWidget(self.bench_stop, 2, 2, 1, 2)
         layout.addLayout(bench)
         self.bench_status = QLabel("")
         self.bench_status.setWordWrap(True)

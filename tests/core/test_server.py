@@ -646,3 +646,20 @@ def test_monitor_prometheus_serves_while_monitoring(server: RunningServer) -> No
         worker.join(timeout=60)
     assert result == [0]
     assert {s.labels["server"]: s.value for s in families["llamascope_server_up"]} == {server.url: 1.0}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--server", "ftp://example.invalid"], "only http:// and https://"),
+        (["--server", "http://127.0.0.1:1", "--csv"], "--csv writes the local readings only"),
+        (["--server", "http://127.0.0.1:1", "--timeout", "0"], "--timeout must be"),
+        (["--prometheus", "host:port"], "give HOST:PORT or PORT"),
+    ],
+)
+def test_monitor_bad_arguments(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["monitor", *arguments, "--seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
