@@ -59,10 +59,11 @@ def _gpu_rows(report: HardwareReport) -> list[tuple[str, str]]:
                 f"PCIe {fmt(g.pcie_generation)} x{fmt(g.pcie_width)}"
             )
         rows.append((f"  GPU {g.index}", line))
+    why = (
+        "not usable by this llama.cpp build" if report.devices is not None else "llama.cpp could not be asked"
+    )
     for g in report.unused_gpus:
-        rows.append(
-            (f"  NVIDIA {g.index}", f"{g.name or NOT_AVAILABLE} · not usable by this llama.cpp build")
-        )
+        rows.append((f"  NVIDIA {g.index}", f"{g.name or NOT_AVAILABLE} · {why}"))
     if any(g.nvml_index is not None for g in (*report.gpus, *report.unused_gpus)):
         rows.append(
             (

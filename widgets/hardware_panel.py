@@ -532,12 +532,12 @@ def _core_share(s: Snapshot) -> float | None:
 def gpu_html(report: HardwareReport) -> str:
     """The Detection box's GPU lines: llama.cpp's GPUs, then NVIDIA GPUs it does not list."""
     if report.devices is None:
-        return f"n/a — {report.devices_error or 'llama.cpp could not be asked'}"
-    lines = [_gpu_line(g, report) for g in report.gpus]
-    lines += [
-        f"<b>{g.name or f'NVIDIA GPU {g.index}'}</b> · not usable by this llama.cpp build (see the notes)"
-        for g in report.unused_gpus
-    ]
+        lines = [f"n/a — {report.devices_error or 'llama.cpp could not be asked'}"]
+        why = "found by NVIDIA's driver; whether llama.cpp can use it is not known"
+    else:
+        lines = [_gpu_line(g, report) for g in report.gpus]
+        why = "not usable by this llama.cpp build (see the notes)"
+    lines += [f"<b>{g.name or f'NVIDIA GPU {g.index}'}</b> · {why}" for g in report.unused_gpus]
     return "<br>".join(lines) or "None — CPU only (llama.cpp lists no GPU)"
 
 

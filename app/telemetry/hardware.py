@@ -297,7 +297,8 @@ class HardwareReport:
     os_info: OsInfo = field(default_factory=lambda: current_os())
     build_check: BuildVerdict | None = None  # app.llama.build_check: does this build run on this CPU?
     notes: tuple[str, ...] = ()
-    unused_gpus: tuple[GpuInfo, ...] = ()  # NVIDIA GPUs NVML sees that llama.cpp does not list
+    # NVIDIA GPUs NVML sees that llama.cpp does not list (all of them when llama.cpp cannot be asked)
+    unused_gpus: tuple[GpuInfo, ...] = ()
     devices: tuple[LlamaDevice, ...] | None = ()  # llama.cpp's whole device list; None: not readable
     devices_error: str | None = None  # why `devices` is None
 
@@ -566,8 +567,6 @@ def detect_hardware(
     if build_info is None and devices is None:
         device_list, devices_error = None, f"llama.cpp not readable ({build_error})"
     gpus, unused = llama_gpus(device_list or (), nvidia)
-    if device_list is None:
-        unused = ()  # not known to be unused: llama.cpp could not be asked
     report = HardwareReport(
         cpu=cpu,
         memory=_detect_memory(ps),
@@ -631,7 +630,7 @@ def _with_notes(report: HardwareReport) -> HardwareReport:
                 "an NVIDIA GPU is present but this llama.cpp build has no CUDA backend "
                 '(reinstall llama-cpp-python with CMAKE_ARGS="-DGGML_CUDA=on")'
             )
-        elif report.unused_gpus:
+        elif report.unused_gpus and report.devices is not None:
             names = ", ".join(g.name or f"GPU {g.index}" for g in report.unused_gpus)
             notes.append(
                 f"NVIDIA GPU present but not in llama.cpp's device list, so it gets no layers: {names} "

@@ -327,10 +327,13 @@ def test_an_nvidia_gpu_used_through_vulkan_is_not_called_unused(tmp_path: Path) 
 
 
 def test_an_unreadable_device_list_is_unknown_not_cpu_only(tmp_path: Path) -> None:
-    report = _detect(tmp_path, fake_facts(None))
+    nvml = Nvml(FakeNvmlModule([FakeGpu("RTX 4090")]))
+    report = _detect(tmp_path, fake_facts(None, backends=("CUDA", "CPU")), nvml)
     assert report.devices is None and report.gpus == ()
     assert report.gpu_summary.startswith("n/a — llama.cpp's device list not readable")
     assert recommend(report, _model()).gpu_layers_text.startswith("GPUs unknown")
+    assert [g.name for g in report.unused_gpus] == ["RTX 4090"]  # still shown: NVML sees it
+    assert not any("not in llama.cpp's device list" in n for n in report.notes)  # not known
 
     def crashing() -> None:
         raise llama_facts.LlamaFactsError("Loading the llama.cpp library crashed: illegal instruction")

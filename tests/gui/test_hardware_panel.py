@@ -202,6 +202,21 @@ def test_a_metal_gpu_from_llama_cpps_list_is_shown_and_advised(panel: HardwarePa
     assert panel.advice_labels["n_gpu_layers"].text().startswith("all — all 32 layers")
 
 
+def test_an_unreadable_device_list_shows_n_a_and_the_nvidia_gpu(panel: HardwarePanel, tmp_path: Path) -> None:
+    report = dataclasses.replace(
+        _report(tmp_path, gpus=False), devices=None, devices_error="llama.cpp's device list not readable: x"
+    )
+    panel.on_hardware_detected(report)
+    assert panel.gpu_label.text() == "n/a — llama.cpp's device list not readable: x"
+    nvidia = _report(tmp_path, gpus=True)
+    unknown = dataclasses.replace(nvidia, gpus=(), unused_gpus=nvidia.gpus, devices=None)
+    panel.on_hardware_detected(unknown)
+    assert "RTX 4090</b> · found by NVIDIA's driver; whether llama.cpp can use it is not known" in (
+        panel.gpu_label.text()
+    )
+    assert panel.advice_labels["n_gpu_layers"].text().startswith("0 — GPUs unknown")
+
+
 def test_live_free_vram_comes_from_the_nvidia_gpu_on_the_same_slot(
     panel: HardwarePanel, tmp_path: Path
 ) -> None:
