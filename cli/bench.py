@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from typing import Any
 
+from cli.checks import threads_error, threads_help
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+# More tests than this in one plan is a typo in a sweep, not a benchmark anyone waits for; the plan's
+# combinations are counted before they are built.
+MAX_TESTS = 10_000
 
 
 def register(sub: Any) -> None:
@@ -23,7 +29,9 @@ def register(sub: Any) -> None:
     p.add_argument("-pg", action="append", default=[], metavar="PP,TG", help="prompt + generation test")
     p.add_argument("-d", "--n-depth", default="0", help="KV cache depths to test at (default 0)")
     p.add_argument("-r", "--repetitions", type=int, default=5, help="repetitions per test (default 5)")
-    p.add_argument("-t", "--threads", default=None, help="threads (default: physical cores)")
+    p.add_argument(
+        "-t", "--threads", default=None, help=threads_help("threads, a list or range", "physical cores")
+    )
     p.add_argument("-b", "--batch-size", default="512", help="n_batch (default 512)")
     p.add_argument("-ub", "--ubatch-size", default="512", help="n_ubatch (default 512)")
     p.add_argument("-fa", "--flash-attn", default="0", help="flash attention 0/1 (default 0)")
@@ -71,20 +79,41 @@ def register(sub: Any) -> None:
 def _plan(args: argparse.Namespace) -> Any:
     from app.bench.runner import BenchPlan, build_tests, parse_values
     from app.model.demo_model import demo_model_path
+    from app.model.fields import MAX_N_CTX
+    from app.model.gguf_info import inspect_model
     from app.model.settings import LoadSettings, count_physical_cores
 
     models = tuple(args.models) or ((demo_model_path(),) if demo_model_path() else ())
     if not models:
         raise ValueError("no model given and the demo model package is not installed")
+    for model in models:
+        inspect_model(model)  # a missing, truncated or corrupt file stops here, before the engine starts
     pg = []
     for item in args.pg:
         values = parse_values(item)
         if len(values) != 2:
             raise ValueError(f"-pg takes two numbers, PP,TG (got {item!r})")
         pg.append((values[0], values[1]))
-    tests = build_tests(parse_values(args.n_prompt), parse_values(args.n_gen), pg, parse_values(args.n_depth))
+    sizes = {
+        flag: parse_values(text)
+        for flag, text in (("-p", args.n_prompt), ("-n", args.n_gen), ("-d", args.n_depth))
+    }
+    for flag, values in sizes.items():  # build_tests drops sizes of 0 ("none"); a negative one is a typo
+        if min(values) < 0:
+            raise ValueError(f"{flag} {min(values)}: sizes must be 0 or more")
+    tests = build_tests(sizes["-p"], sizes["-n"], pg, sizes["-d"])
+    for test in tests:  # the context holds the depth, the prompt and the generated tokens
+        if test.n_depth + test.n_tokens > MAX_N_CTX:
+            raise ValueError(
+                f"{test.name} needs a context of {test.n_depth + test.n_tokens:,} tokens; "
+                f"the largest context is {MAX_N_CTX:,}"
+            )
+    threads = parse_values(args.threads) if args.threads else (count_physical_cores(),)
+    problem = threads_error(threads, "-t")
+    if problem is not None:
+        raise ValueError(problem)
     sweep = (
-        ("n_threads", parse_values(args.threads) if args.threads else (count_physical_cores(),)),
+        ("n_threads", threads),
         ("n_batch", parse_values(args.batch_size)),
         ("n_ubatch", parse_values(args.ubatch_size)),
         ("flash_attn", parse_values(args.flash_attn, bool)),
@@ -93,6 +122,12 @@ def _plan(args: argparse.Namespace) -> Any:
         ("n_gpu_layers", parse_values(args.n_gpu_layers)),
         ("use_mmap", parse_values(args.mmap, bool)),
     )
+    runs = len(models) * len(tests) * math.prod(len(values) for _, values in sweep)
+    if runs > MAX_TESTS:
+        raise ValueError(
+            f"the lists combine into {runs:,} tests (models x tests x every combination of the swept "
+            f"values); at most {MAX_TESTS:,} run in one benchmark: sweep fewer values"
+        )
     return BenchPlan(
         models=models,
         tests=tests,
@@ -119,6 +154,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except (BenchError, SettingsError, ValueError) as exc:
         print(f"llamascope: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ModelFileError as exc:
+        print(f"llamascope: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
     store = None
     if not args.no_history:
@@ -215,6 +253,15 @@ def _cmd_history(args: argparse.Namespace) -> int:
             print(f"imported {len(results)} results as run {run_id}")
             return EXIT_OK
         if args.run is not None:
+            run = store.run(args.run)  # an unknown id is an error, not an empty table
+            if run.kind == "generation":
+                generations = store.generations(run.id)
+                if args.json:
+                    print(json.dumps(generations, indent=2))
+                else:
+                    for g in generations:
+                        print(", ".join(f"{k} {v}" for k, v in g.items() if k not in ("id", "run_id")))
+                return EXIT_OK
             results = store.results(args.run)
             sys.stdout.write(dumps(results, "json" if args.json else "md"))
             return EXIT_OK

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes, jsonable
 from cli import server as cli_server
+from cli.checks import positive_number_error
 
 if TYPE_CHECKING:
     from app.telemetry.hardware import HardwareReport
@@ -246,14 +247,15 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         return cli_server.cmd_monitor(args, _text_line, _CsvWriter)
     from app.telemetry.sampler import MAX_INTERVAL_S, MIN_INTERVAL_S, Sampler
 
-    if not MIN_INTERVAL_S <= args.interval <= MAX_INTERVAL_S:
+    if not MIN_INTERVAL_S <= args.interval <= MAX_INTERVAL_S:  # False for NaN too
         print(
             f"llamascope: --interval must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} s",
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if args.seconds is not None and args.seconds <= 0:
-        print("llamascope: --seconds must be positive", file=sys.stderr)
+    problem = positive_number_error(args.seconds, "--seconds")  # inf would never end, NaN at once
+    if problem is not None:
+        print(f"llamascope: {problem}", file=sys.stderr)
         return EXIT_USAGE
     snapshots: queue.Queue[Any] = queue.Queue()
     sampler = Sampler(interval_s=args.interval)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
+import os
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +22,7 @@ from cli import hardware as cli_hardware
 from cli import quality as cli_quality
 from cli import server as cli_server
 from cli import tune as cli_tune
+from cli.checks import threads_error, threads_help
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -75,6 +80,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from app.model.memory import InsufficientMemoryError
     from app.model.settings import LoadSettings, SamplingSettings, SettingsError
 
+    problem = threads_error(args.threads)
+    if problem is not None:
+        print(f"llamascope: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         load_kwargs: dict[str, Any] = {"n_ctx": args.ctx}
         if args.threads is not None:
@@ -93,7 +102,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     from app.engine.crash_registry import CrashRegistry
+    from app.model.gguf_info import inspect_model
 
+    try:
+        inspect_model(args.model)  # a missing, truncated or corrupt file: said before the engine starts
+    except ModelFileError as exc:
+        print(f"llamascope: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     crash = CrashRegistry().lookup(args.model)
     if crash is not None:
         print(f"llamascope: warning: {args.model}: {crash.summary()} Trying again.", file=sys.stderr)
@@ -171,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_gen.add_argument("--max-tokens", "-n", type=int, default=128, help="tokens to generate (default 128)")
     p_gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p_gen.add_argument("--ctx", "-c", type=int, default=2048, help="context size n_ctx (default 2048)")
-    p_gen.add_argument("--threads", "-t", type=int, default=None, help="generation threads")
+    p_gen.add_argument(
+        "--threads", "-t", type=int, default=None, help=threads_help("generation threads", "physical cores")
+    )
     p_gen.add_argument("--temperature", "--temp", type=float, default=None, help="sampling temperature")
     p_gen.add_argument("--seed", type=int, default=None, help="sampling seed (-1 = random)")
     p_gen.add_argument(
@@ -191,6 +208,88 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---- the last resort ------------------------------------------------------------------------------
+# Every input a user can give has its own message (tests/core/test_bad_input.py). What still escapes
+# is a bug: the user gets one line saying what failed and where the details are, never a traceback.
+
+_CRASH_LOG_NAME = "llamascope-errors.log"
+_CRASH_LOG_KEEP_BYTES = 1 << 20  # a log past this size starts over: it is for the latest failures
+_PROJECT_PACKAGES = ("app", "cli", "ui", "widgets")
+
+
+def crash_log_path() -> str:
+    """Where unexpected failures are written: the user's log folder (platformdirs)."""
+    import platformdirs
+
+    return os.path.join(platformdirs.user_log_dir("LlamaScope", appauthor=False), _CRASH_LOG_NAME)
+
+
+def _command_of(arguments: Sequence[str]) -> str:
+    words = [a for a in arguments if not a.startswith("-")]
+    return words[0] if words else "llamascope"
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame in LlamaScope's own code, as package/module.py:line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    where = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        relative = os.path.relpath(os.path.abspath(frame.filename), root)
+        if relative.split(os.sep)[0] in _PROJECT_PACKAGES:
+            where = f"{relative.replace(os.sep, '/')}:{frame.lineno}"
+    return where
+
+
+def _write_crash_log(exc: BaseException, arguments: Sequence[str], context: str = "") -> str:
+    """Append the full report to the crash log; returns where it went, or why it could not be written."""
+    report = (
+        f"==== {datetime.datetime.now().isoformat(timespec='seconds')} LlamaScope {__version__} "
+        f"(Python {sys.version.split()[0]}, {sys.platform})\n"
+        f"command: llamascope {' '.join(arguments)}\n"
+        + (f"{context}\n" if context else "")
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
+    path = crash_log_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        mode = "w" if os.path.exists(path) and os.path.getsize(path) > _CRASH_LOG_KEEP_BYTES else "a"
+        with open(path, mode, encoding="utf-8", errors="replace") as f:
+            f.write(report + "\n")
+    except OSError as log_exc:
+        return f"the details could not be written to {path} ({log_exc.strerror or log_exc})"
+    return f"the details are in {path}"
+
+
+def _failure_line(exc: BaseException, command: str, details: str) -> str:
+    message = " ".join(str(exc).split())
+    if len(message) > 160:
+        message = message[:157] + "…"
+    what = type(exc).__name__ + (f": {message}" if message else "")
+    where = _where(exc)
+    return (
+        f"{command} failed unexpectedly ({what}{f', at {where}' if where else ''}). This is a bug in "
+        f"LlamaScope; {details}. Please report it with that file."
+    )
+
+
+def _thread_failed(hook: threading.ExceptHookArgs) -> None:
+    """A failure on a background thread: one line and the log, as for the main thread."""
+    if hook.exc_type is SystemExit or hook.exc_value is None:
+        return
+    name = hook.thread.name if hook.thread is not None else "a background thread"
+    arguments = sys.argv[1:]
+    details = _write_crash_log(hook.exc_value, arguments, context=f"thread: {name}")
+    print(f"llamascope: {_failure_line(hook.exc_value, f'{name} (background)', details)}", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def _self_test(argv: list[str]) -> int:
     # Like the window, the self-test needs Qt, so it is imported only when asked for.
     from ui import self_test
@@ -199,13 +298,37 @@ def _self_test(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; an unexpected exception becomes one line on stderr and a log entry, exit 1."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    previous_hook = threading.excepthook
+    threading.excepthook = _thread_failed
+    try:
+        return _main(arguments)
+    except KeyboardInterrupt:
+        print("\nllamascope: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except BrokenPipeError:
+        # `llamascope history | head`: the reader left. Python would report the pipe again when it
+        # flushes stdout at exit, so stdout is pointed at nothing first.
+        _silence_stdout()
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 (the last resort: every other failure has its own message)
+        print(
+            f"llamascope: {_failure_line(exc, _command_of(arguments), _write_crash_log(exc, arguments))}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    finally:
+        threading.excepthook = previous_hook
+
+
+def _main(arguments: list[str]) -> int:
     if arguments[:1] == ["--self-test"]:
         return _self_test(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command is None:
-        args = parser.parse_args(["gui", *(argv or sys.argv[1:])])
+        args = parser.parse_args(["gui", *arguments])
     if getattr(args, "model", None) is None and args.command in ("info", "generate"):
         args.model = _default_model()
         if args.model is None:

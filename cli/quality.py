@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from app.common.formatting import jsonable as _jsonable
+from cli.checks import MAX_UINT32, input_file_error, output_file_error, threads_error, threads_help
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -47,7 +48,9 @@ def register(subparsers: Any) -> None:
     p_q.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight un(re)quantized")
     p_q.add_argument("--output-tensor-type", default=None, help="tensor type for output.weight, e.g. Q8_0")
     p_q.add_argument("--token-embedding-type", default=None, help="tensor type for token_embd.weight")
-    p_q.add_argument("--threads", "-t", type=int, default=None, help="quantization threads (default: all)")
+    p_q.add_argument(
+        "--threads", "-t", type=int, default=None, help=threads_help("quantization threads", "all")
+    )
     p_q.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p_q.add_argument("--list-types", action="store_true", help="list the quantization types and exit")
     p_q.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -63,7 +66,7 @@ def register(subparsers: Any) -> None:
     )
     p_e.add_argument("--ctx", "-c", type=int, default=512, help="context size per chunk (default 512)")
     p_e.add_argument("--chunks", type=int, default=None, help="evaluate at most N chunks")
-    p_e.add_argument("--threads", "-t", type=int, default=None, help="threads (default: all)")
+    p_e.add_argument("--threads", "-t", type=int, default=None, help=threads_help("threads", "all"))
     kld = p_e.add_mutually_exclusive_group()
     kld.add_argument(
         "--kld-base",
@@ -159,6 +162,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.source is None or args.type_name is None:
         _err("quantize needs a source file and --type (see `llamascope quantize --list-types`)")
+        return EXIT_USAGE
+    problem = threads_error(args.threads) or (output_file_error(args.output, "-o") if args.output else None)
+    if problem is not None:
+        _err(problem)
         return EXIT_USAGE
     # What quantizations that did not live to finish (kill -9, a crash) left behind, wherever it is.
     for leftover in sweep_leftover_partials():
@@ -271,6 +278,31 @@ def _print_kld(r: Any) -> None:
         print(f"  {key:<{width}}  {value}")
 
 
+def _eval_argument_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with eval's files and numbers, found before the engine starts and a model loads."""
+    from app.model.file_format import detect_format
+    from app.quality.eval_types import EvalError
+    from app.quality.multiple_choice import load_items
+
+    if args.ctx > MAX_UINT32:
+        return f"--ctx {args.ctx:,} is beyond what llama.cpp can take ({MAX_UINT32:,})"
+    problem = threads_error(args.threads)
+    for flag, path in (("MODEL", args.model), ("--kld-base", args.kld_base)):
+        if problem is None and path is not None:
+            fmt = detect_format(path)
+            problem = None if fmt.loadable else f"{flag}: {path}: {fmt.message}"
+    if problem is None and args.kld_logits:
+        problem = input_file_error(args.kld_logits, "--kld-logits", "log-probabilities")
+    if problem is None and args.save_logits:
+        problem = output_file_error(args.save_logits, "--save-logits")
+    if problem is None and args.mc:
+        try:
+            load_items(args.mc, args.mc_format)  # read again in the engine host; a bad file stops here
+        except EvalError as exc:
+            problem = f"--mc: {exc}"
+    return problem
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
     from app.model.memory import InsufficientMemoryError
@@ -283,11 +315,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     from app.quality.multiple_choice import MCProgress
 
-    if not (args.ppl or args.kld_logits or args.mc):
-        _err("eval needs --ppl TEXT, --kld-logits FILE or --mc FILE")
-        return EXIT_USAGE
     if args.kld_base and not args.ppl:
         _err("--kld-base needs --ppl TEXT: the base's log-probabilities are computed on that text")
+        return EXIT_USAGE
+    if not (args.ppl or args.kld_logits or args.mc):
+        _err("eval needs --ppl TEXT, --kld-logits FILE or --mc FILE")
         return EXIT_USAGE
     if args.save_logits and not args.ppl:
         _err("--save-logits needs --ppl TEXT")
@@ -297,6 +329,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.mc and not args.mc_format:
         _err("--mc needs --format hellaswag, arc or mmlu")
+        return EXIT_USAGE
+    problem = _eval_argument_error(args)
+    if problem is not None:
+        _err(problem)
         return EXIT_USAGE
 
     settings = EvalSettings(n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads)

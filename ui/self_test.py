@@ -25,6 +25,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from app.model.file_format import ModelFileError
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -78,7 +80,8 @@ class _Report:
         except Exception as exc:  # noqa: BLE001 (the self-test reports every failure, whatever it is)
             self.data["failed"] = name
             self.data["error"] = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, SelfTestFailure):
+            # A model file that is not a usable GGUF is the file's fault: its message says all.
+            if not isinstance(exc, SelfTestFailure | ModelFileError):
                 self.data["traceback"] = traceback.format_exc(limit=8)
             return False
         finally:

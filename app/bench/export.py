@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from app.bench.runner import SWEEPABLE, BenchError, BenchResult
+from app.bench.runner import SWEEPABLE, BenchError, BenchResult, BenchTest
 from app.common.formatting import format_bytes
 from app.common.markdown import markdown_table
 
@@ -96,49 +97,136 @@ def to_record(result: BenchResult) -> dict[str, Any]:
     return record
 
 
-def from_record(record: dict[str, Any], *, source: str | None = None) -> BenchResult:
-    """A result from a record written by LlamaScope or by llama-bench (-o json / jsonl)."""
+# Bounds of a stored count or time: llama-bench writes them as 64-bit integers; beyond these a value
+# is garbage, and would overflow SQLite's INTEGER and the float arithmetic of the statistics.
+_MAX_INT = 2**63 - 1
+_STRING_FIELDS = ("model_type", "type_k", "type_v", "test_time", "cpu_info", "gpu_info", "backends")
+
+
+def _int_field(record: dict[str, Any], key: str, default: int = 0, *, minimum: int = 0) -> int:
+    """A whole-number field, with a message naming the field for anything else."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BenchError(f"{key} must be a whole number, not {_shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"{key} is {_non_finite(value)}: benchmark figures must be finite numbers")
     try:
-        samples = tuple(int(s) for s in record.get("samples_ns") or ())
-        if not samples and record.get("avg_ns"):
-            samples = (int(record["avg_ns"]),)  # llama-bench CSV/SQL keep only the mean
-        flash = record.get("flash_attn", 0)
-        use_mmap = record.get("use_mmap", record.get("load_mode", "mmap") != "none")
-        return BenchResult(
-            model_filename=str(record["model_filename"]),
-            model_type=str(record.get("model_type", "")),
-            model_size=int(record.get("model_size", 0)),
-            model_n_params=int(record.get("model_n_params", 0)),
-            n_batch=int(record.get("n_batch", 0)),
-            n_ubatch=int(record.get("n_ubatch", 0)),
-            n_threads=int(record.get("n_threads", 0)),
-            type_k=str(record.get("type_k", "f16")),
-            type_v=str(record.get("type_v", "f16")),
-            n_gpu_layers=int(record.get("n_gpu_layers", 0)),
-            flash_attn=bool(int(flash)) if not isinstance(flash, bool) else flash,
-            use_mmap=bool(use_mmap),
-            n_prompt=int(record.get("n_prompt", 0)),
-            n_gen=int(record.get("n_gen", 0)),
-            n_depth=int(record.get("n_depth", 0)),
-            test_time=str(record.get("test_time", "")),
-            samples_ns=samples,
-            cpu_info=str(record.get("cpu_info", "")),
-            gpu_info=str(record.get("gpu_info", "")),
-            backends=str(record.get("backends", "")),
-            build=str(record.get("build_commit", "")),
-            complete=bool(record.get("complete", True)),
-            mean_cpu_percent=record.get("mean_cpu_percent"),
-            peak_rss_bytes=record.get("peak_rss_bytes"),
-            mean_power_watts=record.get("mean_power_watts"),
-            energy_joules=record.get("energy_joules"),
-            joules_per_token=record.get("joules_per_token"),
-            max_temp_c=record.get("max_temp_c"),
-            throttle_events=record.get("throttle_events"),
-            throttled=bool(record.get("throttled", False)),
-            source=source or str(record.get("source", "llama-bench")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BenchError(f"not a benchmark record ({exc.__class__.__name__}: {exc})") from None
+        number = int(value)
+    except ValueError:
+        raise BenchError(f"{key} must be a whole number, not {_shown(value)}") from None
+    if not minimum <= number <= _MAX_INT:
+        raise BenchError(f"{key} is {_shown(value)}: it must be between {minimum} and {_MAX_INT:,}")
+    return number
+
+
+def _optional_number(record: dict[str, Any], key: str) -> float | None:
+    """A telemetry figure: absent (null) or a finite number."""
+    value = record.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BenchError(f"{key} must be a number or null, not {_shown(value)}")
+    if not math.isfinite(value):
+        raise BenchError(f"{key} is {_non_finite(value)}: benchmark figures must be finite numbers")
+    if abs(value) > _MAX_INT:
+        raise BenchError(f"{key} is {_shown(value)}: too large to be a measurement")
+    return value
+
+
+def _optional_int(record: dict[str, Any], key: str) -> int | None:
+    return None if record.get(key) is None else _int_field(record, key)
+
+
+def _string_field(record: dict[str, Any], key: str, default: str = "") -> str:
+    value = record.get(key, default)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # a numeric build number or commit: harmless
+    if not isinstance(value, str):
+        raise BenchError(f"{key} must be a string, not {_shown(value)}")
+    return value
+
+
+def _bool_field(record: dict[str, Any], key: str, default: bool) -> bool:
+    value = record.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return _int_field(record, key) != 0  # llama-bench writes 0/1 for some switches
+
+
+def _non_finite(value: float) -> str:
+    # JSON's Infinity and a literal past the float range (1e400) both arrive as inf.
+    return "NaN" if math.isnan(value) else "infinite (Infinity, or a number past 1.8e308 such as 1e400)"
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: its JSON type for containers, a short repr otherwise."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def from_record(record: dict[str, Any], *, source: str | None = None) -> BenchResult:
+    """A result from a record written by LlamaScope or by llama-bench (-o json / jsonl).
+
+    Raises BenchError naming the field for anything that is not a benchmark record: a missing
+    model file name, a non-numeric, non-finite (Infinity, 1e400) or negative count or time.
+    """
+    if "model_filename" not in record:
+        raise BenchError("not a benchmark record: it has no model_filename")
+    raw_samples = record.get("samples_ns")
+    if raw_samples is not None and not isinstance(raw_samples, list):
+        raise BenchError(f"samples_ns must be a list of times in ns, not {_shown(raw_samples)}")
+    samples = tuple(
+        _int_field({f"samples_ns[{i}]": s}, f"samples_ns[{i}]", minimum=1)
+        for i, s in enumerate(raw_samples or ())
+    )
+    if not samples and record.get("avg_ns"):
+        samples = (_int_field(record, "avg_ns", minimum=1),)  # llama-bench CSV/SQL keep only the mean
+    if "load_mode" in record and "use_mmap" not in record:
+        use_mmap = _string_field(record, "load_mode", "mmap") != "none"
+    else:
+        use_mmap = _bool_field(record, "use_mmap", True)
+    n_prompt, n_gen, n_depth = (_int_field(record, k) for k in ("n_prompt", "n_gen", "n_depth"))
+    BenchTest(n_prompt, n_gen, n_depth)  # a test needs prompt or generated tokens: says so if not
+    strings = {k: _string_field(record, k) for k in _STRING_FIELDS}
+    return BenchResult(
+        model_filename=_string_field(record, "model_filename"),
+        model_type=strings["model_type"],
+        model_size=_int_field(record, "model_size"),
+        model_n_params=_int_field(record, "model_n_params"),
+        n_batch=_int_field(record, "n_batch"),
+        n_ubatch=_int_field(record, "n_ubatch"),
+        n_threads=_int_field(record, "n_threads"),
+        type_k=strings["type_k"] or "f16",
+        type_v=strings["type_v"] or "f16",
+        n_gpu_layers=_int_field(record, "n_gpu_layers", minimum=-1),
+        flash_attn=_bool_field(record, "flash_attn", False),
+        use_mmap=use_mmap,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        n_depth=n_depth,
+        test_time=strings["test_time"],
+        samples_ns=samples,
+        cpu_info=strings["cpu_info"],
+        gpu_info=strings["gpu_info"],
+        backends=strings["backends"],
+        build=_string_field(record, "build_commit"),
+        complete=_bool_field(record, "complete", True),
+        mean_cpu_percent=_optional_number(record, "mean_cpu_percent"),
+        peak_rss_bytes=_optional_int(record, "peak_rss_bytes"),
+        mean_power_watts=_optional_number(record, "mean_power_watts"),
+        energy_joules=_optional_number(record, "energy_joules"),
+        joules_per_token=_optional_number(record, "joules_per_token"),
+        max_temp_c=_optional_number(record, "max_temp_c"),
+        throttle_events=_optional_int(record, "throttle_events"),
+        throttled=_bool_field(record, "throttled", False),
+        source=source or _string_field(record, "source", "llama-bench"),
+    )
 
 
 def _markdown(results: Sequence[BenchResult], swept: Sequence[str]) -> str:
@@ -200,29 +288,82 @@ def export(results: Sequence[BenchResult], path: str, *, swept: Sequence[str] = 
     os.replace(tmp, path)
 
 
+# An import is read whole; llama-bench's output for even a large sweep is a few MB.
+MAX_IMPORT_BYTES = 256 * 1024 * 1024
+
+
 def loads(text: str, *, source: str | None = None) -> list[BenchResult]:
-    """Parse JSON (an array) or JSONL records, LlamaScope's or llama-bench's."""
+    """Parse JSON (an array) or JSONL records, LlamaScope's or llama-bench's; raises BenchError."""
     stripped = text.strip()
     if not stripped:
         return []
     records: Iterable[Any]
     try:
-        data = json.loads(stripped)
-        records = data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
         try:
-            records = [json.loads(line) for line in stripped.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise BenchError(f"neither JSON nor JSONL: {exc}") from None
+            data = json.loads(stripped)
+            records = data if isinstance(data, list) else [data]
+            where = "record {}"
+        except json.JSONDecodeError as whole:
+            lines = [(n, line) for n, line in enumerate(stripped.splitlines(), 1) if line.strip()]
+            if len(lines) < 2:  # one line: the JSON parser's message is the one that helps
+                raise BenchError(
+                    f"not JSON: {whole.msg} (line {whole.lineno}, column {whole.colno})"
+                ) from None
+            records = []
+            for number, line in lines:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise BenchError(
+                        f"neither a JSON array nor JSONL: line {number} is not JSON "
+                        f"({exc.msg}, column {exc.colno})"
+                    ) from None
+            where = "line {}"
+    except RecursionError:
+        raise BenchError("its JSON is nested too deeply to be benchmark records") from None
+    except ValueError:  # json's only failure besides a syntax error: an integer past Python's digit limit
+        raise BenchError("it holds a number of more than 4,300 digits, which no benchmark writes") from None
     out = []
-    for record in records:
+    for index, record in enumerate(records, 1):
         if not isinstance(record, dict):
-            raise BenchError("each benchmark record must be a JSON object")
-        out.append(from_record(record, source=source))
+            raise BenchError(f"{where.format(index)}: each benchmark record must be a JSON object")
+        try:
+            out.append(from_record(record, source=source))
+        except BenchError as exc:
+            raise BenchError(f"{where.format(index)}: {exc}") from None
     return out
 
 
 def load_llama_bench(path: str) -> list[BenchResult]:
-    """Import `llama-bench -o json` or `-o jsonl` output, marked as llama-bench's."""
-    with open(path, encoding="utf-8") as f:
-        return loads(f.read(), source="llama-bench")
+    """Import `llama-bench -o json` or `-o jsonl` output, marked as llama-bench's; raises BenchError
+    with the file's name and what is wrong with it."""
+    name = os.path.basename(path) or path
+    if os.path.isdir(path):
+        raise BenchError(f"{path} is a folder: give the file llama-bench wrote with -o json or -o jsonl")
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_IMPORT_BYTES:
+            raise BenchError(
+                f"{name} is {format_bytes(size)}, more than the {format_bytes(MAX_IMPORT_BYTES)} an import "
+                "reads: it is not llama-bench output"
+            )
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise BenchError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark from a Windows editor is harmless
+    except UnicodeDecodeError as exc:
+        raise BenchError(
+            f"{name} is not UTF-8 text (byte {exc.start:,} is 0x{raw[exc.start]:02x}): "
+            "llama-bench writes -o json and -o jsonl as UTF-8"
+        ) from None
+    try:
+        results = loads(text, source="llama-bench")
+    except BenchError as exc:
+        raise BenchError(f"{name}: {exc}") from None
+    if not results:
+        raise BenchError(f"{name} holds no benchmark records")
+    return results

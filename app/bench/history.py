@@ -324,23 +324,23 @@ class HistoryStore:
         )
         with self._connect() as conn:
             rows = conn.execute(sql, args).fetchall()
-        return [
-            RunRow(
-                id=row["id"],
-                kind=row["kind"],
-                created_at=row["created_at"],
-                model_path=row["model_path"],
-                model_size=row["model_size"],
-                model_fingerprint=row["model_fingerprint"],
-                hardware_fingerprint=row["hardware_fingerprint"],
-                build=row["build"],
-                settings=json.loads(row["settings_json"] or "{}"),
-                status=row["status"],
-                label=row["label"],
-                n_results=row["n_results"],
-            )
-            for row in rows
-        ]
+        return [_run_row(row) for row in rows]
+
+    def run(self, run_id: int) -> RunRow:
+        """One run by its id; raises HistoryError naming the id when there is no such run."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT r.*, (SELECT COUNT(*) FROM results x WHERE x.run_id = r.id) + "
+                "(SELECT COUNT(*) FROM generations g WHERE g.run_id = r.id) + "
+                "(SELECT COUNT(*) FROM server_levels s WHERE s.run_id = r.id) AS n_results "
+                "FROM runs r WHERE r.id = ?",
+                (run_id,),
+            ).fetchone()
+            last = conn.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+        if row is None:
+            held = "the history is empty" if last is None else f"run ids go up to {last}"
+            raise HistoryError(f"there is no run {run_id} ({held}; `llamascope history` lists them)")
+        return _run_row(row)
 
     def results(self, run_id: int) -> list[BenchResult]:
         with self._connect() as conn:
@@ -372,8 +372,10 @@ class HistoryStore:
         With one run (`run_b` None), its configurations are compared instead: for each test
         measured in several configurations (a sweep), every configuration against the first.
         """
+        self.run(run_a)  # an unknown id is named as such, not as a run without results
         if run_b is None:
             return self.compare_configurations(run_a)
+        self.run(run_b)
         a_results, b_results = self.results(run_a), self.results(run_b)
         if not a_results or not b_results:
             raise HistoryError(f"run {run_a if not a_results else run_b} has no benchmark results to compare")
@@ -412,6 +414,23 @@ class HistoryStore:
         if not rows:
             raise HistoryError(f"run {run} measured each test in one configuration only: select two runs")
         return rows
+
+
+def _run_row(row: sqlite3.Row) -> RunRow:
+    return RunRow(
+        id=row["id"],
+        kind=row["kind"],
+        created_at=row["created_at"],
+        model_path=row["model_path"],
+        model_size=row["model_size"],
+        model_fingerprint=row["model_fingerprint"],
+        hardware_fingerprint=row["hardware_fingerprint"],
+        build=row["build"],
+        settings=json.loads(row["settings_json"] or "{}"),
+        status=row["status"],
+        label=row["label"],
+        n_results=row["n_results"],
+    )
 
 
 def _comparison_key(r: BenchResult) -> tuple[str, str]:

@@ -19,6 +19,7 @@ import pytest
 from app.bench.export import dumps, load_llama_bench, loads, to_record
 from app.bench.history import _MIGRATIONS, SCHEMA_VERSION, HistoryError, HistoryStore
 from app.bench.runner import (
+    MAX_VALUES,
     BenchError,
     BenchPlan,
     BenchResult,
@@ -74,6 +75,14 @@ def test_value_lists_and_ranges() -> None:
         parse_values("8-1")
     with pytest.raises(BenchError):
         parse_values("x")
+
+
+def test_a_range_past_the_limit_is_refused_before_it_is_expanded() -> None:
+    assert len(parse_values(f"1-{MAX_VALUES}")) == MAX_VALUES
+    assert parse_values("1-1000000000*10") == tuple(10**k for k in range(10))  # counted, not listed
+    for text in (f"1-{MAX_VALUES + 1}", "1-100000000", "1-99999999999999999999999999", "1-600,1-600"):
+        with pytest.raises(BenchError, match=f"at most {MAX_VALUES:,}"):
+            parse_values(text)
 
 
 def test_test_names_as_llama_bench_prints_them() -> None:
@@ -553,7 +562,59 @@ def test_import_llama_bench_json(tmp_path: Path) -> None:
         load_llama_bench(str(bad))
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"\xff\xfe[{}]", "not UTF-8 text (byte 0 is 0xff)"),
+        (b'[{"model_filename": "m", "n_prompt": 1, "samples_ns": [Infinity]}]', "samples_ns[0] is infinite"),
+        (b'[{"model_filename": "m", "n_prompt": 1, "samples_ns": [1e400]}]', "such as 1e400"),
+        (b'[{"model_filename": "m", "n_prompt": 1, "avg_ns": NaN}]', "avg_ns is NaN"),
+        (b'[{"model_filename": "m", "n_prompt": 1e400}]', "n_prompt is infinite"),
+        (b'[{"model_filename": "m", "n_prompt": 1, "max_temp_c": -Infinity}]', "max_temp_c is infinite"),
+        (b'[{"model_filename": "m", "n_prompt": -5}]', "n_prompt is -5"),
+        (b'[{"model_filename": "m", "n_prompt": 1, "samples_ns": [0]}]', "samples_ns[0] is 0"),
+        (
+            b'[{"model_filename": "m", "n_prompt": 1, "n_threads": "many"}]',
+            "n_threads must be a whole number",
+        ),
+        (b'[{"model_filename": ["m"], "n_prompt": 1}]', "model_filename must be a string, not a list"),
+        (b'[{"model_filename": "m"}]', "a test needs prompt or generated tokens"),
+        (b'[{"n_prompt": 1}]', "record 1: not a benchmark record: it has no model_filename"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'[{"model_filename": "m", "n_prompt": ' + b"9" * 5000 + b"}]", "more than 4,300 digits"),
+        (b'{"model_filename": "m", "n_prompt": 1}\n{"model_filename": "m", ', "line 2 is not JSON"),
+        (b"[1, 2]", "record 1: each benchmark record must be a JSON object"),
+        (b"", "holds no benchmark records"),
+    ],
+)
+def test_a_bad_import_names_the_file_and_the_problem(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / "llama-bench.json"
+    path.write_bytes(content)
+    with pytest.raises(BenchError) as info:
+        load_llama_bench(str(path))
+    assert str(info.value).startswith("llama-bench.json") and fragment in str(info.value)
+
+
+def test_an_import_that_is_not_a_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="no such file"):
+        load_llama_bench(str(tmp_path / "missing.json"))
+    with pytest.raises(BenchError, match="is a folder"):
+        load_llama_bench(str(tmp_path))
+
+
 # ---- history ---------------------------------------------------------------------------------------
+
+
+def test_an_unknown_run_id_is_an_error_naming_it(tmp_path: Path) -> None:
+    store = HistoryStore(str(tmp_path / "h.sqlite3"))
+    with pytest.raises(HistoryError, match="no run 7 .the history is empty"):
+        store.run(7)
+    run = store.start_run("benchmark", "/m/model.gguf", {})
+    assert store.run(run).model_path == "/m/model.gguf"
+    with pytest.raises(HistoryError, match=f"no run 99999 .run ids go up to {run}"):
+        store.run(99999)
+    with pytest.raises(HistoryError, match="no run 99999"):
+        store.compare(99999)
 
 
 def test_history_store_and_compare(tmp_path: Path) -> None:
