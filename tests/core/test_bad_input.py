@@ -512,3 +512,79 @@ def test_bad_input_gets_a_message_and_no_traceback(
     message = result.stderr.lower()
     for fragment in bad.expect:
         assert fragment.lower() in message, f"{fragment!r} not in stderr:\n{result.stderr}"
+
+
+# ---- the last resort ------------------------------------------------------------------------------
+
+
+def test_an_unexpected_failure_is_one_line_and_a_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No bad input reaches this (the battery above proves it), so a bug is planted: the history
+    # listing fails in a way no command expects.
+    from app.bench import history
+    from cli import main
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    def broken(self: history.HistoryStore, **_: object) -> list[history.RunRow]:
+        raise KeyError("planted")
+
+    monkeypatch.setattr(history.HistoryStore, "runs", broken)
+    assert main.main(["history"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    (line,) = err.splitlines()
+    log = main.crash_log_path()
+    assert log.startswith(str(tmp_path / "state"))
+    assert "history failed unexpectedly" in line and "KeyError: 'planted'" in line
+    assert "at cli/bench.py:" in line and f"the details are in {log}" in line
+    report = Path(log).read_text()
+    assert "command: llamascope history" in report and "Traceback" in report
+    assert "raise KeyError" in report  # the traceback's source lines: where the failure happened
+
+
+def test_a_failure_on_a_background_thread_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    from cli import main
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    def fails() -> None:
+        raise ValueError("planted on a thread")
+
+    def command(arguments: list[str]) -> int:
+        worker = threading.Thread(target=fails, name="llamascope-planted")
+        worker.start()
+        worker.join()
+        return 0
+
+    monkeypatch.setattr(main, "_main", command)
+    assert main.main(["monitor"]) == 0  # the command itself finished
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert "llamascope-planted (background) failed unexpectedly (ValueError: planted on a thread" in line
+    assert "Traceback" not in err and "thread: llamascope-planted" in Path(main.crash_log_path()).read_text()
+    assert threading.excepthook is not main._thread_failed  # put back once the command returned
+
+
+def test_a_log_that_cannot_be_written_is_said_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli import main
+
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the log folder would be")
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker))
+
+    def command(arguments: list[str]) -> int:
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(main, "_main", command)
+    assert main.main(["info"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "info failed unexpectedly (RuntimeError: planted" in line
+    assert f"the details could not be written to {main.crash_log_path()}" in line
