@@ -64,6 +64,8 @@ def input_file_error(path: str, flag: str, what: str) -> str | None:
         return f"{flag}: {path} does not exist"
     if os.path.isdir(path):
         return f"{flag}: {path} is a folder; give the {what} file"
+    if not os.path.isfile(path):  # a device such as /dev/zero would be read without end
+        return f"{flag}: {path} is not a regular file (a device, pipe or socket); give the {what} file"
     if not os.access(path, os.R_OK):
         return f"{flag}: {path} cannot be read (permission denied)"
     return None
@@ -82,6 +84,8 @@ def output_file_error(path: str, flag: str) -> str | None:
         return f"{flag}: {folder} is a file, not a folder"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{flag}: the folder {folder} is read-only for you; choose a folder you can write to"
+    if os.path.exists(target) and not os.path.isfile(target):
+        return f"{flag}: {path} is not a regular file (a device, pipe or socket); give a file name"
     if os.path.exists(target) and not os.access(target, os.W_OK):
         return f"{flag}: {path} exists and is read-only"
     return None

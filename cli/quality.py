@@ -281,6 +281,7 @@ def _print_kld(r: Any) -> None:
 def _eval_argument_error(args: argparse.Namespace) -> str | None:
     """What is wrong with eval's files and numbers, found before the engine starts and a model loads."""
     from app.model.file_format import detect_format
+    from app.quality.eval_text import DEFAULT_TEXT_NAME
     from app.quality.eval_types import EvalError
     from app.quality.multiple_choice import load_items
 
@@ -291,6 +292,8 @@ def _eval_argument_error(args: argparse.Namespace) -> str | None:
         if problem is None and path is not None:
             fmt = detect_format(path)
             problem = None if fmt.loadable else f"{flag}: {path}: {fmt.message}"
+    if problem is None and args.ppl and args.ppl != DEFAULT_TEXT_NAME:
+        problem = input_file_error(args.ppl, "--ppl", "evaluation text")
     if problem is None and args.kld_logits:
         problem = input_file_error(args.kld_logits, "--kld-logits", "log-probabilities")
     if problem is None and args.save_logits:

@@ -340,6 +340,8 @@ def load_llama_bench(path: str) -> list[BenchResult]:
     name = os.path.basename(path) or path
     if os.path.isdir(path):
         raise BenchError(f"{path} is a folder: give the file llama-bench wrote with -o json or -o jsonl")
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/zero would be read without end
+        raise BenchError(f"{path} is not a regular file (a device, pipe or socket)")
     try:
         size = os.path.getsize(path)
         if size > MAX_IMPORT_BYTES:

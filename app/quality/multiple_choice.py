@@ -257,8 +257,10 @@ def load_items(path: str, fmt: str) -> list[MCItem]:
         raise BenchmarkFileError(f"Unknown benchmark format {fmt!r}; use one of {', '.join(FORMATS)}.")
     if os.path.isdir(path):
         raise BenchmarkFileError(f"{path} is a folder; give the benchmark's data file.")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise BenchmarkFileError(f"Benchmark file not found: {path}.")
+    if not os.path.isfile(path):
+        raise BenchmarkFileError(f"{path} is not a regular file (a device, pipe or socket).")
     try:
         items = {"hellaswag": load_hellaswag, "arc": load_arc, "mmlu": load_mmlu}[fmt](path)
     except UnicodeDecodeError as exc:

@@ -200,6 +200,7 @@ CASES: tuple[Case, ...] = (
     # ---- info ------------------------------------------------------------------------------------
     case("info-missing", "info {missing}", expect=("not found", "missing.gguf")),
     case("info-folder", "info {dir}", expect=("folder", "inside.gguf")),
+    case("info-device", "info /dev/zero", expect="not a regular file"),
     case("info-empty", "info {empty.gguf}", expect=("empty", "0 bytes")),
     case("info-text", "info {text.gguf}", expect="not a recognised model file"),
     case("info-noise", "info {noise.gguf}", expect="not a valid gguf file"),
@@ -218,6 +219,7 @@ CASES: tuple[Case, ...] = (
     case("generate-no-prompt", "generate {demo}", expect="--prompt"),
     case("generate-missing", "generate {missing} -p hi", expect="not found"),
     case("generate-folder", "generate {dir} -p hi", expect="folder"),
+    case("generate-device", "generate /dev/zero -p hi", expect="not a regular file"),
     case("generate-empty", "generate {empty.gguf} -p hi", expect="empty"),
     case("generate-cut-in-data", "generate {cut-data.gguf} -p hi", expect="truncated"),
     case("generate-key-count", "generate {keys-minus.gguf} -p hi", expect="header is corrupt"),
@@ -274,6 +276,7 @@ CASES: tuple[Case, ...] = (
     case("bench-output-format", "bench -o xml", expect="invalid choice: 'xml'"),
     case("bench-missing-model", "bench {missing}", expect="not found"),
     case("bench-folder", "bench {dir}", expect="folder"),
+    case("bench-device", "bench /dev/null", expect="not a regular file"),
     case("bench-empty-model", "bench {empty.gguf}", expect="empty"),
     case("bench-cut-model", "bench {cut-header.gguf}", expect="truncated"),
     case("bench-key-count", "bench {keys-plus.gguf}", expect="header is corrupt"),
@@ -281,6 +284,7 @@ CASES: tuple[Case, ...] = (
     # ---- history and compare ---------------------------------------------------------------------
     case("history-import-missing", "history --import {missing}", expect="no such file"),
     case("history-import-folder", "history --import {dir}", expect="is a folder"),
+    case("history-import-device", "history --import /dev/zero", expect="not a regular file"),
     case("history-import-empty", "history --import {empty.json}", expect="holds no benchmark records"),
     case("history-import-not-utf8", "history --import {nonutf8.json}", expect="not utf-8 text"),
     case("history-import-infinity", "history --import {infinity.json}", expect="samples_ns[0] is infinite"),
@@ -363,6 +367,7 @@ CASES: tuple[Case, ...] = (
     case("quantize-threads-word", "quantize {demo} -q Q8_0 -t all", expect="invalid int value"),
     case("quantize-output-no-folder", "quantize {demo} -q Q8_0 -o {no-folder}", expect="does not exist"),
     case("quantize-output-is-folder", "quantize {demo} -q Q8_0 -o {dir}", expect="is a folder"),
+    case("quantize-output-device", "quantize {demo} -q Q8_0 -o /dev/null", expect="not a regular file"),
     case("quantize-output-in-a-file", "quantize {demo} -q Q8_0 -o {not-a-folder}", expect="not a folder"),
     case("quantize-output-read-only", "quantize {demo} -q Q8_0 -o {read-only}/out.gguf", expect="read-only"),
     # ---- eval ------------------------------------------------------------------------------------
@@ -373,8 +378,9 @@ CASES: tuple[Case, ...] = (
     case("eval-empty-model", "eval {empty.gguf} --ppl default", expect="empty"),
     case("eval-cut-model", "eval {cut-header.gguf} --ppl default", expect="truncated"),
     case("eval-text-model", "eval {text.gguf} --ppl default", expect="not a recognised model"),
-    case("eval-ppl-missing", "eval {demo} --ppl {missing}", expect="not found"),
+    case("eval-ppl-missing", "eval {demo} --ppl {missing}", expect="does not exist"),
     case("eval-ppl-folder", "eval {demo} --ppl {dir}", expect="is a folder"),
+    case("eval-ppl-device", "eval {demo} --ppl /dev/zero", expect="not a regular file"),
     case("eval-ppl-empty", "eval {demo} --ppl {empty.txt}", expect="is empty"),
     case("eval-ppl-blank", "eval {demo} --ppl {blank.txt}", expect="is empty"),
     case("eval-ppl-binary", "eval {demo} --ppl {binary.txt}", expect="not a text file"),
@@ -390,11 +396,15 @@ CASES: tuple[Case, ...] = (
     case("eval-kld-both", "eval {demo} --kld-base {demo} --kld-logits x", expect="not allowed with"),
     case("eval-kld-logits-missing", "eval {demo} --kld-logits {missing}", expect="does not exist"),
     case("eval-kld-logits-folder", "eval {demo} --kld-logits {dir}", expect="is a folder"),
+    case("eval-kld-logits-device", "eval {demo} --kld-logits /dev/zero", expect="not a regular file"),
     case("eval-save-without-text", "eval {demo} --mc x --save-logits l.bin", expect="needs --ppl"),
     case(
         "eval-save-no-folder", "eval {demo} --ppl default --save-logits {no-folder}", expect="does not exist"
     ),
     case("eval-save-is-folder", "eval {demo} --ppl default --save-logits {dir}", expect="is a folder"),
+    case(
+        "eval-save-device", "eval {demo} --ppl default --save-logits /dev/null", expect="not a regular file"
+    ),
     case(
         "eval-save-read-only",
         "eval {demo} --ppl default --save-logits {read-only}/base.logits",
@@ -404,6 +414,7 @@ CASES: tuple[Case, ...] = (
     case("eval-mc-bad-format", "eval {demo} --mc x.csv --format gsm8k", expect="invalid choice"),
     case("eval-mc-missing", "eval {demo} --mc {missing} --format mmlu", expect="not found"),
     case("eval-mc-folder", "eval {demo} --mc {dir} --format arc", expect="is a folder"),
+    case("eval-mc-device", "eval {demo} --mc /dev/zero --format mmlu", expect="not a regular file"),
     case("eval-mc-empty", "eval {demo} --mc {empty.txt} --format mmlu", expect="holds no mmlu items"),
     case("eval-mc-blank-jsonl", "eval {demo} --mc {blank.jsonl} --format arc", expect="no arc items"),
     case("eval-mmlu-long-field", "eval {demo} --mc {long-field.csv} --format mmlu", expect="131,072"),
@@ -463,6 +474,7 @@ CASES: tuple[Case, ...] = (
     case("tune-ctx-zero", "tune -c 0", expect="n_ctx must be between 1"),
     case("tune-ctx-huge", "tune -c 99999999999", expect="n_ctx must be between 1"),
     case("tune-storage-folder", "tune --storage {dir}", expect="is a folder"),
+    case("tune-storage-device", "tune --storage /dev/null", expect="not a regular file"),
     case("tune-storage-no-folder", "tune --storage {no-folder}", expect="does not exist"),
     case("tune-storage-read-only", "tune --storage {read-only}/studies.sqlite3", expect="read-only"),
     case("tune-trials-word", "tune --trials lots", expect="invalid int value: 'lots'"),
