@@ -172,11 +172,19 @@ def _argument_error(args: argparse.Namespace) -> str | None:
     from app.model.fields import MAX_N_CTX
     from app.tune.space import Objective, TuneError
 
+    for flag, count in (
+        ("--trials", args.trials),
+        ("-r", args.repetitions),
+        ("--compare-rounds", args.compare_rounds),
+    ):
+        if count < 1:
+            return f"{flag} must be at least 1 (got {count})"
     problem = (
         positive_number_error(args.time_budget, "--time-budget")
         or positive_number_error(args.trial_timeout, "--trial-timeout")
         or positive_number_error(args.warmup, "--warmup", allow_zero=True)
         or (output_file_error(args.storage, "--storage") if args.storage else None)
+        or (_storage_error(args.storage) if args.storage else None)
     )
     if problem is None:
         try:
@@ -189,6 +197,20 @@ def _argument_error(args: argparse.Namespace) -> str | None:
                 f"{objective.prompt_tokens + objective.gen_tokens:,} tokens; the largest is {MAX_N_CTX:,}"
             )
     return problem
+
+
+def _storage_error(path: str) -> str | None:
+    """An existing --storage must be an SQLite database (an empty file becomes one)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return None  # created on the first trial
+    except OSError as exc:
+        return f"--storage: cannot read {path}: {exc.strerror or exc}"
+    if head and head != b"SQLite format 3\0":
+        return f"--storage: {path} is not an SQLite database; give the studies file or a new file name"
+    return None
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
