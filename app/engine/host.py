@@ -13,6 +13,10 @@ batches, benchmark results), then `("result", value)` or `("error", module, clas
 Everything that crosses is plain picklable data. One call runs at a time (the Engine's worker
 thread is the only caller), so no request ids are needed.
 
+A host that ends while no call runs (killed from outside, a crash in a thread of llama.cpp's) is
+seen by a watcher thread, `llamascope-host-watch`, one per host, which tells `on_exit`: whoever
+keeps state in the host (the Engine's loaded model) learns at once that it is gone.
+
 Stopping: `cancel()` raises a flag in shared memory that the host's abort and progress callbacks
 read between graph nodes and tokens (a plain memory read, no lock), and, if the call has not
 ended after `CANCEL_GRACE_S`, ends the host. The host never outlives the client's process: it
@@ -226,7 +230,15 @@ class HostClient:
         self.grace_s = CANCEL_GRACE_S  # how long `cancel` waits for a cooperative stop; callers may widen it
         self._killed_for_cancel = False
         self._kill_timer: threading.Timer | None = None
-        self.starts = 0  # how many hosts this client has started (tests, diagnostics)
+        self.starts = 0  # how many hosts this client has started; the running one is number `starts`
+        # Told on the host's watcher thread whenever a host ends, except by shutdown(): (its number,
+        # how it ended in words, its last log lines). A call that sees the end raises as well.
+        self.on_exit: Callable[[int, str, tuple[str, ...]], None] | None = None
+        self._ended_on_purpose: set[int] = set()  # numbers of the hosts shutdown() ended
+        self._ends: dict[int, tuple[str, tuple[str, ...]]] = {}  # how a host a call saw die ended
+        # One thread at a time reaps an ended host: two waitpid calls race, and the loser would read
+        # no exit status and report "its connection broke" instead of the signal.
+        self._reap_lock = threading.Lock()
 
     # ---- life ---------------------------------------------------------------------------------
     @property
@@ -261,6 +273,45 @@ class HostClient:
             lifeline_r.close()
             self._proc, self._conn, self._lifeline = proc, parent_conn, lifeline_w
             self.starts += 1
+            # The watcher waits on its own copy of the exit sentinel: _cleanup may close the
+            # process's while the watcher has not reached its wait yet.
+            watched = os.dup(proc.sentinel)
+            threading.Thread(
+                target=self._watch,
+                args=(self.starts, proc, watched),
+                name="llamascope-host-watch",
+                daemon=True,
+            ).start()
+
+    def _watch(self, number: int, proc: Any, sentinel: int) -> None:
+        """On the watcher thread: wait for host `number` to end, then tell `on_exit`."""
+        try:
+            multiprocessing.connection.wait([sentinel])
+        finally:
+            os.close(sentinel)
+        if number in self._ended_on_purpose:
+            return
+        callback = self.on_exit
+        if callback is None:
+            return
+        with self._reap_lock:
+            try:
+                proc.join(
+                    timeout=2.0
+                )  # the sentinel is ready as the process exits, just before it can be reaped
+                code = proc.exitcode
+            except ValueError:  # already closed by _cleanup: a call saw the end and noted it first
+                code = None
+        noted = self._ends.get(number)  # a call that saw the end reaped it and read its log
+        if noted is not None and code is None:
+            words, tail = noted
+        else:
+            words = _exit_words(code)
+            tail = noted[1] if noted is not None else self.log_tail() if number == self.starts else ()
+        try:
+            callback(number, words, tail)
+        except Exception:  # noqa: BLE001 (a listener's bug must not kill the watcher silently)
+            log.exception("host exit listener failed")
 
     def call(
         self, operation: str, *args: Any, on_event: Callable[[str, Any], None] | None = None, **kwargs: Any
@@ -297,21 +348,18 @@ class HostClient:
 
     def _death(self, operation: str, args: tuple[Any, ...]) -> HostError:
         proc = self._proc
-        if proc is not None:
-            proc.join(timeout=2.0)
-        code = proc.exitcode if proc is not None else None
+        with self._reap_lock:
+            if proc is not None:
+                proc.join(timeout=2.0)
+            code = proc.exitcode if proc is not None else None
         tail = self.log_tail()
+        self._ends[self.starts] = (_exit_words(code), tail)  # for the watcher, which may come after _cleanup
         self._cleanup()
         if self._killed_for_cancel:
             return HostCancelled("Stopped.")
         what = _describe_operation(operation, args)
-        if code is None:
-            words = "its connection broke"
-        elif code < 0:
-            words = describe_exit(code) or signal_in_words(-code)
-        else:
-            words = f"it exited with status {code}"
-        shown = _telling_lines(tail)
+        words = _exit_words(code)
+        shown = telling_lines(tail)
         last = ("\nllama.cpp said:\n" + "\n".join(shown)) if shown else ""
         return HostCrashed(
             f"llama.cpp crashed while {what}: {words}. LlamaScope itself is unaffected; the next "
@@ -371,6 +419,7 @@ class HostClient:
         self.cancel_flag.set()
         self._cancel_kill_timer()
         proc, conn = self._proc, self._conn
+        self._ended_on_purpose.add(self.starts)
         if proc is not None and proc.is_alive():
             deadline = time.monotonic() + grace_s
             # A running call stops at its next cancel check and its caller reads the result; the
@@ -410,11 +459,21 @@ class HostClient:
             self._log_path = None
 
 
+def _exit_words(code: int | None) -> str:
+    """How a host ended, in words: "aborted by an assertion in llama.cpp (SIGABRT)", "it exited with
+    status 3"."""
+    if code is None:
+        return "its connection broke"
+    if code < 0:
+        return describe_exit(code) or signal_in_words(-code)
+    return f"it exited with status {code}"
+
+
 _TELLING = re.compile(r"GGML_ASSERT|error|failed|abort|exception", re.IGNORECASE)
 _SOURCE_PREFIX = re.compile(r"\S*/(?=(?:vendor/)?llama\.cpp/)")  # the build machine's path to the sources
 
 
-def _telling_lines(tail: tuple[str, ...], n: int = 3) -> list[str]:
+def telling_lines(tail: tuple[str, ...], n: int = 3) -> list[str]:
     """The lines of a crashed host's log that say what went wrong (an assertion, an error), else
     its last few; source paths shortened to llama.cpp/…"""
     telling = [line for line in tail if _TELLING.search(line)] or list(tail)

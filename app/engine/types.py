@@ -168,11 +168,12 @@ def run_stats(
 
 
 def stats_line(stats: RunStats) -> str:
-    """The one-line summary shown under a generation."""
+    """The one-line summary shown under a generation; a run that ended in an error says which."""
     ttft_ms = None if stats.ttft_s is None else stats.ttft_s * 1000
+    error = f" — {stats.error}" if stats.error else ""
     return (
         f"TTFT {fmt(ttft_ms, '.0f', ' ms')} · "
         f"prompt {fmt(stats.prompt_tokens_per_s, '.1f', ' t/s')} ({stats.prompt_tokens} tok) · "
         f"generation {fmt(stats.gen_tokens_per_s, '.1f', ' t/s')} ({stats.generated_tokens} tok) · "
-        f"stop: {stats.stop_reason.value}"
+        f"stop: {stats.stop_reason.value}{error}"
     )
