@@ -111,6 +111,8 @@ class MainWindow(QMainWindow):
         model_menu = self.menuBar().addMenu("&Model")
         self._add_action(model_menu, "&Load", QKeySequence("Ctrl+L"), self.model_panel.request_load)
         self._add_action(model_menu, "&Unload", QKeySequence("Ctrl+U"), self.model_panel.request_unload)
+        # Stops what the Model Config, console or Performance panel started; the Quantization panel's
+        # work has its own Cancel.
         self._add_action(model_menu, "&Cancel / Stop", None, self.bridge.cancel)
         model_menu.addSeparator()
         self._add_action(
@@ -142,8 +144,14 @@ class MainWindow(QMainWindow):
         b.unloaded.connect(panel.on_unloaded)
         b.busy_changed.connect(panel.set_busy)
         b.busy_changed.connect(console.set_busy)
+        # The Quantization panel's evaluations hold the same engine: these buttons are off meanwhile.
+        b.engine_taken.connect(panel.set_engine_taken)
+        b.engine_taken.connect(console.set_engine_taken)
+        b.engine_taken.connect(self.performance_panel.set_engine_taken)
         b.load_finished.connect(self._on_model_loaded)
         b.unloaded.connect(self._on_model_unloaded)
+        b.model_lost.connect(panel.on_model_lost)
+        b.model_lost.connect(self._on_model_lost)
         b.operation_failed.connect(self._on_operation_failed)
 
         perf = self.performance_panel
@@ -186,12 +194,14 @@ class MainWindow(QMainWindow):
         quant.measure_requested.connect(q.measure)
         quant.cancel_requested.connect(q.cancel)
         q.busy_changed.connect(quant.set_busy)
+        q.engine_taken.connect(quant.set_engine_taken)  # a generation, load or benchmark holds the engine
         q.quantize_progressed.connect(quant.on_quantize_progressed)
         q.quantize_finished.connect(quant.on_quantize_finished)
         q.quantize_finished.connect(lambda result: self.model_panel.add_model_file(result.output_path))
         q.eval_progressed.connect(quant.on_eval_progressed)
         q.eval_finished.connect(quant.on_eval_finished)
         q.base_changed.connect(quant.on_base_changed)
+        q.base_noted.connect(quant.on_base_noted)
         q.comparison_changed.connect(quant.on_comparison_changed)
         q.measurements_finished.connect(quant.on_measurements_finished)
         q.failed.connect(quant.on_failed)
@@ -239,6 +249,9 @@ class MainWindow(QMainWindow):
         self.console.set_model_ready(False)
         self.engine_status.setText("No model loaded")
         self.statusBar().showMessage("Model unloaded; its memory was freed.", 5000)
+
+    def _on_model_lost(self, message: str) -> None:
+        self.statusBar().showMessage(message.splitlines()[0], 15000)
 
     def _on_operation_failed(self, operation: str, message: str) -> None:
         if operation == "load":

@@ -1,9 +1,11 @@
 """Runs quantization (a child process) and quality evaluations off the GUI thread, as Qt signals.
 
 Evaluations (perplexity, KL divergence, speed) run in the engine host (app.engine.jobs), taking
-their turn on the engine thread (`Engine.run_exclusive`): nothing else runs beside them, the
-engine's Stop cancels them, and a native crash fails them with a message. Quantization runs in a
-child process of its own.
+their turn on the engine thread (`Engine.run_exclusive`): nothing else runs beside them, and a
+native crash fails them with a message. The engine is shared with ui/engine_bridge.py: this
+bridge's requests carry its own owner name, so its Cancel stops only its own work (and the
+console's Stop none of it), and `engine_taken` tells the panel when the other bridge's work holds
+the engine. Quantization runs in a child process of its own.
 
 What runs, and in which order, is the quantization workflow's decision (app.quant.workflow): the
 panel asks for a base, a measurement or a quantization, the bridge asks the workflow for the
@@ -36,10 +38,14 @@ from app.quant.workflow import (
     SpeedStep,
     Step,
 )
+from ui.engine_bridge import busy_reason
 
 
 class QualityBridge(QObject):
-    busy_changed = Signal(bool)
+    OWNER = "quality"  # what this bridge's engine requests carry as their owner (Engine.cancel(owner))
+
+    busy_changed = Signal(bool)  # this bridge's own work (a quantization, an evaluation) runs or ended
+    engine_taken = Signal(str)  # why the engine is busy with another bridge's work; "" when it is not
     quantize_progressed = Signal(object)  # QuantizeProgress
     quantize_finished = Signal(object)  # QuantizeResult
     eval_progressed = Signal(object)  # ChunkProgress or SpeedProgress
@@ -48,12 +54,17 @@ class QualityBridge(QObject):
     base_changed = Signal(object)  # PerplexityResult that saved the new base's log-probabilities
     comparison_changed = Signal(object)  # Comparison of the base and every file measured or made
     measurements_finished = Signal(str)  # model path: every measurement asked for it is done
+    base_noted = Signal(str)  # what happened to the base since it was measured (moved…); "" when nothing
+    _engine_changed = Signal()  # from the engine's threads to _on_engine_changed on the GUI thread
 
     def __init__(self, engine: Engine, workflow: QuantWorkflow, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._engine = engine
         self.workflow = workflow  # others read it; only the bridge drives it
         self._job: QuantizeJob | None = None
+        self._taken = ""
+        self._engine_changed.connect(self._on_engine_changed)
+        engine.add_activity_listener(self._engine_changed.emit)
         self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamascope-quantize-start")
         # Connected here, before anyone else can connect: the workflow hears every outcome first and
         # on the GUI thread (queued from the job threads), so its state is current in later slots.
@@ -70,10 +81,30 @@ class QualityBridge(QObject):
         self._run_step(self.workflow.quantize(request))
 
     def measure_base(self, model_path: str, text_source: str, settings: EvalSettings) -> None:
-        self._run_step(self.workflow.measure_base(model_path, text_source, settings))
+        try:
+            step = self.workflow.measure_base(model_path, text_source, settings)
+        except EvalError as exc:  # the file is not there (moved, deleted)
+            self.failed.emit("ppl", str(exc))
+            return
+        self._run_step(step)
 
     def measure(self, model_path: str, text_source: str, settings: EvalSettings) -> None:
-        self._run_step(self.workflow.measure(model_path, text_source, settings))
+        try:
+            step = self.workflow.measure(model_path, text_source, settings)
+        except EvalError as exc:  # the file is not there (moved, deleted)
+            self.failed.emit("ppl", str(exc))
+            return
+        # Before the measurement: whether it is against a base that has moved, or without KL
+        # divergence because the base's saved log-probabilities are gone.
+        self.base_noted.emit(self.workflow.base_note or "")
+        self._run_step(step)
+
+    def _on_engine_changed(self) -> None:
+        activity = self._engine.activity
+        taken = busy_reason(activity) if activity is not None and activity.owner != self.OWNER else ""
+        if taken != self._taken:
+            self._taken = taken
+            self.engine_taken.emit(taken)
 
     def _run_step(self, step: Step) -> None:
         if isinstance(step, QuantizeStep):
@@ -155,7 +186,7 @@ class QualityBridge(QObject):
                 callbacks={"on_progress": self.eval_progressed.emit},
             )
 
-        self._run("ppl", job)
+        self._run("ppl", job, f"measuring the perplexity of {os.path.basename(step.model_path)}")
 
     def _start_kl_divergence(self, step: KLDivergenceStep) -> None:
         def job(cancel: threading.Event) -> Any:
@@ -168,7 +199,7 @@ class QualityBridge(QObject):
                 callbacks={"on_progress": self.eval_progressed.emit},
             )
 
-        self._run("kld", job)
+        self._run("kld", job, f"measuring the KL divergence of {os.path.basename(step.model_path)}")
 
     def _start_speed(self, step: SpeedStep) -> None:
         def job(cancel: threading.Event) -> Any:
@@ -182,11 +213,11 @@ class QualityBridge(QObject):
                 callbacks={"on_progress": self.eval_progressed.emit},
             )
 
-        self._run("speed", job)
+        self._run("speed", job, f"measuring the speed of {os.path.basename(step.model_path)}")
 
-    def _run(self, kind: str, job: Any) -> None:
+    def _run(self, kind: str, job: Any, what: str) -> None:
         try:
-            future = self._engine.run_exclusive(job)
+            future = self._engine.run_exclusive(job, owner=self.OWNER, label=f"{what} (Quantization)")
         except EngineError as exc:
             self.failed.emit(kind, str(exc))
             return
@@ -204,13 +235,15 @@ class QualityBridge(QObject):
 
     # ---- stopping ----------------------------------------------------------------------------
     def cancel(self) -> None:
+        """Stop this bridge's work: the quantization and the evaluation it runs, nothing else."""
         job = self._job
         if job is not None:
             job.cancel()
-        self._engine.cancel()
+        self._engine.cancel(self.OWNER)
 
     def shutdown(self) -> None:
         """Stop a running quantization and wait for its child, so no process outlives the window."""
+        self._engine.remove_listener(self._engine_changed.emit)
         self._starter.shutdown(wait=True)
         job = self._job
         if job is not None:

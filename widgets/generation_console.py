@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine.types import RunStats, TokenEvent, TokenPiece, TokenStream, stats_line
+from app.engine.types import RunStats, StopReason, TokenEvent, TokenPiece, TokenStream, stats_line
 from widgets.token_reader import TokenReader
 
 
@@ -37,6 +37,7 @@ class GenerationConsole(QTabWidget):
         self._model_ready = False
         self._busy = False
         self._generating = False
+        self._taken = ""  # why another panel's work holds the engine; "" when it does not
         # Appending (and re-laying out) the text per token would keep the GUI thread busy competing
         # with llama.cpp's threads for the CPU; new text is read and shown 20 times a second.
         self.token_reader = TokenReader(50, self._append_tokens, self)
@@ -65,7 +66,7 @@ class GenerationConsole(QTabWidget):
         self.chat_radio.toggled.connect(self.system_edit.setEnabled)
 
         self.generate_button = QPushButton("Generate")
-        self.generate_button.setToolTip("Generate with the loaded model (Ctrl+Enter)")
+        self.generate_button.setObjectName("generateButton")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop generating; text so far is kept (Esc)")
         self.clear_button = QPushButton("Clear")
@@ -121,7 +122,7 @@ class GenerationConsole(QTabWidget):
         self.tokenizer_input = QPlainTextEdit()
         self.tokenizer_input.setPlaceholderText("Paste text to see how the loaded model tokenizes it")
         self.tokenize_button = QPushButton("Tokenize")
-        self.tokenize_button.setToolTip("Tokenize with the loaded model's vocabulary (special tokens parsed)")
+        self.tokenize_button.setObjectName("tokenizeButton")
         self.tokenize_button.clicked.connect(self._on_tokenize_clicked)
         self.token_count_label = QLabel("Tokens: n/a")
         self.token_table = QTableWidget(0, 3)
@@ -154,16 +155,37 @@ class GenerationConsole(QTabWidget):
         self._update_enabled()
 
     def set_busy(self, busy: bool) -> None:
+        """This console's side of the engine (load, generate, benchmark…) runs or ended."""
         self._busy = busy
         if not busy:
             self._generating = False
         self._update_enabled()
 
+    def set_engine_taken(self, reason: str) -> None:
+        """Another panel's work holds the engine (`reason` says which), or not ("")."""
+        self._taken = reason
+        self._update_enabled()
+
     def _update_enabled(self) -> None:
-        can_start = self._model_ready and not self._busy
+        can_start = self._model_ready and not self._busy and not self._taken
         self.generate_button.setEnabled(can_start)
         self.tokenize_button.setEnabled(can_start)
         self.stop_button.setEnabled(self._generating)
+        # A disabled button says why: the first thing in the way.
+        if self._taken:
+            why = self._taken
+        elif not self._model_ready:
+            why = "No model is loaded: load one in Model Config first."
+        elif self._generating:
+            why = "Generating: Stop (Esc) ends it."
+        elif self._busy:
+            why = "The engine is busy with a load, a benchmark or a tuning: wait for it, or stop it there."
+        else:
+            why = ""
+        self.generate_button.setToolTip(why or "Generate with the loaded model (Ctrl+Enter)")
+        self.tokenize_button.setToolTip(
+            why or "Tokenize with the loaded model's vocabulary (special tokens parsed)"
+        )
 
     # ---- slots -------------------------------------------------------------------------------
     def _on_generate_clicked(self) -> None:
@@ -172,6 +194,7 @@ class GenerationConsole(QTabWidget):
         self._generating = True
         self.output_view.clear()
         self.stats_label.setText("Generating…")
+        self.stats_label.setStyleSheet("")
         self._update_enabled()
         self.generation_requested.emit(
             self.prompt_edit.toPlainText(), self.chat_radio.isChecked(), self.system_edit.text()
@@ -203,13 +226,16 @@ class GenerationConsole(QTabWidget):
     def on_generation_finished(self, stats: RunStats) -> None:
         self.token_reader.finish()
         self._generating = False
+        # stats_line carries llama.cpp's error when the run ended in one; the text so far stays.
         self.stats_label.setText(stats_line(stats))
+        self.stats_label.setStyleSheet("color: #c62828" if stats.stop_reason is StopReason.ERROR else "")
         self._update_enabled()
 
     def on_generation_failed(self, message: str) -> None:
         self.token_reader.finish()
         self._generating = False
         self.stats_label.setText(f"Not generated: {message}")
+        self.stats_label.setStyleSheet("color: #c62828")
         self._update_enabled()
 
     def on_tokenized(self, pieces: list[TokenPiece]) -> None:

@@ -87,9 +87,11 @@ class ModelConfigPanel(Panel):
         self._errors: dict[str, str] = {}
         self._crashes: dict[str, CrashRecord] = {}  # models that crashed llama.cpp when last loaded
         self._selected_path: str | None = None
-        self._loaded: LoadResult | None = None
+        self._loaded: LoadResult | None = None  # what the engine holds, as the bridge reports it
         self._busy = False
+        self._taken = ""  # why another panel's work holds the engine; "" when it does not
         self._loading = False
+        self._had_model_at_load = False  # a model was loaded when the running load was asked for
         self._applying = False
         self._estimate_timer = QTimer(self)
         self._estimate_timer.setSingleShot(True)
@@ -262,11 +264,9 @@ class ModelConfigPanel(Panel):
         layout.setContentsMargins(0, 0, 0, 0)
         self.load_button = QPushButton("Load")
         self.load_button.setObjectName("loadButton")
-        self.load_button.setToolTip("Load the selected model with these settings (Ctrl+L)")
         self.load_button.clicked.connect(self.request_load)
         self.unload_button = QPushButton("Unload")
         self.unload_button.setObjectName("unloadButton")
-        self.unload_button.setToolTip("Free the model's memory (Ctrl+U)")
         self.unload_button.clicked.connect(self.request_unload)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelButton")
@@ -382,8 +382,9 @@ class ModelConfigPanel(Panel):
         self._rebuild_model_list()
 
     def request_load(self) -> None:
-        if self._busy or self._selected_path is None:
+        if self._busy or self._taken or self._selected_path is None:
             return
+        self._had_model_at_load = self._loaded is not None
         load = self.load_settings()
         try:
             load.validate(self._infos.get(self._selected_path))
@@ -422,7 +423,7 @@ class ModelConfigPanel(Panel):
             self._describe_item(item)
 
     def request_unload(self) -> None:
-        if not self._busy and self._loaded is not None:
+        if not self._busy and not self._taken and self._loaded is not None:
             self.unload_requested.emit()
 
     # ---- slots for engine events -------------------------------------------------------------
@@ -435,6 +436,11 @@ class ModelConfigPanel(Panel):
         self.advanced_form.setEnabled(not busy)
         self.preset_combo.setEnabled(not busy)
         self.profile_combo.setEnabled(not busy)
+        self._update_buttons()
+
+    def set_engine_taken(self, reason: str) -> None:
+        """Another panel's work holds the engine (`reason` says which), or not ("")."""
+        self._taken = reason
         self._update_buttons()
 
     def on_load_progressed(self, progress: LoadProgress) -> None:
@@ -465,21 +471,34 @@ class ModelConfigPanel(Panel):
         self._update_reload_note()
         self._update_buttons()
 
+    # The engine frees the loaded model before it loads another, after the checks that can refuse
+    # (file, settings, memory). The bridge reports `on_unloaded` before a load's outcome when the
+    # engine no longer holds it, so `_loaded` is the engine's truth by the time these run.
     def on_load_cancelled(self) -> None:
         self._loading = False
         self.load_progress.setValue(0)
-        self.load_status.setText("Loading cancelled; no model is loaded.")
+        self.load_status.setText("Loading cancelled; " + self._what_is_loaded())
         self.load_status.setStyleSheet("")
-        self._loaded = None
-        self._clear_loaded_labels()
         self._update_buttons()
 
     def on_load_failed(self, message: str) -> None:
         self._loading = False
         self.load_progress.setValue(0)
-        self.load_status.setText(f"✗ {message}")
+        self.load_status.setText(f"✗ {message}\n" + self._what_is_loaded())
         self.load_status.setStyleSheet("color: #c62828")
         self._update_buttons()
+
+    def on_model_lost(self, message: str) -> None:
+        """The engine lost its model between requests (its process ended): say so and why."""
+        self.load_status.setText(f"✗ {message}")
+        self.load_status.setStyleSheet("color: #c62828")
+
+    def _what_is_loaded(self) -> str:
+        if self._loaded is not None:
+            return f"{self._loaded.model.display_name} is still loaded."
+        if self._had_model_at_load:
+            return "the model loaded before was freed first, so no model is loaded."
+        return "no model is loaded."
 
     def on_unloaded(self) -> None:
         self._loaded = None
@@ -779,9 +798,27 @@ class ModelConfigPanel(Panel):
 
     def _update_buttons(self) -> None:
         loadable = self._selected_path is not None and self._selected_path not in self._errors
-        self.load_button.setEnabled(loadable and not self._busy)
-        self.unload_button.setEnabled(self._loaded is not None and not self._busy)
+        free = not self._busy and not self._taken
+        self.load_button.setEnabled(loadable and free)
+        self.unload_button.setEnabled(self._loaded is not None and free)
         self.cancel_button.setEnabled(self._loading)
+        # A disabled button says why.
+        busy_why = self._taken or (
+            "The engine is busy with another request from this window: wait for it, or stop it."
+            if self._busy
+            else ""
+        )
+        if busy_why:
+            load_tip = unload_tip = busy_why
+        else:
+            load_tip = (
+                "Load the selected model with these settings (Ctrl+L)"
+                if loadable
+                else "Select a model that can be loaded (see its metadata for why not)."
+            )
+            unload_tip = "Free the model's memory (Ctrl+U)" if self._loaded else "No model is loaded."
+        self.load_button.setToolTip(load_tip)
+        self.unload_button.setToolTip(unload_tip)
 
     def _clear_loaded_labels(self) -> None:
         for label in self._loaded_labels.values():

@@ -101,6 +101,9 @@ def _fill_row(table: QTableWidget, row: int, values: Sequence[str], tooltip: str
         table.setItem(row, col, item)
 
 
+_BENCH_RUN_TIP = "Benchmark the selected model (Ctrl+B); nothing else runs meanwhile"
+
+
 class PerformancePanel(Panel):
     """The fourth column. Requests work through signals; the main window connects them."""
 
@@ -120,6 +123,8 @@ class PerformancePanel(Panel):
         self._smoothed: float | None = None
         self._run_samples: list[Snapshot] = []  # telemetry snapshots during the current generation
         self._generating = False
+        self._busy = False
+        self._taken = ""  # why another panel's work holds the engine; "" when it does not
         # Twice a second: each redraw takes the GUI thread ~3 ms of Python, which on 2 cores stalls
         # llama.cpp; 4 times a second cost ~2-3 % generation speed, twice ~0 (plot_overhead.py).
         self.token_reader = TokenReader(LIVE_REFRESH_MS, self._on_tokens, self)
@@ -306,7 +311,7 @@ class PerformancePanel(Panel):
         buttons = QGridLayout()
         self.bench_run = QPushButton("Run benchmark")
         self.bench_run.setObjectName("benchRun")
-        self.bench_run.setToolTip("Benchmark the selected model (Ctrl+B); nothing else runs meanwhile")
+        self.bench_run.setToolTip(_BENCH_RUN_TIP)
         self.bench_run.clicked.connect(self.request_benchmark)
         self.bench_stop = QPushButton("Stop")
         self.bench_stop.setToolTip("Stop after the current repetition; finished results are kept")
@@ -408,8 +413,20 @@ class PerformancePanel(Panel):
         self._update_roofline()
 
     def set_busy(self, busy: bool) -> None:
+        """This window's own engine work (a load, a generation, a benchmark, a tuning) runs or ended."""
+        self._busy = busy
+        self._update_run_buttons()
+
+    def set_engine_taken(self, reason: str) -> None:
+        """Another panel's work holds the engine (`reason` says which), or not ("")."""
+        self._taken = reason
+        self._update_run_buttons()
+
+    def _update_run_buttons(self) -> None:
+        busy = self._busy or bool(self._taken)
         self.bench_run.setEnabled(not busy)
-        self.tune_box.set_busy(busy)
+        self.bench_run.setToolTip(self._taken or _BENCH_RUN_TIP)
+        self.tune_box.set_busy(busy, self._taken)
 
     # ---- live generation ---------------------------------------------------------------------
     def on_generation_started(self, stream: TokenStream) -> None:

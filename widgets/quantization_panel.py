@@ -45,6 +45,11 @@ from widgets.live_plot import cache_axes
 from widgets.panel import Panel
 
 _TENSOR_TYPES = ("", "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0")
+_BASE_TIP = (
+    "Measure the selected model's perplexity and save its log-probabilities "
+    "as the reference for KL divergence"
+)
+_MEASURE_TIP = "Perplexity (and KL divergence against the base, if set) and speed of the selected model"
 
 
 def _label(text: str = "n/a") -> QLabel:
@@ -72,6 +77,7 @@ class QuantizationPanel(Panel):
         self._source: str | None = None
         self._comparison: Comparison | None = None  # the one on show, for Export
         self._busy = False
+        self._taken = ""  # why another panel's work holds the engine; "" when it does not
         self._build_methods_box()
         self._build_quality_box()
         self._build_comparison_box()
@@ -165,20 +171,16 @@ class QuantizationPanel(Panel):
         form.addRow("Context", self.ctx_spin)
         form.addRow("Chunks", self.chunks_spin)
         layout.addLayout(form)
-        self.base_label = _label("Base: none — measure a higher-precision model with “Set as base”.")
+        self._base_text = "Base: none — measure a higher-precision model with “Set as base”."
+        self.base_label = _label(self._base_text)
         self.base_label.setObjectName("baseLabel")
         buttons = QHBoxLayout()
         self.base_button = QPushButton("Set as base")
-        self.base_button.setToolTip(
-            "Measure the selected model's perplexity and save its log-probabilities "
-            "as the reference for KL divergence"
-        )
+        self.base_button.setToolTip(_BASE_TIP)
         self.base_button.clicked.connect(self.request_base)
         self.measure_button = QPushButton("Measure")
         self.measure_button.setObjectName("measureButton")
-        self.measure_button.setToolTip(
-            "Perplexity (and KL divergence against the base, if set) and speed of the selected model"
-        )
+        self.measure_button.setToolTip(_MEASURE_TIP)
         self.measure_button.clicked.connect(self.request_measure)
         buttons.addWidget(self.base_button)
         buttons.addWidget(self.measure_button)
@@ -328,13 +330,23 @@ class QuantizationPanel(Panel):
         return self._source
 
     def set_busy(self, busy: bool) -> None:
+        """This panel's own work (a quantization, a measurement) runs or ended."""
         self._busy = busy
+        self._update_buttons()
+
+    def set_engine_taken(self, reason: str) -> None:
+        """Another panel's work holds the engine (`reason` says which), or not (""). Measuring
+        needs the engine; quantizing runs in a process of its own and does not."""
+        self._taken = reason
         self._update_buttons()
 
     def _update_buttons(self) -> None:
         ready = self._source is not None and not self._busy
-        for b in (self.quantize_button, self.f16_button, self.base_button, self.measure_button):
+        for b in (self.quantize_button, self.f16_button):
             b.setEnabled(ready)
+        for b, tip in ((self.base_button, _BASE_TIP), (self.measure_button, _MEASURE_TIP)):
+            b.setEnabled(ready and not self._taken)
+            b.setToolTip(self._taken or tip)
         self.cancel_button.setEnabled(self._busy)
 
     # ---- requests ----------------------------------------------------------------------------
@@ -451,10 +463,15 @@ class QuantizationPanel(Panel):
             )
 
     def on_base_changed(self, result: PerplexityResult) -> None:
-        self.base_label.setText(
+        self._base_text = (
             f"Base: {os.path.basename(result.model_path)} (PPL {result.ppl:.4f}); "
             f"log-probabilities saved for KL divergence"
         )
+        self.base_label.setText(self._base_text)
+
+    def on_base_noted(self, note: str) -> None:
+        """What happened to the base since it was measured (moved, deleted, its cache cleaned)."""
+        self.base_label.setText(self._base_text + (f"\n⚠ {note}" if note else ""))
 
     def on_measurements_finished(self, model_path: str) -> None:
         self.quality_status.setText(f"✓ measured {os.path.basename(model_path)}")

@@ -53,6 +53,9 @@ def recommendation_text(result: TuneResult) -> str:
     )
 
 
+_RUN_TIP = "Measure configurations of the selected model and find the fastest; nothing else runs meanwhile"
+
+
 class TuneBox(QWidget):
     tune_requested = Signal(object)  # TuneRequest
     stop_requested = Signal()
@@ -110,9 +113,7 @@ class TuneBox(QWidget):
 
         self.run_button = QPushButton("Auto-Tune")
         self.run_button.setObjectName("tuneRun")
-        self.run_button.setToolTip(
-            "Measure configurations of the selected model and find the fastest; nothing else runs meanwhile"
-        )
+        self.run_button.setToolTip(_RUN_TIP)
         self.run_button.clicked.connect(self._on_run)
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop searching; the best configuration so far is kept")
@@ -176,8 +177,10 @@ class TuneBox(QWidget):
             self.objective.currentData(), self.trials.value(), self.budget.value() * 60.0 or None, params
         )
 
-    def set_busy(self, busy: bool) -> None:
+    def set_busy(self, busy: bool, reason: str = "") -> None:
+        """The engine is busy (`reason`: why, when another panel's work holds it) or free."""
         self.run_button.setEnabled(not busy)
+        self.run_button.setToolTip(reason or _RUN_TIP)
 
     def _on_run(self) -> None:
         request = self.request()

@@ -15,6 +15,11 @@ or None when the workflow is done:
 A failed or cancelled step ends the workflow (`failed`): what the remaining steps would measure
 depends on the step that failed. Measurements recorded before stay in the comparison.
 
+Files move. A file asked to be measured or made the base that is no longer there is refused at
+once (EvalError), before any step runs. A base whose file moved or was deleted after it was
+measured still serves: KL divergence needs only the log-probabilities saved then, which live in
+the cache folder. `base_note` says so, and says when those are gone too.
+
 It lives in app.quant, above app.quality, because choosing a quantization is the quantization
 feature's job and quality is its measuring instrument: perplexity, KL divergence and speed
 measure any model and need nothing from the quantizer, while this workflow quantizes and then
@@ -39,7 +44,7 @@ from app.quality.compare import (
     build_comparison,
     variant_from_file,
 )
-from app.quality.eval_types import EvalSettings, KLDivergenceResult, PerplexityResult
+from app.quality.eval_types import EvalError, EvalSettings, KLDivergenceResult, PerplexityResult
 from app.quant.plan import QuantizeRequest, QuantizeResult
 
 
@@ -167,6 +172,31 @@ class QuantWorkflow:
         return tuple(self._variants.values())
 
     @property
+    def base_note(self) -> str | None:
+        """What has happened to the base since it was measured, in words for the user; None when
+        its file and its saved log-probabilities are both where they were. Reads the file system."""
+        if self._base is None:
+            return None
+        name = os.path.basename(self._base)
+        logits = self._base_logits is not None and os.path.exists(self._base_logits)
+        if not os.path.exists(self._base):
+            if logits:
+                return (
+                    f"{name} has moved or been deleted since it was measured; KL divergence still "
+                    "uses the log-probabilities saved then."
+                )
+            return (
+                f"{name} has moved or been deleted, and its saved log-probabilities are gone: "
+                "files are measured by perplexity only until a base is set again."
+            )
+        if not logits:
+            return (
+                f"The log-probabilities saved for {name} are gone (the cache was cleaned): files are "
+                "measured by perplexity only until it is set as base again."
+            )
+        return None
+
+    @property
     def comparison(self) -> Comparison | None:
         """The base's row then one per other file; None until a file is recorded. Without a base,
         the first file recorded stands in for it (its row is the reference for the others)."""
@@ -183,15 +213,19 @@ class QuantWorkflow:
         """Make `model_path` the base: its perplexity, keeping its log-probabilities, then its speed.
 
         It becomes the base when that perplexity run has saved them, not before: until then the
-        previous base (if any) is still the one the others are compared with.
+        previous base (if any) is still the one the others are compared with. Raises EvalError
+        when the file is not there.
         """
+        _require_file(model_path)
         first, speed = self._base_steps(model_path, text_source, settings)
         self._begin([first, speed])
         return first
 
     def measure(self, model_path: str, text_source: str, settings: EvalSettings) -> Step:
         """Measure one file: KL divergence against the base when there is one (its perplexity
-        comes with it, over the same tokens), its perplexity on the text otherwise; then speed."""
+        comes with it, over the same tokens), its perplexity on the text otherwise; then speed.
+        Raises EvalError when the file is not there."""
+        _require_file(model_path)
         steps = self._measure_steps(model_path, text_source, settings)
         self._begin(steps)
         return steps[0]
@@ -283,6 +317,15 @@ class QuantWorkflow:
                 return None
             base, others = others[0], others[1:]
         return build_comparison(base, others)
+
+
+def _require_file(model_path: str) -> None:
+    """Refuse at once a file that is not there, rather than after a trip to the engine."""
+    if not os.path.isfile(model_path):
+        raise EvalError(
+            f"Model file not found: {model_path}. It may have been moved, renamed or deleted; "
+            "select it again in Model Config."
+        )
 
 
 def _with(variant: VariantMeasurement, measurement: Measurement) -> VariantMeasurement:

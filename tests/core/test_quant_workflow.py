@@ -193,6 +193,29 @@ def test_without_a_usable_base_a_file_gets_its_perplexity(
     assert workflow.measure(variant, TEXT, SETTINGS) == PerplexityStep(variant, TEXT, SETTINGS)
 
 
+def test_a_file_that_is_not_there_is_refused_at_once_and_a_moved_base_is_noted(
+    workflow: QuantWorkflow, demo_model: str, tmp_path: Path
+) -> None:
+    base = other_file(demo_model, tmp_path, "base.gguf")
+    logits = measured_base(workflow, base)
+    assert workflow.base_note is None
+    os.rename(base, tmp_path / "moved.gguf")
+    # The base's old path: refused before any step, and nothing starts.
+    for ask in (workflow.measure, workflow.measure_base):
+        with pytest.raises(EvalError, match="moved, renamed or deleted"):
+            ask(base, TEXT, SETTINGS)
+        assert not workflow.running
+    # Another file is still measured against the saved log-probabilities; the note says so.
+    assert "has moved or been deleted since it was measured" in (workflow.base_note or "")
+    assert workflow.measure(demo_model, TEXT, SETTINGS) == KLDivergenceStep(
+        demo_model, os.path.abspath(logits), SETTINGS
+    )
+    workflow.failed()
+    os.remove(logits)
+    assert "log-probabilities are gone" in (workflow.base_note or "")
+    assert workflow.measure(demo_model, TEXT, SETTINGS) == PerplexityStep(demo_model, TEXT, SETTINGS)
+
+
 def test_a_failed_base_measurement_keeps_the_previous_base_and_ends_the_workflow(
     workflow: QuantWorkflow, demo_model: str, tmp_path: Path
 ) -> None:
