@@ -439,7 +439,13 @@ def test_quantizations_cancel_does_not_stop_a_chat_and_measuring_waits_for_it(
             qtbot.mouseClick(quant.cancel_button, Qt.MouseButton.LeftButton)
         assert failed.args[0] == "quantize" and "cancel" in failed.args[1].lower()
         assert not (tmp_path / "cancelled.Q8_0.gguf").exists()
+        # The chat goes on: tokens keep coming after that Cancel (an engine cancel would have
+        # stopped it at the next token). Then the console's own Stop ends it.
+        so_far = len(streams[-1])
+        qtbot.waitUntil(lambda: len(streams[-1]) >= so_far + 3, timeout=WAIT_MS)
+        assert window.console.stop_button.isEnabled()
+        qtbot.mouseClick(window.console.stop_button, Qt.MouseButton.LeftButton)
     stats: RunStats = generated.args[0]
-    assert stats.stop_reason is not StopReason.CANCELLED  # the chat ran to its own end
+    assert stats.stop_reason is StopReason.CANCELLED and stats.generated_tokens >= so_far + 3
     qtbot.waitUntil(lambda: quant.measure_button.isEnabled(), timeout=WAIT_MS)
     assert "busy" not in quant.measure_button.toolTip()
