@@ -32,6 +32,13 @@ from PySide6.QtWidgets import (
 
 from app.bench.export import export, load_llama_bench
 from app.bench.history import HistoryError, HistoryStore
+from app.bench.report import (
+    ReportError,
+    build_from_info,
+    machine_from_hardware,
+    report_runs,
+    this_machine,
+)
 from app.bench.runner import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
 from app.common.formatting import fmt, fmt_bytes
 from app.engine.types import LoadResult, RunStats, TokenEvent, TokenStream
@@ -102,6 +109,8 @@ def _fill_row(table: QTableWidget, row: int, values: Sequence[str], tooltip: str
 
 
 _BENCH_RUN_TIP = "Benchmark the selected model (Ctrl+B); nothing else runs meanwhile"
+# The Export dialog's choice that writes `llamascope report`'s HTML file (app.bench.report).
+REPORT_FILTER = "HTML report of the runs selected in History, or else of this benchmark (*.html)"
 
 
 class PerformancePanel(Panel):
@@ -129,6 +138,7 @@ class PerformancePanel(Panel):
         # llama.cpp; 4 times a second cost ~2-3 % generation speed, twice ~0 (plot_overhead.py).
         self.token_reader = TokenReader(LIVE_REFRESH_MS, self._on_tokens, self)
         self._bench_results: list[BenchResult] = []
+        self._bench_run_ids: list[int] = []  # the history runs of the last finished benchmark
         self._bench_swept: tuple[str, ...] = ()
         self._bench_several_models = False
         self._extra_models: list[str] = []  # benchmarked after the model selected in Model Config
@@ -635,6 +645,7 @@ class PerformancePanel(Panel):
             self.bench_status.setText(f"✗ {exc}")
             return
         self._bench_results = []
+        self._bench_run_ids = []
         self._bench_swept = plan.swept_fields
         self._bench_several_models = len(plan.models) > 1
         self.bench_table.setRowCount(0)
@@ -681,6 +692,7 @@ class PerformancePanel(Panel):
 
     def on_benchmark_finished(self, outcome: Any) -> None:
         results, run_ids = outcome
+        self._bench_run_ids = sorted(run_ids.values())
         self.bench_stop.setEnabled(False)
         stopped = any(not r.complete for r in results)
         self.bench_status.setText(
@@ -694,15 +706,25 @@ class PerformancePanel(Panel):
         self.bench_status.setText(f"✗ {message}")
 
     def _on_export_clicked(self) -> None:
-        if not self._bench_results:
-            self.bench_status.setText("Run a benchmark first: there is nothing to export.")
+        if not self._bench_results and not self._selected_run_ids():
+            self.bench_status.setText(
+                "Run a benchmark or select runs in History first: there is nothing to export."
+            )
             return
-        path, _ = QFileDialog.getSaveFileName(
+        path, chosen = QFileDialog.getSaveFileName(
             self,
             "Export results",
             "llamascope-bench.md",
-            "Markdown (*.md);;CSV (*.csv);;JSON (*.json);;JSONL (*.jsonl)",
+            f"Markdown (*.md);;CSV (*.csv);;JSON (*.json);;JSONL (*.jsonl);;{REPORT_FILTER}",
         )
+        if path and (chosen == REPORT_FILTER or path.lower().endswith((".html", ".htm"))):
+            self.export_report(path)
+            return
+        if path and not self._bench_results:
+            self.bench_status.setText(
+                "This format holds this benchmark's results: run one, or choose HTML report."
+            )
+            return
         if path:
             try:
                 export(self._bench_results, path, swept=self._bench_swept)
@@ -710,6 +732,32 @@ class PerformancePanel(Panel):
                 QMessageBox.warning(self, "Not exported", str(exc))
                 return
             self.bench_status.setText(f"Exported to {path}")
+
+    def export_report(self, path: str) -> None:
+        """Write the HTML report (app.bench.report) of the runs selected in History, or else of the
+        last benchmark's runs; from the hardware detection already made, so nothing slow runs here."""
+        ids = sorted(self._selected_run_ids()) or self._bench_run_ids
+        if self._history is None:
+            self.bench_status.setText("✗ the history database is not available")
+            return
+        if not ids:
+            self.bench_status.setText(
+                "Select runs in History, or run a benchmark first: a report shows stored runs."
+            )
+            return
+        hardware = self._hardware
+        machine = machine_from_hardware(hardware) if hardware is not None else this_machine()
+        build = build_from_info(hardware.build) if hardware is not None and hardware.build else None
+        why = "the hardware detection has not finished" if hardware is None else hardware.build_error or ""
+        try:
+            report_runs(self._history, ids, path, machine=machine, build=build, build_error=why)
+        except (HistoryError, ReportError) as exc:
+            self.bench_status.setText(f"✗ report not written: {exc}")
+            return
+        except OSError as exc:
+            self.bench_status.setText(f"✗ report not written: cannot write {path}: {exc.strerror or exc}")
+            return
+        self.bench_status.setText(f"Report of run {', '.join(map(str, ids))} written to {path}")
 
     def _on_import_clicked(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import llama-bench output", "", "JSON (*.json *.jsonl)")
