@@ -39,7 +39,14 @@ def register(sub: Any) -> None:
     p.add_argument("-ctv", "--cache-type-v", default="f16", help="V cache type (default f16)")
     p.add_argument("-ngl", "--n-gpu-layers", default="0", help="GPU layers (default 0)")
     p.add_argument("-mmp", "--mmap", default="1", help="use mmap 0/1 (default 1)")
-    p.add_argument("-o", "--output", choices=("md", "csv", "json", "jsonl"), default="md")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("md", "csv", "json", "jsonl", "sql"),
+        default="md",
+        help="md also prints batched-bench's view of pg tests and t/s by depth; sql is llama-bench's "
+        "(pipe it into sqlite3 for llama.cpp's compare-llama-bench.py)",
+    )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
     p.add_argument("--no-history", action="store_true", help="do not store the results")
     p.add_argument("--no-telemetry", action="store_true", help="do not sample CPU/memory/power during tests")
@@ -219,6 +226,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             sampler.stop()
     if args.output != "jsonl":
         sys.stdout.write(dumps(results, args.output, swept=plan.swept_fields))
+    if args.output == "md":
+        from app.bench.batched import batched_tables
+
+        sys.stdout.write(batched_tables(results))
     if run_ids:
         print(f"stored as run {', '.join(map(str, run_ids.values()))}", file=sys.stderr)
     return {"finished": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_ERROR)
@@ -264,6 +275,10 @@ def _cmd_history(args: argparse.Namespace) -> int:
                 return EXIT_OK
             results = store.results(args.run)
             sys.stdout.write(dumps(results, "json" if args.json else "md"))
+            if not args.json:
+                from app.bench.batched import batched_tables
+
+                sys.stdout.write(batched_tables(results))
             return EXIT_OK
         runs = store.runs(model=args.model)
     except (HistoryError, BenchError, OSError) as exc:

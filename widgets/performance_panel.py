@@ -47,8 +47,10 @@ from app.telemetry.bandwidth import Bandwidth, roofline
 from app.telemetry.energy import summarize
 from app.telemetry.hardware import HardwareReport, hardware_fingerprint
 from app.telemetry.snapshot import DeviceVerdict, Snapshot, ThrottleVerdict
+from widgets.depth_plot import DepthPlot
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
+from widgets.pg_table import PgTable
 from widgets.servers_box import ServersBox
 from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
@@ -329,7 +331,7 @@ class PerformancePanel(Panel):
         self.bench_stop.clicked.connect(self.stop_requested)
         self.bench_export = QPushButton("Export…")
         self.bench_export.setToolTip(
-            "Save these results as markdown, CSV, JSON or JSONL (llama-bench's fields)"
+            "Save these results as markdown, CSV, JSON, JSONL or llama-bench's SQL (its fields)"
         )
         self.bench_export.clicked.connect(self._on_export_clicked)
         self.bench_import = QPushButton("Import llama-bench…")
@@ -350,6 +352,10 @@ class PerformancePanel(Panel):
         layout.addWidget(self.bench_progress)
         layout.addWidget(self.bench_status)
         layout.addWidget(self.bench_table)
+        self.pg_table = PgTable()  # pg tests as llama-batched-bench reports them; shown when there are some
+        self.depth_plot = DepthPlot()  # t/s against depth; shown when the results span two depths
+        layout.addWidget(self.pg_table)
+        layout.addWidget(self.depth_plot)
         self.add_box("Benchmarks", body)
 
     def _build_history_box(self) -> None:
@@ -649,6 +655,8 @@ class PerformancePanel(Panel):
         self._bench_swept = plan.swept_fields
         self._bench_several_models = len(plan.models) > 1
         self.bench_table.setRowCount(0)
+        self.pg_table.clear_results()
+        self.depth_plot.clear()
         self.bench_progress.setRange(0, 1)
         self.bench_progress.setValue(0)
         self.bench_status.setText(f"Starting {len(plan.instances())} test(s)…")
@@ -662,6 +670,8 @@ class PerformancePanel(Panel):
 
     def on_benchmark_result(self, result: BenchResult) -> None:
         self._bench_results.append(result)
+        self.pg_table.add_result(result)
+        self.depth_plot.add_result(result)
         row = self.bench_table.rowCount()
         self.bench_table.setRowCount(row + 1)
         config = " ".join(
@@ -715,7 +725,8 @@ class PerformancePanel(Panel):
             self,
             "Export results",
             "llamascope-bench.md",
-            f"Markdown (*.md);;CSV (*.csv);;JSON (*.json);;JSONL (*.jsonl);;{REPORT_FILTER}",
+            "Markdown (*.md);;CSV (*.csv);;JSON (*.json);;JSONL (*.jsonl);;llama-bench SQL (*.sql)"
+            f";;{REPORT_FILTER}",
         )
         if path and (chosen == REPORT_FILTER or path.lower().endswith((".html", ".htm"))):
             self.export_report(path)

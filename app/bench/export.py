@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from app.bench.batched import PG_FIELDS, pg_record_fields, pg_samples_from_record
 from app.bench.runner import SWEEPABLE, BenchError, BenchResult, BenchTest
 from app.common.formatting import format_bytes
 from app.common.markdown import markdown_table
@@ -59,7 +60,7 @@ TELEMETRY_FIELDS = (
     "throttled",
     "source",
 )
-FORMATS = ("md", "csv", "json", "jsonl")
+FORMATS = ("md", "csv", "json", "jsonl", "sql")
 
 
 def to_record(result: BenchResult) -> dict[str, Any]:
@@ -94,6 +95,7 @@ def to_record(result: BenchResult) -> dict[str, Any]:
     }
     for name in TELEMETRY_FIELDS:
         record[name] = getattr(result, name)
+    record.update(pg_record_fields(result))  # batched-bench's figures of a pg test (app.bench.batched)
     return record
 
 
@@ -226,6 +228,7 @@ def from_record(record: dict[str, Any], *, source: str | None = None) -> BenchRe
         throttle_events=_optional_int(record, "throttle_events"),
         throttled=_bool_field(record, "throttled", False),
         source=source or _string_field(record, "source", "llama-bench"),
+        samples_pp_ns=pg_samples_from_record(record.get("samples_pp_ns"), n_prompt, n_gen, samples),
     )
 
 
@@ -257,6 +260,136 @@ def _markdown(results: Sequence[BenchResult], swept: Sequence[str]) -> str:
     return markdown_table(columns, rows, align=["right" if c in right else "default" for c in columns])
 
 
+# llama-bench's `-o sql` (tools/llama-bench/llama-bench.cpp: test::get_fields, test::get_field_type and
+# sql_printer) of the llama.cpp that llama-cpp-python 0.3.36 vendors: its columns in its order, with
+# the SQL type its printer gives each (INT and BOOL fields INTEGER, avg_ts and stddev_ts REAL, the
+# rest TEXT).
+SQL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("build_commit", "TEXT"),
+    ("build_number", "INTEGER"),
+    ("cpu_info", "TEXT"),
+    ("gpu_info", "TEXT"),
+    ("backends", "TEXT"),
+    ("model_filename", "TEXT"),
+    ("model_type", "TEXT"),
+    ("model_size", "INTEGER"),
+    ("model_n_params", "INTEGER"),
+    ("n_batch", "INTEGER"),
+    ("n_ubatch", "INTEGER"),
+    ("n_threads", "INTEGER"),
+    ("cpu_mask", "TEXT"),
+    ("cpu_strict", "INTEGER"),
+    ("poll", "INTEGER"),
+    ("type_k", "TEXT"),
+    ("type_v", "TEXT"),
+    ("n_gpu_layers", "INTEGER"),
+    ("n_cpu_moe", "INTEGER"),
+    ("split_mode", "TEXT"),
+    ("main_gpu", "INTEGER"),
+    ("no_kv_offload", "INTEGER"),
+    ("flash_attn", "INTEGER"),
+    ("devices", "TEXT"),
+    ("tensor_split", "TEXT"),
+    ("tensor_buft_overrides", "TEXT"),
+    ("load_mode", "TEXT"),
+    ("lazy_mode", "TEXT"),
+    ("embeddings", "INTEGER"),
+    ("no_op_offload", "INTEGER"),
+    ("no_host", "INTEGER"),
+    ("repack", "INTEGER"),
+    ("fit_target", "INTEGER"),
+    ("fit_min_ctx", "INTEGER"),
+    ("n_prompt", "INTEGER"),
+    ("n_gen", "INTEGER"),
+    ("n_depth", "INTEGER"),
+    ("test_time", "TEXT"),
+    ("avg_ns", "INTEGER"),
+    ("stddev_ns", "INTEGER"),
+    ("avg_ts", "REAL"),
+    ("stddev_ts", "REAL"),
+)
+# Settings LlamaScope never changes from llama.cpp's defaults, so the run had these values: no CPU
+# mask, strictness or polling level of its own (ggml's default threadpool: mask none, not strict,
+# poll 50), llama_model_default_params' split, devices, tensor split and overrides, lazy loading and
+# extra (repacked) buffer types, no MoE layers kept on the CPU, no embeddings, no fitting. They are
+# also llama-bench's defaults, which is what compare-llama-bench.py needs to pair a LlamaScope row
+# with a llama-bench row of the same settings. build_number: LlamaScope does not know llama.cpp's
+# build number; 0 is what llama-bench itself writes when its build has none.
+_SQL_FIXED: dict[str, str | int] = {
+    "build_number": 0,
+    "cpu_mask": "0x0",
+    "cpu_strict": 0,
+    "poll": 50,
+    "n_cpu_moe": 0,
+    "split_mode": "layer",
+    "main_gpu": 0,
+    "no_kv_offload": 0,  # a record without the field: LlamaScope's default, the KV cache offloaded
+    "devices": "auto",
+    "tensor_split": "0.00",
+    "tensor_buft_overrides": "none",
+    "lazy_mode": "auto",
+    "embeddings": 0,
+    "no_op_offload": 0,
+    "no_host": 0,
+    "repack": 1,
+    "fit_target": 0,
+    "fit_min_ctx": 0,
+}
+
+
+def _sql_value(value: Any) -> str:
+    """One value as llama-bench's sql_printer writes it: quoted text (SQLite's column affinity makes
+    numbers of INTEGER and REAL columns numbers), floats as C++'s std::to_string (6 decimals),
+    booleans 0/1; a quote inside is doubled, which llama-bench does not do (a model path with ' would
+    break its SQL)."""
+    if isinstance(value, bool):
+        text = str(int(value))
+    elif isinstance(value, float):
+        text = f"{value:f}"
+    else:
+        text = str(value)
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_row(result: BenchResult) -> dict[str, Any]:
+    """A result as llama-bench's SQL columns: its record's values, the result's own fields for the
+    rest, and llama.cpp's defaults (_SQL_FIXED) for what neither holds (an older record)."""
+    record = to_record(result)
+    row: dict[str, Any] = {}
+    for column, _type in SQL_COLUMNS:
+        if record.get(column) is not None:
+            row[column] = record[column]
+        elif getattr(result, column, None) is not None:
+            row[column] = getattr(result, column)
+        else:
+            row[column] = _SQL_FIXED.get(column, "")
+    if not row.get("load_mode"):  # llama_load_mode_name of what app.llama.driver asks for
+        row["load_mode"] = "mmap" if result.use_mmap else "none"
+    row["no_kv_offload"] = int(row["no_kv_offload"])
+    row["flash_attn"] = int(row["flash_attn"])
+    return row
+
+
+def to_sql(results: Sequence[BenchResult]) -> str:
+    """`llama-bench -o sql`: CREATE TABLE IF NOT EXISTS llama_bench with its columns, then one
+    INSERT per result; pipe it into `sqlite3 llama-bench.sqlite` beside llama-bench's own output
+    and llama.cpp's scripts/compare-llama-bench.py reads both. Only llama-bench's columns: an extra
+    one would make the INSERT fail on a table that llama-bench's output created first. The
+    telemetry and batched-bench figures are in the JSON, JSONL and CSV exports."""
+    lines = ["CREATE TABLE IF NOT EXISTS llama_bench ("]
+    lines += [
+        f"  {name} {kind}{',' if i < len(SQL_COLUMNS) - 1 else ''}"
+        for i, (name, kind) in enumerate(SQL_COLUMNS)
+    ]
+    lines += [");", ""]
+    names = ", ".join(name for name, _ in SQL_COLUMNS)
+    for result in results:
+        row = sql_row(result)
+        values = ", ".join(_sql_value(row[name]) for name, _ in SQL_COLUMNS)
+        lines.append(f"INSERT INTO llama_bench ({names}) VALUES ({values});")
+    return "\n".join(lines) + "\n"
+
+
 def dumps(results: Sequence[BenchResult], fmt: str, *, swept: Sequence[str] = ()) -> str:
     """Results as text in one of FORMATS; JSON is one array, as `llama-bench -o json` prints."""
     if fmt == "md":
@@ -268,17 +401,19 @@ def dumps(results: Sequence[BenchResult], fmt: str, *, swept: Sequence[str] = ()
         return "".join(json.dumps(r) + "\n" for r in records)
     if fmt == "csv":
         out = io.StringIO()
-        fields = [*LLAMA_BENCH_FIELDS, *TELEMETRY_FIELDS]
+        fields = [*LLAMA_BENCH_FIELDS, *TELEMETRY_FIELDS, *PG_FIELDS]
         writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in records:
             writer.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
         return out.getvalue()
+    if fmt == "sql":
+        return to_sql(results)
     raise BenchError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
 
 
 def export(results: Sequence[BenchResult], path: str, *, swept: Sequence[str] = ()) -> None:
-    """Write results to `path` in the format its extension names (.md, .csv, .json, .jsonl)."""
+    """Write results to `path` in the format its extension names (.md, .csv, .json, .jsonl, .sql)."""
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     fmt = {"markdown": "md"}.get(ext, ext)
     text = dumps(results, fmt, swept=swept)

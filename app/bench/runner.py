@@ -19,6 +19,7 @@ can move to another process without changing them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime as _dt
 import itertools
@@ -221,6 +222,9 @@ class BenchResult:
     throttle_events: int | None = None
     throttled: bool = False
     source: str = "llamascope"  # "llama-bench" for imported records
+    # pg tests only: the prompt part of each repetition (llama-batched-bench's T_PP), in step with
+    # samples_ns; app.bench.batched turns the two into batched-bench's figures. () otherwise.
+    samples_pp_ns: tuple[int, ...] = ()
 
     @property
     def test(self) -> BenchTest:
@@ -366,6 +370,7 @@ class _Runner:
         except DriverError as exc:
             raise BenchError(str(exc)) from None
         samples: list[int] = []
+        prompt_samples: list[int] = []
         recorder: Any = None
         summary: Any = None
         try:
@@ -389,9 +394,11 @@ class _Runner:
                 t0 = time.perf_counter_ns()
                 if prompt:
                     self._decode_prompt(ctx, prompt)
+                t_prompt = time.perf_counter_ns()  # batched-bench's t_pp_end: the prompt synchronized
                 if gen:
                     self._decode_gen(ctx, gen)
                 samples.append(time.perf_counter_ns() - t0)
+                prompt_samples.append(t_prompt - t0)
                 self.done_steps += 1
                 self._progress(f"{label}: repetition {rep + 1}/{self.plan.repetitions}")
         except DriverCancelled:
@@ -404,7 +411,20 @@ class _Runner:
             ctx.close()
         if not samples:
             return None
-        return self._result(model_path, info, load, test, samples, summary)
+        result = self._result(model_path, info, load, test, samples, summary)
+        if test.n_prompt and test.n_gen:
+            result = dataclasses.replace(result, samples_pp_ns=tuple(prompt_samples))
+        desc = self._model_desc(model)
+        if desc:  # llama-bench's model_type: compare-llama-bench.py pairs rows by it
+            result = dataclasses.replace(result, model_type=desc)
+        return result
+
+    def _model_desc(self, model: LlamaModel) -> str | None:
+        """llama.cpp's own description of the loaded model (llama_model_desc), which llama-bench
+        records as model_type: "llama 256M Q4_1" for the demo model, whose header says 135M."""
+        buf = ctypes.create_string_buffer(256)
+        n = int(self.lc.llama_model_desc(model.handle, buf, len(buf)))
+        return buf.value.decode("utf-8", errors="replace").strip() if n > 0 else None
 
     # ---- llama-bench's test_prompt / test_gen -------------------------------------------------
     def _random_ids(self, model: LlamaModel, n: int, first: bool) -> list[int]:

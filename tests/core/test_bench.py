@@ -143,7 +143,7 @@ def test_a_real_short_benchmark(demo_model: str) -> None:
         assert len(r.samples_ns) == 2 and all(s > 0 for s in r.samples_ns)
         assert r.avg_ts == pytest.approx(mean([1e9 * r.test.n_tokens / s for s in r.samples_ns]))
         assert r.complete
-        assert r.model_type == "llama 135M Q4_1"
+        assert r.model_type == "llama 256M Q4_1"  # llama.cpp's llama_model_desc, as llama-bench records it
         assert r.model_n_params == 134_515_008
         assert r.n_threads == 1
         assert r.backends == "CPU"

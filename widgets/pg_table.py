@@ -1,0 +1,75 @@
+"""The pg tests of a benchmark as llama-batched-bench reports them: the time to the first token
+(T_PP), the prompt and generation speeds apart (S_PP, S_TG) and the total (S).
+
+The figures come from app.bench.batched (mean ± standard deviation over the repetitions); the
+table shows itself only when the benchmark has a pg test.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+from app.bench.batched import result_pg_figures
+from app.bench.runner import BenchResult
+
+HEADERS = ("test", "TTFT (T_PP) ms", "S_PP t/s", "T_TG s", "S_TG t/s", "S t/s")
+TIPS = (
+    "The pg test (-pg PP,TG), at its depth",
+    "Time to the first token: decoding the PP prompt tokens, as batched-bench's T_PP",
+    "Prompt speed: PP ÷ T_PP",
+    "Time of the TG generated tokens, one decode each",
+    "Generation speed: TG ÷ T_TG",
+    "Total speed: (PP + TG) ÷ (T_PP + T_TG), llama-bench's t/s for the test",
+)
+
+
+class PgTable(QTableWidget):
+    def __init__(self) -> None:
+        super().__init__(0, len(HEADERS))
+        self.setObjectName("pgTable")
+        self.setHorizontalHeaderLabels(list(HEADERS))
+        for col, tip in enumerate(TIPS):
+            item = self.horizontalHeaderItem(col)
+            if item is not None:
+                item.setToolTip(tip)
+        self.verticalHeader().setVisible(False)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.horizontalHeader().setStretchLastSection(True)
+        self.setMinimumHeight(90)
+        self.setToolTip("Prompt + generation tests as llama-batched-bench reports them (B = 1)")
+        self.setVisible(False)
+
+    def clear_results(self) -> None:
+        self.setRowCount(0)
+        self.setVisible(False)
+
+    def add_result(self, result: BenchResult) -> None:
+        """A row for a pg result with its prompt times; any other result is not one of this table's."""
+        figures = result_pg_figures(result)
+        if figures is None:
+            return
+        row = self.rowCount()
+        self.setRowCount(row + 1)
+        values = (
+            result.test.name,
+            figures.ttft_ms.text(".1f"),
+            figures.s_pp_ts.text(".2f"),
+            figures.t_tg_s.text(".3f"),
+            figures.s_tg_ts.text(".2f"),
+            figures.s_ts.text(".2f"),
+        )
+        tip = (
+            f"N_KV {figures.n_kv} (depth {figures.n_depth} + {figures.n_prompt} + {figures.n_gen}), "
+            f"{figures.n_repetitions} repetition(s); {result.n_threads} threads, n_batch {result.n_batch}, "
+            f"n_ubatch {result.n_ubatch}"
+        )
+        for col, value in enumerate(values):
+            item = QTableWidgetItem(value)
+            item.setToolTip(tip)
+            self.setItem(row, col, item)
+        self.setVisible(True)
+
+
+__all__ = ["PgTable"]
