@@ -32,9 +32,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-t", "--threads", default=None, help=threads_help("threads, a list or range", "physical cores")
     )
-    p.add_argument("-b", "--batch-size", default="512", help="n_batch (default 512)")
+    # llama-bench's defaults (app.bench.runner.DEFAULT_*): the same command runs the same test.
+    p.add_argument("-b", "--batch-size", default="2048", help="n_batch (default 2048, as llama-bench)")
     p.add_argument("-ub", "--ubatch-size", default="512", help="n_ubatch (default 512)")
-    p.add_argument("-fa", "--flash-attn", default="0", help="flash attention 0/1 (default 0)")
+    p.add_argument(
+        "-fa",
+        "--flash-attn",
+        default="auto",
+        help="flash attention 0/1/auto (default auto: llama.cpp turns it on where the backend has it, "
+        "as llama-bench)",
+    )
     p.add_argument("-ctk", "--cache-type-k", default="f16", help="K cache type (default f16)")
     p.add_argument("-ctv", "--cache-type-v", default="f16", help="V cache type (default f16)")
     p.add_argument("-ngl", "--n-gpu-layers", default="0", help="GPU layers (default 0)")
@@ -48,6 +55,12 @@ def register(sub: Any) -> None:
         "(pipe it into sqlite3 for llama.cpp's compare-llama-bench.py)",
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
+    p.add_argument(
+        "--warmup-until-steady",
+        action="store_true",
+        help="warm up with full repetitions until the last 3 agree within 3 %% of their median "
+        "(at most 10 runs or 60 s a test; one that does not settle is flagged)",
+    )
     p.add_argument("--no-history", action="store_true", help="do not store the results")
     p.add_argument("--no-telemetry", action="store_true", help="do not sample CPU/memory/power during tests")
     p.add_argument(
@@ -84,7 +97,7 @@ def register(sub: Any) -> None:
 
 
 def _plan(args: argparse.Namespace) -> Any:
-    from app.bench.runner import BenchPlan, build_tests, parse_values
+    from app.bench.runner import BenchPlan, build_tests, parse_flash_attn, parse_values
     from app.model.demo_model import demo_model_path
     from app.model.fields import MAX_N_CTX
     from app.model.gguf_info import inspect_model
@@ -123,7 +136,7 @@ def _plan(args: argparse.Namespace) -> Any:
         ("n_threads", threads),
         ("n_batch", parse_values(args.batch_size)),
         ("n_ubatch", parse_values(args.ubatch_size)),
-        ("flash_attn", parse_values(args.flash_attn, bool)),
+        ("flash_attn", parse_flash_attn(args.flash_attn)),
         ("type_k", parse_values(args.cache_type_k, str)),
         ("type_v", parse_values(args.cache_type_v, str)),
         ("n_gpu_layers", parse_values(args.n_gpu_layers)),
@@ -142,6 +155,7 @@ def _plan(args: argparse.Namespace) -> Any:
         sweep=sweep,
         repetitions=args.repetitions,
         warmup=not args.no_warmup,
+        warmup_until_steady=args.warmup_until_steady,
         override_memory=args.override_memory,
     )
 
@@ -301,6 +315,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if compared is not None:
         return compared
     from app.bench.history import HistoryError, HistoryStore
+    from app.bench.trust import assess
 
     try:
         rows = HistoryStore().compare(args.run_a, args.run_b)
@@ -319,6 +334,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                         "diff_percent": r.comparison.diff_percent,
                         "p_value": r.comparison.p_value,
                         "significant": r.comparison.significant,
+                        "repetitions_a": len(r.a.samples_ns),
+                        "repetitions_b": len(r.b.samples_ns),
+                        "not_judged": r.comparison.refused,
+                        "repetitions_needed": r.comparison.repetitions_needed,
+                        "a_flags": list(assess(r.a).reasons),
+                        "b_flags": list(assess(r.b).reasons),
                     }
                     for r in rows
                 ],
@@ -330,15 +351,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         (f"run {args.run_a} t/s", f"run {args.run_b} t/s") if args.run_b is not None else ("A t/s", "B t/s")
     )
     print(
-        f"| test | config (A → B) | {a_head} | {b_head} | change | Welch's t-test |"
+        f"| test | config (A → B) | {a_head} | {b_head} | change | Welch's t-test | flags |"
         if args.run_b is None
-        else f"| test | config | {a_head} | {b_head} | change | Welch's t-test |"
+        else f"| test | config | {a_head} | {b_head} | change | Welch's t-test | flags |"
     )
-    print("|---|---|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---|---|")
     for r in rows:
+        # A noisy side makes any verdict weaker: say so beside it (app.bench.trust).
+        flags = f"A: {assess(r.a).cell} · B: {assess(r.b).cell}"
         print(
             f"| {r.test} | {r.config} | {r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f} "
             f"| {r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f} "
-            f"| {r.comparison.diff_percent:+.1f} % | {r.comparison.verdict()} |"
+            f"| {r.comparison.diff_percent:+.1f} % | {r.comparison.verdict()} | {flags} |"
         )
     return EXIT_OK

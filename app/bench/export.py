@@ -1,8 +1,10 @@
 """Benchmark results out and in: llama-bench's markdown, CSV, JSON and JSONL, with its field names.
 
-Records carry llama-bench's fields (so its tools read ours) followed by LlamaScope's telemetry
-fields. `load_llama_bench` reads llama-bench's own JSON or JSONL output, so a user can put
-llama.cpp's numbers beside LlamaScope's.
+Records carry llama-bench's fields (so its tools read ours; every setting its JSON records, in
+its order) followed by LlamaScope's telemetry fields and the trust fields (app.bench.trust: CV,
+steal, other load, the clock, the warm-up, and the noisy flag with its reasons in words).
+`load_llama_bench` reads llama-bench's own JSON or JSONL output, so a user can put llama.cpp's
+numbers beside LlamaScope's.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.bench.batched import PG_FIELDS, pg_record_fields, pg_samples_from_record
-from app.bench.runner import SWEEPABLE, BenchError, BenchResult, BenchTest
+from app.bench.runner import SWEEPABLE, BenchError, BenchResult, BenchTest, flash_attn_text
+from app.bench.trust import assess, trust_fields
 from app.common.formatting import format_bytes
 from app.common.markdown import markdown_table
 
+# llama-bench's JSON fields in its order (tools/llama-bench/llama-bench.cpp, test::get_fields, then
+# samples_ns and samples_ts), with use_mmap, which older llama-bench versions wrote before load_mode.
 LLAMA_BENCH_FIELDS = (
     "build_commit",
+    "build_number",
     "cpu_info",
     "gpu_info",
     "backends",
@@ -32,11 +38,29 @@ LLAMA_BENCH_FIELDS = (
     "n_batch",
     "n_ubatch",
     "n_threads",
+    "cpu_mask",
+    "cpu_strict",
+    "poll",
     "type_k",
     "type_v",
     "n_gpu_layers",
+    "n_cpu_moe",
+    "split_mode",
+    "main_gpu",
+    "no_kv_offload",
     "flash_attn",
+    "devices",
+    "tensor_split",
+    "tensor_buft_overrides",
     "use_mmap",
+    "load_mode",
+    "lazy_mode",
+    "embeddings",
+    "no_op_offload",
+    "no_host",
+    "repack",
+    "fit_target",
+    "fit_min_ctx",
     "n_prompt",
     "n_gen",
     "n_depth",
@@ -60,6 +84,45 @@ TELEMETRY_FIELDS = (
     "throttled",
     "source",
 )
+# How far to trust each result (app.bench.trust), beside llama-bench's fields. cv_percent, noisy and
+# noise_reasons are computed from the others; flash_attn_used is what flash_attn (auto) resolved to.
+TRUST_FIELDS = (
+    "cv_percent",
+    "steal_percent",
+    "other_cpu_percent",
+    "other_cpus",
+    "cpu_load_note",
+    "throttle_detail",
+    "cpu_freq_min_mhz",
+    "cpu_freq_max_mhz",
+    "cpu_freq_limit_mhz",
+    "warmup_runs",
+    "warmup_steady",
+    "flash_attn_used",
+    "noisy",
+    "noise_reasons",
+)
+# llama-bench's settings a LlamaScope result holds as they are (the record writes them unchanged).
+_PLAIN_SETTINGS = (
+    "build_number",
+    "cpu_mask",
+    "cpu_strict",
+    "poll",
+    "n_cpu_moe",
+    "split_mode",
+    "main_gpu",
+    "no_kv_offload",
+    "devices",
+    "tensor_split",
+    "tensor_buft_overrides",
+    "lazy_mode",
+    "embeddings",
+    "no_op_offload",
+    "no_host",
+    "repack",
+    "fit_target",
+    "fit_min_ctx",
+)
 FORMATS = ("md", "csv", "json", "jsonl", "sql")
 
 
@@ -67,6 +130,7 @@ def to_record(result: BenchResult) -> dict[str, Any]:
     """One result as a flat dict: llama-bench's fields first, then the telemetry fields."""
     record: dict[str, Any] = {
         "build_commit": result.build,
+        **{name: getattr(result, name) for name in _PLAIN_SETTINGS},
         "cpu_info": result.cpu_info,
         "gpu_info": result.gpu_info,
         "backends": result.backends,
@@ -80,8 +144,9 @@ def to_record(result: BenchResult) -> dict[str, Any]:
         "type_k": result.type_k,
         "type_v": result.type_v,
         "n_gpu_layers": result.n_gpu_layers,
-        "flash_attn": int(result.flash_attn),
+        "flash_attn": int(result.flash_attn),  # -1 auto, as llama-bench writes it
         "use_mmap": result.use_mmap,
+        "load_mode": result.load_mode,
         "n_prompt": result.n_prompt,
         "n_gen": result.n_gen,
         "n_depth": result.n_depth,
@@ -95,6 +160,14 @@ def to_record(result: BenchResult) -> dict[str, Any]:
     }
     for name in TELEMETRY_FIELDS:
         record[name] = getattr(result, name)
+    derived = trust_fields(result)
+    for name in TRUST_FIELDS:
+        record[name] = derived[name] if name in derived else getattr(result, name)
+    # llama-bench's order for its own fields (JSON readers do not care; people reading it do).
+    record = {
+        **{name: record[name] for name in LLAMA_BENCH_FIELDS if name in record},
+        **{k: v for k, v in record.items() if k not in LLAMA_BENCH_FIELDS},
+    }
     record.update(pg_record_fields(result))  # batched-bench's figures of a pg test (app.bench.batched)
     return record
 
@@ -207,7 +280,7 @@ def from_record(record: dict[str, Any], *, source: str | None = None) -> BenchRe
         type_k=strings["type_k"] or "f16",
         type_v=strings["type_v"] or "f16",
         n_gpu_layers=_int_field(record, "n_gpu_layers", minimum=-1),
-        flash_attn=_bool_field(record, "flash_attn", False),
+        flash_attn=_flash_attn_field(record),
         use_mmap=use_mmap,
         n_prompt=n_prompt,
         n_gen=n_gen,
@@ -229,13 +302,88 @@ def from_record(record: dict[str, Any], *, source: str | None = None) -> BenchRe
         throttled=_bool_field(record, "throttled", False),
         source=source or _string_field(record, "source", "llama-bench"),
         samples_pp_ns=pg_samples_from_record(record.get("samples_pp_ns"), n_prompt, n_gen, samples),
+        **_settings_from_record(record),
+        **_trust_from_record(record),
     )
+
+
+def _flash_attn_field(record: dict[str, Any]) -> int:
+    """llama-bench's flash_attn: -1 (auto), 0 or 1; older versions wrote true/false, some "auto"."""
+    value = record.get("flash_attn", 0)
+    if isinstance(value, str) and value.strip().lower() in ("auto", "on", "off"):
+        return {"auto": -1, "on": 1, "off": 0}[value.strip().lower()]
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false")):
+        return int(_bool_field(record, "flash_attn", False))
+    number = _int_field(record, "flash_attn", minimum=-1)
+    if number > 1:
+        raise BenchError(f"flash_attn is {_shown(value)}: it must be -1 (auto), 0 or 1")
+    return number
+
+
+def _settings_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """llama-bench's other settings; absent ones (older records) are llama-bench's defaults, which
+    LlamaScope always ran with."""
+    out: dict[str, Any] = {}
+    for name in ("cpu_mask", "split_mode", "devices", "tensor_split", "tensor_buft_overrides", "lazy_mode"):
+        if name in record:
+            out[name] = _string_field(record, name)
+    for name in ("cpu_strict", "no_kv_offload", "embeddings", "no_host", "repack"):
+        if name in record:
+            out[name] = _bool_field(record, name, False)
+    for name in ("build_number", "poll", "n_cpu_moe", "main_gpu", "fit_target", "fit_min_ctx"):
+        if name in record:
+            out[name] = _int_field(record, name, minimum=-1 if name == "main_gpu" else 0)
+    if "no_op_offload" in record:
+        out["no_op_offload"] = int(_bool_field(record, "no_op_offload", False))
+    if "load_mode" in record:
+        out["load_mode"] = _string_field(record, "load_mode")
+    return out
+
+
+def _trust_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The measured trust figures (app.bench.trust); CV, noisy and the reasons are recomputed."""
+    out: dict[str, Any] = {
+        name: _optional_number(record, name)
+        for name in (
+            "steal_percent",
+            "other_cpu_percent",
+            "other_cpus",
+            "cpu_freq_min_mhz",
+            "cpu_freq_max_mhz",
+            "cpu_freq_limit_mhz",
+        )
+    }
+    out["cpu_load_note"] = _string_field(record, "cpu_load_note")
+    out["throttle_detail"] = _string_field(record, "throttle_detail")
+    out["warmup_runs"] = _optional_int(record, "warmup_runs")
+    for name in ("warmup_steady", "flash_attn_used"):
+        out[name] = None if record.get(name) is None else _bool_field(record, name, False)
+    return out
+
+
+# After llama-bench's columns, how far to trust each row (app.bench.trust): n/a where not measured.
+TRUST_COLUMNS = ("CV", "steal", "other load", "flags")
+
+
+def trust_cells(r: BenchResult) -> dict[str, str]:
+    """A result's trust columns as table cells: CV, steal, other processes' load, and the flags."""
+
+    def pct(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else f"{value:{spec}} %"
+
+    return {
+        "CV": pct(r.cv_percent, ".1f"),
+        "steal": pct(r.steal_percent, ".1f"),
+        "other load": pct(r.other_cpu_percent, ".0f"),
+        "flags": assess(r).cell,
+    }
 
 
 def _markdown(results: Sequence[BenchResult], swept: Sequence[str]) -> str:
     columns = ["model", "size", "params", "backend", *[SWEEPABLE[f][1] for f in swept], "test", "t/s"]
     if "threads" not in columns:
         columns.insert(4, "threads")
+    columns += TRUST_COLUMNS
     rows = []
     for r in results:
         values = {
@@ -246,17 +394,19 @@ def _markdown(results: Sequence[BenchResult], swept: Sequence[str]) -> str:
             else f"{r.model_n_params / 1e9:.2f} B",
             "backend": r.backends,
             "threads": str(r.n_threads),
-            "test": r.test.name
-            + ("" if r.complete else " (cancelled)")
-            + (" ⚠ throttled" if r.throttled else ""),
+            "test": r.test.name + ("" if r.complete else " (cancelled)"),
             "t/s": f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}",
+            **trust_cells(r),
         }
         for f in swept:
             v = getattr(r, f)
-            values[SWEEPABLE[f][1]] = str(int(v) if isinstance(v, bool) else v)
+            values[SWEEPABLE[f][1]] = (
+                flash_attn_text(v) if f == "flash_attn" else str(int(v) if isinstance(v, bool) else v)
+            )
         rows.append([values[c] for c in columns])
     # llama-bench's alignment: numbers (and the test name) to the right, words to the left.
     right = {"size", "params", "threads", "t/s", "n_batch", "n_ubatch", "ngl", "fa", "test", "mmap"}
+    right |= {"CV", "steal", "other load"}
     return markdown_table(columns, rows, align=["right" if c in right else "default" for c in columns])
 
 
@@ -401,7 +551,7 @@ def dumps(results: Sequence[BenchResult], fmt: str, *, swept: Sequence[str] = ()
         return "".join(json.dumps(r) + "\n" for r in records)
     if fmt == "csv":
         out = io.StringIO()
-        fields = [*LLAMA_BENCH_FIELDS, *TELEMETRY_FIELDS, *PG_FIELDS]
+        fields = [*LLAMA_BENCH_FIELDS, *TELEMETRY_FIELDS, *PG_FIELDS, *TRUST_FIELDS]
         writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in records:

@@ -6,6 +6,14 @@ first, untimed). Tokens are random ids (BOS first), prepared before the clock st
 is sampled or detokenized, exactly as in llama-bench's test_prompt/test_gen. Each test runs a
 warm-up, then R timed repetitions from a cleared cache; a sample's speed is
 (n_prompt + n_gen) / time, and the result is the mean ± sample standard deviation of those.
+With `warmup_until_steady`, the warm-up is full repetitions until they agree (app.bench.trust's
+SteadyRule). Over the timed repetitions the runner reads where the machine's CPU time went (steal,
+other processes: app.telemetry.cpu_load), so each result says how far to trust it.
+
+Defaults are llama-bench's: n_batch 2048, n_ubatch 512, flash attention "auto" (llama.cpp's
+LLAMA_FLASH_ATTN_TYPE_AUTO, chosen through the context's flash_attn_type; a plan's flash_attn
+values are llama-bench's -1 auto, 0 off, 1 on). Each result records every setting llama-bench's
+JSON records, read from llama.cpp's default parameters where LlamaScope does not set them.
 
 The model and its contexts come from app.llama.driver, llama.cpp's C API with nothing in
 between: a prompt costs its llama_decode calls, a generated token one llama_decode and one
@@ -34,6 +42,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from app.bench.trust import STEADY_RULE, coefficient_of_variation
 from app.common.stats import mean, stdev
 from app.llama import runtime as llama_runtime
 from app.llama.build_check import require_working_build
@@ -44,6 +53,7 @@ from app.model.gguf_info import inspect_model
 from app.model.memory import InsufficientMemoryError, available_ram_for, check_memory
 from app.model.model_info import ModelInfo
 from app.model.settings import LoadSettings
+from app.telemetry.cpu_load import CpuLoadProbe, CpuLoadSample, cpu_load_fields
 from app.telemetry.hardware import cpu_info
 
 # Parameters a plan can sweep: LoadSettings field -> llama-bench flag and its markdown header.
@@ -57,6 +67,14 @@ SWEEPABLE: dict[str, tuple[str, str]] = {
     "n_gpu_layers": ("-ngl", "ngl"),
     "use_mmap": ("-mmp", "mmap"),
 }
+
+
+# llama-bench's defaults (tools/llama-bench/llama-bench.cpp, cmd_params_defaults), used by
+# `llamascope bench` and the window's benchmark form alike.
+DEFAULT_N_BATCH = 2048
+DEFAULT_N_UBATCH = 512
+FLASH_ATTN_AUTO = -1  # llama_flash_attn_type: -1 auto, 0 disabled, 1 enabled
+DEFAULT_FLASH_ATTN = FLASH_ATTN_AUTO
 
 
 class BenchError(Exception):
@@ -140,6 +158,28 @@ def parse_values(text: str, kind: type = int) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_FLASH_ATTN_WORDS = {"auto": -1, "-1": -1, "0": 0, "off": 0, "false": 0, "1": 1, "on": 1, "true": 1}
+
+
+def parse_flash_attn(text: str) -> tuple[int, ...]:
+    """llama-bench's -fa list: "auto", "on", "off", 0, 1 (or several, "0,1,auto") as -1/0/1."""
+    out = []
+    for part in (p.strip().lower() for p in str(text).split(",")):
+        if not part:
+            continue
+        if part not in _FLASH_ATTN_WORDS:
+            raise BenchError(f"{part!r} is not 0 or 1 (flash attention off, on) or auto (llama.cpp's choice)")
+        out.append(_FLASH_ATTN_WORDS[part])
+    if not out:
+        raise BenchError(f"no values in {text!r}")
+    return tuple(out)
+
+
+def flash_attn_text(value: int | bool) -> str:
+    """A flash attention setting as llama-bench's -fa takes it: "auto", "0" or "1"."""
+    return "auto" if int(value) == FLASH_ATTN_AUTO else str(int(value))
+
+
 def _geometric_count(first: int, last: int, factor: int) -> int:
     count, value = 0, first
     while value <= last:  # at most log2(last) steps: factor >= 2 and first >= 1
@@ -159,6 +199,8 @@ class BenchPlan:
     warmup: bool = True
     seed: int = 0  # for the random token ids
     override_memory: bool = False  # run configurations the memory check says will not fit
+    # Warm up with full repetitions until they agree (app.bench.trust.SteadyRule) instead of one run.
+    warmup_until_steady: bool = False
 
     def __post_init__(self) -> None:
         if self.repetitions < 1:
@@ -168,22 +210,45 @@ class BenchPlan:
                 raise BenchError(f"{name} cannot be swept; choose from {', '.join(SWEEPABLE)}")
             if not values:
                 raise BenchError(f"no values for {name}")
+            if name == "flash_attn" and any(int(v) not in (-1, 0, 1) for v in values):
+                raise BenchError("flash_attn takes -1 (auto), 0 (off) or 1 (on)")
 
     @property
     def swept_fields(self) -> tuple[str, ...]:
         return tuple(name for name, values in self.sweep if len(values) > 1)
 
-    def instances(self) -> list[tuple[str, LoadSettings, BenchTest]]:
-        """Every (model, settings, test) to run, models outermost as llama-bench orders them."""
+    def runs(self) -> list[BenchInstance]:
+        """Every test to run with its settings, models outermost as llama-bench orders them."""
         names = [name for name, _ in self.sweep]
         combos = list(itertools.product(*(values for _, values in self.sweep))) or [()]
         out = []
         for model in self.models:
             for combo in combos:
-                load = dataclasses.replace(self.base, **dict(zip(names, combo, strict=False)))
+                chosen = dict(zip(names, combo, strict=False))
+                fa = int(chosen.get("flash_attn", self.base.flash_attn))  # a bool is 0 or 1
+                # LoadSettings holds a yes or no. Auto counts as on for its checks: llama.cpp's auto
+                # turns flash attention on wherever the backend has the kernel (every CPU), and turns
+                # it on for a quantized V cache, which needs it.
+                chosen["flash_attn"] = fa != 0
+                load = dataclasses.replace(self.base, **chosen)
                 for test in self.tests:
-                    out.append((model, load, test))
+                    out.append(BenchInstance(model, load, test, fa))
         return out
+
+    def instances(self) -> list[tuple[str, LoadSettings, BenchTest]]:
+        """Every (model, settings, test) to run; `runs()` adds the flash attention choice (auto)."""
+        return [(r.model, r.load, r.test) for r in self.runs()]
+
+
+@dataclass(frozen=True)
+class BenchInstance:
+    """One test of a plan: the model, its load settings, the test, and flash attention as llama-bench
+    takes it (-1 auto, 0 off, 1 on; `load.flash_attn` is on for auto)."""
+
+    model: str
+    load: LoadSettings
+    test: BenchTest
+    flash_attn: int
 
 
 @dataclass(frozen=True)
@@ -200,7 +265,7 @@ class BenchResult:
     type_k: str
     type_v: str
     n_gpu_layers: int
-    flash_attn: bool
+    flash_attn: int  # llama-bench's: -1 auto (llama.cpp chooses), 0 off, 1 on (a bool reads as 0/1)
     use_mmap: bool
     n_prompt: int
     n_gen: int
@@ -222,9 +287,48 @@ class BenchResult:
     throttle_events: int | None = None
     throttled: bool = False
     source: str = "llamascope"  # "llama-bench" for imported records
+    # The rest of llama-bench's settings, as its JSON records them. The runner reads them from
+    # llama.cpp's default parameters (it changes none of them); an import keeps llama-bench's.
+    build_number: int = 0
+    cpu_mask: str = "0x0"
+    cpu_strict: bool = False
+    poll: int = 50
+    n_cpu_moe: int = 0
+    split_mode: str = "layer"
+    main_gpu: int = 0
+    no_kv_offload: bool = False
+    devices: str = "auto"
+    tensor_split: str = "0.00"
+    tensor_buft_overrides: str = "none"
+    load_mode: str = ""  # llama_load_mode_name: "mmap", "none", "mlock", "mmap+mlock"; "" = from use_mmap
+    lazy_mode: str = "auto"
+    embeddings: bool = False
+    no_op_offload: int = 0
+    no_host: bool = False
+    repack: bool = True
+    fit_target: int = 0
+    fit_min_ctx: int = 0
+    flash_attn_used: bool | None = None  # what flash_attn resolved to; None when not known
+    # How far to trust the figures (app.bench.trust), over the timed repetitions: CPU time stolen by
+    # a VM's host and used by other processes (app.telemetry.cpu_load; None = n/a, cpu_load_note says
+    # why), the CPU clock's range (telemetry), and the warm-up that preceded them.
+    steal_percent: float | None = None
+    other_cpu_percent: float | None = None  # of all CPUs' time
+    other_cpus: float | None = None  # the same in CPUs' worth
+    cpu_load_note: str = ""
+    cpu_freq_min_mhz: float | None = None
+    cpu_freq_max_mhz: float | None = None
+    cpu_freq_limit_mhz: float | None = None
+    throttle_detail: str = ""
+    warmup_runs: int | None = None  # None: not recorded (an import)
+    warmup_steady: bool | None = None  # None: no steady warm-up was asked for
     # pg tests only: the prompt part of each repetition (llama-batched-bench's T_PP), in step with
     # samples_ns; app.bench.batched turns the two into batched-bench's figures. () otherwise.
     samples_pp_ns: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.load_mode:  # not recorded (an older record, a hand-made result): what use_mmap implies
+            object.__setattr__(self, "load_mode", "mmap" if self.use_mmap else "none")
 
     @property
     def test(self) -> BenchTest:
@@ -250,6 +354,11 @@ class BenchResult:
     @property
     def stddev_ts(self) -> float:
         return stdev(self.samples_ts)
+
+    @property
+    def cv_percent(self) -> float | None:
+        """Coefficient of variation of the t/s samples, in per cent (None below 2 repetitions)."""
+        return coefficient_of_variation(self.samples_ts)
 
 
 ProgressCallback = Callable[[int, int, str], None]  # (done steps, total steps, what is running)
@@ -281,6 +390,7 @@ class _Runner:
         on_progress: ProgressCallback | None,
         on_result: Callable[[BenchResult], None] | None,
         sampler: Any | None,
+        own_tree_pid: int | None = None,
     ) -> None:
         self.plan = plan
         self.cancel = cancel
@@ -294,8 +404,11 @@ class _Runner:
         # llama-bench's gpu_info: the GPU devices of llama.cpp's own device list, read in place here.
         self.gpu = gpu_info_text(current_devices() or ())
         instances = plan.instances()
-        self.total_steps = sum(plan.repetitions + (1 if plan.warmup else 0) for _ in instances)
+        warmup_steps = 1 if plan.warmup or plan.warmup_until_steady else 0
+        self.total_steps = sum(plan.repetitions + warmup_steps for _ in instances)
         self.done_steps = 0
+        self.cpu_probe = CpuLoadProbe(own_tree_pid)
+        self.llama_defaults = _llama_bench_defaults(self.lc)
         self._model: LlamaModel | None = None
         self._model_key: _ModelKey | None = None
 
@@ -306,11 +419,12 @@ class _Runner:
     def run(self, infos: dict[str, ModelInfo]) -> list[BenchResult]:
         results: list[BenchResult] = []
         try:
-            for model_path, load, test in self.plan.instances():
+            for run in self.plan.runs():
                 if self.cancel.is_set():
                     break
+                model_path = run.model
                 info = infos.get(model_path) or infos.setdefault(model_path, inspect_model(model_path))
-                result = self._run_instance(model_path, info, load, test)
+                result = self._run_instance(model_path, info, run.load, run.test, run.flash_attn)
                 if result is not None:
                     results.append(result)
                     if self.on_result is not None:
@@ -356,7 +470,7 @@ class _Runner:
         return self._model
 
     def _run_instance(
-        self, model_path: str, info: ModelInfo, load: LoadSettings, test: BenchTest
+        self, model_path: str, info: ModelInfo, load: LoadSettings, test: BenchTest, flash_attn: int
     ) -> BenchResult | None:
         settings = instance_settings(load, test)
         n_ctx = settings.n_ctx
@@ -366,15 +480,25 @@ class _Runner:
         if model is None:
             return None
         try:
-            ctx = LlamaContext.for_settings(model, settings, n_ctx=n_ctx, cancel=self.cancel)
+            ctx = LlamaContext.for_settings(
+                model, settings, n_ctx=n_ctx, cancel=self.cancel, flash_attn_type=flash_attn
+            )
         except DriverError as exc:
             raise BenchError(str(exc)) from None
+        warmup: dict[str, Any] = {"warmup_runs": 0}
+        cpu_start: CpuLoadSample | None = None
+        cpu_end: CpuLoadSample | None = None
         samples: list[int] = []
         prompt_samples: list[int] = []
         recorder: Any = None
         summary: Any = None
         try:
-            if self.plan.warmup:
+            if self.plan.warmup_until_steady:
+                runs, steady = self._warm_up_until_steady(ctx, model, test, label)
+                warmup = {"warmup_runs": runs, "warmup_steady": steady}
+                self.done_steps += 1
+            elif self.plan.warmup:
+                warmup = {"warmup_runs": 1}
                 ctx.clear(data=False)
                 if test.n_prompt:
                     self._decode_prompt(ctx, self._random_ids(model, test.n_prompt, first=True))
@@ -383,6 +507,7 @@ class _Runner:
                 self.done_steps += 1
                 self._progress(f"warm-up done: {label}")
             recorder = self._start_recorder()
+            cpu_start = self.cpu_probe.sample()
             for rep in range(self.plan.repetitions):
                 if self.cancel.is_set():
                     break
@@ -406,12 +531,24 @@ class _Runner:
         except DriverError as exc:
             raise BenchError(f"{label}: {exc}") from None
         finally:
+            if cpu_start is not None:
+                cpu_end = self.cpu_probe.sample()
             if recorder is not None:
                 summary = recorder.stop()
+            flash_attn_used = ctx.flash_attn_used
             ctx.close()
         if not samples:
             return None
-        result = self._result(model_path, info, load, test, samples, summary)
+        extra = {
+            **warmup,
+            "flash_attn": flash_attn,
+            "flash_attn_used": flash_attn_used,
+            **_load_settings_fields(self.lc, load),
+            **self.llama_defaults,
+        }
+        if cpu_start is not None and cpu_end is not None:
+            extra.update(cpu_load_fields(self.cpu_probe.between(cpu_start, cpu_end)))
+        result = self._result(model_path, info, load, test, samples, summary, extra)
         if test.n_prompt and test.n_gen:
             result = dataclasses.replace(result, samples_pp_ns=tuple(prompt_samples))
         desc = self._model_desc(model)
@@ -425,6 +562,39 @@ class _Runner:
         buf = ctypes.create_string_buffer(256)
         n = int(self.lc.llama_model_desc(model.handle, buf, len(buf)))
         return buf.value.decode("utf-8", errors="replace").strip() if n > 0 else None
+
+    def _warm_up_until_steady(
+        self, ctx: LlamaContext, model: LlamaModel, test: BenchTest, label: str
+    ) -> tuple[int, bool]:
+        """Full repetitions until the last few agree (app.bench.trust.SteadyRule) or a cap is reached;
+        returns (runs, steady)."""
+        rule = STEADY_RULE
+        rates: list[float] = []
+        started = time.monotonic()
+        while not self.cancel.is_set():
+            rates.append(1e9 * test.n_tokens / max(1, self._warmup_repetition(ctx, model, test)))
+            spread = rule.spread_percent(rates)
+            within = f", the last {rule.window} within {spread:.1f} %" if spread is not None else ""
+            self._progress(f"{label}: warm-up run {len(rates)}{within}")
+            if rule.steady(rates):
+                return len(rates), True
+            if rule.over(len(rates), time.monotonic() - started):
+                return len(rates), False
+        return len(rates), False
+
+    def _warmup_repetition(self, ctx: LlamaContext, model: LlamaModel, test: BenchTest) -> int:
+        """One repetition as the timed ones run it (cleared cache, depth, prompt, generation); its ns."""
+        ctx.clear(data=False)
+        if test.n_depth:
+            self._decode_prompt(ctx, self._random_ids(model, test.n_depth, first=True))
+        prompt = self._random_ids(model, test.n_prompt, first=not test.n_depth)
+        gen = self._random_ids(model, test.n_gen, first=not (test.n_depth or test.n_prompt))
+        t0 = time.perf_counter_ns()
+        if prompt:
+            self._decode_prompt(ctx, prompt)
+        if gen:
+            self._decode_gen(ctx, gen)
+        return time.perf_counter_ns() - t0
 
     # ---- llama-bench's test_prompt / test_gen -------------------------------------------------
     def _random_ids(self, model: LlamaModel, n: int, first: bool) -> list[int]:
@@ -475,6 +645,7 @@ class _Runner:
         test: BenchTest,
         samples: list[int],
         summary: Any,
+        extra: dict[str, Any],
     ) -> BenchResult:
         telemetry = telemetry_fields(summary, test.n_tokens * len(samples)) if summary is not None else {}
         return BenchResult(
@@ -488,7 +659,6 @@ class _Runner:
             type_k=load.type_k,
             type_v=load.type_v,
             n_gpu_layers=load.n_gpu_layers,
-            flash_attn=load.flash_attn,
             use_mmap=load.use_mmap,
             n_prompt=test.n_prompt,
             n_gen=test.n_gen,
@@ -501,6 +671,7 @@ class _Runner:
             build=self.build.llama_cpp_python_version,
             complete=len(samples) == self.plan.repetitions,
             **telemetry,
+            **extra,
         )
 
 
@@ -515,6 +686,59 @@ def telemetry_fields(summary: Any, n_tokens: int) -> dict[str, Any]:
         "max_temp_c": summary.max_temp_c,
         "throttle_events": summary.throttle_events,
         "throttled": bool(summary.throttled),
+        "throttle_detail": getattr(summary, "throttle_detail", ""),
+        "cpu_freq_min_mhz": getattr(summary, "cpu_freq_min_mhz", None),
+        "cpu_freq_max_mhz": getattr(summary, "cpu_freq_max_mhz", None),
+        "cpu_freq_limit_mhz": getattr(summary, "cpu_freq_limit_mhz", None),
+    }
+
+
+_SPLIT_MODES = {0: "none", 1: "layer", 2: "row", 3: "tensor"}  # llama_split_mode
+_LAZY_MODES = {0: "off", 1: "auto", 2: "on"}  # llama_lazy_mode, as llama-bench's lazy_mode_str
+
+
+def _llama_bench_defaults(lc: Any) -> dict[str, Any]:
+    """The llama-bench settings LlamaScope leaves at llama.cpp's defaults, read from them: the model
+    and context default parameters, and ggml's default threadpool (ggml.c ggml_threadpool_params_init:
+    no CPU mask, not strict, poll 50), which llama.cpp uses when no threadpool is attached."""
+    model = lc.llama_model_default_params()
+    context = lc.llama_context_default_params()
+    return {
+        "cpu_mask": "0x0",
+        "cpu_strict": False,
+        "poll": 50,
+        "n_cpu_moe": 0,  # no expert tensors overridden onto the CPU
+        "split_mode": _SPLIT_MODES.get(int(model.split_mode), str(model.split_mode)),
+        "main_gpu": int(model.main_gpu),
+        "devices": "auto",  # no device list: llama.cpp uses all
+        "tensor_split": "0.00",  # no split given
+        "tensor_buft_overrides": "none",
+        "lazy_mode": _LAZY_MODES.get(int(model.lazy_mode), str(model.lazy_mode)),
+        "embeddings": bool(context.embeddings),
+        "no_op_offload": int(not context.op_offload),
+        "no_host": bool(model.no_host),
+        "repack": bool(model.use_extra_bufts),
+        "fit_target": 0,  # llama-bench's -fitt: LlamaScope does not fit the model to memory
+        "fit_min_ctx": 0,
+    }
+
+
+def _load_settings_fields(lc: Any, load: LoadSettings) -> dict[str, Any]:
+    """The llama-bench settings that follow from LlamaScope's load settings: the load mode as
+    app.llama.driver.LlamaModel asks for it, and KV offload."""
+    mode = (
+        lc.LLAMA_LOAD_MODE_MMAP_MLOCK
+        if load.use_mmap and load.use_mlock
+        else lc.LLAMA_LOAD_MODE_MLOCK
+        if load.use_mlock
+        else lc.LLAMA_LOAD_MODE_MMAP
+        if load.use_mmap
+        else lc.LLAMA_LOAD_MODE_NONE
+    )
+    name = lc.llama_load_mode_name(mode)
+    return {
+        "load_mode": name.decode() if isinstance(name, bytes) else str(name),
+        "no_kv_offload": not load.offload_kqv,
     }
 
 
@@ -526,8 +750,12 @@ def instance_settings(load: LoadSettings, test: BenchTest) -> LoadSettings:
     return dataclasses.replace(load, n_ctx=n_ctx, n_threads_batch=load.n_threads)
 
 
-def _configuration_text(model_path: str, settings: LoadSettings, test: BenchTest) -> str:
+def _configuration_text(
+    model_path: str, settings: LoadSettings, test: BenchTest, flash_attn: int | None = None
+) -> str:
     on_off = "on" if settings.flash_attn else "off"
+    if flash_attn == FLASH_ATTN_AUTO:
+        on_off = "auto"
     return (
         f"benchmark {os.path.basename(model_path)} {test.name} (n_ctx {settings.n_ctx}, n_batch "
         f"{settings.n_batch}, n_ubatch {settings.n_ubatch}, KV cache {settings.type_k}/{settings.type_v}, "
@@ -548,7 +776,8 @@ def check_plan_memory(plan: BenchPlan, infos: dict[str, ModelInfo] | None = None
     available: dict[str, int] = {}
     seen: set[tuple[str, LoadSettings]] = set()
     refused: list[InsufficientMemoryError] = []
-    for model_path, load, test in plan.instances():
+    for run in plan.runs():
+        model_path, load, test = run.model, run.load, run.test
         settings = instance_settings(load, test)
         if (model_path, settings) in seen:
             continue
@@ -562,7 +791,7 @@ def check_plan_memory(plan: BenchPlan, infos: dict[str, ModelInfo] | None = None
                 info,
                 settings,
                 override=plan.override_memory,
-                purpose=_configuration_text(model_path, settings, test),
+                purpose=_configuration_text(model_path, settings, test, run.flash_attn),
                 available_ram_bytes=available[model_path],
             )
         except InsufficientMemoryError as exc:
@@ -581,6 +810,7 @@ def run_benchmark(
     on_progress: ProgressCallback | None = None,
     on_result: Callable[[BenchResult], None] | None = None,
     sampler: Any | None = None,
+    own_tree_pid: int | None = None,
 ) -> list[BenchResult]:
     """Run every test of the plan on the calling thread; returns the finished results.
 
@@ -593,11 +823,12 @@ def run_benchmark(
     app.telemetry.sampler.Sampler) adds the hardware figures of each test's timed repetitions.
     Before anything loads, every distinct configuration passes the memory check
     (`check_plan_memory`): one that will not fit raises InsufficientMemoryError with the numbers,
-    unless `plan.override_memory`.
+    unless `plan.override_memory`. `own_tree_pid` roots the process tree whose CPU time is
+    LlamaScope's own (default: this process); everything else busy meanwhile is other load.
     """
     infos = check_plan_memory(plan)  # before llama.cpp allocates anything
     with _ctrl_c_as_stop(cancel or threading.Event()) as flag:
-        return _Runner(plan, flag, on_progress, on_result, sampler).run(infos)
+        return _Runner(plan, flag, on_progress, on_result, sampler, own_tree_pid).run(infos)
 
 
 class AnyFlag:

@@ -100,8 +100,14 @@ class Comparison:
     dof: float | None
     p_value: float | None
     significant: bool  # p < alpha
+    # Why significance is not judged although the test ran (app.bench.trust: too few repetitions),
+    # and how many repetitions a side it would take; None when judged.
+    refused: str | None = None
+    repetitions_needed: int | None = None
 
     def verdict(self, alpha: float = 0.05) -> str:
+        if self.refused is not None:
+            return self.refused
         if self.p_value is None:
             return "not testable (needs 2+ repetitions each)"
         if self.p_value < alpha:

@@ -10,6 +10,7 @@ a message, never the app.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,15 +40,23 @@ class _TimedWindowSignal:
 
 
 def run_benchmark_job(
-    plan: BenchPlan, *, with_telemetry: bool, cancel: CancelFlag, emit: Callable[[str, Any], None]
+    plan: BenchPlan,
+    *,
+    with_telemetry: bool,
+    cancel: CancelFlag,
+    emit: Callable[[str, Any], None],
+    own_tree_pid: int | None = None,
 ) -> list[BenchResult]:
-    """The host half of a benchmark: app.bench.runner.run_benchmark with its callbacks as events."""
+    """The host half of a benchmark: app.bench.runner.run_benchmark with its callbacks as events.
+    `own_tree_pid` is the client's process: its tree (this host included) is LlamaScope's own CPU
+    time, everything else busy meanwhile is other load."""
     return run_benchmark(
         plan,
         cancel=cancel,
         on_progress=lambda done, total, what: emit("progress", (done, total, what)),
         on_result=lambda result: emit("result", result),
         sampler=_TimedWindowSignal(emit) if with_telemetry else None,
+        own_tree_pid=own_tree_pid,
     )
 
 
@@ -95,6 +104,7 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
                 "app.engine.jobs:run_benchmark_job",
                 plan,
                 with_telemetry=sampler is not None,
+                own_tree_pid=os.getpid(),
                 on_event=on_event,
             )
         finally:

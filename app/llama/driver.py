@@ -287,6 +287,17 @@ class LlamaModel:
 
 
 # ---- context ------------------------------------------------------------------------------------
+def _auto_flash_attn(log_lines: Sequence[str]) -> bool | None:
+    """What flash attention "auto" resolved to, from llama.cpp's log of the context's creation."""
+    for line in reversed(log_lines):
+        if "Flash Attention" in line:
+            if "not supported" in line or "disabled" in line:
+                return False
+            if "enabled" in line:
+                return True
+    return None
+
+
 class LlamaContext:
     """A llama.cpp context (KV cache and compute buffers) on a loaded model, for one sequence."""
 
@@ -299,7 +310,7 @@ class LlamaContext:
         n_ubatch: int = 512,
         n_threads: int,
         n_threads_batch: int,
-        flash_attn: bool = False,
+        flash_attn: bool | None = False,  # None: llama.cpp chooses (LLAMA_FLASH_ATTN_TYPE_AUTO)
         type_k: int = 1,  # ggml_type ids (app.model.fields.GGML_TYPE_IDS); 1 = f16
         type_v: int = 1,
         offload_kqv: bool = True,
@@ -317,7 +328,11 @@ class LlamaContext:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.flash_attn_type = (
-            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if flash_attn is None
+            else lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash_attn
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.type_k = type_k
         params.type_v = type_v
@@ -334,6 +349,12 @@ class LlamaContext:
                 "A smaller context (n_ctx), batch or a quantized KV cache needs less memory."
             )
         self._handle = handle
+        # Whether flash attention runs: as asked, or, for auto, what llama.cpp's resolve_fused_ops
+        # logged ("Flash Attention enabled" / "Flash Attention not supported, set to disabled");
+        # None when auto left no such line.
+        self.flash_attn_used: bool | None = (
+            bool(flash_attn) if flash_attn is not None else _auto_flash_attn(llama_runtime.log_since(mark))
+        )
         self._memory: Any = lc.llama_get_memory(handle)
         self.n_ctx: int = int(lc.llama_n_ctx(handle))
         self.n_batch: int = int(lc.llama_n_batch(handle))
@@ -361,8 +382,13 @@ class LlamaContext:
         *,
         n_ctx: int | None = None,
         cancel: CancelFlag | None = None,
+        flash_attn_type: int | None = None,
     ) -> LlamaContext:
-        """A context shaped by the Model Config's load settings (`n_ctx` overrides theirs)."""
+        """A context shaped by the Model Config's load settings (`n_ctx` overrides theirs;
+        `flash_attn_type`, llama.cpp's -1 auto / 0 off / 1 on, overrides their flash_attn)."""
+        flash_attn: bool | None = settings.flash_attn
+        if flash_attn_type is not None:
+            flash_attn = None if flash_attn_type < 0 else bool(flash_attn_type)
         return cls(
             model,
             n_ctx=settings.n_ctx if n_ctx is None else n_ctx,
@@ -370,7 +396,7 @@ class LlamaContext:
             n_ubatch=settings.n_ubatch,
             n_threads=settings.n_threads,
             n_threads_batch=settings.n_threads_batch,
-            flash_attn=settings.flash_attn,
+            flash_attn=flash_attn,
             type_k=GGML_TYPE_IDS[settings.type_k],
             type_v=GGML_TYPE_IDS[settings.type_v],
             offload_kqv=settings.offload_kqv,

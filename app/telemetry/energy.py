@@ -85,6 +85,12 @@ class TelemetrySummary:
     max_temp_c: float | None
     throttle_events: int  # new throttle events (counter increases / GPU throttle ticks) in the window
     throttled: bool
+    # The CPU clock over the window (mean over cores per snapshot), and its maximum as cpufreq reports
+    # it: how far the clock moved while the work ran. None where no clock is readable.
+    cpu_freq_min_mhz: float | None = None
+    cpu_freq_max_mhz: float | None = None
+    cpu_freq_limit_mhz: float | None = None
+    throttle_detail: str = ""  # the throttling verdicts' evidence in words, "" when none throttled
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -119,6 +125,16 @@ def summarize(snapshots: Sequence[Snapshot]) -> TelemetrySummary:
         events += max(0, counters[-1] - counters[0])
     for s in snaps:
         events += sum(1 for v in s.verdicts if v.device.startswith("GPU") and v.verdict.is_throttling)
+    freqs = [f for s in snaps if (f := s.cpu_freq_mhz) is not None]
+    limits = [f for s in snaps if (f := s.cpu_freq_max_mhz) is not None]
+    details = list(
+        dict.fromkeys(
+            f"{v.device}: {v.verdict.value} ({v.detail})"
+            for s in snaps
+            for v in s.verdicts
+            if v.verdict.is_throttling
+        )
+    )
     return TelemetrySummary(
         n_samples=len(snaps),
         mean_cpu_percent=_mean(cpu),
@@ -128,6 +144,10 @@ def summarize(snapshots: Sequence[Snapshot]) -> TelemetrySummary:
         max_temp_c=max(temps) if temps else None,
         throttle_events=events,
         throttled=events > 0 or any(s.throttling for s in snaps),
+        cpu_freq_min_mhz=min(freqs) if freqs else None,
+        cpu_freq_max_mhz=max(freqs) if freqs else None,
+        cpu_freq_limit_mhz=max(limits) if limits else None,
+        throttle_detail="; ".join(details[:3]) + (f" (+{len(details) - 3} more)" if len(details) > 3 else ""),
     )
 
 

@@ -468,11 +468,23 @@ def test_csv_and_markdown() -> None:
     results = [_result(n_threads=1), _result(n_threads=2)]
     csv_text = dumps(results, "csv")
     header = csv_text.splitlines()[0].split(",")
-    assert header[:5] == ["build_commit", "cpu_info", "gpu_info", "backends", "model_filename"]
+    assert header[:5] == ["build_commit", "build_number", "cpu_info", "gpu_info", "backends"]
     assert len(csv_text.splitlines()) == 3
     md = dumps(results, "md", swept=("n_threads",))
     header = [c.strip() for c in md.splitlines()[0].split("|")[1:-1]]
-    assert header == ["model", "size", "params", "backend", "threads", "test", "t/s"]
+    assert header == [
+        "model",
+        "size",
+        "params",
+        "backend",
+        "threads",
+        "test",
+        "t/s",
+        "CV",
+        "steal",
+        "other load",
+        "flags",
+    ]
     assert len(md.splitlines()) == 4
     assert "pp512" in md and "460.80 ± 72.41" in md
 
@@ -502,7 +514,7 @@ def test_a_pipe_in_a_benchmark_field_does_not_shift_the_columns() -> None:
     md = dumps([_result(backends="CPU|BLAS")], "md")
     lines = md.splitlines()
     unescaped = [line.replace("\\|", "").count("|") for line in lines]
-    assert unescaped == [8, 8, 8] and "CPU\\|BLAS" in lines[2]
+    assert unescaped == [12, 12, 12] and "CPU\\|BLAS" in lines[2]
 
 
 def test_import_llama_bench_json(tmp_path: Path) -> None:
@@ -742,7 +754,7 @@ def test_migration_to_schema_3_recomputes_the_fingerprints_it_can(tmp_path: Path
     gone.unlink()
 
     store = HistoryStore(str(path))
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION
     by_path: dict[str, set[str | None]] = {}
     for run in store.runs():
         by_path.setdefault(os.path.basename(run.model_path), set()).add(run.model_fingerprint)
