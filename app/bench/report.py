@@ -27,6 +27,7 @@ from typing import Any
 from app import __version__
 from app.bench.history import ComparisonRow, HistoryError, HistoryStore, RunRow
 from app.bench.runner import BenchResult
+from app.bench.trust import assess, clock_text, warmup_text
 from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes, format_bytes
 from app.telemetry.hardware import build_cpu_features, parse_system_info, simd_text
 
@@ -251,7 +252,8 @@ def config_of(result: BenchResult) -> dict[str, str]:
     """A result's configuration as llama-bench's short names → values."""
     config = {short: _value(getattr(result, name, NOT_AVAILABLE)) for name, short in _CONFIG_FIELDS}
     if config["fa"] == "-1":  # llama-bench's flash attention "auto": llama.cpp chooses
-        config["fa"] = "auto"
+        used = getattr(result, "flash_attn_used", None)
+        config["fa"] = "auto" if used is None else f"auto ({'on' if used else 'off'})"
     return config
 
 
@@ -270,28 +272,57 @@ def _varying(results: Iterable[BenchResult]) -> list[str]:
     return [key for key, values in seen.items() if len(values) > 1]
 
 
-def _cv_percent(result: BenchResult) -> float | None:
-    """The coefficient of variation of the samples' t/s: the runner's own figure when it records one."""
-    samples = result.samples_ts
-    if len(samples) < 2 or result.avg_ts <= 0:
-        return None
-    return 100.0 * result.stddev_ts / result.avg_ts
+@dataclass(frozen=True)
+class Flag:
+    short: str  # "CV 12.3 % > 5 %"
+    reason: str  # the same in a sentence
 
 
-def result_flags(result: BenchResult) -> list[str]:
-    """Why a result should be trusted less, in words; empty when nothing was noticed."""
-    flags: list[str] = []
-    reasons = getattr(result, "flag_reasons", None) or getattr(result, "flags", None)
-    if isinstance(reasons, str) and reasons:
-        flags.extend(part.strip() for part in reasons.split(";") if part.strip())
-    elif isinstance(reasons, list | tuple):
-        flags.extend(str(reason) for reason in reasons if str(reason))
-    if result.throttled and not any("throttl" in f for f in flags):
-        events = f" ({result.throttle_events} event(s))" if result.throttle_events else ""
-        flags.append(f"throttled{events}")
+def result_flags(result: BenchResult) -> list[Flag]:
+    """Why a result should be trusted less (app.bench.trust's verdict, and a run stopped early);
+    empty when nothing was noticed."""
+    verdict = assess(result)
+    flags = [Flag(short, reason) for short, reason in zip(verdict.flags, verdict.reasons, strict=True)]
     if not result.complete:
-        flags.append(f"incomplete: stopped after {len(result.samples_ns)} repetition(s)")
+        n = len(result.samples_ns)
+        flags.append(Flag("incomplete", f"stopped after {n} repetition{'s' if n != 1 else ''}"))
     return flags
+
+
+# llama-bench's other settings, as a result records them (beside the configuration's own fields).
+_OTHER_SETTINGS = (
+    "n_cpu_moe",
+    "cpu_mask",
+    "cpu_strict",
+    "poll",
+    "split_mode",
+    "main_gpu",
+    "no_kv_offload",
+    "devices",
+    "tensor_split",
+    "tensor_buft_overrides",
+    "load_mode",
+    "lazy_mode",
+    "embeddings",
+    "no_op_offload",
+    "no_host",
+    "repack",
+    "fit_target",
+    "fit_min_ctx",
+)
+
+
+def _common_settings(results: Sequence[BenchResult]) -> tuple[str, list[str]]:
+    """(the configuration every result shares as text, the configuration fields that vary)."""
+    varying = _varying(results)
+    shared = [k for k in config_of(results[0]) if k not in varying]
+    text = config_text(results[0], shared)
+    others = []
+    for name in _OTHER_SETTINGS:
+        values = {_value(getattr(r, name, None)) for r in results}
+        if len(values) == 1 and getattr(results[0], name, None) not in (None, ""):
+            others.append(f"{name}={values.pop()}")
+    return " ".join(filter(None, [text, *others])), varying
 
 
 def _ts(value: float) -> str:
@@ -335,6 +366,7 @@ class _Bar:
     color: str
     title: str  # the tooltip: every detail of the result
     group: str = ""  # bars of one group stand together, the group's name under them
+    flagged: bool = False  # the result is flagged: its value is marked ⚠
 
 
 def _y_axis(
@@ -403,7 +435,7 @@ def bar_chart(title: str, bars: Sequence[_Bar], *, kind: str) -> str:
             )
         parts.append(
             f'<text class="value" x="{cx:.1f}" y="{min(y, y_of(bar.mean + bar.sd)) - 5:.1f}" '
-            f'text-anchor="middle">{_e(_short_number(bar.mean))}</text>'
+            f'text-anchor="middle">{"⚠ " if bar.flagged else ""}{_e(_short_number(bar.mean))}</text>'
         )
         parts.append(
             f'<text class="label" x="{cx + 4:.1f}" y="{base + 14:.1f}" text-anchor="end" '
@@ -516,9 +548,11 @@ def _colors(data: ReportData) -> dict[int, str]:
 
 
 def _tooltip(run: RunRow, result: BenchResult) -> str:
+    flags = result_flags(result)
     return (
         f"{_run_label(run)} · {result.test.name} · {config_text(result)}: "
         f"{_ts(result.avg_ts)} ± {_ts(result.stddev_ts)} t/s over {len(result.samples_ns)} repetition(s)"
+        + ("; ⚠ " + "; ".join(f.reason for f in flags) if flags else "")
     )
 
 
@@ -537,6 +571,7 @@ def _by_test(data: ReportData, colors: dict[int, str]) -> str:
                 sd=r.stddev_ts,
                 color=colors[run.id],
                 title=_tooltip(run, r),
+                flagged=bool(result_flags(r)),
             )
             for run, r in items
         ]
@@ -609,6 +644,7 @@ def _by_configuration(data: ReportData, colors: dict[int, str]) -> str:
                 sd=r.stddev_ts,
                 color=colors[run.id],
                 title=_tooltip(run, r),
+                flagged=bool(result_flags(r)),
                 group=config_text(r, varying),
             )
             for run, r in items
@@ -831,50 +867,68 @@ def _runs_table(data: ReportData, colors: dict[int, str]) -> str:
     )
 
 
+def _flags_cell(flags: Sequence[Flag]) -> str:
+    if not flags:
+        return '<span class="ok">none</span>'
+    badges = " ".join(f'<span class="flag">⚠ {_e(f.short)}</span>' for f in flags)
+    reasons = "; ".join(f.reason for f in flags)
+    return f'{badges}<div class="why">{_e(reasons[:1].upper() + reasons[1:])}.</div>'
+
+
 def _results_tables(data: ReportData) -> str:
     blocks = []
     for run in data.runs:
+        title = f"{_run_label(run.run)}: {_model_name(run.run.model_path)}"
+        if not run.results:
+            blocks.append(f'<h3>{_e(title)}</h3><p class="none">No finished result.</p>')
+            continue
+        shared, varying = _common_settings(run.results)
         rows = []
         for r in run.results:
-            flags = result_flags(r)
+            steal, other = r.steal_percent, r.other_cpu_percent
             rows.append(
                 [
                     _e(r.test.name),
-                    _e(config_text(r)),
+                    *([_e(config_text(r, varying))] if varying else []),
                     f"<b>{_e(_ts(r.avg_ts))}</b> ± {_e(_ts(r.stddev_ts))}",
                     _e(len(r.samples_ns)),
-                    _e(fmt(_cv_percent(r), ".1f", " %")),
+                    _e(fmt(r.cv_percent, ".1f", " %")),
+                    _e(fmt(steal, ".1f", " %")) if steal is not None else _na_cell(r.cpu_load_note),
+                    _e(fmt(other, ".0f", " %")) if other is not None else _na_cell(r.cpu_load_note),
+                    _e(clock_text(r)),
+                    _e(warmup_text(r)),
                     _e(fmt(r.mean_cpu_percent, ".0f")),
                     _e(fmt(r.joules_per_token, ".3f")),
                     _e(fmt(r.max_temp_c, ".0f", " °C")),
-                    " ".join(f'<span class="flag">⚠ {_e(f)}</span>' for f in flags)
-                    or '<span class="ok">none</span>',
+                    _flags_cell(result_flags(r)),
                 ]
             )
-        title = f"{_run_label(run.run)}: {_model_name(run.run.model_path)}"
-        if not rows:
-            blocks.append(f'<h3>{_e(title)}</h3><p class="none">No finished result.</p>')
-            continue
+        headers = [
+            "test",
+            *(["configuration"] if varying else []),
+            "t/s (mean ± sd)",
+            "reps",
+            "CV",
+            "steal",
+            "other load",
+            "CPU clock",
+            "warm-up",
+            "CPU %",
+            "J/token",
+            "max temp",
+            "flags",
+        ]
+        first_number = 2 if varying else 1
         blocks.append(
             f"<h3>{_e(title)}</h3>"
-            + _table(
-                [
-                    "test",
-                    "configuration",
-                    "t/s (mean ± sd)",
-                    "reps",
-                    "CV",
-                    "CPU %",
-                    "J/token",
-                    "max temp",
-                    "flags",
-                ],
-                rows,
-                classes="results",
-                numeric=(2, 3, 4, 5, 6, 7),
-            )
+            + f'<p class="settings">Every result: {_e(shared)}</p>'
+            + _table(headers, rows, classes="results", numeric=range(first_number, len(headers) - 1))
         )
     return "".join(blocks)
+
+
+def _na_cell(why: str) -> str:
+    return f'<span class="na" title="{_e(why)}">{NOT_AVAILABLE}</span>' if why else NOT_AVAILABLE
 
 
 def _mean_sd(result: BenchResult) -> str:
@@ -893,7 +947,7 @@ def _comparison_tables(data: ReportData) -> str:
         for row in block.rows:
             c = row.comparison
             verdict = c.verdict(ALPHA)
-            css = "sig" if c.significant else "nosig"
+            css = "sig" if c.significant else "refused" if getattr(c, "refused", None) else "nosig"
             rows.append(
                 [
                     _e(row.test),
@@ -933,7 +987,8 @@ dl.facts dt{font-weight:600;color:#34404d}dl.facts dd{margin:0}
 .na{color:#8c959f}.why{color:#6e7781;font-size:12px}
 .flag{display:inline-block;background:#fff4d6;color:#7a4d00;border:1px solid #e3b341;border-radius:4px;
 padding:0 5px;margin:1px 2px;font-size:12px}
-.ok{color:#2b7a3d}.sig{color:#0a6b2a;font-weight:600}.nosig{color:#57606a}
+.ok{color:#2b7a3d}.sig{color:#0a6b2a;font-weight:600}.nosig{color:#57606a}.refused{color:#7a4d00}
+table.results td{font-size:12px}table.results .why{margin-top:2px}
 .none{color:#57606a;font-style:italic}
 .setup{display:grid;grid-template-columns:repeat(auto-fit,minmax(330px,1fr));gap:0 28px}
 .setup h2{margin-top:20px}.settings{font-size:12px;color:#424a53}
@@ -960,7 +1015,7 @@ def render(data: ReportData) -> str:
     colors = _colors(data)
     ids = ", ".join(str(r.run.id) for r in data.runs)
     n_results = len(data.results)
-    flagged = sum(1 for _, r in data.results if result_flags(r))
+    flagged = sum(1 for _, r in data.results if result_flags(r))  # noisy or stopped early
     summary = (
         f"Run {ids} · {n_results} result(s), {flagged} flagged · "
         f"written {data.created_at} by LlamaScope {__version__}"

@@ -163,7 +163,7 @@ _TAGS = {
 _ATTRIBUTES = {
     "lang", "charset", "http-equiv", "content", "name", "class", "id", "style", "xmlns", "viewbox",
     "width", "height", "role", "aria-label", "x", "y", "x1", "y1", "x2", "y2", "cx", "cy", "r", "d",
-    "points", "fill", "stroke", "stroke-dasharray", "text-anchor", "transform",
+    "points", "fill", "stroke", "stroke-dasharray", "text-anchor", "transform", "title",
 }  # fmt: skip
 
 
@@ -219,6 +219,40 @@ def test_machine_and_build_are_shown_only_where_they_are_the_runs_own(tmp_path: 
     assert "llama-cpp-python is not installed" in unread and "details were not read" in unread
     for fact in ("llama 135M Q4_1", "92.1 MiB", "134,515,008", "model.gguf"):
         assert fact in text
+
+
+def test_each_result_says_how_far_to_trust_it(tmp_path: Path) -> None:
+    store = HistoryStore(str(tmp_path / "h.sqlite3"))
+    run = store.start_run("benchmark", "/m/model.gguf", {"repetitions": 4})
+    quiet = _result(steal_percent=0.0, other_cpu_percent=1.0, other_cpus=0.02)
+    busy = _result(
+        n_prompt=0,
+        n_gen=16,
+        samples_ns=(400_000_000, 800_000_000, 390_000_000, 405_000_000),  # CV about 40 %
+        steal_percent=6.5,
+        other_cpu_percent=48.0,
+        other_cpus=0.96,
+        throttled=True,
+        throttle_detail="CPU clock at 1,200 MHz of 3,500",
+    )
+    stopped = _result(n_gen=4, n_prompt=0, samples_ns=(100_000_000,), complete=False)
+    for result in (quiet, busy, stopped):
+        store.add_result(run, result)
+    store.finish_run(run)
+    dom = _dom(render(collect(store, [run], machine=_machine("x"), build=_BUILD)))
+    text = " ".join(dom.text)
+    assert dom.count("span", "flag", "results") == 4 + 1  # busy: CV, steal, other load, throttled
+    for words in (
+        "steal 6.5 % > 2 %",
+        "other load 48 % > 10 %",
+        "throttled",
+        "the virtual machine's host took 6.5 % of the CPU time",
+        "CPU clock at 1,200 MHz of 3,500",
+        "stopped after 1 repetition",
+    ):
+        assert words in text, words
+    assert "2 flagged" in text  # the busy result and the one stopped early
+    assert "6.5 %" in text and "48 %" in text and "0.0 %" in text  # the figures themselves
 
 
 def test_a_crafted_name_is_shown_as_text_and_adds_no_markup(tmp_path: Path) -> None:
