@@ -937,6 +937,12 @@ def _mean_sd(result: BenchResult) -> str:
     )
 
 
+def _short_flags(flags: Sequence[Flag]) -> str:
+    if not flags:
+        return '<span class="ok">none</span>'
+    return '<span class="flagtext">⚠ ' + _e("; ".join(f.short for f in flags)) + "</span>"
+
+
 def _comparison_tables(data: ReportData) -> str:
     blocks = []
     for block in data.comparisons:
@@ -944,10 +950,13 @@ def _comparison_tables(data: ReportData) -> str:
             blocks.append(f'<h3>{_e(block.title)}</h3><p class="none">{_e(block.note)}</p>')
             continue
         rows = []
+        doubtful = 0  # significant, but A or B is flagged
         for row in block.rows:
             c = row.comparison
             verdict = c.verdict(ALPHA)
             css = "sig" if c.significant else "refused" if getattr(c, "refused", None) else "nosig"
+            flags_a, flags_b = result_flags(row.a), result_flags(row.b)
+            doubtful += bool(c.significant and (flags_a or flags_b))
             rows.append(
                 [
                     _e(row.test),
@@ -956,16 +965,24 @@ def _comparison_tables(data: ReportData) -> str:
                     _mean_sd(row.b),
                     _e(f"{c.diff_percent:+.1f} %") if math.isfinite(c.diff_percent) else _na("A is 0 t/s"),
                     f'<span class="{css}">{_e(verdict)}</span>',
+                    f"<div>A: {_short_flags(flags_a)}</div><div>B: {_short_flags(flags_b)}</div>",
                 ]
             )
+        note = (
+            f'<p class="why">⚠ {doubtful} significant difference{"s" if doubtful != 1 else ""} between '
+            "flagged results: the noise the flags name may have made it, not the change.</p>"
+            if doubtful
+            else ""
+        )
         blocks.append(
             f"<h3>{_e(block.title)}</h3>"
             + _table(
-                ["test", "configuration", "A t/s", "B t/s", "change", "Welch's t-test"],
+                ["test", "configuration", "A t/s", "B t/s", "change", "Welch's t-test", "flags"],
                 rows,
                 classes="compare",
                 numeric=(2, 3, 4),
             )
+            + note
         )
     return "".join(blocks)
 
@@ -989,6 +1006,10 @@ dl.facts dt{font-weight:600;color:#34404d}dl.facts dd{margin:0}
 padding:0 5px;margin:1px 2px;font-size:12px}
 .ok{color:#2b7a3d}.sig{color:#0a6b2a;font-weight:600}.nosig{color:#57606a}.refused{color:#7a4d00}
 table.results td{font-size:12px}table.results .why{margin-top:2px}
+table.results td:first-child,table.compare td:first-child{white-space:nowrap}
+table.results td:last-child{min-width:190px}table.results td,table.results th{padding:4px 6px}
+table.compare td:last-child{font-size:12px}
+.flagtext{color:#7a4d00}
 .none{color:#57606a;font-style:italic}
 .setup{display:grid;grid-template-columns:repeat(auto-fit,minmax(330px,1fr));gap:0 28px}
 .setup h2{margin-top:20px}.settings{font-size:12px;color:#424a53}

@@ -201,6 +201,21 @@ def test_the_comparison_shows_welchs_verdict(tmp_path: Path) -> None:
     assert "The configurations of run 1" in one and "t=1 " in one and "→" in one
 
 
+def test_a_significant_difference_between_flagged_results_is_called_doubtful(tmp_path: Path) -> None:
+    store = HistoryStore(str(tmp_path / "h.sqlite3"))
+    ids = []
+    for result in (_result(other_cpu_percent=50.0, other_cpus=1.0), _result(samples_ns=(200_000_000,) * 4)):
+        run = store.start_run("benchmark", "/m/model.gguf", {"repetitions": 4})
+        store.add_result(run, result)
+        store.finish_run(run)
+        ids.append(run)
+    (row,) = store.compare(*ids)
+    assert row.comparison.significant
+    text = "".join(_dom(render(collect(store, ids, machine=_machine("x"), build=_BUILD))).text)
+    assert "A: ⚠ other load 50 % > 10 %" in text and "B: none" in text
+    assert "1 significant difference between flagged results" in text
+
+
 def test_machine_and_build_are_shown_only_where_they_are_the_runs_own(tmp_path: Path) -> None:
     store, a, b = _store_with_runs(tmp_path)
     mine = store.run(a).hardware_fingerprint
@@ -461,7 +476,8 @@ def test_a_report_of_two_real_runs_renders_in_a_headless_browser(demo_model: str
     assert dom.count("rect", "bar", "plot-by-test") == n_results
     assert dom.count("circle", "point", "plot-by-depth") == n_results
     assert dom.count("polyline", "series", "plot-by-depth") == 2 * 2  # pp16 and tg4, a line per run
-    assert dom.count("span", "sig", "comparison") + dom.count("span", "nosig", "comparison") == 4
+    verdicts = sum(dom.count("span", css, "comparison") for css in ("sig", "nosig", "refused"))
+    assert verdicts == 4  # pp16 and tg4 at two depths, run 2 against run 1
     assert "LlamaScope benchmark report" in " ".join(dom.text)
 
     # The picture it drew: not blank, and the runs' colours cover bars, not just the legend's squares.
