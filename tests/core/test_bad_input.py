@@ -308,6 +308,16 @@ CASES: tuple[Case, ...] = (
     case("compare-unknown-second-run", "compare 99998 99999", expect="no run 9999"),
     case("compare-run-word", "compare first", expect="invalid int value: 'first'"),
     case("compare-no-run", "compare", expect="the following arguments are required: run_a"),
+    # ---- report ----------------------------------------------------------------------------------
+    case("report-unknown-run", "report 99999 -o {dir}/r.html", expect="no run 99999"),
+    case("report-negative-run", "report -3 -o {dir}/r.html", expect="no run -3"),
+    case("report-run-word", "report latest -o {dir}/r.html", expect="invalid int value: 'latest'"),
+    case("report-no-run", "report -o {dir}/r.html", expect="the following arguments are required: RUN"),
+    case("report-no-output", "report 1", expect="the following arguments are required: -o"),
+    case("report-output-folder", "report 1 -o {dir}", expect="is a folder"),
+    case("report-output-no-folder", "report 1 -o {no-folder}", expect="does not exist"),
+    case("report-output-read-only", "report 1 -o {read-only}/r.html", expect="read-only"),
+    case("report-output-device", "report 1 -o /dev/full", expect="not a regular file"),
     # ---- hw and monitor --------------------------------------------------------------------------
     case("hw-unknown-option", "hw --xml", expect="unrecognized arguments: --xml"),
     case("hw-extra-argument", "hw gpu", expect="unrecognized arguments: gpu"),
