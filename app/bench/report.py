@@ -26,7 +26,7 @@ from typing import Any
 
 from app import __version__
 from app.bench.history import ComparisonRow, HistoryError, HistoryStore, RunRow
-from app.bench.runner import BenchResult
+from app.bench.runner import BenchError, BenchResult
 from app.bench.trust import assess, clock_text, warmup_text
 from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes, format_bytes
 from app.telemetry.hardware import build_cpu_features, parse_system_info, simd_text
@@ -204,7 +204,11 @@ def collect(
                 f"run {run_id} is a {run.kind} run, not a benchmark: a report shows benchmark runs "
                 "(`llamascope history` lists them with their kind)"
             )
-        runs.append(ReportRun(run, tuple(store.results(run_id))))
+        try:
+            results = store.results(run_id)
+        except BenchError as exc:  # a stored record this version cannot read
+            raise ReportError(f"run {run_id} holds a result that cannot be read: {exc}") from None
+        runs.append(ReportRun(run, tuple(results)))
     if not any(r.results for r in runs):
         which = "run " + ", ".join(map(str, ids))
         raise ReportError(f"{which} holds no finished result: there is nothing to report")

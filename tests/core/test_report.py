@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -328,6 +329,14 @@ def test_what_cannot_be_reported_is_said(tmp_path: Path) -> None:
     empty = store.start_run("benchmark", "/m/model.gguf", {})
     with pytest.raises(ReportError, match="no finished result"):
         collect(store, [empty])
+    damaged = store.start_run("benchmark", "/m/model.gguf", {})
+    store.add_result(damaged, _result())
+    with sqlite3.connect(store.path) as conn:  # a record no LlamaScope writes: a negative prompt size
+        record = json.loads(conn.execute("SELECT record_json FROM results").fetchone()[0])
+        conn.execute("UPDATE results SET record_json = ?", (json.dumps(record | {"n_prompt": -5}),))
+    conn.close()
+    with pytest.raises(ReportError, match=f"run {damaged} holds a result that cannot be read: n_prompt"):
+        collect(store, [damaged])
 
 
 def test_a_report_is_written_whole(tmp_path: Path) -> None:
