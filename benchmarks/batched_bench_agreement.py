@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def main() -> int:
     if model is None or tool is None:
         print("needs the demo model and llama-batched-bench (make llama-tools)", file=sys.stderr)
         return 1
+    load_before = os.getloadavg()[0]
     per_round: dict[str, list[dict[str, float]]] = {"bb": [], "ls": []}
     for i in range(args.rounds):
         order = ("bb", "ls") if i % 2 == 0 else ("ls", "bb")
@@ -138,17 +140,24 @@ def main() -> int:
         )
     print(
         f"pg {args.pp},{args.tg}, {args.threads} threads, n_batch {args.batch}, n_ubatch {args.ubatch}, "
-        f"flash attention off; {args.rounds} interleaved rounds of {args.reps} measurements each\n"
+        f"flash attention off; {args.rounds} interleaved rounds of {args.reps} measurement(s) each; "
+        f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"({os.cpu_count()} logical CPUs)\n"
     )
-    print("| figure | llama-batched-bench | LlamaScope | LlamaScope / batched-bench (paired median) |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| figure | llama-batched-bench (median) | LlamaScope (median) | ratio of medians "
+        "| paired ratio: median [quartiles] |"
+    )
+    print("|---|---:|---:|---:|---|")
     for k in FIGURES:
         bb_values = [r[k] for r in per_round["bb"]]
         ls_values = [r[k] for r in per_round["ls"]]
-        ratio = statistics.median(ls / bb for ls, bb in zip(ls_values, bb_values, strict=True))
+        ratios = [ls / bb for ls, bb in zip(ls_values, bb_values, strict=True)]
+        q1, _q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        bb_median, ls_median = statistics.median(bb_values), statistics.median(ls_values)
         print(
-            f"| {HEADERS[k]} | {statistics.median(bb_values):.3f} | {statistics.median(ls_values):.3f} "
-            f"| {ratio:.3f} |"
+            f"| {HEADERS[k]} | {bb_median:.3f} | {ls_median:.3f} | {ls_median / bb_median:.3f} "
+            f"| {statistics.median(ratios):.3f} [{q1:.2f}, {q3:.2f}] |"
         )
     return 0
 

@@ -37,7 +37,8 @@ class PgTable(QTableWidget):
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.horizontalHeader().setStretchLastSection(True)
-        self.setMinimumHeight(90)
+        self.setWordWrap(False)  # "130.46 ± 15.13" on one line; the table scrolls sideways instead
+        self.setMinimumHeight(120)
         self.setToolTip("Prompt + generation tests as llama-batched-bench reports them (B = 1)")
         self.setVisible(False)
 
