@@ -327,6 +327,11 @@ class HostClient:
         self._killed_for_cancel = False
         self._idle.clear()
         self._in_call.set()
+        if self.cancel_flag.is_set():
+            # A Stop that came between the request and this call: the call may not reach a point
+            # that polls the flag for a while (a load, a first measurement), so the grace timer
+            # that ends the host must run for it too.
+            self.cancel()
         try:
             try:
                 conn.send((operation, args, kwargs))

@@ -93,6 +93,31 @@ def test_cancel_ends_a_host_that_does_not_listen_within_half_a_second(client: Ho
     assert client.call("echo", "fresh") == "fresh"
 
 
+def test_a_stop_that_comes_before_the_call_still_ends_it(client: HostClient) -> None:
+    """A Stop between the request and the call (the engine's worker has not reached the host yet):
+    a call that does not poll the flag is still ended after the grace period."""
+    client.call("pid")
+    client.cancel()  # no call runs yet: only the flag is set
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.call("spin_until_cancelled", False)
+        except BaseException as exc:  # noqa: BLE001 (handed to the test thread)
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(timeout=30)  # far beyond the grace period: a missed Stop spins for ever
+    if worker.is_alive():
+        client.cancel()  # end the spinning host, so the test fails instead of hanging
+        worker.join(timeout=30)
+        pytest.fail("a Stop given before the call started did not end the call")
+    assert len(outcome) == 1 and isinstance(outcome[0], HostCancelled)
+    client.clear_cancel()
+    assert client.call("echo", "fresh") == "fresh"
+
+
 def test_shutdown_leaves_no_process(client: HostClient) -> None:
     pid = client.call("pid")
     client.shutdown()
