@@ -21,6 +21,7 @@ from cli import bench as cli_bench
 from cli import hardware as cli_hardware
 from cli import quality as cli_quality
 from cli import report as cli_report
+from cli import score as cli_score
 from cli import server as cli_server
 from cli import tune as cli_tune
 from cli.checks import threads_error, threads_help
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_tune.register(sub)
     cli_server.register(sub)
     cli_report.register(sub)
+    cli_score.register(sub)
     return parser
 
 

@@ -17,10 +17,12 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from app.bench.history import HistoryError, HistoryStore, run_and_record
+from app.bench.history import HistoryError, HistoryStore, run_and_record, score_and_record
+from app.bench.localscore import ScorePlan
 from app.bench.runner import BenchPlan
 from app.engine.client import Engine, EngineActivity
 from app.engine.jobs import host_benchmark, host_call
+from app.engine.score_job import host_localscore
 from app.engine.types import (
     EngineError,
     GenerationRequest,
@@ -62,6 +64,9 @@ class EngineBridge(QObject):
     benchmark_progressed = Signal(int, int, str)  # done steps, total steps, what runs
     benchmark_result = Signal(object)  # BenchResult, as each test finishes
     benchmark_finished = Signal(object)  # (results, run ids) when the plan ends or is stopped
+    score_progressed = Signal(int, int, str)  # LocalScore: done steps, total steps, what runs
+    score_test = Signal(object)  # ShapeResult, as each LocalScore test finishes
+    score_finished = Signal(object)  # (ScoreRun, run id or None) when it ends or is stopped
     tune_progressed = Signal(object)  # TuneProgress
     tune_trial = Signal(object)  # TrialRecord, as each trial ends
     tune_finished = Signal(object)  # TuneResult
@@ -152,6 +157,24 @@ class EngineBridge(QObject):
             lambda: self.engine.run_exclusive(job, owner=self.OWNER, label="benchmarking (Performance)"),
             self.benchmark_finished,
         )
+
+    def request_localscore(self, plan: ScorePlan, history: HistoryStore | None, sampler: Any = None) -> None:
+        """Mozilla LocalScore in the engine host, each test stored in `history` as it finishes."""
+
+        def job(_cancel: threading.Event) -> Any:
+            return score_and_record(
+                plan,
+                history,
+                run=host_localscore(self.engine),
+                on_progress=self.score_progressed.emit,
+                on_shape=self.score_test.emit,
+                sampler=sampler,
+            )
+
+        def submit() -> Future[Any]:
+            return self.engine.run_exclusive(job, owner=self.OWNER, label="running LocalScore (Performance)")
+
+        self._start("score", submit, self.score_finished)
 
     def request_tune(self, model_path: str, base: LoadSettings, request: TuneRequest) -> None:
         """Auto-tune in the engine host (app.engine.jobs.tune builds the search from the request): trials

@@ -166,6 +166,13 @@ class MainWindow(QMainWindow):
         b.tune_progressed.connect(tune.on_progress)
         b.tune_trial.connect(tune.on_trial)
         b.tune_finished.connect(tune.on_finished)
+        score = perf.score_box
+        score.score_requested.connect(lambda plan: b.request_localscore(plan, self.history, self.sampler))
+        score.stop_requested.connect(b.cancel)
+        b.score_progressed.connect(score.on_progress)
+        b.score_test.connect(score.on_test)
+        b.score_finished.connect(score.on_finished)
+        b.score_finished.connect(lambda _outcome: perf.refresh_history())
         perf.stop_requested.connect(b.cancel)
         b.benchmark_progressed.connect(perf.on_benchmark_progressed)
         b.benchmark_result.connect(perf.on_benchmark_result)
@@ -266,6 +273,8 @@ class MainWindow(QMainWindow):
             self.performance_panel.on_benchmark_failed(message)
         elif operation == "tune":
             self.performance_panel.tune_box.on_failed(message)
+        elif operation == "score":
+            self.performance_panel.score_box.on_failed(message)
         elif operation == "tokenize":
             self.console.token_count_label.setText(f"Not tokenized: {message}")
         self.statusBar().showMessage(f"{operation.capitalize()} failed: {message}", 10000)

@@ -51,6 +51,7 @@ from widgets.depth_plot import DepthPlot
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
 from widgets.pg_table import PgTable
+from widgets.score_box import ScoreBox
 from widgets.servers_box import ServersBox
 from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
@@ -149,6 +150,8 @@ class PerformancePanel(Panel):
         self._build_thermal_box()
         self._build_benchmark_box()
         self._build_history_box()
+        self.score_box = ScoreBox()  # LocalScore; ui/engine_bridge.py runs it
+        self.add_box("LocalScore", self.score_box)
         self.tune_box = TuneBox()
         self.add_box("Optimization: Auto-Tune", self.tune_box)
         self.servers_box = ServersBox()  # ui/server_bridge.py does its work
@@ -405,6 +408,7 @@ class PerformancePanel(Panel):
     # ---- wiring from the main window ---------------------------------------------------------
     def set_plan_source(self, source: PlanSource) -> None:
         self._plan_source = source
+        self.score_box.set_plan_source(source)
 
     def set_loaded(self, result: LoadResult | None) -> None:
         self._loaded = result
@@ -443,6 +447,7 @@ class PerformancePanel(Panel):
         self.bench_run.setEnabled(not busy)
         self.bench_run.setToolTip(self._taken or _BENCH_RUN_TIP)
         self.tune_box.set_busy(busy, self._taken)
+        self.score_box.set_busy(busy, self._taken)
 
     # ---- live generation ---------------------------------------------------------------------
     def on_generation_started(self, stream: TokenStream) -> None:

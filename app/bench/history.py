@@ -21,12 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.bench.export import from_record, to_record
-from app.bench.runner import BenchResult
-from app.common.stats import Comparison, welch
+from app.bench.localscore import ScorePlan, ScoreRun, ShapeResult, shape_from_record, shape_to_record
+from app.bench.localscore import run_from_record as score_run_from_record
+from app.bench.localscore import run_to_record as score_run_to_record
+from app.bench.runner import BenchError, BenchResult, flash_attn_text
+from app.bench.trust import assess, compare_repetitions
+from app.common.stats import Comparison
 from app.model.fingerprint import fingerprint_v1, model_fingerprint
 from app.telemetry.hardware import hardware_fingerprint
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 
 def _refingerprint(conn: sqlite3.Connection) -> None:
@@ -46,6 +50,48 @@ def _refingerprint(conn: sqlite3.Connection) -> None:
         conn.execute(
             "UPDATE runs SET model_fingerprint = ? WHERE model_path = ? AND model_fingerprint = ?",
             (new, path, old),
+        )
+
+
+# How far to trust each result (app.bench.trust), as columns beside the record so that SQL can filter
+# on them: the coefficient of variation, CPU steal, other processes' load, throttling, and the verdict.
+_TRUST_COLUMNS = (
+    ("cv_percent", "REAL"),
+    ("steal_percent", "REAL"),
+    ("other_cpu_percent", "REAL"),
+    ("throttled", "INTEGER"),
+    ("noisy", "INTEGER"),
+    ("noise_reasons", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _trust_values(result: BenchResult) -> tuple[Any, ...]:
+    verdict = assess(result)
+    return (
+        result.cv_percent,
+        result.steal_percent,
+        result.other_cpu_percent,
+        int(result.throttled),
+        int(verdict.noisy),
+        "; ".join(verdict.reasons),
+    )
+
+
+def _add_trust_columns(conn: sqlite3.Connection) -> None:
+    """4 -> 5: the trust columns, filled for the stored results from their records. Results stored
+    before steal and other load were measured have those NULL (n/a); their CV and throttling are
+    in the record."""
+    for name, kind in _TRUST_COLUMNS:
+        conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+    for row_id, record_json in conn.execute("SELECT id, record_json FROM results").fetchall():
+        try:
+            result = from_record(json.loads(record_json), source=None)
+        except (ValueError, BenchError):  # a record this version cannot read keeps NULLs
+            continue
+        conn.execute(
+            "UPDATE results SET cv_percent = ?, steal_percent = ?, other_cpu_percent = ?, throttled = ?, "
+            "noisy = ?, noise_reasons = ? WHERE id = ?",
+            (*_trust_values(result), row_id),
         )
 
 
@@ -103,6 +149,33 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
         record_json TEXT NOT NULL
     );
     CREATE INDEX server_levels_by_run ON server_levels(run_id);
+    """,
+    # 4 -> 5: how far to trust each benchmark result (CV, steal, other load, throttling, the verdict).
+    _add_trust_columns,
+    # 5 -> 6: LocalScore runs (app.bench.localscore): each test as it finishes, and the score with
+    # its parts when the run ends (score NULL when it was stopped; `comparable` 0 when capped).
+    """
+    CREATE TABLE localscore_tests (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        test TEXT NOT NULL,
+        capped INTEGER NOT NULL,
+        prompt_tps REAL NOT NULL,
+        gen_tps REAL NOT NULL,
+        ttft_ms REAL NOT NULL,
+        record_json TEXT NOT NULL
+    );
+    CREATE INDEX localscore_tests_by_run ON localscore_tests(run_id);
+    CREATE TABLE localscores (
+        run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        score REAL,
+        avg_prompt_tps REAL,
+        avg_gen_tps REAL,
+        avg_ttft_ms REAL,
+        comparable INTEGER NOT NULL,
+        record_json TEXT NOT NULL
+    );
     """,
 )
 
@@ -236,10 +309,19 @@ class HistoryStore:
 
     def add_result(self, run_id: int, result: BenchResult) -> None:
         """Store one finished test at once, in its own transaction."""
+        columns = ", ".join(name for name, _ in _TRUST_COLUMNS)
         with self._connect() as conn:
             conn.execute(
-                "INSERT INTO results (run_id, test, avg_ts, stddev_ts, record_json) VALUES (?,?,?,?,?)",
-                (run_id, result.test.name, result.avg_ts, result.stddev_ts, json.dumps(to_record(result))),
+                f"INSERT INTO results (run_id, test, avg_ts, stddev_ts, record_json, {columns}) "
+                f"VALUES (?,?,?,?,?,{','.join('?' * len(_TRUST_COLUMNS))})",
+                (
+                    run_id,
+                    result.test.name,
+                    result.avg_ts,
+                    result.stddev_ts,
+                    json.dumps(to_record(result)),
+                    *_trust_values(result),
+                ),
             )
 
     def finish_run(self, run_id: int, status: str = "finished") -> None:
@@ -296,6 +378,62 @@ class HistoryStore:
             ).fetchall()
         return [json.loads(row["record_json"]) for row in rows]
 
+    # ---- LocalScore runs (kind "localscore") ---------------------------------------------------
+    def add_score_test(self, run_id: int, result: ShapeResult) -> None:
+        """Store one finished LocalScore test at once, in its own transaction."""
+        prompt_tps, gen_tps, ttft_ms = result.printed
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO localscore_tests (run_id, test, capped, prompt_tps, gen_tps, ttft_ms, "
+                "record_json) VALUES (?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    result.shape.name,
+                    int(result.shape.capped),
+                    prompt_tps,
+                    gen_tps,
+                    ttft_ms,
+                    json.dumps(shape_to_record(result)),
+                ),
+            )
+
+    def add_score(self, run_id: int, run: ScoreRun) -> None:
+        """Store a LocalScore run's outcome: the score and its parts (NULL when it has none)."""
+        summary = run.summary
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO localscores (run_id, kind, score, avg_prompt_tps, avg_gen_tps, "
+                "avg_ttft_ms, comparable, record_json) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    run.kind,
+                    summary.score if summary else None,
+                    summary.avg_prompt_tps if summary else None,
+                    summary.avg_gen_tps if summary else None,
+                    summary.avg_ttft_ms if summary else None,
+                    int(run.comparable),
+                    json.dumps(score_run_to_record(run)),
+                ),
+            )
+            # The build is known once the host has answered; the run was started at its first test.
+            conn.execute("UPDATE runs SET build = ? WHERE id = ?", (run.build, run_id))
+
+    def score_run(self, run_id: int) -> ScoreRun | None:
+        """A stored LocalScore run; None when the run is not one or ended before it was stored whole
+        (its tests are in `score_tests`)."""
+        self.run(run_id)
+        with self._connect() as conn:
+            row = conn.execute("SELECT record_json FROM localscores WHERE run_id = ?", (run_id,)).fetchone()
+        return score_run_from_record(json.loads(row["record_json"])) if row is not None else None
+
+    def score_tests(self, run_id: int) -> list[ShapeResult]:
+        """The stored tests of a LocalScore run, in the order they ran."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT record_json FROM localscore_tests WHERE run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
+        return [shape_from_record(json.loads(row["record_json"])) for row in rows]
+
     def delete_run(self, run_id: int) -> None:
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
@@ -318,7 +456,8 @@ class HistoryStore:
         sql = (
             "SELECT r.*, (SELECT COUNT(*) FROM results x WHERE x.run_id = r.id) + "
             "(SELECT COUNT(*) FROM generations g WHERE g.run_id = r.id) + "
-            "(SELECT COUNT(*) FROM server_levels s WHERE s.run_id = r.id) AS n_results FROM runs r"
+            "(SELECT COUNT(*) FROM server_levels s WHERE s.run_id = r.id) + "
+            "(SELECT COUNT(*) FROM localscore_tests l WHERE l.run_id = r.id) AS n_results FROM runs r"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY r.created_at DESC, r.id DESC"
         )
@@ -332,7 +471,8 @@ class HistoryStore:
             row = conn.execute(
                 "SELECT r.*, (SELECT COUNT(*) FROM results x WHERE x.run_id = r.id) + "
                 "(SELECT COUNT(*) FROM generations g WHERE g.run_id = r.id) + "
-                "(SELECT COUNT(*) FROM server_levels s WHERE s.run_id = r.id) AS n_results "
+                "(SELECT COUNT(*) FROM server_levels s WHERE s.run_id = r.id) + "
+                "(SELECT COUNT(*) FROM localscore_tests l WHERE l.run_id = r.id) AS n_results "
                 "FROM runs r WHERE r.id = ?",
                 (run_id,),
             ).fetchone()
@@ -367,7 +507,8 @@ class HistoryStore:
             return [(row[0], float(row[1]), row[2]) for row in conn.execute(sql, args).fetchall()]
 
     def compare(self, run_a: int, run_b: int | None = None) -> list[ComparisonRow]:
-        """Results of two runs matched by test and configuration, B against A (Welch's t-test).
+        """Results of two runs matched by test and configuration, B against A (Welch's t-test; with
+        fewer than 3 repetitions a side none is called significant: app.bench.trust.compare_repetitions).
 
         With one run (`run_b` None), its configurations are compared instead: for each test
         measured in several configurations (a sweep), every configuration against the first.
@@ -393,7 +534,7 @@ class HistoryStore:
                     continue
                 a = same_test[0]
                 k = (k[0], f"{key(a)[1]} → {k[1]}")
-            rows.append(ComparisonRow(k[0], k[1], a, b, welch(a.samples_ts, b.samples_ts)))
+            rows.append(ComparisonRow(k[0], k[1], a, b, compare_repetitions(a.samples_ts, b.samples_ts)))
         if not rows:
             raise HistoryError("the two runs have no test in common")
         return rows
@@ -410,7 +551,8 @@ class HistoryStore:
             base = first.setdefault(test, r)
             if base is not r and _comparison_key(base) != (test, config):
                 label = f"{_comparison_key(base)[1]} → {config}"
-                rows.append(ComparisonRow(test, label, base, r, welch(base.samples_ts, r.samples_ts)))
+                comparison = compare_repetitions(base.samples_ts, r.samples_ts)
+                rows.append(ComparisonRow(test, label, base, r, comparison))
         if not rows:
             raise HistoryError(f"run {run} measured each test in one configuration only: select two runs")
         return rows
@@ -436,7 +578,7 @@ def _run_row(row: sqlite3.Row) -> RunRow:
 def _comparison_key(r: BenchResult) -> tuple[str, str]:
     """(test, configuration) by which results of two runs are matched."""
     config = (
-        f"t={r.n_threads} b={r.n_batch} ub={r.n_ubatch} fa={int(r.flash_attn)} "
+        f"t={r.n_threads} b={r.n_batch} ub={r.n_ubatch} fa={flash_attn_text(r.flash_attn)} "
         f"ctk={r.type_k} ctv={r.type_v} ngl={r.n_gpu_layers} mmap={int(r.use_mmap)}"
     )
     return r.test.name, config  # the depth is in the test's name ("tg128 @ d512")
@@ -487,3 +629,51 @@ def run_and_record(
         if store is not None:
             for run_id in run_ids.values():
                 store.finish_run(run_id, status)
+
+
+def score_and_record(
+    plan: ScorePlan,
+    store: HistoryStore | None,
+    *,
+    run: Callable[..., ScoreRun],
+    on_progress: Any = None,
+    on_shape: Callable[[ShapeResult], None] | None = None,
+    sampler: Any = None,
+    run_ids: list[int] | None = None,
+) -> tuple[ScoreRun, int | None]:
+    """Run LocalScore (`run`: app.bench.localscore.run_localscore, or
+    app.engine.score_job.host_localscore(engine)), storing each test the moment it finishes and the
+    score at the end, as one run of kind "localscore". Returns the run and its id (None: nothing stored;
+    the id also goes into `run_ids` as soon as the run starts). The run ends "finished", "cancelled"
+    (stopped: no score) or "failed" (the exception is re-raised after the run is closed)."""
+    ids = [] if run_ids is None else run_ids
+    settings = {
+        "localscore": {
+            "repetitions": plan.repetitions,
+            "quick": plan.quick,
+            "n_threads": plan.n_threads,
+            "max_ctx": plan.max_ctx,
+        }
+    }
+
+    def stored(result: ShapeResult) -> None:
+        if store is not None:
+            if not ids:
+                ids.append(store.start_run("localscore", plan.model, settings))
+            store.add_score_test(ids[0], result)
+        if on_shape is not None:
+            on_shape(result)
+
+    status = "failed"
+    try:
+        outcome = run(plan, on_progress=on_progress, on_shape=stored, sampler=sampler)
+        if store is not None and ids:
+            store.add_score(ids[0], outcome)
+        status = "cancelled" if outcome.stopped else "finished"
+        return outcome, (ids[0] if ids else None)
+    except KeyboardInterrupt:
+        status = "cancelled"
+        raise
+    finally:
+        if store is not None and ids:
+            store.finish_run(ids[0], status)

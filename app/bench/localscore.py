@@ -8,7 +8,9 @@ Every definition below names the file and function it follows:
   run_baseline_tests), n_batch 2048, n_ubatch 512, an F16 KV cache, flash attention off, every
   layer on the GPU (n_gpu_layers 9999) and one thread count for prompt and generation
   (`cmd.cpp` cmd_params_defaults, cmd_params::to_llama_cparams; `benchmark.cpp` test::test_prompt).
-  LocalScore runs 1 repetition by default (--reps N, --extended = 4, --long = 16).
+  LocalScore runs 1 repetition by default (--reps N, --extended = 4, --long = 16). Its thread count is
+  llamafile's cpu_get_num_math(), the physical (performance) cores; LlamaScope's default is the
+  physical cores, and -t sets it.
 - One warm-up before all tests: 1024 prompt + 16 generated tokens in a context of its own
   (`localscore.cpp` perform_warmup, warmup_run).
 - A repetition (`benchmark.cpp` test::run): the KV cache cleared; the prompt as random token ids
@@ -678,11 +680,13 @@ def score_table(run: ScoreRun) -> str:
             notes.append(f"stopped after {s.repetitions} rep.")
         if s.throttled:
             notes.append("throttled")
+        # One repetition has no spread: "± 0.00" would claim a precision nobody measured.
+        spread = s.repetitions > 1
         rows.append(
             [
                 s.shape.name,
-                f"{s.prompt_tps:.2f} ± {s.prompt_tps_stddev:.2f}",
-                f"{s.gen_tps:.2f} ± {s.gen_tps_stddev:.2f}",
+                f"{s.prompt_tps:.2f}" + (f" ± {s.prompt_tps_stddev:.2f}" if spread else ""),
+                f"{s.gen_tps:.2f}" + (f" ± {s.gen_tps_stddev:.2f}" if spread else ""),
                 f"{s.ttft_ms:.2f}",
                 fmt(s.mean_power_watts, ".1f"),
                 fmt(s.prompt_tps_per_watt, ".2f"),

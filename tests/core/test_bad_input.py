@@ -489,6 +489,18 @@ CASES: tuple[Case, ...] = (
     case("tune-storage-no-folder", "tune --storage {no-folder}", expect="does not exist"),
     case("tune-storage-read-only", "tune --storage {read-only}/studies.sqlite3", expect="read-only"),
     case("tune-trials-word", "tune --trials lots", expect="invalid int value: 'lots'"),
+    # ---- score (LocalScore) ----------------------------------------------------------------------
+    case("score-missing", "score {missing}", expect="not found"),
+    case("score-folder", "score {dir}", expect="folder"),
+    case("score-device", "score /dev/null", expect="not a regular file"),
+    case("score-empty", "score {empty.gguf}", expect="empty"),
+    case("score-cut", "score {cut-data.gguf}", expect="truncated"),
+    case("score-quick-and-reps", "score --quick -r 4", expect="give --quick or -r, not both"),
+    case("score-reps-zero", "score -r 0", expect="-r must be between 1 and 1000"),
+    case("score-max-ctx-small", "score --max-ctx 4", expect="--max-ctx must be at least 16"),
+    case("score-max-ctx-above-training", "score --max-ctx 9000", expect="above the model's training context"),
+    case("score-threads-above-cores", "score -t 100000", expect="logical cores"),
+    case("score-unknown-run", "score --run 987654", expect="there is no run 987654"),
 )
 
 
