@@ -39,7 +39,20 @@ from app.bench.report import (
     report_runs,
     this_machine,
 )
-from app.bench.runner import SWEEPABLE, BenchError, BenchPlan, BenchResult, build_tests, parse_values
+from app.bench.runner import (
+    DEFAULT_FLASH_ATTN,
+    DEFAULT_N_BATCH,
+    DEFAULT_N_UBATCH,
+    SWEEPABLE,
+    BenchError,
+    BenchPlan,
+    BenchResult,
+    build_tests,
+    flash_attn_text,
+    parse_flash_attn,
+    parse_values,
+)
+from app.bench.trust import STEADY_RULE, assess
 from app.common.formatting import fmt, fmt_bytes
 from app.engine.types import LoadResult, RunStats, TokenEvent, TokenStream
 from app.model.settings import LoadSettings
@@ -268,9 +281,10 @@ class PerformancePanel(Panel):
         self.bench_pg = QLineEdit("")
         self.bench_depth = QLineEdit("0")
         self.bench_threads = QLineEdit("")
-        self.bench_batch = QLineEdit("")
-        self.bench_ubatch = QLineEdit("")
-        self.bench_fa = QLineEdit("")
+        # llama-bench's defaults, as `llamascope bench` has them: the same test in either place.
+        self.bench_batch = QLineEdit(str(DEFAULT_N_BATCH))
+        self.bench_ubatch = QLineEdit(str(DEFAULT_N_UBATCH))
+        self.bench_fa = QLineEdit(flash_attn_text(DEFAULT_FLASH_ATTN))
         self.bench_ctk = QLineEdit("")
         self.bench_ctv = QLineEdit("")
         self.bench_ngl = QLineEdit("")
@@ -289,9 +303,22 @@ class PerformancePanel(Panel):
                 "Run each test after filling the KV cache with d tokens. " + list_tip,
             ),
             ("Threads", self.bench_threads, "Empty = Model Config's value. " + list_tip),
-            ("n_batch", self.bench_batch, "Empty = Model Config's value. " + list_tip),
-            ("n_ubatch", self.bench_ubatch, "Empty = Model Config's value. " + list_tip),
-            ("Flash attn", self.bench_fa, "0, 1 or 0,1; empty = Model Config's value"),
+            (
+                "n_batch",
+                self.bench_batch,
+                f"{DEFAULT_N_BATCH} is llama-bench's default; empty = Model Config's value. " + list_tip,
+            ),
+            (
+                "n_ubatch",
+                self.bench_ubatch,
+                f"{DEFAULT_N_UBATCH} is llama-bench's default; empty = Model Config's value. " + list_tip,
+            ),
+            (
+                "Flash attn",
+                self.bench_fa,
+                "0, 1, auto or a list (0,1,auto); auto, llama-bench's default, lets llama.cpp turn it on "
+                "where the backend has it; empty = Model Config's value",
+            ),
             ("K cache", self.bench_ctk, "e.g. f16,q8_0; empty = Model Config's value"),
             (
                 "V cache",
@@ -305,6 +332,15 @@ class PerformancePanel(Panel):
             form.addRow(label, edit)
         self.bench_reps.setToolTip("Timed repetitions per test (after one warm-up); mean ± stdev over them")
         form.addRow("Repetitions", self.bench_reps)
+        self.bench_steady = QCheckBox("Warm up until steady")
+        self.bench_steady.setObjectName("benchSteady")
+        self.bench_steady.setToolTip(
+            f"Instead of one warm-up run, full repetitions until the last {STEADY_RULE.window} agree "
+            f"within {STEADY_RULE.tolerance_percent:g} % of their median (at most {STEADY_RULE.max_runs} "
+            f"runs or {STEADY_RULE.max_seconds:.0f} s a test; one that does not settle is flagged). "
+            "As `llamascope bench --warmup-until-steady`."
+        )
+        form.addRow("", self.bench_steady)
         models_row = QHBoxLayout()
         self.bench_models_label = QLabel("selected model")
         self.bench_models_add = QToolButton()  # compact: push buttons would widen the column
@@ -350,7 +386,12 @@ class PerformancePanel(Panel):
         self.bench_progress.setValue(0)
         self.bench_status = QLabel("")
         self.bench_status.setWordWrap(True)
-        self.bench_table = _table(["test", "config", "t/s", "CPU %", "J/token", "note"])
+        self.bench_table = _table(["test", "config", "t/s", "CV", "CPU %", "J/token", "trust"])
+        self.bench_table.setToolTip(
+            "trust: ⚠ when the repetitions disagree (CV over 5 %), a VM's host took the CPU (steal "
+            "over 2 %), other processes used over 10 % of all CPU time, or the hardware throttled; "
+            "hover a row for its figures and why"
+        )
         self.bench_table.setObjectName("benchTable")
         layout.addWidget(self.bench_progress)
         layout.addWidget(self.bench_status)
@@ -589,9 +630,11 @@ class PerformancePanel(Panel):
         if not model:
             raise BenchError("select a model in Model Config first")
 
-        def values(edit: QLineEdit, kind: type = int) -> tuple[Any, ...]:
+        def values(edit: QLineEdit, kind: type | str = int) -> tuple[Any, ...]:
             text = edit.text().strip()
-            return parse_values(text, kind) if text else ()
+            if not text:
+                return ()
+            return parse_flash_attn(text) if kind == "flash_attn" else parse_values(text, kind)  # type: ignore[arg-type]
 
         pg_pairs = []
         for item in filter(None, (p.strip() for p in self.bench_pg.text().split(";"))):
@@ -610,7 +653,7 @@ class PerformancePanel(Panel):
             ("n_threads", self.bench_threads, int),
             ("n_batch", self.bench_batch, int),
             ("n_ubatch", self.bench_ubatch, int),
-            ("flash_attn", self.bench_fa, bool),
+            ("flash_attn", self.bench_fa, "flash_attn"),
             ("type_k", self.bench_ctk, str),
             ("type_v", self.bench_ctv, str),
             ("n_gpu_layers", self.bench_ngl, int),
@@ -624,7 +667,12 @@ class PerformancePanel(Panel):
         if missing:
             raise BenchError(f"no such model file: {missing[0]}")
         plan = BenchPlan(
-            models=models, tests=tests, base=base, sweep=tuple(sweep), repetitions=self.bench_reps.value()
+            models=models,
+            tests=tests,
+            base=base,
+            sweep=tuple(sweep),
+            repetitions=self.bench_reps.value(),
+            warmup_until_steady=self.bench_steady.isChecked(),
         )
         for _model, load, _test in plan.instances():
             load.validate()
@@ -680,16 +728,15 @@ class PerformancePanel(Panel):
         row = self.bench_table.rowCount()
         self.bench_table.setRowCount(row + 1)
         config = " ".join(
-            f"{SWEEPABLE[f][1]}={int(v) if isinstance(v := getattr(result, f), bool) else v}"
+            f"{SWEEPABLE[f][1]}={_setting_text(f, getattr(result, f))}"
             for f in (self._bench_swept or ("n_threads",))
         )
         if self._bench_several_models:
             config = f"{os.path.basename(result.model_filename)} {config}"
-        notes = []
+        trust = assess(result)
+        cell = trust.cell
         if not result.complete:
-            notes.append(f"stopped after {len(result.samples_ns)} rep.")
-        if result.throttled:
-            notes.append("⚠ throttled")
+            cell = f"stopped after {len(result.samples_ns)} rep. · {cell}"
         _fill_row(
             self.bench_table,
             row,
@@ -697,12 +744,15 @@ class PerformancePanel(Panel):
                 result.test.name,
                 config,
                 f"{result.avg_ts:.2f} ± {result.stddev_ts:.2f}",
+                fmt(result.cv_percent, ".1f", " %"),
                 fmt(result.mean_cpu_percent, ".0f"),
                 fmt(result.joules_per_token, ".3f"),
-                ", ".join(notes),
+                cell,
             ],
             tooltip=f"{len(result.samples_ns)} repetitions: "
-            + ", ".join(f"{t:.1f}" for t in result.samples_ts),
+            + ", ".join(f"{t:.1f}" for t in result.samples_ts)
+            + " t/s\n\n"
+            + trust.text,
         )
 
     def on_benchmark_finished(self, outcome: Any) -> None:
@@ -873,8 +923,16 @@ class PerformancePanel(Panel):
                     f"{r.comparison.diff_percent:+.1f} %",
                     r.comparison.verdict(),
                 ],
-                tooltip=f"run {a} (A) against run {b} (B)" if b is not None else f"within run {a}",
+                tooltip=(f"run {a} (A) against run {b} (B)" if b is not None else f"within run {a}")
+                + f"\n\nA: {assess(r.a).cell}\nB: {assess(r.b).cell}",
             )
+
+
+def _setting_text(field: str, value: Any) -> str:
+    """A swept setting's value as the config column shows it (fa=auto, mmap=1, t=2)."""
+    if field == "flash_attn":
+        return flash_attn_text(value)
+    return str(int(value) if isinstance(value, bool) else value)
 
 
 def _throttle_text(verdicts: Sequence[DeviceVerdict]) -> str:

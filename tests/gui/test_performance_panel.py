@@ -48,6 +48,14 @@ def test_a_benchmark_runs_from_the_panel_and_is_kept(qtbot: QtBot, window: MainW
     assert perf.bench_table.rowCount() == 2
     assert [perf.bench_table.item(r, 0).text() for r in range(2)] == ["pp16", "tg4"]
     assert "±" in perf.bench_table.item(0, 2).text()
+    # Each row says how far to trust it: its CV, and the verdict with every figure in the tooltip.
+    headers = [perf.bench_table.horizontalHeaderItem(c).text() for c in range(perf.bench_table.columnCount())]
+    assert headers[3] == "CV" and headers[-1] == "trust"
+    for row in range(2):
+        assert perf.bench_table.item(row, 3).text().endswith(" %")  # 2 repetitions: a CV
+        verdict = perf.bench_table.item(row, 6)
+        assert verdict.text() == "ok" or verdict.text().startswith("⚠ ")
+        assert "steal:" in verdict.toolTip() and "other load:" in verdict.toolTip()
     assert perf.bench_status.text().startswith("Done: 2 result(s), stored as run")
     assert perf.bench_progress.value() == perf.bench_progress.maximum()
     assert perf.history_table.rowCount() == 1
@@ -125,6 +133,9 @@ def test_sweeps_every_parameter_and_several_models(
     assert plan.models == (demo_model, str(second))
     assert dict(plan.sweep) == {
         "n_threads": (1,),
+        "n_batch": (2048,),  # llama-bench's defaults, as `llamascope bench` has them
+        "n_ubatch": (512,),
+        "flash_attn": (-1,),
         "use_mmap": (False, True),
         "type_v": ("f16",),
         "n_gpu_layers": (0,),
@@ -141,9 +152,12 @@ def test_sweeps_every_parameter_and_several_models(
     qtbot.mouseClick(perf.compare_button, Qt.MouseButton.LeftButton)
     assert perf.compare_table.rowCount() == 1
     config = perf.compare_table.item(0, 1).text()
-    assert config.endswith("mmap=0 → t=1 b=512 ub=512 fa=0 ctk=f16 ctv=f16 ngl=0 mmap=1")
+    assert config.endswith("mmap=0 → t=1 b=2048 ub=512 fa=auto ctk=f16 ctv=f16 ngl=0 mmap=1")
     perf.bench_models_clear.click()
     assert perf.build_plan().models == (demo_model,)
+    assert not perf.build_plan().warmup_until_steady
+    perf.bench_steady.setChecked(True)
+    assert perf.build_plan().warmup_until_steady
 
 
 def test_bad_benchmark_input_is_named(qtbot: QtBot, window: MainWindow) -> None:
