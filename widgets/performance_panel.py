@@ -249,6 +249,8 @@ class PerformancePanel(Panel):
         self.eff_roofline.setObjectName("rooflineLabel")
         self.eff_roofline.setToolTip(ROOFLINE_TOOLTIP)
         self.eff_bandwidth = QLabel("n/a")
+        # Two figures on one line would set the column's minimum width: they wrap instead.
+        self.eff_bandwidth.setWordWrap(True)
         self.eff_bandwidth.setObjectName("bandwidthLabel")
         self.eff_bandwidth.setToolTip("Not measured yet.")
         form.addRow("CPU during run", self.eff_cpu)
