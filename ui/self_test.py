@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -230,11 +231,28 @@ def _engine_step(report: _Report, model: str) -> None:
 def _telemetry_step(report: _Report) -> None:
     from app.telemetry.collector import SnapshotCollector
     from app.telemetry.nvml import shared_nvml
+    from app.telemetry.sampler import MIN_INTERVAL_S, Sampler
+    from app.telemetry.snapshot import Snapshot
 
-    collector = SnapshotCollector()
-    first = collector.collect()
-    time.sleep(0.25)  # rates (CPU %) need an interval between the two readings
-    second = collector.collect()
+    # The app's own sampler thread, as the Hardware panel runs it: rates (CPU %) need two readings
+    # an interval apart, and the sampler's schedule provides the interval.
+    snapshots: list[Snapshot] = []
+    two = threading.Event()
+
+    def on_snapshot(snapshot: Snapshot) -> None:
+        snapshots.append(snapshot)
+        if len(snapshots) >= 2:
+            two.set()
+
+    sampler = Sampler(SnapshotCollector(), interval_s=MIN_INTERVAL_S)
+    sampler.add_listener(on_snapshot)
+    sampler.start()
+    try:
+        if not two.wait(timeout=30):
+            raise SelfTestFailure("the telemetry sampler gave fewer than two readings in 30 s")
+    finally:
+        sampler.stop()
+    first, second = snapshots[0], snapshots[1]
     report.data["telemetry"] = {
         "samples": 2,
         "interval_s": _round(second.interval_s),

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # at run time the tuner is imported by its jobs: the session 
     from app.tune.results import TrialRecord, TuneConfig, TuneProgress, TuneResult
 
 
-class _TimedWindowSignal:
+class TimedWindowSignal:
     """Stands in for the telemetry Sampler in the host: the runner's TelemetryRecorder adds a
     listener when a test's timed repetitions start and removes it when they end; this sends those
     two moments to the client, whose own sampler records the hardware in between."""
@@ -37,6 +37,45 @@ class _TimedWindowSignal:
 
     def remove_listener(self, _listener: object) -> None:
         self._emit("telemetry", "stop")
+
+
+class TelemetryWindows:
+    """The client half of TimedWindowSignal: records this process's sampler between the host's
+    "start" and "stop" events, so each finished test can carry the hardware of its timed window.
+
+    `handle(kind, payload)` takes an event and says whether it was a telemetry one; `take()` gives
+    the summary of the last window once (None without one); `close()` stops a window left open
+    by a job that failed midway."""
+
+    def __init__(self, sampler: Any) -> None:
+        self._sampler = sampler
+        self._recorder: Any = None
+        self._summary: Any = None
+
+    def handle(self, kind: str, payload: Any) -> bool:
+        if kind != "telemetry":
+            return False
+        if self._sampler is None:
+            return True
+        from app.telemetry.energy import TelemetryRecorder
+
+        if payload == "start":
+            self._recorder = TelemetryRecorder(self._sampler)
+            self._recorder.start()
+            self._summary = None
+        elif self._recorder is not None:
+            self._summary = self._recorder.stop()
+            self._recorder = None
+        return True
+
+    def take(self) -> Any:
+        summary, self._summary = self._summary, None
+        return summary
+
+    def close(self) -> None:
+        if self._recorder is not None:
+            self._recorder.stop()
+            self._recorder = None
 
 
 def run_benchmark_job(
@@ -55,7 +94,7 @@ def run_benchmark_job(
         cancel=cancel,
         on_progress=lambda done, total, what: emit("progress", (done, total, what)),
         on_result=lambda result: emit("result", result),
-        sampler=_TimedWindowSignal(emit) if with_telemetry else None,
+        sampler=TimedWindowSignal(emit) if with_telemetry else None,
         own_tree_pid=own_tree_pid,
     )
 
@@ -72,29 +111,20 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
         on_result: Callable[[BenchResult], None] | None = None,
         sampler: Any = None,
     ) -> list[BenchResult]:
-        from app.telemetry.energy import TelemetryRecorder
-
-        recorder: list[Any] = [None]
-        summary: list[Any] = [None]
+        windows = TelemetryWindows(sampler)
         results: list[BenchResult] = []
 
         def on_event(kind: str, payload: Any) -> None:
-            if kind == "telemetry" and sampler is not None:
-                if payload == "start":
-                    recorder[0] = TelemetryRecorder(sampler)
-                    recorder[0].start()
-                    summary[0] = None
-                elif recorder[0] is not None:
-                    summary[0] = recorder[0].stop()
-                    recorder[0] = None
-            elif kind == "progress" and on_progress is not None:
+            if windows.handle(kind, payload):
+                return
+            if kind == "progress" and on_progress is not None:
                 on_progress(*payload)
             elif kind == "result":
                 result: BenchResult = payload
-                if summary[0] is not None:
+                summary = windows.take()
+                if summary is not None:
                     n_tokens = (result.n_prompt + result.n_gen) * len(result.samples_ns)
-                    result = dataclasses.replace(result, **telemetry_fields(summary[0], n_tokens))
-                    summary[0] = None
+                    result = dataclasses.replace(result, **telemetry_fields(summary, n_tokens))
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
@@ -108,8 +138,7 @@ def host_benchmark(engine: Any) -> Callable[..., list[BenchResult]]:
                 on_event=on_event,
             )
         finally:
-            if recorder[0] is not None:
-                recorder[0].stop()
+            windows.close()
         return results
 
     return run

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.bench.localscore import ScorePlan, ScoreRun, ShapeResult, run_localscore, telemetry_fields
-from app.engine.jobs import _TimedWindowSignal
+from app.engine.jobs import TelemetryWindows, TimedWindowSignal
 from app.llama.driver import CancelFlag
 
 
@@ -26,7 +26,7 @@ def run_localscore_job(
         cancel=cancel,
         on_progress=lambda done, total, what: emit("progress", (done, total, what)),
         on_shape=lambda result: emit("shape", result),
-        sampler=_TimedWindowSignal(emit) if with_telemetry else None,
+        sampler=TimedWindowSignal(emit) if with_telemetry else None,
     )
 
 
@@ -42,28 +42,19 @@ def host_localscore(engine: Any) -> Callable[..., ScoreRun]:
         on_shape: Callable[[ShapeResult], None] | None = None,
         sampler: Any = None,
     ) -> ScoreRun:
-        from app.telemetry.energy import TelemetryRecorder
-
-        recorder: list[Any] = [None]
-        summary: list[Any] = [None]
+        windows = TelemetryWindows(sampler)
         shapes: list[ShapeResult] = []
 
         def on_event(kind: str, payload: Any) -> None:
-            if kind == "telemetry" and sampler is not None:
-                if payload == "start":
-                    recorder[0] = TelemetryRecorder(sampler)
-                    recorder[0].start()
-                    summary[0] = None
-                elif recorder[0] is not None:
-                    summary[0] = recorder[0].stop()
-                    recorder[0] = None
-            elif kind == "progress" and on_progress is not None:
+            if windows.handle(kind, payload):
+                return
+            if kind == "progress" and on_progress is not None:
                 on_progress(*payload)
             elif kind == "shape":
                 result: ShapeResult = payload
-                if summary[0] is not None:
-                    result = dataclasses.replace(result, **telemetry_fields(summary[0]))
-                    summary[0] = None
+                summary = windows.take()
+                if summary is not None:
+                    result = dataclasses.replace(result, **telemetry_fields(summary))
                 shapes.append(result)
                 if on_shape is not None:
                     on_shape(result)
@@ -76,8 +67,7 @@ def host_localscore(engine: Any) -> Callable[..., ScoreRun]:
                 on_event=on_event,
             )
         finally:
-            if recorder[0] is not None:
-                recorder[0].stop()
+            windows.close()
         # The host's tests carry no telemetry: the sampler runs here.
         return dataclasses.replace(finished, shapes=tuple(shapes))
 
