@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from app.bench.batched import depth_series, depths_of
 from app.bench.runner import BenchResult
+from widgets.chart import install_chart_behaviour
 from widgets.live_plot import PALETTE, cache_axes
 
 
@@ -33,9 +34,10 @@ class DepthPlot(QWidget):
         self.plot_widget.setLabel("left", "t/s")
         self.plot_widget.setLabel("bottom", "depth (tokens in the KV cache before the test)")
         self.plot_widget.showGrid(x=True, y=True, alpha=0.3)
-        self.plot_widget.setMouseEnabled(x=False, y=False)
         self.legend = self.plot_widget.addLegend(offset=(-5, 5))
         cache_axes(self.plot_widget.getPlotItem())
+        # The wheel scrolls the panel unless the plot was clicked or Ctrl is held; t/s never below 0.
+        self.chart = install_chart_behaviour(self.plot_widget, non_negative_y=True)
         self.setToolTip(
             "Each test at every depth of the sweep (-d): the KV cache is filled with that many tokens, "
             "untimed, before the test runs. Points are the mean t/s over the repetitions, bars ± one "

@@ -26,6 +26,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QGraphicsItem, QSizePolicy, QVBoxLayout, QWidget
 
+from widgets.chart import EMPTY_SPEED_RANGE, install_chart_behaviour
+
 PALETTE = (
     "#1f77b4",
     "#d62728",
@@ -129,6 +131,7 @@ class ReadoutLabel(QWidget):
     def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._segments: list[Segment] = []
+        self._reserved: list[Segment] = []  # the widest each segment is expected to get (see set_reserved)
         self._lines = 1
         self._fonts: tuple[tuple[QFont, QFontMetrics], tuple[QFont, QFontMetrics]] | None = None
         sp = self.sizePolicy()
@@ -166,6 +169,17 @@ class ReadoutLabel(QWidget):
             self.updateGeometry()
         self.update()
 
+    def set_reserved(self, segments: list[Segment]) -> None:
+        """The widest text each segment is expected to show (same order and length as the segments):
+        each segment then keeps at least that width, so a value that arrives or grows moves nothing
+        and never makes the label wrap anew."""
+        if segments == self._reserved:
+            return
+        self._reserved = list(segments)
+        self._lines = self._count_lines(self.width() if self.width() > 0 else 10_000)
+        self.updateGeometry()
+        self.update()
+
     def text(self) -> str:
         return " ".join(t for t, _c, _b in self._segments if (t, _c, _b) != _BREAK)
 
@@ -191,12 +205,15 @@ class ReadoutLabel(QWidget):
         gap = self._metrics(False).horizontalAdvance("  ")
         lines: list[list[tuple[int, Segment]]] = [[]]
         x = 0
-        for segment in self._segments:
+        reserved = self._reserved if len(self._reserved) == len(self._segments) else []
+        for i, segment in enumerate(self._segments):
             if segment == _BREAK:
                 lines.append([])
                 x = 0
                 continue
             w = self._segment_width(segment)
+            if reserved:
+                w = max(w, self._segment_width(reserved[i]))
             if lines[-1] and x + w > width:
                 lines.append([])
                 x = 0
@@ -338,7 +355,9 @@ class LivePlot(QWidget):
         *,
         capacity: int = 9000,  # 15 minutes at 10 samples per second
         y_range: tuple[float, float] | None = None,
+        non_negative: bool = False,
         value_format: str = ".1f",
+        reserve: str = "",
         height: int = 110,
         refresh_ms: int | None = None,
         since_start: bool = False,
@@ -352,6 +371,9 @@ class LivePlot(QWidget):
         self._window_s = float(window_s)
         self._capacity = capacity
         self._value_format = value_format
+        # A sample of the widest value ("9999.9"): each curve's readout keeps that room from the start,
+        # so the header neither wraps anew nor shifts the panel when values arrive.
+        self._reserve = reserve
         self._curves: dict[str, _Curve] = {}
         self._dirty = False
 
@@ -363,11 +385,8 @@ class LivePlot(QWidget):
         item = self.plot_widget.getPlotItem()
         item.setClipToView(True)
         item.setDownsampling(auto=True, mode="peak")
-        item.setMenuEnabled(False)
-        item.hideButtons()
         cache_axes(item)
         item.showGrid(x=False, y=True, alpha=0.25)
-        item.setMouseEnabled(x=False, y=False)
         item.getAxis("left").setWidth(42)
         item.getAxis("left").enableAutoSIPrefix(False)  # 0.3 GiB, not "300" under "GiB (x0.001)"
         item.setLabel("left", units=None, text=unit)
@@ -375,12 +394,21 @@ class LivePlot(QWidget):
         # time after each new sample (the range is worked out during the first paint) and changes
         # the axis on every wobble of the data. Here it moves in round steps, only when needed.
         self._auto_y = y_range is None
+        self._fixed_y = y_range
+        self._non_negative = non_negative
         self._y_range: tuple[float, float] | None = None
         item.enableAutoRange(axis="y", enable=False)
         item.enableAutoRange(axis="x", enable=False)
         if y_range is not None:
             item.setYRange(*y_range, padding=0.05)
+        elif non_negative:
+            item.setYRange(*EMPTY_SPEED_RANGE, padding=0)  # not pyqtgraph's empty -0.5..0.5
         self._apply_x_range()
+        # The wheel scrolls the panel unless the plot was clicked or Ctrl is held; a zoom holds until
+        # Reset zoom (or a double-click) gives the view back to flush().
+        self.chart = install_chart_behaviour(
+            self.plot_widget, on_reset=self._reset_view, non_negative_y=non_negative
+        )
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -463,6 +491,8 @@ class LivePlot(QWidget):
         for curve in self._curves.values():
             curve.ring.clear()
             curve.latest = None
+        if self.chart.zoomed:
+            self.chart.reset()  # new data from nothing: the old zoom means nothing for it
         if self._since_start:
             self._apply_x_range()
         self._mark_dirty()
@@ -490,9 +520,11 @@ class LivePlot(QWidget):
         lasts = [last for c in self._curves.values() if (last := c.ring.last_t()) is not None]
         now = max(lasts) if lasts else 0.0
         lo, hi = math.inf, -math.inf
+        follow = not self.chart.zoomed  # a view the user zoomed to stays put
         if self._since_start and now > self._x_max:
             self._x_max = _nice_step(now)  # grows in round steps: the axis is redrawn rarely
-            self.plot_widget.getPlotItem().setXRange(0, self._x_max, padding=0)
+            if follow:
+                self.plot_widget.getPlotItem().setXRange(0, self._x_max, padding=0)
         for curve in self._curves.values():
             t, v = curve.ring.view()
             first = 0 if self._since_start else int(np.searchsorted(t, now - self._window_s, side="left"))
@@ -500,12 +532,31 @@ class LivePlot(QWidget):
             if self._auto_y and np.isfinite(shown).any():
                 lo, hi = min(lo, float(np.nanmin(shown))), max(hi, float(np.nanmax(shown)))
             curve.item.setData(t[first:] if self._since_start else t[first:] - now, shown, connect="finite")
-        if lo <= hi and (self._y_range is None or not keeps_range(self._y_range, lo, hi)):
+        if follow and lo <= hi and (self._y_range is None or not keeps_range(self._y_range, lo, hi)):
             pad = 0.05 * (hi - lo)  # a little room, so the extremes do not run along the frame
             self._y_range = nice_range(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+            if self._non_negative:
+                self._y_range = (max(0.0, self._y_range[0]), max(self._y_range[1], 1e-9))
             self.plot_widget.getPlotItem().setYRange(*self._y_range, padding=0)
         self._update_header()
         return True
+
+    def _reset_view(self) -> None:
+        """Reset zoom: the window's own x range and a y range fitted to the data, as before the zoom."""
+        item = self.plot_widget.getPlotItem()
+        self._y_range = None
+        if self._fixed_y is not None:
+            item.setYRange(*self._fixed_y, padding=0.05)
+        elif self._non_negative:
+            item.setYRange(*EMPTY_SPEED_RANGE, padding=0)
+        if self._since_start:
+            lasts = [last for c in self._curves.values() if (last := c.ring.last_t()) is not None]
+            self._x_max = max(self._window_s, _nice_step(max(lasts)) if lasts and max(lasts) > 0 else 0.0)
+            item.setXRange(0, self._x_max, padding=0)
+        else:
+            item.setXRange(-self._window_s, 0, padding=0)
+        self._dirty = True
+        self.flush()
 
     def y_range(self) -> tuple[float, float]:
         """The y range shown now."""
@@ -526,9 +577,13 @@ class LivePlot(QWidget):
 
     def _update_header(self) -> None:
         segments: list[Segment] = [(self.title, None, True)]
+        reserved: list[Segment] = [(self.title, None, True)]
         for curve in self._curves.values():
             value = "n/a" if curve.latest is None else f"{curve.latest:{self._value_format}} {self.unit}"
             segments.append((f"{curve.name} {value}", curve.colour, False))
+            reserved.append((f"{curve.name} {self._reserve} {self.unit}", curve.colour, False))
+        if self._reserve:
+            self.header.set_reserved(reserved)  # first: the segments below then fit the room it keeps
         self.header.set_segments(segments)
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)

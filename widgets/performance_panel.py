@@ -60,6 +60,7 @@ from app.telemetry.bandwidth import Bandwidth, roofline
 from app.telemetry.energy import summarize
 from app.telemetry.hardware import HardwareReport, hardware_fingerprint
 from app.telemetry.snapshot import DeviceVerdict, Snapshot, ThrottleVerdict
+from widgets.chart import install_chart_behaviour
 from widgets.depth_plot import DepthPlot
 from widgets.live_plot import LivePlot, ValueLabel
 from widgets.panel import Panel
@@ -178,7 +179,13 @@ class PerformancePanel(Panel):
         layout.setContentsMargins(0, 0, 0, 0)
         # Redrawn twice a second while generating (see token_reader above).
         self.speed_plot = LivePlot(
-            "Generation speed", "tok/s", window_s=5, refresh_ms=LIVE_REFRESH_MS, since_start=True
+            "Generation speed",
+            "t/s",
+            window_s=5,
+            refresh_ms=LIVE_REFRESH_MS,
+            since_start=True,
+            non_negative=True,
+            reserve="9999.9",
         )
         self.speed_plot.plot_widget.setLabel("bottom", "s since the first token")
         self.speed_plot.add_curve("per token")
@@ -439,6 +446,9 @@ class PerformancePanel(Panel):
         self.history_plot.setLabel("bottom", "run (oldest → newest)")
         self.history_plot.showGrid(x=True, y=True, alpha=0.3)
         self.history_curve = self.history_plot.plot([], [], pen=pg.mkPen(width=1), symbol="o", symbolSize=5)
+        # The wheel scrolls the panel unless the chart was clicked or Ctrl is held (it once zoomed to
+        # 0…−75 t/s while the user scrolled); runs are counted, t/s never below 0.
+        self.history_chart = install_chart_behaviour(self.history_plot, non_negative_y=True, integer_x=True)
         self.history_plot_title = QLabel("Select a run to plot its first test over time.")
         layout.addLayout(filters)
         layout.addWidget(self.history_table)

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from app.model.settings import LoadSettings
 from app.tune.request import TuneRequest
 from app.tune.results import TrialRecord, TuneProgress, TuneResult
+from widgets.chart import install_chart_behaviour
 from widgets.live_plot import cache_axes
 
 # Checkbox label -> the LoadSettings fields it lets the tuner vary.
@@ -129,6 +130,8 @@ class TuneBox(QWidget):
         self.plot.setMinimumHeight(110)
         self.plot.setLabel("left", "score (t/s)")
         self.plot.setLabel("bottom", "trial")
+        # The wheel scrolls the panel unless the chart was clicked or Ctrl is held; trials are counted.
+        self.chart = install_chart_behaviour(self.plot, non_negative_y=True, integer_x=True)
         self.trial_points = self.plot.plot([], [], pen=None, symbol="o", symbolSize=5)
         self.best_line = self.plot.plot([], [], pen=pg.mkPen(width=1))
         self.table = QTableWidget(0, 4)
