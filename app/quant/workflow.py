@@ -13,7 +13,10 @@ or None when the workflow is done:
     rows = workflow.comparison.rows
 
 A failed or cancelled step ends the workflow (`failed`): what the remaining steps would measure
-depends on the step that failed. Measurements recorded before stay in the comparison.
+depends on the step that failed. Measurements recorded before stay in the comparison. A queue of
+quantizations (`quantize_queue`) is the exception: its items do not depend on each other, so a
+failed item is marked failed and the next one runs; a cancelled one ends the queue, and the items
+still waiting are marked cancelled. `queue` tells each item's state, for a view to show.
 
 Files move. A file asked to be measured or made the base that is no longer there is refused at
 once (EvalError), before any step runs. A base whose file moved or was deleted after it was
@@ -32,6 +35,7 @@ carry the absolute one.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +46,7 @@ from app.quality.compare import (
     SpeedResult,
     VariantMeasurement,
     build_comparison,
+    quality_score,
     variant_from_file,
 )
 from app.quality.eval_types import EvalError, EvalSettings, KLDivergenceResult, PerplexityResult
@@ -99,6 +104,25 @@ Measurement: TypeAlias = PerplexityResult | KLDivergenceResult | SpeedResult
 Outcome: TypeAlias = QuantizeResult | PerplexityResult | KLDivergenceResult | SpeedResult
 
 
+class QueueState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One quantization of a queue and how far it got: its result when done, the reason when it
+    failed or was cancelled."""
+
+    request: QuantizeRequest
+    state: QueueState = QueueState.QUEUED
+    result: QuantizeResult | None = None
+    reason: str = ""
+
+
 def _key(path: str) -> str:
     return os.path.abspath(path)
 
@@ -141,6 +165,9 @@ class QuantWorkflow:
         # compare(): how to measure each file the quantize steps make (text source, settings).
         self._measure_quantized: tuple[str, EvalSettings] | None = None
         self._comparison: Comparison | None = None
+        # The last queue of quantizations, kept after it ends so that a view can show how each went.
+        self._queue: list[QueueItem] = []
+        self._queue_index: int | None = None  # the item the current step runs
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -170,6 +197,11 @@ class QuantWorkflow:
     def variants(self) -> tuple[VariantMeasurement, ...]:
         """Every file measured or made so far, the base included."""
         return tuple(self._variants.values())
+
+    @property
+    def queue(self) -> tuple[QueueItem, ...]:
+        """The last queue of quantizations (`quantize_queue`), each item with its state."""
+        return tuple(self._queue)
 
     @property
     def base_note(self) -> str | None:
@@ -205,9 +237,35 @@ class QuantWorkflow:
     # ---- what to run -------------------------------------------------------------------------
     def quantize(self, request: QuantizeRequest) -> QuantizeStep:
         """Quantize only: the new file joins the comparison with what its header says, unmeasured."""
-        step = QuantizeStep(request)
-        self._begin([step])
-        return step
+        return self.quantize_queue([request])
+
+    def quantize_queue(self, requests: Sequence[QuantizeRequest]) -> QuantizeStep:
+        """Quantize each request in turn (quantize only, as `quantize`). One that fails does not stop
+        the others; `cancel_queue` stops the rest. Raises ValueError for an empty queue."""
+        if not requests:
+            raise ValueError("Nothing to quantize: the queue is empty.")
+        steps: list[Step] = [QuantizeStep(r) for r in requests]
+        self._begin(steps)
+        self._queue = [QueueItem(r) for r in requests]
+        self._set_queue_item(0, QueueState.RUNNING)
+        return QuantizeStep(requests[0])
+
+    def cancel_queue(self) -> None:
+        """The items of the queue still waiting will not run; the running one ends when its
+        cancelled job reports back (`failed` with `cancelled`)."""
+        for i, item in enumerate(self._queue):
+            if item.state is QueueState.QUEUED:
+                self._queue[i] = dataclasses.replace(item, state=QueueState.CANCELLED)
+        self._pending = [s for s in self._pending if not isinstance(s, QuantizeStep)]
+
+    def _set_queue_item(
+        self, index: int | None, state: QueueState, result: QuantizeResult | None = None, reason: str = ""
+    ) -> None:
+        self._queue_index = index if state is QueueState.RUNNING else None
+        if index is not None and index < len(self._queue):
+            self._queue[index] = dataclasses.replace(
+                self._queue[index], state=state, result=result, reason=reason
+            )
 
     def measure_base(self, model_path: str, text_source: str, settings: EvalSettings) -> PerplexityStep:
         """Make `model_path` the base: its perplexity, keeping its log-probabilities, then its speed.
@@ -266,7 +324,12 @@ class QuantWorkflow:
         return [first, SpeedStep(model_path)]
 
     def _begin(self, steps: list[Step], measure_quantized: tuple[str, EvalSettings] | None = None) -> None:
-        # One workflow at a time: a new request replaces whatever was still to run.
+        # One workflow at a time: a new request replaces whatever was still to run, a queue included.
+        self.cancel_queue()
+        if self._queue_index is not None:
+            self._set_queue_item(
+                self._queue_index, QueueState.CANCELLED, reason="replaced by another request"
+            )
         self._current, self._pending = steps[0], steps[1:]
         self._measure_quantized = measure_quantized
 
@@ -283,6 +346,8 @@ class QuantWorkflow:
             # A newly written file replaces anything measured on an earlier file of that name.
             key = _key(outcome.output_path)
             self._variants[key] = variant_from_file(outcome.output_path, label=outcome.label)
+            if answered and self._queue_index is not None:
+                self._set_queue_item(self._queue_index, QueueState.DONE, result=outcome)
             if answered and self._measure_quantized is not None:
                 text_source, settings = self._measure_quantized
                 self._pending[:0] = self._measure_steps(outcome.output_path, text_source, settings)
@@ -303,11 +368,30 @@ class QuantWorkflow:
         if not answered:
             return None
         self._current = self._pending.pop(0) if self._pending else None
+        self._start_next_queue_item()
         return self._current
 
-    def failed(self) -> None:
-        """The current step failed or was cancelled: the rest of the workflow is dropped."""
-        self._current, self._pending, self._measure_quantized = None, [], None
+    def _start_next_queue_item(self) -> None:
+        if isinstance(self._current, QuantizeStep):
+            waiting = [i for i, item in enumerate(self._queue) if item.state is QueueState.QUEUED]
+            if waiting:
+                self._set_queue_item(waiting[0], QueueState.RUNNING)
+
+    def failed(self, reason: str = "", cancelled: bool = False) -> Step | None:
+        """The current step failed (or was cancelled): the rest of the workflow is dropped and None
+        returned, except in a queue of quantizations that was not cancelled, where the failed item
+        is marked failed with `reason` and the next one is returned to run."""
+        index = self._queue_index
+        if index is None:
+            self._current, self._pending, self._measure_quantized = None, [], None
+            return None
+        self._set_queue_item(index, QueueState.CANCELLED if cancelled else QueueState.FAILED, reason=reason)
+        if cancelled:
+            self.cancel_queue()
+        # Only quantize steps follow in a queue (quantize_queue measures nothing).
+        self._current = self._pending.pop(0) if self._pending else None
+        self._start_next_queue_item()
+        return self._current
 
     def _build_comparison(self) -> Comparison | None:
         base = self._variants.get(self._base) if self._base is not None else None
@@ -316,7 +400,20 @@ class QuantWorkflow:
             if not others:
                 return None
             base, others = others[0], others[1:]
-        return build_comparison(base, others)
+            return build_comparison(base, others)
+        comparison = build_comparison(base, others)
+        # The base against itself, by the definitions in app.quality.compare: KL(p || p) = 0, its own
+        # top token always, so its quality score is 100 (not "not measured"). Only for a real base,
+        # whose log-probabilities are the reference the others' KLD is measured against.
+        row = comparison.rows[0]
+        reference = dataclasses.replace(
+            row,
+            mean_kld=0.0,
+            kld_uncertainty=None,
+            same_top_p_percent=100.0,
+            quality_score=quality_score(0.0),
+        )
+        return dataclasses.replace(comparison, rows=(reference, *comparison.rows[1:]))
 
 
 def _require_file(model_path: str) -> None:
@@ -341,6 +438,8 @@ __all__ = [
     "Measurement",
     "Outcome",
     "PerplexityStep",
+    "QueueItem",
+    "QueueState",
     "QuantWorkflow",
     "QuantizeStep",
     "SpeedStep",

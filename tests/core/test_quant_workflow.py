@@ -23,6 +23,7 @@ from app.quant.workflow import (
     PerplexityStep,
     QuantizeStep,
     QuantWorkflow,
+    QueueState,
     SpeedStep,
     Step,
     base_logits_path,
@@ -152,6 +153,8 @@ def test_a_base_is_measured_then_timed_and_is_the_base_once_its_log_probabilitie
     assert row.is_base and row.type_name == "Q4_1" and row.path == os.path.abspath(demo_model)
     assert row.ppl == 18.5 and row.delta_ppl_percent == 0.0 and row.tg_tokens_per_s == 61.0
     assert row.file_bytes == os.path.getsize(demo_model)
+    # The base against itself: KL(p || p) = 0, its own top token every time, so a score of 100.
+    assert row.mean_kld == 0.0 and row.same_top_p_percent == 100.0 and row.quality_score == 100.0
 
 
 def test_a_variant_is_measured_against_the_base_by_kl_divergence_then_timed(
@@ -321,7 +324,7 @@ def test_compare_measures_the_base_then_quantizes_and_measures_each_variant(
     assert workflow.comparison is not None
     rows = workflow.comparison.rows
     assert [r.path for r in rows] == [os.path.abspath(p) for p in (demo_model, *outs)]
-    assert [r.mean_kld for r in rows] == [None, 0.08, 0.004]
+    assert [r.mean_kld for r in rows] == [0.0, 0.08, 0.004]  # the base against itself: 0
     assert all(r.tg_tokens_per_s is not None for r in rows)
 
 
@@ -338,6 +341,71 @@ def test_a_failed_quantization_ends_a_comparison(
     workflow.failed()  # e.g. requantizing without permission
     assert not workflow.running and workflow.current is None
     assert workflow.base == os.path.abspath(demo_model)
+
+
+def test_without_a_real_base_the_stand_in_row_has_no_made_up_kld(
+    workflow: QuantWorkflow, demo_model: str, tmp_path: Path
+) -> None:
+    out = other_file(demo_model, tmp_path, "demo.Q4_0.gguf")
+    workflow.measure(out, TEXT, SETTINGS)
+    workflow.record(ppl_result(out))
+    assert workflow.comparison is not None
+    (row,) = workflow.comparison.rows  # the first file stands in; nothing was compared with it
+    assert row.mean_kld is None and row.quality_score is None
+
+
+def queue_of_three(demo_model: str, tmp_path: Path) -> tuple[list[QuantizeRequest], list[str]]:
+    outs = [str(tmp_path / f"demo.{t}.gguf") for t in ("Q8_0", "Q4_0", "Q5_0")]
+    requests = [
+        QuantizeRequest(demo_model, t, o, allow_requantize=True)
+        for t, o in zip(("Q8_0", "Q4_0", "Q5_0"), outs, strict=True)
+    ]
+    return requests, outs
+
+
+def test_a_queue_runs_each_quantization_in_turn_and_survives_a_failure(
+    workflow: QuantWorkflow, demo_model: str, tmp_path: Path
+) -> None:
+    requests, outs = queue_of_three(demo_model, tmp_path)
+    assert workflow.quantize_queue(requests) == QuantizeStep(requests[0])
+    assert [i.state for i in workflow.queue] == [QueueState.RUNNING, QueueState.QUEUED, QueueState.QUEUED]
+
+    os.symlink(demo_model, outs[0])
+    first = quantize_result(demo_model, outs[0], "Q8_0")
+    assert workflow.record(first) == QuantizeStep(requests[1])
+    assert [i.state for i in workflow.queue] == [QueueState.DONE, QueueState.RUNNING, QueueState.QUEUED]
+    assert workflow.queue[0].result is first
+
+    # The second fails (e.g. the disk is full): it is marked so, and the third runs all the same.
+    assert workflow.failed("No space left on the device.") == QuantizeStep(requests[2])
+    assert workflow.queue[1].state is QueueState.FAILED
+    assert workflow.queue[1].reason == "No space left on the device."
+    assert workflow.queue[2].state is QueueState.RUNNING
+
+    os.symlink(demo_model, outs[2])
+    assert workflow.record(quantize_result(demo_model, outs[2], "Q5_0")) is None
+    assert [i.state for i in workflow.queue] == [QueueState.DONE, QueueState.FAILED, QueueState.DONE]
+    assert not workflow.running
+    assert workflow.comparison is not None
+    assert [r.path for r in workflow.comparison.rows] == [os.path.abspath(outs[0]), os.path.abspath(outs[2])]
+
+
+def test_cancel_stops_the_running_quantization_and_the_rest_of_the_queue(
+    workflow: QuantWorkflow, demo_model: str, tmp_path: Path
+) -> None:
+    requests, _outs = queue_of_three(demo_model, tmp_path)
+    workflow.quantize_queue(requests)
+    workflow.cancel_queue()
+    assert [i.state for i in workflow.queue] == [
+        QueueState.RUNNING,
+        QueueState.CANCELLED,
+        QueueState.CANCELLED,
+    ]
+    assert workflow.failed("Quantization cancelled; no file was written.", cancelled=True) is None
+    assert [i.state for i in workflow.queue] == [QueueState.CANCELLED] * 3
+    assert not workflow.running
+    with pytest.raises(ValueError):
+        workflow.quantize_queue([])
 
 
 # ---- end to end: the demo model, llama.cpp's quantizer, real evaluations ------------------------
@@ -373,6 +441,8 @@ def test_a_whole_comparison_with_the_demo_model(demo_model: str, tmp_path: Path)
     assert workflow.comparison is not None
     base, variant = workflow.comparison.rows
     assert base.is_base and base.type_name == "Q4_1" and base.ppl is not None and base.ppl > 1
+    assert base.quality_score == 100.0 and variant.quality_score is not None
+    assert variant.quality_score < base.quality_score
     assert variant.path == os.path.abspath(out) and variant.type_name == "Q8_0"
     assert variant.label == "Q8_0 (requantized from Q4_1)"
     assert variant.compression < 1  # Q8_0 is bigger than the Q4_1 it was made from
