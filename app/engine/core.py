@@ -28,6 +28,7 @@ from app.engine.types import (
 )
 from app.llama import runtime as llama_runtime
 from app.llama.build_check import require_working_build
+from app.llama.chat import ChatTurn, chat_messages, fit_history, reply_reserve, reusable_prefix
 from app.llama.driver import (
     CancelFlag,
     DriverCancelled,
@@ -61,10 +62,19 @@ class EngineCore:
         self._ctx: LlamaContext | None = None
         self._loaded: LoadResult | None = None
         self._seed = LLAMA_DEFAULT_SEED
+        # The tokens the context's KV cache holds for sequence 0, in order: what a chat's next turn
+        # may keep (GenerationRequest.reuse_cache). Empty whenever the cache was cleared or the
+        # context replaced, and cut back to what is certain after a failed or stopped evaluation.
+        self._cached: list[int] = []
 
     @property
     def loaded(self) -> LoadResult | None:
         return self._loaded
+
+    @property
+    def cached_tokens(self) -> tuple[int, ...]:
+        """The tokens the KV cache holds now (tests, benchmarks)."""
+        return tuple(self._cached)
 
     # ---- model ----------------------------------------------------------------------------------
     def load(
@@ -143,6 +153,7 @@ class EngineCore:
         ctx, model = self._ctx, self._model
         self._ctx = self._model = None
         self._loaded = None
+        self._cached = []  # a reload brings a new context: nothing of the old cache is valid
         forget_loaded_model(self)
         if ctx is not None:
             ctx.close()
@@ -174,24 +185,58 @@ class EngineCore:
 
     def clear_kv_cache(self) -> None:
         _, ctx = self._require()
+        self._cached = []
         ctx.clear(data=True)
 
     # ---- generation -----------------------------------------------------------------------------
-    def _prompt_tokens(self, model: LlamaModel, request: GenerationRequest) -> tuple[list[int], list[str]]:
-        """Tokens to evaluate and extra stop strings the chat template asks for."""
+    def _prompt_tokens(
+        self, model: LlamaModel, n_ctx: int, request: GenerationRequest
+    ) -> tuple[list[int], list[str], int]:
+        """Tokens to evaluate, extra stop strings the chat template asks for, and how many of the
+        earlier chat turns were left out so that the conversation fits the context."""
         if not request.prompt.strip():
             raise PromptError("The prompt is empty: type something to send to the model.")
         if not request.chat:
-            return model.tokenize(request.prompt, add_special=True, parse_special=False), []
-        messages = []
-        if request.system_prompt:
-            messages.append({"role": "system", "content": request.system_prompt})
-        messages.append({"role": "user", "content": request.prompt})
+            return model.tokenize(request.prompt, add_special=True, parse_special=False), [], 0
+        stops: list[str] = []
+
+        def render(history: Sequence[ChatTurn]) -> list[int]:
+            try:
+                chat = apply_chat_template(
+                    model, chat_messages(request.system_prompt, history, request.prompt)
+                )
+            except DriverError as exc:
+                raise PromptError(str(exc)) from None
+            stops[:] = chat.stops
+            return chat.tokens
+
+        reserve = reply_reserve(n_ctx, request.sampling.max_tokens)
+        tokens, dropped = fit_history(request.history, render, n_ctx, reserve)
+        return tokens, stops, dropped
+
+    def _reuse_cache(self, ctx: LlamaContext, tokens: list[int], reuse: bool) -> int:
+        """Prepare the KV cache for `tokens`: keep the longest prefix it already holds (when
+        `reuse`), remove the rest. Returns how many tokens are kept."""
+        keep = reusable_prefix(self._cached, tokens) if reuse else 0
+        if keep and ctx.n_tokens != len(self._cached):
+            keep = 0  # the cache is not what was recorded (never expected): trust nothing of it
+        if keep == 0:
+            ctx.clear(data=False)
+        elif keep < len(self._cached) and not ctx.keep_first(keep):
+            ctx.clear(data=False)  # this memory cannot cut a sequence (recurrent state)
+            keep = 0
+        self._cached = tokens[:keep]
+        return keep
+
+    def _resync_cache(self, ctx: LlamaContext) -> None:
+        """After a failed or stopped evaluation: drop whatever llama.cpp stored of it, so the cache
+        holds exactly the tokens recorded as evaluated."""
         try:
-            chat = apply_chat_template(model, messages)
-        except DriverError as exc:
-            raise PromptError(str(exc)) from None
-        return chat.tokens, chat.stops
+            if ctx.n_tokens != len(self._cached) and not ctx.keep_first(len(self._cached)):
+                ctx.clear(data=False)
+                self._cached = []
+        except DriverError:
+            self._cached = []
 
     def generate(
         self,
@@ -200,8 +245,9 @@ class EngineCore:
         *,
         t_start_ns: int | None = None,
     ) -> RunStats:
-        """Evaluate the prompt from an empty cache and generate until EOS, max_tokens, a full
-        context, a stop string or the cancel flag. Failures after the prompt was accepted come
+        """Evaluate the prompt from an empty cache (or, with `request.reuse_cache`, only what
+        follows the longest prefix the cache already holds) and generate until EOS, max_tokens, a
+        full context, a stop string or the cancel flag. Failures after the prompt was accepted come
         back as a RunStats with stop_reason ERROR, keeping the text generated so far.
 
         `t_start_ns` (time.monotonic_ns, a clock all processes share) is when the request was
@@ -209,13 +255,14 @@ class EngineCore:
         model, ctx = self._require()
         request.sampling.validate()
         t_start_ns = time.monotonic_ns() if t_start_ns is None else t_start_ns
-        tokens, template_stops = self._prompt_tokens(model, request)
+        n_ctx = ctx.n_ctx
+        tokens, template_stops, dropped = self._prompt_tokens(model, n_ctx, request)
         if not tokens:
             raise PromptError("The prompt gave no tokens to evaluate: type some text.")
-        n_ctx = ctx.n_ctx
         if len(tokens) >= n_ctx:
+            alone = " with every earlier turn of the chat left out" if request.history else ""
             raise PromptError(
-                f"The prompt is {len(tokens)} tokens but the context holds {n_ctx}: "
+                f"The prompt is {len(tokens)} tokens{alone} but the context holds {n_ctx}: "
                 "shorten the prompt or raise n_ctx and reload."
             )
         max_new = min(request.sampling.max_tokens, n_ctx - len(tokens))
@@ -226,15 +273,17 @@ class EngineCore:
         stamps: list[int] = []
         stop_reason = StopReason.LENGTH
         error: str | None = None
-        # A fresh evaluation every run: prompt statistics then always mean the whole prompt.
-        ctx.clear(data=False)
+        # Without reuse a fresh evaluation every run: prompt statistics then mean the whole prompt.
+        # With it, only what follows the prefix the cache already holds is evaluated.
+        kept = self._reuse_cache(ctx, tokens, request.reuse_cache)
         with SamplerChain(model, request.sampling, self._seed) as sampler:
             try:
                 ctx.watch_for_abort(True)
                 try:
-                    ctx.decode(tokens)
+                    ctx.decode(tokens[kept:])
                 finally:
                     ctx.watch_for_abort(False)
+                self._cached = list(tokens)
                 while True:
                     token = sampler.sample(ctx)
                     now = time.monotonic_ns()
@@ -260,17 +309,19 @@ class EngineCore:
                         stop_reason = StopReason.CANCELLED
                         break
                     ctx.decode_one(token)
+                    self._cached.append(token)
             except DriverError as exc:
                 if isinstance(exc, DriverCancelled) or cancel.is_set():
                     stop_reason = StopReason.CANCELLED
                 else:
                     stop_reason, error = StopReason.ERROR, str(exc)
+                self._resync_cache(ctx)
         if stop_reason is not StopReason.STOP_STRING:
             text_parts.append(stops.flush() + text.flush())
         t_end_ns = time.monotonic_ns()
         return run_stats(
             request.chat,
-            len(tokens),
+            len(tokens) - kept,
             stamps,
             t_start_ns,
             t_end_ns,
@@ -278,4 +329,6 @@ class EngineCore:
             "".join(text_parts),
             ctx.n_tokens,
             error,
+            prompt_tokens_reused=kept if request.reuse_cache else None,
+            dropped_turns=dropped,
         )

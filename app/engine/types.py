@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.common.formatting import fmt
+from app.llama.chat import ChatTurn
 from app.llama.runtime import LlamaMemoryReport
 from app.model.memory import MemoryEstimate
 from app.model.model_info import ModelInfo
@@ -99,6 +100,11 @@ class GenerationRequest:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     chat: bool = False
     system_prompt: str | None = None
+    # A multi-turn chat (chat mode only): the earlier turns, rendered before `prompt` by the template.
+    history: tuple[ChatTurn, ...] = ()
+    # Keep what the KV cache holds of the previous turn and evaluate only the new tokens. Off, every
+    # run evaluates its whole prompt from an empty cache (completion mode, the CLI, the self-test).
+    reuse_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,10 @@ class RunStats:
     text: str
     context_tokens: int  # tokens held in the KV cache when the run ended (prompt + generated)
     error: str | None = None
+    # With reuse_cache: prompt tokens taken from the KV cache, not evaluated (prompt_tokens counts
+    # only the evaluated ones, which is what the prompt speed and the TTFT measure). None: no reuse asked.
+    prompt_tokens_reused: int | None = None
+    dropped_turns: int = 0  # earlier turns left out so that the conversation fits n_ctx
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,8 @@ def run_stats(
     text: str,
     context_tokens: int,
     error: str | None,
+    prompt_tokens_reused: int | None = None,
+    dropped_turns: int = 0,
 ) -> RunStats:
     """The figures of one generation from its token timestamps (llama-bench's definitions: prompt
     speed from the time to the first token, generation speed between the first and the last)."""
@@ -164,6 +176,8 @@ def run_stats(
         text=text,
         context_tokens=context_tokens,
         error=error,
+        prompt_tokens_reused=prompt_tokens_reused,
+        dropped_turns=dropped_turns,
     )
 
 
@@ -171,6 +185,16 @@ def stats_line(stats: RunStats) -> str:
     """The one-line summary shown under a generation; a run that ended in an error says which."""
     ttft_ms = None if stats.ttft_s is None else stats.ttft_s * 1000
     error = f" — {stats.error}" if stats.error else ""
+    if stats.prompt_tokens_reused is not None:
+        dropped = (
+            f" · {stats.dropped_turns} oldest turns left out to fit n_ctx" if stats.dropped_turns else ""
+        )
+        return (
+            f"prompt {stats.prompt_tokens} new tokens ({stats.prompt_tokens_reused} reused) · "
+            f"TTFT {fmt(ttft_ms, '.0f', ' ms')} · "
+            f"generation {fmt(stats.gen_tokens_per_s, '.1f', ' t/s')} ({stats.generated_tokens} tok) · "
+            f"stop: {stats.stop_reason.value}{dropped}{error}"
+        )
     return (
         f"TTFT {fmt(ttft_ms, '.0f', ' ms')} · "
         f"prompt {fmt(stats.prompt_tokens_per_s, '.1f', ' t/s')} ({stats.prompt_tokens} tok) · "

@@ -449,6 +449,13 @@ class LlamaContext:
         self._logits_ready = False
         self._lc.llama_memory_clear(self._memory_checked(), data)
 
+    def keep_first(self, n: int) -> bool:
+        """Remove every token from position `n` on from sequence 0 (llama_memory_seq_rm), keeping
+        the first `n` for the next decode to continue from. False when this memory cannot cut a
+        sequence in the middle (a recurrent model's state): the caller then clears it instead."""
+        self._logits_ready = False  # the logits belong to a token that may be gone
+        return bool(self._lc.llama_memory_seq_rm(self._memory_checked(), 0, n, -1))
+
     def decode(self, tokens: Sequence[int]) -> None:
         """Evaluate `tokens` after what the cache holds, in n_batch chunks; logits of the last one
         are then ready for sampling. Raises DriverCancelled if the abort callback stopped it."""
