@@ -51,6 +51,26 @@ def register(subparsers: Any) -> None:
     p_q.add_argument(
         "--threads", "-t", type=int, default=None, help=threads_help("quantization threads", "all")
     )
+    p_q.add_argument(
+        "--imatrix",
+        default=None,
+        metavar="FILE",
+        help="importance matrix (GGUF or legacy .dat, e.g. from `llamascope imatrix`); needed for the "
+        "IQ1/IQ2/IQ3_XXS mixes and Q2_K_S, used by every type whose quantization takes one",
+    )
+    p_q.add_argument(
+        "--tensor-type",
+        action="append",
+        default=[],
+        metavar="PATTERN=TYPE",
+        help="quantize tensors whose name matches the regex PATTERN to TYPE (e.g. attn_v=Q8_0); "
+        "repeatable, the first match wins",
+    )
+    p_q.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing; print each tensor's type and the file's size",
+    )
     p_q.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p_q.add_argument("--list-types", action="store_true", help="list the quantization types and exit")
     p_q.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -142,7 +162,9 @@ def _print_types() -> None:
     for t in supported_quant_types():
         flag = "needed" if t.needs_imatrix else ""
         print(f"{t.name:<10} {t.bits_per_weight:>7.2f}  {flag:<8} {t.description}")
-    print("\nTypes that need an importance matrix cannot be made with llama-cpp-python (no imatrix API).")
+    print(
+        "\nTypes marked 'needed' take --imatrix FILE (compute one with `llamascope imatrix MODEL -o FILE`)."
+    )
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -164,6 +186,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         _err("quantize needs a source file and --type (see `llamascope quantize --list-types`)")
         return EXIT_USAGE
     problem = threads_error(args.threads) or (output_file_error(args.output, "-o") if args.output else None)
+    if problem is None and args.imatrix is not None:
+        problem = input_file_error(args.imatrix, "--imatrix", "importance matrix")
+    tensor_types: list[tuple[str, str]] = []
+    for item in args.tensor_type:
+        pattern, sep, type_name = item.rpartition("=")
+        if not sep or not pattern or not type_name:
+            problem = problem or f"--tensor-type wants PATTERN=TYPE (e.g. attn_v=Q8_0), not {item!r}"
+        tensor_types.append((pattern, type_name))
     if problem is not None:
         _err(problem)
         return EXIT_USAGE
@@ -181,6 +211,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         token_embedding_type=args.token_embedding_type,
         n_threads=args.threads,
         overwrite=args.overwrite,
+        imatrix=args.imatrix,
+        tensor_types=tuple(tensor_types),
+        dry_run=args.dry_run,
     )
     bar = _StderrProgress()
 
@@ -197,11 +230,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         moved = output_folder_reason(plan.source.path) if args.output is None else None
         if moved is not None:
             _err(f"writing to LlamaScope's user data folder, because {moved} (-o chooses another place)")
-        print(
-            f"Quantizing {plan.source.path} -> {plan.output_path} ({plan.qtype.name}, "
-            f"about {format_bytes(plan.expected_bytes)})",
-            file=sys.stderr,
-        )
+        if plan.imatrix is not None:
+            print(
+                f"Importance matrix {plan.imatrix.path}: {plan.imatrix.n_entries} entries, "
+                f"{plan.imatrix.chunk_count} chunks of {', '.join(plan.imatrix.datasets) or 'n/a'}",
+                file=sys.stderr,
+            )
+        if not args.dry_run:
+            print(
+                f"Quantizing {plan.source.path} -> {plan.output_path} ({plan.qtype.name}, "
+                f"about {format_bytes(plan.expected_bytes)})",
+                file=sys.stderr,
+            )
         try:
             result = job.wait()
         except KeyboardInterrupt:
@@ -221,6 +261,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         out.pop("log_tail", None)
         out["label"] = result.label
         print(json.dumps(out, indent=2))
+    elif result.dry_run:
+        print(f"{'Tensor':<36} {'Shape':<18} {'From':>7} {'To':>8} {'Bytes':>12}")
+        for t in result.tensors:
+            shape = "x".join(str(n) for n in t.shape if n != 1) or "1"
+            print(f"{t.name:<36} {shape:<18} {t.source_type:>7} {t.target_type:>8} {t.target_bytes:>12}")
+        print(
+            f"Dry run, nothing written: {result.type_name} of {result.source_path} would be "
+            f"{result.output_bytes} bytes ({format_bytes(result.output_bytes)}, {result.bits_per_weight:.2f} "
+            "bits/weight; tensor data exact, header taken as the source's)"
+        )
     else:
         print(
             f"Wrote {result.output_path}: {result.label}, {format_bytes(result.output_bytes)}, "

@@ -8,6 +8,7 @@ requests (same file in and out, too little disk) with a message that says what t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,43 @@ class QuantizeRequest:
     token_embedding_type: str | None = None  # --token-embedding-type
     n_threads: int | None = None  # None: llama.cpp uses every hardware thread
     overwrite: bool = False  # replace an existing output file (never the source)
+    # --imatrix: an importance matrix file (GGUF or legacy .dat; app.quant.imatrix). With one, the
+    # types that need it (IQ1/IQ2/IQ3_XXS mixes, Q2_K_S) can be made, and the quantizer uses it for
+    # every type whose quantization routine takes weights (K-quants, i-quants, Q4_0 ... Q5_1).
+    imatrix: str | None = None
+    # --tensor-type: (regex, ggml tensor type name) pairs. llama.cpp tries them in order on each
+    # quantized tensor's name (std::regex_search) and takes the first that matches; the mix's own
+    # choice and `pure` are skipped for that tensor, the shape fallback still applies.
+    tensor_types: tuple[tuple[str, str], ...] = ()
+    # --dry-run: nothing is written; the result gives each tensor's type and size and the file's
+    # size (QuantizeResult.dry_run). No disk space or existing output is checked.
+    dry_run: bool = False
+    # Extra string metadata written into the result ({key: value} pairs, each value at most 127
+    # bytes: llama_model_kv_override's limit); the target-size quantizer records its choice here.
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ImatrixSummary:
+    """What a quantization records about the importance matrix it used (llama-quantize's
+    quantize.imatrix.* keys), read from the file when the request is planned."""
+
+    path: str  # as the request gave it: llama-quantize records the path as given
+    datasets: tuple[str, ...]
+    n_entries: int
+    chunk_count: int
+    is_legacy: bool
+
+
+@dataclass(frozen=True)
+class TensorSize:
+    """One tensor in a dry run: its shape, its type in the source and the type and bytes it gets."""
+
+    name: str
+    shape: tuple[int, ...]  # ggml order: ne0 (a row's length) first
+    source_type: str  # ggml type name as llama.cpp prints it, e.g. "f16"
+    target_type: str  # e.g. "q4_K"; equal to source_type when the tensor is copied
+    target_bytes: int  # n_rows x row size of target_type, without the file's 32-byte padding
 
 
 @dataclass(frozen=True)
@@ -83,6 +121,7 @@ class QuantizePlan:
     free_bytes: int  # free space in the destination folder when checked
     source_quantized_type: str | None  # e.g. "Q4_1" when the source holds quantized tensors
     warnings: tuple[str, ...]
+    imatrix: ImatrixSummary | None = None
 
     @property
     def dequantized_copy(self) -> bool:
@@ -121,6 +160,12 @@ class QuantizeResult:
     dequantized_copy: bool
     warnings: tuple[str, ...]
     log_tail: tuple[str, ...] = field(default=(), repr=False)
+    imatrix: ImatrixSummary | None = None  # the matrix used, as recorded in the file's metadata
+    tensor_types: tuple[tuple[str, str], ...] = ()  # the request's (regex, type) overrides
+    # A dry run wrote nothing: output_path is where the file would go, output_bytes its predicted
+    # size (see app.quant.quantize's dry-run notes), and `tensors` each tensor's type and size.
+    dry_run: bool = False
+    tensors: tuple[TensorSize, ...] = field(default=(), repr=False)
 
     @property
     def compression_ratio(self) -> float:
@@ -342,12 +387,25 @@ def plan_quantization(
                 tensor_type_id(option)
     except UnknownQuantTypeError as exc:
         raise QuantizeError(str(exc)) from None
-    if qtype.refusal_reason:
-        raise QuantizeError(qtype.refusal_reason)
+    _checked_tensor_types(request.tensor_types)
+    matrix = _imatrix_summary(request.imatrix) if request.imatrix is not None else None
+    warnings: list[str] = []
+    if matrix is None:
+        if request.dry_run:
+            # llama.cpp sizes these without a matrix and only warns: the advisor asks sizes first.
+            if qtype.needs_imatrix:
+                warnings.append(
+                    f"Without an importance matrix {qtype.name} could not be carried out; the dry run only "
+                    "gives its size."
+                )
+        elif qtype.refusal_reason:
+            raise QuantizeError(qtype.refusal_reason)
+        # An override to an IQ1/IQ2/IQ3_XXS type without a matrix is left to llama.cpp: it allows
+        # them for output.weight and token_embd.weight and refuses the rest by name, which the job
+        # turns into a message (see app.quant.quantize, MISSING_IMATRIX_HINT).
     if request.n_threads is not None and request.n_threads < 1:
         raise QuantizeError(f"Thread count must be 1 or more, not {request.n_threads}.")
 
-    warnings: list[str] = []
     src_qtype = _source_quantized_type(info)
     if src_qtype is not None:
         if not request.allow_requantize:
@@ -363,7 +421,7 @@ def plan_quantization(
 
     if request.output is None:
         output = default_output_path(source, qtype.name)
-        if os.path.dirname(output) == user_models_folder():
+        if os.path.dirname(output) == user_models_folder() and not request.dry_run:
             try:  # LlamaScope's own folder: created on first use
                 os.makedirs(os.path.dirname(output), exist_ok=True)
             except OSError as exc:
@@ -380,6 +438,19 @@ def plan_quantization(
             f"The output {output} is the source file; choose another name. The source is never overwritten."
         )
     dest_dir = os.path.dirname(output)
+    expected = estimate_output_bytes(info, request, qtype)
+    if request.dry_run:  # nothing is written: where and whether it could be is not asked
+        return QuantizePlan(
+            request=request,
+            source=info,
+            qtype=qtype,
+            output_path=output,
+            expected_bytes=expected,
+            free_bytes=_free_or_zero(free_bytes, dest_dir),
+            source_quantized_type=src_qtype,
+            warnings=tuple(warnings),
+            imatrix=matrix,
+        )
     if not os.path.exists(dest_dir):
         raise QuantizeError(f"The destination folder {dest_dir} does not exist.")
     if not os.path.isdir(dest_dir):
@@ -391,7 +462,6 @@ def plan_quantization(
     if os.path.exists(output) and not request.overwrite:
         raise QuantizeError(f"{output} already exists; choose another name or allow overwriting it.")
 
-    expected = estimate_output_bytes(info, request, qtype)
     needed = space_needed_bytes(expected)
     free = int(free_bytes(dest_dir))
     if free < needed:
@@ -409,6 +479,55 @@ def plan_quantization(
         free_bytes=free,
         source_quantized_type=src_qtype,
         warnings=tuple(warnings),
+        imatrix=matrix,
+    )
+
+
+def _free_or_zero(free_bytes: Callable[[str], int], folder: str) -> int:
+    try:
+        return int(free_bytes(folder))
+    except OSError:
+        return 0
+
+
+def _checked_tensor_types(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The overrides with canonical type names; QuantizeError for a bad pattern or type.
+
+    llama.cpp compiles the patterns as ECMAScript regexes (std::regex); Python's re is close
+    enough to catch the mistakes people make (an unbalanced bracket, a stray quantifier)."""
+    checked: list[tuple[str, str]] = []
+    for pattern, type_name in pairs:
+        if not pattern:
+            raise QuantizeError("A tensor-type override needs a tensor name pattern, e.g. attn_v=Q8_0.")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise QuantizeError(
+                f"The tensor name pattern {pattern!r} is not a valid regular expression: {exc}."
+            ) from None
+        try:
+            tensor_type_id(type_name)
+        except UnknownQuantTypeError as exc:
+            raise QuantizeError(str(exc)) from None
+        checked.append((pattern, type_name.strip().upper()))
+    return tuple(checked)
+
+
+def _imatrix_summary(path: str) -> ImatrixSummary:
+    """Read the matrix once here, so a bad file is a message before the quantizer starts."""
+    from app.quant.imatrix import ImatrixFileError, check_for_quantizer, read_imatrix
+
+    try:
+        data = read_imatrix(path)
+        check_for_quantizer(data, path)
+    except ImatrixFileError as exc:
+        raise QuantizeError(str(exc)) from None
+    return ImatrixSummary(
+        path=path,
+        datasets=data.datasets,
+        n_entries=data.n_entries,
+        chunk_count=data.chunk_count,
+        is_legacy=data.is_legacy,
     )
 
 

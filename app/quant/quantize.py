@@ -9,6 +9,16 @@ file into place (os.replace, atomic on one filesystem) only after the child has 
 written file parses as GGUF. Cancel kills the child and deletes the temporary file. The source is
 opened read-only by llama.cpp and is never the output.
 
+A dry run (`QuantizeRequest.dry_run`) writes nothing: llama.cpp decides every tensor's type as it
+would (mix, overrides, shape fallbacks) and logs, per tensor, its shape, its type in the source and
+the type it would get; `llama_model_quantize` returns only 0, and the log's own sizes are rounded
+to 0.01 MiB. So the job parses those lines and computes each tensor's bytes exactly
+(rows x ggml row size of the new type) and the file's size as the source's header (everything
+before the tensor data) plus every tensor's bytes padded to GGUF's 32-byte alignment. The header
+the quantizer writes differs from the source's by the few KV pairs it sets (file type, the
+quantization version, the imatrix keys): within a few hundred bytes, while the tensor data is
+exact.
+
 Callbacks (`on_progress`, `on_log`) run on the job's supervisor thread ("llamascope-quantize");
 a GUI must re-emit them as signals, not touch widgets from them."""
 
@@ -32,6 +42,12 @@ from app.model.file_format import ModelFileError, detect_format
 from app.model.gguf_info import inspect_model
 from app.model.model_info import KEY_QUANTIZED_FROM
 from app.quant import worker as quantize_worker
+from app.quant.imatrix import (
+    KEY_QUANTIZE_IMATRIX_DATASET,
+    KEY_QUANTIZE_IMATRIX_FILE,
+    KEY_QUANTIZE_IMATRIX_N_CHUNKS,
+    KEY_QUANTIZE_IMATRIX_N_ENTRIES,
+)
 from app.quant.partials import (
     PartialEntry,
     PartialRegistry,
@@ -47,6 +63,7 @@ from app.quant.plan import (
     QuantizeProgress,
     QuantizeRequest,
     QuantizeResult,
+    TensorSize,
     disk_free_bytes,
     plan_quantization,
     space_needed_bytes,
@@ -72,6 +89,19 @@ _FAIL_LINE = re.compile(r"failed to quantize:\s*(.*)")
 
 # llama_model_quantize_impl's summary of the tensor data it wrote: "quant size = 98.87 MiB (6.17 BPW)"
 _QUANT_SIZE_LINE = re.compile(r"quant size\s*=\s*([\d.]+) MiB")
+
+# A dry run's tensor line: "[   1/ 272] token_embd.weight - [   576,  49152,      1,      1], type =    f16,
+# size =    54.00 MiB ->    15.19 MiB (q5_0)"; a copied tensor has no "-> ... (type)".
+_DRY_RUN_LINE = re.compile(
+    r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+-\s+\[([\d,\s]+)\],\s+type\s+=\s+(\S+),\s+size\s+=\s+[\d.]+\s+MiB"
+    r"(?:\s+->\s+[\d.]+\s+MiB\s+\((\S+)\))?"
+)
+_GGUF_ALIGNMENT = 32
+
+MISSING_IMATRIX_HINT = (
+    " That tensor type needs an importance matrix: compute one with `llamascope imatrix MODEL -o "
+    "MODEL.imatrix.gguf` and pass it with --imatrix."
+)
 
 
 def _process_context() -> multiprocessing.context.BaseContext:
@@ -137,10 +167,27 @@ class QuantizeJob:
                 raise QuantizeCancelled("Quantization cancelled before it started.")
             plan = plan_quantization(self.request, free_bytes=self._free_bytes)
             self.plan = plan
-            self._temp_path = self._create_temp_file(plan.output_path)
+            # A dry run opens no output; os.devnull is what it would harmlessly write to if it did.
+            self._temp_path = None if self.request.dry_run else self._create_temp_file(plan.output_path)
+            kv_strings = (
+                {KEY_QUANTIZED_FROM: plan.source_quantized_type} if plan.source_quantized_type else {}
+            )
+            kv_strings.update(dict(self.request.metadata))
+            kv_ints: dict[str, int] = {}
+            if plan.imatrix is not None:  # what llama-quantize records about the matrix
+                kv_strings[KEY_QUANTIZE_IMATRIX_FILE] = plan.imatrix.path
+                if plan.imatrix.datasets:
+                    kv_strings[KEY_QUANTIZE_IMATRIX_DATASET] = plan.imatrix.datasets[0]
+                kv_ints[KEY_QUANTIZE_IMATRIX_N_ENTRIES] = plan.imatrix.n_entries
+                if plan.imatrix.chunk_count > 0:
+                    kv_ints[KEY_QUANTIZE_IMATRIX_N_CHUNKS] = plan.imatrix.chunk_count
             params = {
                 "source": plan.source.path,
-                "output": self._temp_path,
+                "output": self._temp_path if self._temp_path is not None else os.devnull,
+                "dry_run": self.request.dry_run,
+                "imatrix": os.path.abspath(self.request.imatrix) if self.request.imatrix else None,
+                "tensor_types": [[p, tensor_type_id(t)] for p, t in self.request.tensor_types],
+                "kv_ints": kv_ints,
                 "ftype": ftype_value(plan.qtype),
                 "nthread": self.request.n_threads or 0,
                 "allow_requantize": self.request.allow_requantize,
@@ -148,9 +195,7 @@ class QuantizeJob:
                 "quantize_output_tensor": not self.request.leave_output_tensor,
                 "output_tensor_type": _optional_type_id(self.request.output_tensor_type),
                 "token_embedding_type": _optional_type_id(self.request.token_embedding_type),
-                "kv_strings": (
-                    {KEY_QUANTIZED_FROM: plan.source_quantized_type} if plan.source_quantized_type else {}
-                ),
+                "kv_strings": kv_strings,
             }
             t0 = time.perf_counter()
             ctx = _process_context()
@@ -295,6 +340,7 @@ class QuantizeJob:
         failure: str | None = None
         result: dict[str, object] = {}
         quant_mib: float | None = None
+        dry_tensors: list[TensorSize] = []
         pending = b""
         try:
             while True:
@@ -319,6 +365,9 @@ class QuantizeJob:
                     m = _TENSOR_LINE.match(line)
                     if m:
                         n_tensors = int(m.group(2))
+                        d = _DRY_RUN_LINE.match(line) if self.request.dry_run else None
+                        if d is not None:
+                            dry_tensors.append(_tensor_size(d))
                         self._emit_progress(
                             QuantizeProgress(int(m.group(1)), n_tensors, m.group(3), time.perf_counter() - t0)
                         )
@@ -332,7 +381,12 @@ class QuantizeJob:
             reader.close()
             proc.join()
             self._close_lifeline()
-            self._finish(plan, t0, proc.exitcode, result, failure, n_tensors, quant_mib, tuple(tail))
+            if self.request.dry_run:
+                self._finish_dry_run(
+                    plan, t0, proc.exitcode, result, failure, tuple(dry_tensors), tuple(tail)
+                )
+            else:
+                self._finish(plan, t0, proc.exitcode, result, failure, n_tensors, quant_mib, tuple(tail))
         except BaseException as exc:  # whatever happens, the caller must get an answer
             self._kill()
             self._close_lifeline()
@@ -362,6 +416,10 @@ class QuantizeJob:
                 free_at_failure = self._free_now(folder)
                 self._remove_temp()
                 reason = failure or result.get("error") or _last_error(tail)
+                if reason and (
+                    "Missing importance matrix" in str(reason) or "requires an imatrix" in str(reason)
+                ):
+                    reason = f"{reason}.{MISSING_IMATRIX_HINT}"
                 if not reason:
                     reason = (
                         f"the quantizer process crashed (signal {-exitcode})"
@@ -420,8 +478,95 @@ class QuantizeJob:
                     dequantized_copy=plan.dequantized_copy,
                     warnings=plan.warnings,
                     log_tail=tail,
+                    imatrix=plan.imatrix,
+                    tensor_types=self.request.tensor_types,
                 )
             )
+
+    def _finish_dry_run(
+        self,
+        plan: QuantizePlan,
+        t0: float,
+        exitcode: int | None,
+        result: dict[str, object],
+        failure: str | None,
+        tensors: tuple[TensorSize, ...],
+        tail: tuple[str, ...],
+    ) -> None:
+        with self._lock:
+            if self._cancelled.is_set():
+                self._future.set_exception(QuantizeCancelled("Dry run cancelled."))
+                return
+            if exitcode != 0 or result.get("rc") != 0:
+                reason = failure or result.get("error") or _last_error(tail) or f"exit code {exitcode}"
+                self._future.set_exception(
+                    QuantizeError(
+                        f"llama.cpp could not size {plan.qtype.name} for {plan.source.path}: {reason}"
+                    )
+                )
+                return
+            n_source = sum(t.n_tensors for t in plan.source.tensor_types)
+            if not tensors or len(tensors) != n_source:
+                self._future.set_exception(
+                    QuantizeError(
+                        f"The dry run listed {len(tensors)} tensors of {n_source}: this llama.cpp "
+                        "words its log differently, so the size is unknown."
+                    )
+                )
+                return
+            source_data = sum(_padded(_tensor_bytes(t.source_type, t.shape)) for t in tensors)
+            header = max(0, plan.source.file_size_bytes - source_data)
+            data = sum(t.target_bytes for t in tensors)
+            file_bytes = header + sum(_padded(t.target_bytes) for t in tensors)
+            self._future.set_result(
+                QuantizeResult(
+                    source_path=plan.source.path,
+                    output_path=plan.output_path,
+                    type_name=plan.qtype.name,
+                    source_bytes=plan.source.file_size_bytes,
+                    output_bytes=file_bytes,
+                    bits_per_weight=data * 8 / plan.source.n_params if plan.source.n_params else 0.0,
+                    n_tensors=len(tensors),
+                    elapsed_s=time.perf_counter() - t0,
+                    quantize_s=float(result.get("seconds", 0.0)),  # type: ignore[arg-type]
+                    source_quantized_type=plan.source_quantized_type,
+                    dequantized_copy=plan.dequantized_copy,
+                    warnings=plan.warnings,
+                    log_tail=tail,
+                    imatrix=plan.imatrix,
+                    tensor_types=self.request.tensor_types,
+                    dry_run=True,
+                    tensors=tensors,
+                )
+            )
+
+
+def _padded(n_bytes: int) -> int:
+    return n_bytes + (-n_bytes % _GGUF_ALIGNMENT)
+
+
+def _tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
+    """n_rows x ggml_row_size(type, ne0), as llama.cpp computes a dry run's size."""
+    import gguf
+
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name.upper()]]
+    n_rows = 1
+    for n in shape[1:]:
+        n_rows *= n
+    return n_rows * (shape[0] // block) * type_size
+
+
+def _tensor_size(match: re.Match[str]) -> TensorSize:
+    shape = tuple(int(n) for n in match.group(2).split(","))
+    source_type = match.group(3)
+    target_type = match.group(4) or source_type
+    return TensorSize(
+        name=match.group(1),
+        shape=shape,
+        source_type=source_type,
+        target_type=target_type,
+        target_bytes=_tensor_bytes(target_type, shape),
+    )
 
 
 def _write_failure_message(

@@ -14,8 +14,9 @@ type) and is measured from the written file afterwards.
 
 Importance matrix: llama.cpp refuses to write IQ1/IQ2/IQ3_XXS tensors (and the Q2_K tensors of a
 Q2_K_S file) without an importance matrix (src/llama-quant.cpp, `tensor_requires_imatrix`); a file
-type needs one when its mix puts any tensor in such a type. llama-cpp-python exposes no way to
-compute or load an imatrix, so LlamaScope lists these types and refuses them with that reason.
+type needs one when its mix puts any tensor in such a type. LlamaScope computes matrices itself
+(`llamascope imatrix`, app.quant.imatrix_compute) and passes one to the quantizer
+(`quantize --imatrix`); without one, these types are refused with that reason.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 
 IMATRIX_REFUSAL = (
     "{name} needs an importance matrix (llama.cpp refuses to write its very-low-bit tensors without "
-    "one, because the result would be garbage), and llama-cpp-python offers no way to compute or load "
-    "an importance matrix. Use llama.cpp's llama-imatrix and llama-quantize for it, or choose a type "
-    "that needs none (Q2_K, Q3_K_S or higher, IQ3_S, IQ3_M, IQ4_XS, IQ4_NL)."
+    "one, because the result would be garbage). Compute one with `llamascope imatrix MODEL -o "
+    "MODEL.imatrix.gguf` and quantize with `--imatrix MODEL.imatrix.gguf`, or choose a type that needs "
+    "none (Q2_K, Q3_K_S or higher, IQ3_S, IQ3_M, IQ4_XS, IQ4_NL)."
 )
 
 
@@ -44,8 +45,12 @@ class QuantType:
 
     @property
     def refusal_reason(self) -> str | None:
-        """Why LlamaScope cannot produce this type, or None when it can."""
-        return IMATRIX_REFUSAL.format(name=self.name) if self.needs_imatrix else None
+        """Why LlamaScope cannot produce this type without an importance matrix, or None when it can."""
+        return self.refusal_reason_for(has_imatrix=False)
+
+    def refusal_reason_for(self, *, has_imatrix: bool) -> str | None:
+        """Why this type cannot be produced with (or without) a matrix, or None when it can."""
+        return IMATRIX_REFUSAL.format(name=self.name) if self.needs_imatrix and not has_imatrix else None
 
     @property
     def is_float(self) -> bool:
@@ -241,9 +246,9 @@ def supported_quant_types() -> tuple[QuantType, ...]:
     return tuple(t for t in QUANT_TYPES if t.ftype_constant in known)
 
 
-def usable_quant_types() -> tuple[QuantType, ...]:
-    """Supported types LlamaScope can actually produce (no importance matrix needed)."""
-    return tuple(t for t in supported_quant_types() if not t.needs_imatrix)
+def usable_quant_types(*, has_imatrix: bool = False) -> tuple[QuantType, ...]:
+    """Supported types LlamaScope can produce: without a matrix, those that need none; with one, all."""
+    return tuple(t for t in supported_quant_types() if has_imatrix or not t.needs_imatrix)
 
 
 def is_quantized_tensor_type(type_name: str) -> bool:

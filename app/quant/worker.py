@@ -59,15 +59,58 @@ def _forward_llama_log(lc: Any, write: Callable[[bytes], None]) -> None:
     lc.llama_log_set(on_log, ctypes.c_void_p(0))
 
 
-def _kv_overrides(lc: Any, strings: dict[str, str]) -> Any:
-    """A llama_model_kv_override array (string values), terminated by an empty key."""
-    array = (lc.llama_model_kv_override * (len(strings) + 1))()
-    for item, (key, value) in zip(array, strings.items(), strict=False):
+def _kv_overrides(lc: Any, strings: dict[str, str], ints: dict[str, int] | None = None) -> Any:
+    """A llama_model_kv_override array (string and int64 values), terminated by an empty key."""
+    ints = ints or {}
+    array = (lc.llama_model_kv_override * (len(strings) + len(ints) + 1))()
+    items = iter(array)
+    for key, value in strings.items():
+        item = next(items)
         item.tag = lc.LLAMA_KV_OVERRIDE_TYPE_STR
         item.key = key.encode("utf-8")[:127]
         item.value.val_str = value.encode("utf-8")[:127]
-    array[len(strings)].key = b""
+    for key, number in ints.items():
+        item = next(items)
+        item.tag = lc.LLAMA_KV_OVERRIDE_TYPE_INT
+        item.key = key.encode("utf-8")[:127]
+        item.value.val_i64 = int(number)
+    array[len(strings) + len(ints)].key = b""
     return array
+
+
+def _imatrix_array(lc: Any, path: str) -> tuple[Any, list[Any]]:
+    """The file's matrix as a llama_model_imatrix_data array ending in a null name, which is how
+    llama_model_quantize_impl finds its end (src/llama-quant.cpp); with the buffers it points
+    into, which must outlive the call."""
+    from app.quant.imatrix import quantizer_arrays, read_imatrix
+
+    arrays = quantizer_arrays(read_imatrix(path))
+    keep: list[Any] = []
+    array = (lc.llama_model_imatrix_data * (len(arrays) + 1))()
+    for item, (name, values) in zip(array, arrays.items(), strict=False):
+        encoded = name.encode("utf-8")
+        keep.extend((encoded, values))
+        item.name = encoded
+        item.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        item.size = int(values.size)
+    array[len(arrays)].name = None
+    array[len(arrays)].size = 0
+    return array, keep
+
+
+def _tensor_type_array(lc: Any, overrides: list[Any]) -> tuple[Any, list[bytes]]:
+    """[(regex, ggml_type number), ...] as a llama_model_tensor_override array ending in a null
+    pattern (and GGML_TYPE_COUNT, as llama-quantize writes it)."""
+    keep: list[bytes] = []
+    array = (lc.llama_model_tensor_override * (len(overrides) + 1))()
+    for item, (pattern, type_id) in zip(array, overrides, strict=False):
+        encoded = str(pattern).encode("utf-8")
+        keep.append(encoded)
+        item.pattern = encoded
+        item.type = int(type_id)
+    array[len(overrides)].pattern = None
+    array[len(overrides)].type = int(lc.GGML_TYPE_COUNT)
+    return array, keep
 
 
 def run(params: dict[str, Any], write_log: Callable[[bytes], None]) -> dict[str, Any]:
@@ -75,7 +118,9 @@ def run(params: dict[str, Any], write_log: Callable[[bytes], None]) -> dict[str,
 
     Keys: source, output, ftype (llama_ftype number), nthread, allow_requantize, pure,
     quantize_output_tensor, output_tensor_type / token_embedding_type (ggml_type number or None),
-    kv_strings (metadata keys to write, {key: string value}), dry_run.
+    kv_strings / kv_ints (metadata keys to write, {key: value}), dry_run, imatrix (the path of
+    an importance matrix file, GGUF or .dat, loaded here), tensor_types ([[regex, ggml_type
+    number], ...], llama-quantize's --tensor-type; the first pattern that matches a name wins).
     """
     lc = llama_runtime.llama()
     _forward_llama_log(lc, write_log)
@@ -90,17 +135,26 @@ def run(params: dict[str, Any], write_log: Callable[[bytes], None]) -> dict[str,
         q.output_tensor_type = int(params["output_tensor_type"])
     if params.get("token_embedding_type") is not None:
         q.token_embedding_type = int(params["token_embedding_type"])
-    overrides = None
-    if params.get("kv_strings"):
-        overrides = _kv_overrides(lc, dict(params["kv_strings"]))
+    keep: list[Any] = []  # everything llama.cpp points into during the call
+    if params.get("kv_strings") or params.get("kv_ints"):
+        overrides = _kv_overrides(lc, dict(params.get("kv_strings") or {}), dict(params.get("kv_ints") or {}))
+        keep.append(overrides)
         q.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(lc.llama_model_kv_override))
+    if params.get("imatrix"):
+        matrix, buffers = _imatrix_array(lc, str(params["imatrix"]))
+        keep.extend((matrix, buffers))
+        q.imatrix = ctypes.cast(matrix, ctypes.POINTER(lc.llama_model_imatrix_data))
+    if params.get("tensor_types"):
+        types, patterns = _tensor_type_array(lc, list(params["tensor_types"]))
+        keep.extend((types, patterns))
+        q.tt_overrides = ctypes.cast(types, ctypes.POINTER(lc.llama_model_tensor_override))
     t0 = time.perf_counter()
     rc = int(
         lc.llama_model_quantize(
             str(params["source"]).encode("utf-8"), str(params["output"]).encode("utf-8"), ctypes.byref(q)
         )
     )
-    del overrides
+    del keep
     return {"rc": rc, "seconds": time.perf_counter() - t0}
 
 

@@ -213,3 +213,13 @@ def test_imatrix_column_agrees_with_llama_cpp_dry_runs(tmp_path_factory: pytest.
             needs[current] = True
     assert set(needs) == {t.name for t in types}
     assert needs == {t.name: t.needs_imatrix for t in types}
+
+
+def test_imatrix_types_become_usable_with_a_matrix_and_the_refusal_names_the_cure() -> None:
+    iq = quant_type("IQ3_XXS")
+    reason = iq.refusal_reason_for(has_imatrix=False)
+    assert reason is not None and "llamascope imatrix" in reason and "--imatrix" in reason
+    assert iq.refusal_reason_for(has_imatrix=True) is None
+    with_matrix = {t.name for t in usable_quant_types(has_imatrix=True)}
+    assert {"IQ3_XXS", "IQ2_XS", "Q2_K_S"} <= with_matrix
+    assert not IMATRIX_TYPES & {t.name for t in usable_quant_types(has_imatrix=False)}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import pytest
 
 from app.model.gguf_info import _read_header, inspect_model, read_metadata
@@ -410,3 +411,49 @@ def test_the_worker_runs_from_a_shell(f16_base: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[ 272/ 272]" in result.stderr
     assert json.loads(result.stdout.split("LLAMASCOPE-RESULT ", 1)[1])["rc"] == 0
+
+
+def test_a_dry_run_writes_nothing_and_predicts_the_size_the_real_run_writes(
+    f16_base: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "dry.Q4_0.gguf"
+    dry = quantize(QuantizeRequest(f16_base, "Q4_0", str(out), dry_run=True))
+    assert dry.dry_run and not out.exists() and leftovers(tmp_path) == []
+    assert len(dry.tensors) == 272
+    by_name = {t.name: t for t in dry.tensors}
+    q = by_name["blk.0.attn_q.weight"]
+    assert (q.shape[:2], q.source_type, q.target_type) == ((576, 576), "f16", "q4_0")
+    assert q.target_bytes == 576 * 576 // 32 * 18  # Q4_0: 18 bytes per 32 weights
+    norm = by_name["blk.0.attn_norm.weight"]
+    assert norm.source_type == norm.target_type == "f32" and norm.target_bytes == 576 * 4
+    real = quantize(QuantizeRequest(f16_base, "Q4_0", str(out)))
+    assert not real.dry_run
+    # Tensor data exactly; the header is the source's, and the quantizer rewrites a few keys.
+    assert abs(real.output_bytes - dry.output_bytes) < 1024
+    assert abs(real.bits_per_weight - dry.bits_per_weight) < 0.01
+
+
+def test_tensor_type_overrides_reach_the_quantizer(f16_base: str, tmp_path: Path) -> None:
+    out = tmp_path / "mixed.gguf"
+    result = quantize(
+        QuantizeRequest(
+            f16_base, "Q4_0", str(out), tensor_types=((r"attn_v\.weight$", "q8_0"), ("ffn_down", "Q5_0"))
+        )
+    )
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert types["blk.3.attn_v.weight"] == "Q8_0"
+    assert types["blk.3.ffn_down.weight"] == "Q5_0"
+    assert types["blk.3.attn_q.weight"] == "Q4_0"
+    assert result.tensor_types == ((r"attn_v\.weight$", "q8_0"), ("ffn_down", "Q5_0"))
+    with pytest.raises(QuantizeError, match="not a valid regular expression"):
+        plan_quantization(QuantizeRequest(f16_base, "Q4_0", str(out), tensor_types=(("attn_(", "Q8_0"),)))
+    with pytest.raises(QuantizeError, match="Unknown tensor type"):
+        plan_quantization(QuantizeRequest(f16_base, "Q4_0", str(out), tensor_types=(("attn", "Q9_9"),)))
+    # An i-quant tensor without a matrix: llama.cpp names the tensor, the message names the cure.
+    with pytest.raises(QuantizeError, match="llamascope imatrix"):
+        quantize(
+            QuantizeRequest(
+                f16_base, "Q4_0", str(tmp_path / "iq.gguf"), tensor_types=(("ffn_down", "IQ2_XS"),)
+            )
+        )
+    assert leftovers(tmp_path) == []
