@@ -724,13 +724,19 @@ class PerformancePanel(Panel):
         self.depth_plot.clear()
         self.bench_progress.setRange(0, 1)
         self.bench_progress.setValue(0)
+        self.bench_progress.setFormat("starting…")
         self.bench_status.setText(f"Starting {len(plan.instances())} test(s)…")
         self.bench_stop.setEnabled(True)
         self.benchmark_requested.emit(plan)
 
     def on_benchmark_progressed(self, done: int, total: int, what: str) -> None:
+        """The runner's progress: `done` of `total` steps (warm-ups and repetitions) finished, `what`
+        runs now ("pp512 · repetition 3 of 5 · test 1 of 2 — model, settings")."""
         self.bench_progress.setRange(0, max(total, 1))
         self.bench_progress.setValue(done)
+        # The bar names the repetition running; the line under it adds the model and settings.
+        short = what.split(" — ")[0].split(" · test ")[0].replace("%", "%%")
+        self.bench_progress.setFormat(short)
         self.bench_status.setText(what)
 
     def on_benchmark_result(self, result: BenchResult) -> None:
@@ -771,6 +777,7 @@ class PerformancePanel(Panel):
         results, run_ids = outcome
         self._bench_run_ids = sorted(run_ids.values())
         self.bench_stop.setEnabled(False)
+        self.bench_progress.setFormat("%p%")
         stopped = any(not r.complete for r in results)
         self.bench_status.setText(
             f"{'Stopped' if stopped else 'Done'}: {len(results)} result(s)"
@@ -780,6 +787,7 @@ class PerformancePanel(Panel):
 
     def on_benchmark_failed(self, message: str) -> None:
         self.bench_stop.setEnabled(False)
+        self.bench_progress.setFormat("%p%")
         self.bench_status.setText(f"✗ {message}")
 
     def _on_export_clicked(self) -> None:

@@ -380,6 +380,32 @@ class _ModelKey:
     use_mlock: bool
 
 
+@dataclass(frozen=True)
+class _StepText:
+    """The progress text of one test instance: the test and its repetition first (what a person
+    looks for, and what a terminal's line keeps when it cuts the end), then which test of how many,
+    then the model and settings."""
+
+    test: str
+    repetitions: int
+    number: int  # this instance, 1-based
+    instances: int
+    label: str  # model file, test and settings
+
+    def _tail(self) -> str:
+        which = f" · test {self.number} of {self.instances}" if self.instances > 1 else ""
+        return f"{which} — {self.label}"
+
+    def warmup(self, detail: str = "") -> str:
+        return f"{self.test} · warm-up{' ' + detail if detail else ''}{self._tail()}"
+
+    def repetition(self, k: int) -> str:
+        return f"{self.test} · repetition {k} of {self.repetitions}{self._tail()}"
+
+    def done(self) -> str:
+        return f"{self.test} · {self.repetitions} of {self.repetitions} repetitions done{self._tail()}"
+
+
 class _Runner:
     """Runs a plan on one thread; owns at most one llama.cpp model at a time."""
 
@@ -407,6 +433,8 @@ class _Runner:
         warmup_steps = 1 if plan.warmup or plan.warmup_until_steady else 0
         self.total_steps = sum(plan.repetitions + warmup_steps for _ in instances)
         self.done_steps = 0
+        self.n_instances = len(instances)
+        self.instance_number = 0
         self.cpu_probe = CpuLoadProbe(own_tree_pid)
         self.llama_defaults = _llama_bench_defaults(self.lc)
         self._model: LlamaModel | None = None
@@ -476,6 +504,8 @@ class _Runner:
         n_ctx = settings.n_ctx
         settings.validate()
         label = f"{os.path.basename(model_path)} {test.name} (t={load.n_threads}, b={load.n_batch})"
+        self.instance_number += 1
+        step = _StepText(test.name, self.plan.repetitions, self.instance_number, self.n_instances, label)
         model = self._load(model_path, settings, label)
         if model is None:
             return None
@@ -493,11 +523,17 @@ class _Runner:
         recorder: Any = None
         summary: Any = None
         try:
+            # Each progress call says what runs next, and `done` counts the steps (the warm-up, each
+            # repetition) finished: the bar moves once per repetition, and the text names the one
+            # running now ("pp512 · repetition 3 of 5"). app.tune.measure times repetitions by the
+            # calls where `done` moved.
             if self.plan.warmup_until_steady:
-                runs, steady = self._warm_up_until_steady(ctx, model, test, label)
+                self._progress(step.warmup())
+                runs, steady = self._warm_up_until_steady(ctx, model, test, step)
                 warmup = {"warmup_runs": runs, "warmup_steady": steady}
                 self.done_steps += 1
             elif self.plan.warmup:
+                self._progress(step.warmup())
                 warmup = {"warmup_runs": 1}
                 ctx.clear(data=False)
                 if test.n_prompt:
@@ -505,7 +541,8 @@ class _Runner:
                 if test.n_gen:
                     self._decode_gen(ctx, self._random_ids(model, 1, first=True))
                 self.done_steps += 1
-                self._progress(f"warm-up done: {label}")
+            if self.plan.repetitions and not self.cancel.is_set():
+                self._progress(step.repetition(1))
             recorder = self._start_recorder()
             cpu_start = self.cpu_probe.sample()
             for rep in range(self.plan.repetitions):
@@ -525,7 +562,7 @@ class _Runner:
                 samples.append(time.perf_counter_ns() - t0)
                 prompt_samples.append(t_prompt - t0)
                 self.done_steps += 1
-                self._progress(f"{label}: repetition {rep + 1}/{self.plan.repetitions}")
+                self._progress(step.repetition(rep + 2) if rep + 1 < self.plan.repetitions else step.done())
         except DriverCancelled:
             pass  # Stop inside a repetition: that one is dropped, the finished ones are kept
         except DriverError as exc:
@@ -564,7 +601,7 @@ class _Runner:
         return buf.value.decode("utf-8", errors="replace").strip() if n > 0 else None
 
     def _warm_up_until_steady(
-        self, ctx: LlamaContext, model: LlamaModel, test: BenchTest, label: str
+        self, ctx: LlamaContext, model: LlamaModel, test: BenchTest, step: _StepText
     ) -> tuple[int, bool]:
         """Full repetitions until the last few agree (app.bench.trust.SteadyRule) or a cap is reached;
         returns (runs, steady)."""
@@ -575,7 +612,7 @@ class _Runner:
             rates.append(1e9 * test.n_tokens / max(1, self._warmup_repetition(ctx, model, test)))
             spread = rule.spread_percent(rates)
             within = f", the last {rule.window} within {spread:.1f} %" if spread is not None else ""
-            self._progress(f"{label}: warm-up run {len(rates)}{within}")
+            self._progress(step.warmup(f"run {len(rates)} done{within}"))
             if rule.steady(rates):
                 return len(rates), True
             if rule.over(len(rates), time.monotonic() - started):

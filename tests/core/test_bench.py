@@ -150,11 +150,35 @@ def test_a_real_short_benchmark(demo_model: str) -> None:
     assert progress[-1][0] == progress[-1][1] == 2 * (2 + 1)  # 2 tests × (warm-up + 2 repetitions)
 
 
+def test_progress_names_the_test_and_repetition_running_and_moves_once_per_repetition(
+    demo_model: str,
+) -> None:
+    progress: list[tuple[int, int, str]] = []
+    run_benchmark(_plan(demo_model, repetitions=3), on_progress=lambda d, t, w: progress.append((d, t, w)))
+    steps = [(d, w.split(" — ")[0]) for d, _t, w in progress if not w.startswith(("loading", "starting"))]
+    assert steps == [
+        (0, "pp32 · warm-up · test 1 of 2"),
+        (1, "pp32 · repetition 1 of 3 · test 1 of 2"),
+        (2, "pp32 · repetition 2 of 3 · test 1 of 2"),
+        (3, "pp32 · repetition 3 of 3 · test 1 of 2"),
+        (4, "pp32 · 3 of 3 repetitions done · test 1 of 2"),
+        (4, "tg8 · warm-up · test 2 of 2"),
+        (5, "tg8 · repetition 1 of 3 · test 2 of 2"),
+        (6, "tg8 · repetition 2 of 3 · test 2 of 2"),
+        (7, "tg8 · repetition 3 of 3 · test 2 of 2"),
+        (8, "tg8 · 3 of 3 repetitions done · test 2 of 2"),
+    ]
+    assert {t for _d, t, _w in progress} == {8}  # 2 tests × (warm-up + 3 repetitions)
+    assert all(
+        w.split(" — ")[1].startswith(os.path.basename(demo_model)) for _d, _t, w in progress[1:] if " — " in w
+    )
+
+
 def test_cancel_between_repetitions_keeps_what_finished(demo_model: str) -> None:
     cancel = threading.Event()
 
     def on_progress(done: int, total: int, what: str) -> None:
-        if "repetition 1/" in what:
+        if "repetition 2 of" in what:  # said when repetition 1 has finished and 2 starts
             cancel.set()
 
     plan = _plan(demo_model, tests=(BenchTest(n_gen=4), BenchTest(n_prompt=16)), repetitions=5)

@@ -42,9 +42,25 @@ def _small_benchmark(win: MainWindow, reps: int = 2) -> None:
 def test_a_benchmark_runs_from_the_panel_and_is_kept(qtbot: QtBot, window: MainWindow) -> None:
     perf = window.performance_panel
     _small_benchmark(window)
+    # What the bar says and where it stands after each progress report (the panel hears it first).
+    seen: list[tuple[int, str]] = []
+    window.bridge.benchmark_progressed.connect(
+        lambda *_: seen.append((perf.bench_progress.value(), perf.bench_progress.format()))
+    )
     with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS):
         qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
         assert perf.bench_stop.isEnabled()
+    steps = [(v, f) for v, f in seen if not f.startswith(("loading", "starting"))]
+    assert steps == [
+        (0, "pp16 · warm-up"),
+        (1, "pp16 · repetition 1 of 2"),
+        (2, "pp16 · repetition 2 of 2"),
+        (3, "pp16 · 2 of 2 repetitions done"),
+        (3, "tg4 · warm-up"),
+        (4, "tg4 · repetition 1 of 2"),
+        (5, "tg4 · repetition 2 of 2"),
+        (6, "tg4 · 2 of 2 repetitions done"),
+    ]
     assert perf.bench_table.rowCount() == 2
     assert [perf.bench_table.item(r, 0).text() for r in range(2)] == ["pp16", "tg4"]
     assert "±" in perf.bench_table.item(0, 2).text()
@@ -69,7 +85,7 @@ def test_stop_keeps_the_finished_repetitions(qtbot: QtBot, window: MainWindow) -
     perf.bench_pp.setText("0")
 
     def stop_after_first_repetition(done: int, total: int, what: str) -> None:
-        if "repetition 1/" in what and perf.bench_stop.isEnabled():
+        if "repetition 2 of" in what and perf.bench_stop.isEnabled():  # repetition 1 finished
             qtbot.mouseClick(perf.bench_stop, Qt.MouseButton.LeftButton)
 
     window.bridge.benchmark_progressed.connect(stop_after_first_repetition)
