@@ -22,10 +22,17 @@ EXIT_ALREADY_RUNNING = 3
 _HEADLESS_PLATFORMS = ("offscreen", "minimal")
 
 
+DESKTOP_FILE_NAME = "llamascope"  # llamascope.desktop: Wayland's app id, the dock's icon and grouping
+
+
 def create_application(argv: Sequence[str]) -> QApplication:
-    app = QApplication.instance() or QApplication(list(argv))
+    # On X11 Qt names the window class (WM_CLASS, which task bars group and label by) after
+    # argv[0]: started as `python -m cli` that is "__main__.py". The program's own name instead.
+    qt_argv = [DESKTOP_FILE_NAME, *list(argv)[1:]]
+    app = QApplication.instance() or QApplication(qt_argv)
     assert isinstance(app, QApplication)
     app.setApplicationName(APP_NAME)
+    app.setDesktopFileName(DESKTOP_FILE_NAME)
     app.setOrganizationName(APP_NAME)
     app.setApplicationVersion(__version__)
     icon = resource_path("icons", "llamascope.svg")

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QWidget
+from PySide6.QtCore import QRect, QSettings, QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QResizeEvent, QShowEvent
+from PySide6.QtWidgets import (
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QStackedWidget,
+    QTabWidget,
+    QWidget,
+)
 
 from app import __version__
 from app.bench.history import HistoryError, HistoryStore
-from app.engine.types import GenerationRequest
+from app.common.formatting import format_bytes
+from app.engine.types import GenerationRequest, LoadResult
 from app.model.settings import SettingsError
 from app.quant.workflow import QuantWorkflow
 from app.telemetry.sampler import Sampler
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
-from ui.quality_bridge import QualityBridge
+from ui.quality_bridge import QualityBridge, connect_quantization_panel
 from ui.server_bridge import ServerBridge, connect_servers_box
 from ui.telemetry_bridge import TelemetryBridge
 from widgets.generation_console import GenerationConsole
@@ -27,6 +37,57 @@ from widgets.performance_panel import PerformancePanel
 from widgets.quantization_panel import QuantizationPanel
 
 log = logging.getLogger(__name__)
+
+# Four columns side by side need about this much width: at 1600 px each column gets ~390 px, what
+# the widest panel's boxes need (tests/gui/test_window_fit.py holds them to it). Below it the panels
+# go into two rows of tabs, side by side (see LayoutMode.TABS).
+FOUR_COLUMNS_MIN_WIDTH = 1600
+DEFAULT_SIZE = QSize(1600, 950)
+# The smallest window that still shows a panel, its buttons and a few console lines; on a smaller
+# screen the screen wins.
+USABLE_MIN_SIZE = QSize(960, 600)
+# Room for the window manager's title bar and borders, which Qt knows only once the window is shown:
+# without it a window as tall as the screen's free area would put its bottom edge (the console and
+# the status bar) under the task bar.
+DECORATION_ALLOWANCE = QSize(16, 40)
+
+
+NO_MODEL_STATUS = "No model loaded"
+
+
+def loaded_status_text(result: LoadResult) -> str:
+    """The status bar's name for what the engine holds: "Loaded: SmolLM2 135M · Q4_1 · 93.8 MiB"."""
+    model = result.model
+    return f"Loaded: {model.display_name} · {model.file_type_label} · {format_bytes(model.file_size_bytes)}"
+
+
+def _parse_rect(value: object) -> QRect | None:
+    """A remembered "x,y,width,height"; None when missing or damaged."""
+    try:
+        x, y, w, h = (int(part) for part in str(value).split(","))
+    except ValueError:
+        return None
+    return QRect(x, y, w, h) if w > 0 and h > 0 else None
+
+
+class LayoutMode(enum.Enum):
+    """How the four panels share the window's width.
+
+    COLUMNS: the specified layout, four columns side by side, when the window is wide enough.
+    TABS: two tab stacks side by side (Model Config | Hardware, and Quantization | Performance).
+    Chosen over a single tab stack, which would show one panel on a 1366 px screen and leave most
+    of its width empty, and over a 2x2 grid, which on a 768 px screen leaves each panel about 250 px
+    of height above the console: too little for a plot or a table. Two stacks give each visible
+    panel ~680 px of width and the full height, and any panel of the left stack can be watched next
+    to any of the right one (e.g. Model Config beside Performance while a benchmark runs).
+    """
+
+    COLUMNS = "columns"
+    TABS = "tabs"
+
+
+def layout_mode_for_width(width: int) -> LayoutMode:
+    return LayoutMode.COLUMNS if width >= FOUR_COLUMNS_MIN_WIDTH else LayoutMode.TABS
 
 
 def _logits_folder() -> str:
@@ -53,10 +114,16 @@ class MainWindow(QMainWindow):
         initial_model: str | None = None,
         history: HistoryStore | None = None,
         parent: QWidget | None = None,
+        available_geometry: QRect | None = None,
     ) -> None:
+        """`available_geometry` stands in for the screen's free area (tests size the window for a
+        screen they do not have); by default the screen's own, read when needed."""
         super().__init__(parent)
         self.setWindowTitle("LlamaScope")
         self._settings = settings
+        self._available_geometry = available_geometry
+        self._layout_mode: LayoutMode | None = None
+        self._shown_once = False
         self.bridge = bridge or EngineBridge(parent=self)
         self.inspector = ModelInspector(parent=self)
         self.sampler = Sampler()  # public: the Performance panel attaches a TelemetryRecorder to it
@@ -72,22 +139,39 @@ class MainWindow(QMainWindow):
         connect_servers_box(self.servers, self.performance_panel.servers_box, self.bridge)
         self.console = GenerationConsole()
 
+        self.panels = (self.model_panel, self.hardware_panel, self.quantization_panel, self.performance_panel)
+        # Both layouts exist from the start; switching moves the same four panel widgets between
+        # them, so every edit, plot, table and running job stays as it is.
         self.panels_splitter = QSplitter(Qt.Orientation.Horizontal)
         self.panels_splitter.setObjectName("panelsSplitter")
-        for panel in (self.model_panel, self.hardware_panel, self.quantization_panel, self.performance_panel):
-            self.panels_splitter.addWidget(panel)
-        self.panels_splitter.setStretchFactor(0, 3)
-        for i in (1, 2, 3):
-            self.panels_splitter.setStretchFactor(i, 2)
+        self.panels_splitter.setChildrenCollapsible(False)
+        self.left_tabs = QTabWidget()
+        self.left_tabs.setObjectName("leftTabs")
+        self.right_tabs = QTabWidget()
+        self.right_tabs.setObjectName("rightTabs")
+        for tabs in (self.left_tabs, self.right_tabs):
+            tabs.setDocumentMode(True)
+        self.tabs_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.tabs_splitter.setObjectName("tabsSplitter")
+        self.tabs_splitter.setChildrenCollapsible(False)
+        self.tabs_splitter.addWidget(self.left_tabs)
+        self.tabs_splitter.addWidget(self.right_tabs)
+        self.panels_stack = QStackedWidget()
+        self.panels_stack.setObjectName("panelsStack")
+        self.panels_stack.addWidget(self.panels_splitter)
+        self.panels_stack.addWidget(self.tabs_splitter)
         self.main_splitter = QSplitter(Qt.Orientation.Vertical)
         self.main_splitter.setObjectName("mainSplitter")
-        self.main_splitter.addWidget(self.panels_splitter)
+        self.main_splitter.setChildrenCollapsible(False)
+        self.main_splitter.addWidget(self.panels_stack)
         self.main_splitter.addWidget(self.console)
         self.main_splitter.setStretchFactor(0, 3)
         self.main_splitter.setStretchFactor(1, 1)
         self.setCentralWidget(self.main_splitter)
+        self.set_layout_mode(LayoutMode.TABS)  # until the window has its size (_restore_layout)
 
-        self.engine_status = QLabel("No model loaded")
+        self.engine_status = QLabel(NO_MODEL_STATUS)
+        self.engine_status.setObjectName("engineStatus")
         self.build_warning: QMessageBox | None = None  # shown once if the build check saw a crash
         self.statusBar().addPermanentWidget(self.engine_status)
         self._build_menu()
@@ -196,22 +280,8 @@ class MainWindow(QMainWindow):
         self.model_panel.model_info_changed.connect(quant.set_source)
         self.inspector.quant_types_read.connect(quant.set_quant_types)
         self.inspector.request_quant_types()
-        quant.quantize_requested.connect(q.quantize)
-        quant.base_requested.connect(q.measure_base)
-        quant.measure_requested.connect(q.measure)
-        quant.cancel_requested.connect(q.cancel)
-        q.busy_changed.connect(quant.set_busy)
-        q.engine_taken.connect(quant.set_engine_taken)  # a generation, load or benchmark holds the engine
-        q.quantize_progressed.connect(quant.on_quantize_progressed)
-        q.quantize_finished.connect(quant.on_quantize_finished)
-        q.quantize_finished.connect(lambda result: self.model_panel.add_model_file(result.output_path))
-        q.eval_progressed.connect(quant.on_eval_progressed)
-        q.eval_finished.connect(quant.on_eval_finished)
-        q.base_changed.connect(quant.on_base_changed)
-        q.base_noted.connect(quant.on_base_noted)
-        q.comparison_changed.connect(quant.on_comparison_changed)
-        q.measurements_finished.connect(quant.on_measurements_finished)
-        q.failed.connect(quant.on_failed)
+        # Each new file joins the model list and stays there after a restart; the source stays selected.
+        connect_quantization_panel(q, quant, add_model=self.model_panel.add_model_file)
 
     def _wire_hardware(self) -> None:
         t, hw = self.telemetry, self.hardware_panel
@@ -248,16 +318,21 @@ class MainWindow(QMainWindow):
     def _on_benchmark_requested(self, plan: object) -> None:
         self.bridge.request_benchmark(plan, self.history, self.sampler)  # type: ignore[arg-type]
 
-    def _on_model_loaded(self, result: object) -> None:
+    def _on_model_loaded(self, result: LoadResult) -> None:
         self.console.set_model_ready(True)
-        self.engine_status.setText(f"Loaded: {self.model_panel.loaded_model_name()}")
+        self.engine_status.setText(loaded_status_text(result))
+        self.engine_status.setToolTip(f"{result.model.path}\ncontext {result.n_ctx:,} tokens")
 
     def _on_model_unloaded(self) -> None:
         self.console.set_model_ready(False)
-        self.engine_status.setText("No model loaded")
+        self.engine_status.setText(NO_MODEL_STATUS)
+        self.engine_status.setToolTip("Select a model in Model Config and press Load (Ctrl+L)")
         self.statusBar().showMessage("Model unloaded; its memory was freed.", 5000)
 
     def _on_model_lost(self, message: str) -> None:
+        self.console.set_model_ready(False)
+        self.engine_status.setText(NO_MODEL_STATUS)
+        self.engine_status.setToolTip(message)
         self.statusBar().showMessage(message.splitlines()[0], 15000)
 
     def _on_operation_failed(self, operation: str, message: str) -> None:
@@ -305,14 +380,123 @@ class MainWindow(QMainWindow):
             f"<p>{self.model_panel.platform_text()}</p>",
         )
 
-    # ---- layout memory and shutdown ----------------------------------------------------------
-    def _restore_layout(self) -> None:
-        geometry = self._settings.value("window/geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
+    # ---- layout: the screen, the two modes, memory ---------------------------------------------
+    def available_geometry(self) -> QRect:
+        """The free area (without task bars) of the screen the window is on."""
+        if self._available_geometry is not None:
+            return QRect(self._available_geometry)
+        screen = QGuiApplication.screenAt(self.geometry().center()) or self.screen()
+        screen = screen or QGuiApplication.primaryScreen()
+        return screen.availableGeometry() if screen is not None else QRect(0, 0, 1366, 768)
+
+    def layout_mode(self) -> LayoutMode:
+        assert self._layout_mode is not None
+        return self._layout_mode
+
+    def set_layout_mode(self, mode: LayoutMode) -> None:
+        """Move the four panels into the columns or into the two tab stacks; no panel is rebuilt."""
+        if mode is self._layout_mode:
+            return
+        self._layout_mode = mode
+        if mode is LayoutMode.COLUMNS:
+            for tabs in (self.left_tabs, self.right_tabs):
+                if tabs.count():
+                    tabs.setProperty("rememberedIndex", tabs.currentIndex())
+                while tabs.count():
+                    tabs.removeTab(0)
+            for i, panel in enumerate(self.panels):
+                self.panels_splitter.insertWidget(i, panel)
+                panel.set_title_shown(True)
+                panel.show()  # a tab that was not current is hidden
+            self.panels_splitter.setStretchFactor(0, 3)
+            for i in (1, 2, 3):
+                self.panels_splitter.setStretchFactor(i, 2)
+            self.panels_stack.setCurrentWidget(self.panels_splitter)
         else:
-            self.resize(1600, 950)
-        for splitter in (self.panels_splitter, self.main_splitter):
+            for tabs, pair in ((self.left_tabs, self.panels[:2]), (self.right_tabs, self.panels[2:])):
+                current = tabs.property("rememberedIndex")
+                for panel in pair:
+                    tabs.addTab(panel, panel.title)  # the tab stack shows only its current page
+                    panel.set_title_shown(False)  # the tab names it
+                tabs.setCurrentIndex(int(current) if current is not None else 0)
+            self.panels_stack.setCurrentWidget(self.tabs_splitter)
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt override)
+        super().showEvent(event)
+        if not self._shown_once:
+            self._shown_once = True
+            # Now the window manager's frame is known: if title bar and borders push the window
+            # over the screen's edge, shrink it by what they take.
+            QTimer.singleShot(0, self, self._refit_if_framed_outside)
+
+    def _refit_if_framed_outside(self) -> None:
+        if not self.isMaximized() and not self.isFullScreen():
+            if not self.available_geometry().contains(self.frameGeometry()):
+                self.fit_to_screen()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        self.set_layout_mode(layout_mode_for_width(event.size().width()))
+        super().resizeEvent(event)
+
+    def _largest_size(self) -> QSize:
+        """The biggest window (without its frame) that fits the screen's free area."""
+        avail = self.available_geometry()
+        frame = self.frameGeometry().size() - self.geometry().size()
+        if self.isVisible() and frame.height() > 0:
+            extra = frame  # the real decorations, once the window manager has framed the window
+        elif self._available_geometry is not None:
+            extra = QSize(0, 0)  # a stand-in screen has no window manager
+        else:
+            extra = DECORATION_ALLOWANCE
+        return QSize(max(1, avail.width() - extra.width()), max(1, avail.height() - extra.height()))
+
+    def fit_to_screen(self, size: QSize | None = None) -> None:
+        """Resize to `size` (default: the current size), clamped to the screen and to a usable
+        minimum, and move the window into the screen's free area."""
+        largest = self._largest_size()
+        wanted = size or self.size()
+        low = USABLE_MIN_SIZE.boundedTo(largest)
+        width = max(low.width(), min(wanted.width(), largest.width()))
+        height = max(low.height(), min(wanted.height(), largest.height()))
+        # The mode first: the columns' minimum width would keep the window from getting narrower.
+        self.set_layout_mode(layout_mode_for_width(width))
+        self.resize(width, height)
+        avail = self.available_geometry()
+        frame = self.frameGeometry()
+        x = min(max(frame.x(), avail.left()), avail.left() + max(0, avail.width() - frame.width()))
+        y = min(max(frame.y(), avail.top()), avail.top() + max(0, avail.height() - frame.height()))
+        self.move(x, y)
+
+    def _center_on_screen(self) -> None:
+        avail, frame = self.available_geometry(), self.frameGeometry()
+        self.move(
+            avail.left() + max(0, (avail.width() - frame.width()) // 2),
+            avail.top() + max(0, (avail.height() - frame.height()) // 2),
+        )
+
+    def _restore_layout(self) -> None:
+        avail = self.available_geometry()
+        rect = _parse_rect(self._settings.value("window/rect"))
+        saved_screen = self._settings.value("window/screenSize")
+        same_screen = saved_screen is not None and str(saved_screen) == f"{avail.width()}x{avail.height()}"
+        # Qt's own restoreGeometry squeezed a window saved on a bigger screen into an odd small one
+        # (1920x1080 came back as 1052x512 on 1366x768): on another screen, start as on a first run;
+        # on the same screen, where it was, clamped to the screen.
+        if rect is not None and same_screen:
+            self.move(rect.topLeft())
+            self.fit_to_screen(rect.size())
+        else:
+            self.fit_to_screen(DEFAULT_SIZE)
+            self._center_on_screen()
+        if same_screen and str(self._settings.value("window/maximized", "false")).lower() == "true":
+            self.setWindowState(self.windowState() | Qt.WindowState.WindowMaximized)
+        for tabs in (self.left_tabs, self.right_tabs):
+            index = self._settings.value(f"window/{tabs.objectName()}")
+            if index is not None and str(index).isdigit():
+                tabs.setProperty("rememberedIndex", min(int(str(index)), 1))
+                if tabs.count():
+                    tabs.setCurrentIndex(min(int(str(index)), tabs.count() - 1))
+        for splitter in (self.panels_splitter, self.tabs_splitter, self.main_splitter):
             state = self._settings.value(f"window/{splitter.objectName()}")
             if state is not None:
                 splitter.restoreState(state)
@@ -320,10 +504,23 @@ class MainWindow(QMainWindow):
         if live is not None:
             self.performance_panel.set_live_view(str(live).lower() == "true")
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
-        self._settings.setValue("window/geometry", self.saveGeometry())
-        for splitter in (self.panels_splitter, self.main_splitter):
+    def save_layout(self) -> None:
+        avail = self.available_geometry()
+        normal = self.normalGeometry() if self.isMaximized() else self.geometry()
+        self._settings.setValue(
+            "window/rect", f"{normal.x()},{normal.y()},{normal.width()},{normal.height()}"
+        )
+        self._settings.setValue("window/maximized", self.isMaximized())
+        self._settings.setValue("window/screenSize", f"{avail.width()}x{avail.height()}")
+        for splitter in (self.panels_splitter, self.tabs_splitter, self.main_splitter):
             self._settings.setValue(f"window/{splitter.objectName()}", splitter.saveState())
+        for tabs in (self.left_tabs, self.right_tabs):
+            index = tabs.currentIndex() if tabs.count() else tabs.property("rememberedIndex")
+            if index is not None:
+                self._settings.setValue(f"window/{tabs.objectName()}", int(index))
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
+        self.save_layout()
         self.model_panel.save_state()
         self._settings.setValue("performance/liveView", self.performance_panel.live_check.isChecked())
         # Stops a running generation or load (llama.cpp's abort callback) and joins the worker,

@@ -53,8 +53,7 @@ def _generate(qtbot: QtBot, window: MainWindow, prompt: str) -> None:
 
 
 def test_four_panels_and_the_demo_model_selected(qtbot: QtBot, window: MainWindow, demo_model: str) -> None:
-    splitter = window.panels_splitter
-    titles = [splitter.widget(i).findChild(QLabel, "panelTitle").text() for i in range(splitter.count())]
+    titles = [panel.findChild(QLabel, "panelTitle").text() for panel in window.panels]
     assert titles == ["Model Config", "Hardware", "Quantization", "Performance"]
     panel = window.model_panel
     assert panel.selected_path() == demo_model
@@ -159,7 +158,7 @@ def test_closing_the_window_during_generation_exits_cleanly(
     win.close()  # must cancel, join the worker and free the model without hanging
     assert win.bridge.engine.loaded is None
     assert not [t for t in threading.enumerate() if t.name.startswith("llamascope") and t.is_alive()]
-    assert settings.value("window/geometry") is not None
+    assert settings.value("window/rect") is not None
 
 
 def test_bad_model_file_shows_a_message_and_cannot_be_loaded(
