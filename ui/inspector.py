@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from PySide6.QtCore import QObject, Signal
@@ -21,6 +22,7 @@ class ModelInspector(QObject):
     """`request(path)` reads the header in a worker; `inspected(path, ModelInfo | None, error)` reports it."""
 
     inspected = Signal(str, object, str)
+    missing = Signal(str)  # the path names no file (moved, deleted, an unplugged drive); before `inspected`
     crash_record_read = Signal(str, object)  # path, CrashRecord | None: did it crash llama.cpp at load?
     platform_read = Signal(str)
     quant_types_read = Signal(object)  # tuple[QuantType, ...] this llama.cpp build supports
@@ -37,6 +39,8 @@ class ModelInspector(QObject):
         self._executor.submit(self._inspect, path)
 
     def _inspect(self, path: str) -> None:
+        if not os.path.lexists(path):
+            self.missing.emit(path)
         try:
             info, error = inspect_model(path), ""
         except ModelFileError as exc:

@@ -32,7 +32,7 @@ from ui.server_bridge import ServerBridge, connect_servers_box
 from ui.telemetry_bridge import TelemetryBridge
 from widgets.generation_console import GenerationConsole
 from widgets.hardware_panel import HardwarePanel
-from widgets.model_config_panel import ModelConfigPanel
+from widgets.model_config_panel import ORIGIN_QUANTIZED, ModelConfigPanel
 from widgets.performance_panel import PerformancePanel
 from widgets.quantization_panel import QuantizationPanel
 
@@ -217,6 +217,7 @@ class MainWindow(QMainWindow):
         b, panel, console = self.bridge, self.model_panel, self.console
         panel.inspection_requested.connect(self.inspector.request)
         self.inspector.inspected.connect(panel.on_model_inspected)
+        self.inspector.missing.connect(panel.on_model_missing)
         self.inspector.crash_record_read.connect(panel.on_crash_record_read)
         self.inspector.platform_read.connect(panel.set_platform_text)
         panel.load_requested.connect(b.request_load)
@@ -280,8 +281,11 @@ class MainWindow(QMainWindow):
         self.model_panel.model_info_changed.connect(quant.set_source)
         self.inspector.quant_types_read.connect(quant.set_quant_types)
         self.inspector.request_quant_types()
-        # Each new file joins the model list and stays there after a restart; the source stays selected.
-        connect_quantization_panel(q, quant, add_model=self.model_panel.add_model_file)
+        # Each new file is listed and remembered, without taking the selection (and with it the
+        # quantization's source) from the model the user works on.
+        connect_quantization_panel(
+            q, quant, add_model=lambda path: self.model_panel.add_model(path, ORIGIN_QUANTIZED, select=False)
+        )
 
     def _wire_hardware(self) -> None:
         t, hw = self.telemetry, self.hardware_panel

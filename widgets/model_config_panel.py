@@ -7,8 +7,8 @@ import json
 import os
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -50,7 +51,13 @@ from widgets.settings_form import SettingsForm
 
 _BASIC_LOAD_FIELDS = ("n_ctx", "n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "seed")
 _ADVANCED_LOAD_FIELDS = tuple(f for f in LOAD_FIELDS if f not in _BASIC_LOAD_FIELDS)
-_MAX_RECENT = 10
+# Where a list entry came from. Entries the user opened and files quantized here are remembered
+# ("model/entries") until the user removes them; folder files are listed while their folder is.
+ORIGIN_DEMO = "demo"
+ORIGIN_OPENED = "opened"
+ORIGIN_QUANTIZED = "quantized"
+ORIGIN_FOLDER = "folder"
+_ORIGIN_NOTES = {ORIGIN_DEMO: "built-in demo", ORIGIN_QUANTIZED: "quantized here"}
 _PRESET_AUTO = "auto"
 _PRESET_CUSTOM = "custom"
 _VERDICT_COLOURS = {Verdict.FITS: "#2e7d32", Verdict.TIGHT: "#b26a00", Verdict.WONT_FIT: "#c62828"}
@@ -62,6 +69,11 @@ def _note(text: str = "") -> QLabel:
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
+
+
+def _demo_path() -> str | None:
+    demo = demo_model_path()
+    return os.path.abspath(demo) if demo else None
 
 
 class ModelConfigPanel(Panel):
@@ -85,6 +97,7 @@ class ModelConfigPanel(Panel):
         self._profiles = profile_store or ProfileStore()
         self._infos: dict[str, ModelInfo] = {}
         self._errors: dict[str, str] = {}
+        self._missing: set[str] = set()  # listed paths where no file is (moved, deleted, unplugged)
         self._crashes: dict[str, CrashRecord] = {}  # models that crashed llama.cpp when last loaded
         self._selected_path: str | None = None
         self._loaded: LoadResult | None = None  # what the engine holds, as the bridge reports it
@@ -121,20 +134,28 @@ class ModelConfigPanel(Panel):
         self.model_list.setMinimumHeight(80)
         self.model_list.setMaximumHeight(150)
         self.model_list.setToolTip(
-            "GGUF models: the demo model, recent models and files in your folders. "
-            "Drop a .gguf file here to add it."
+            "GGUF models: the built-in demo model, the files you opened or quantized here, and the "
+            "files in your model folders; remembered until you remove them. Drop a .gguf file here "
+            "to add it. Delete or the context menu removes an entry (the file stays on disk)."
         )
         self.model_list.currentItemChanged.connect(self._on_current_item_changed)
         self.model_list.itemDoubleClicked.connect(lambda _item: self.request_load())
+        self.model_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.model_list.customContextMenuRequested.connect(self._show_list_menu)
+        self.model_list.installEventFilter(self)  # the Delete key removes the selected entry
         open_button = QPushButton("Open file…")
         open_button.setToolTip("Choose a GGUF file (Ctrl+O)")
         open_button.clicked.connect(self.open_file_dialog)
         folder_button = QPushButton("Add folder…")
         folder_button.setToolTip("Add a folder whose .gguf files are listed here; remembered")
         folder_button.clicked.connect(self.add_folder_dialog)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.setObjectName("removeModelButton")
+        self.remove_button.clicked.connect(self.remove_selected_model)
         row = QHBoxLayout()
         row.addWidget(open_button)
         row.addWidget(folder_button)
+        row.addWidget(self.remove_button)
         # Shown only while the list is empty (no demo model bundled, nothing remembered yet).
         self.empty_list_hint = _note("No models yet — Open file… or drop a .gguf here")
         self.empty_list_hint.setObjectName("emptyModelListHint")
@@ -347,19 +368,87 @@ class ModelConfigPanel(Panel):
         return self._loaded.model.display_name if self._loaded else "n/a"
 
     def select_initial_model(self, path: str | None) -> None:
-        """Fill the list and select `path`, else the last selected model, else the demo model."""
+        """Fill the list and select `path` (added if new), else the last selected model, else the
+        demo model."""
+        legacy = self._settings.value("model/entries") is None  # settings of a LlamaScope before entries
         self._rebuild_model_list()
-        chosen = path or self._settings.value("model/selected") or demo_model_path()
-        if chosen:
-            self.add_model_file(str(chosen))
+        if path:
+            self.add_model(path, ORIGIN_OPENED)
+            return
+        chosen = self._settings.value("model/selected") or demo_model_path()
+        item = self._find_item(os.path.abspath(str(chosen))) if chosen else None
+        if item is None and chosen and legacy:
+            self.add_model(str(chosen), ORIGIN_OPENED)  # selected once, before entries were kept
+            return
+        if item is None and self.model_list.count():
+            item = self.model_list.item(0)
+        if item is not None:
+            self.model_list.setCurrentItem(item)
 
-    def add_model_file(self, path: str) -> None:
-        """Add a file to the list (if new) and select it."""
+    def add_model(self, path: str, origin: str = ORIGIN_OPENED, *, select: bool = True) -> None:
+        """Add a model file to the list and remember it until the user removes it.
+
+        The one way in for every entry: a file the user opened or dropped (ORIGIN_OPENED), a file a
+        quantization wrote (ORIGIN_QUANTIZED). A path already listed keeps its place. `select`
+        makes it the selected model; a quantization's output is added without taking the selection
+        from the model the user works on.
+        """
         path = os.path.abspath(path)
+        if path != _demo_path():
+            entries = self._stored_entries()
+            if path not in (p for p, _ in entries):
+                self._store_entries([*entries, (path, origin)])
+            hidden = self._list_setting("model/hidden")
+            if path in hidden:
+                self._settings.setValue("model/hidden", [p for p in hidden if p != path])
         item = self._find_item(path)
         if item is None:
-            item = self._add_item(path, "file")
-        self.model_list.setCurrentItem(item)
+            item = self._add_item(path, origin)
+            self._describe_all()
+        if select:
+            self.model_list.setCurrentItem(item)
+
+    def add_model_file(self, path: str) -> None:
+        """Add a file the user chose to the list (if new) and select it."""
+        self.add_model(path, ORIGIN_OPENED)
+
+    def model_paths(self) -> list[str]:
+        """The listed paths, in list order."""
+        return [self.model_list.item(row).data(PathRole) for row in range(self.model_list.count())]
+
+    def is_missing(self, path: str) -> bool:
+        return os.path.abspath(path) in self._missing
+
+    def remove_model(self, path: str) -> bool:
+        """Take `path` off the list (never off the disk); False for the built-in demo model.
+
+        A file of a model folder stays off the list until it is opened again.
+        """
+        path = os.path.abspath(path)
+        item = self._find_item(path)
+        if item is None or item.data(PathRole + 1) == ORIGIN_DEMO:
+            return False
+        self._store_entries([(p, o) for p, o in self._stored_entries() if p != path])
+        if item.data(PathRole + 1) == ORIGIN_FOLDER:
+            self._settings.setValue("model/hidden", [*self._list_setting("model/hidden"), path])
+        row = self.model_list.row(item)
+        self.model_list.takeItem(row)  # selects a neighbour, which reports the change
+        if self.model_list.count() == 0:
+            self.empty_list_hint.show()
+        self._describe_all()
+        self._update_buttons()
+        return True
+
+    def remove_selected_model(self) -> None:
+        if self._selected_path is not None:
+            self.remove_model(self._selected_path)
+
+    def on_model_missing(self, path: str) -> None:
+        """The inspector found no file at `path`: the entry stays listed, marked missing."""
+        self._missing.add(path)
+        item = self._find_item(path)
+        if item is not None:
+            self._describe_item(item)
 
     def open_file_dialog(self) -> None:
         start = os.path.dirname(self._selected_path) if self._selected_path else os.path.expanduser("~")
@@ -467,7 +556,6 @@ class ModelConfigPanel(Panel):
             f"model {fmt_bytes(mem.model_buffer_bytes)} · KV {fmt_bytes(mem.kv_cache_bytes)} · "
             f"compute {fmt_bytes(mem.compute_buffer_bytes)}"
         )
-        self._remember_recent(result.model.path)
         self._update_reload_note()
         self._update_buttons()
 
@@ -513,11 +601,11 @@ class ModelConfigPanel(Panel):
         if info is not None:
             self._infos[path] = info
             self._errors.pop(path, None)
+            self._missing.discard(path)
         else:
             self._errors[path] = error
-        item = self._find_item(path)
-        if item is not None:
-            self._describe_item(item)
+        if self._find_item(path) is not None:
+            self._describe_all()  # a title now known may be shared with another entry
         if path == self._selected_path:
             self._show_metadata()
             self.model_info_changed.emit(info)
@@ -556,24 +644,40 @@ class ModelConfigPanel(Panel):
         value = self._settings.value(key) or []
         return [str(v) for v in ([value] if isinstance(value, str) else value)]
 
-    def _remember_recent(self, path: str) -> None:
-        recent = [p for p in self._list_setting("model/recent") if p != path]
-        self._settings.setValue("model/recent", [path, *recent][:_MAX_RECENT])
+    def _stored_entries(self) -> list[tuple[str, str]]:
+        """The remembered entries, [(path, origin)], in the order they were added."""
+        raw = self._settings.value("model/entries")
+        if raw is None:
+            # Before entries were kept, only the last loaded models were ("model/recent").
+            return [(os.path.abspath(p), ORIGIN_OPENED) for p in self._list_setting("model/recent")]
+        try:
+            data = json.loads(str(raw))
+            return [(str(e["path"]), str(e.get("origin", ORIGIN_OPENED))) for e in data]
+        except (ValueError, TypeError, KeyError):
+            return []  # a damaged entry: the list starts again from the demo model and the folders
+
+    def _store_entries(self, entries: list[tuple[str, str]]) -> None:
+        self._settings.setValue("model/entries", json.dumps([{"path": p, "origin": o} for p, o in entries]))
 
     # ---- model list --------------------------------------------------------------------------
     def _rebuild_model_list(self) -> None:
         selected = self._selected_path
         entries: list[tuple[str, str]] = []
-        demo = demo_model_path()
+        demo = _demo_path()
         if demo:
-            entries.append((demo, "demo"))
-        entries += [(p, "recent") for p in self._list_setting("model/recent")]
+            entries.append((demo, ORIGIN_DEMO))
+        entries += self._stored_entries()
+        hidden = set(self._list_setting("model/hidden"))
         for folder in self._list_setting("model/folders"):
             try:
                 names = sorted(os.listdir(folder))
             except OSError:
                 continue  # a removed or unplugged folder stays remembered but lists nothing
-            entries += [(os.path.join(folder, n), "folder") for n in names if n.lower().endswith(".gguf")]
+            entries += [
+                (path, ORIGIN_FOLDER)
+                for n in names
+                if n.lower().endswith(".gguf") and (path := os.path.join(folder, n)) not in hidden
+            ]
         blocked = self.model_list.blockSignals(True)
         self.model_list.clear()
         seen: set[str] = set()
@@ -583,6 +687,7 @@ class ModelConfigPanel(Panel):
                 seen.add(path)
                 self._add_item(path, origin)
         self.model_list.blockSignals(blocked)
+        self._describe_all()
         self.empty_list_hint.setVisible(self.model_list.count() == 0)
         if selected and (item := self._find_item(selected)) is not None:
             self.model_list.setCurrentItem(item)
@@ -598,26 +703,73 @@ class ModelConfigPanel(Panel):
             self.inspection_requested.emit(path)
         return item
 
+    def _title(self, path: str) -> str:
+        info = self._infos.get(path)
+        return info.display_name if info is not None else os.path.basename(path)
+
+    def _describe_all(self) -> None:
+        """Describe every entry: whether a title is shared decides whether its file name shows."""
+        for row in range(self.model_list.count()):
+            self._describe_item(self.model_list.item(row))
+        self._update_remove_button()
+
     def _describe_item(self, item: QListWidgetItem) -> None:
         path = item.data(PathRole)
         origin = item.data(PathRole + 1)
         info = self._infos.get(path)
-        if info is not None:
-            text = f"{info.display_name}\n{info.file_type_label} · {format_bytes(info.file_size_bytes)}"
+        title = self._title(path)
+        same_title = sum(1 for p in self.model_paths() if self._title(p) == title)
+        name = os.path.basename(path)
+        if same_title > 1 and title != name:
+            title = f"{title} — {name}"  # two quantizations of one model share their header's name
+        if path in self._missing:
+            detail = "✗ missing — no file at this path"
+        elif info is not None:
+            detail = f"{info.file_type_label} · {format_bytes(info.file_size_bytes)}"
         elif path in self._errors:
-            text = f"{os.path.basename(path)}\n✗ not loadable"
+            detail = "✗ not loadable"
         else:
-            text = f"{os.path.basename(path)}\nreading header…"
-        if origin == "demo":
-            text += " · demo"
+            detail = "reading header…"
+        if origin in _ORIGIN_NOTES:
+            detail += f" · {_ORIGIN_NOTES[origin]}"
         crash = self._crashes.get(path)
         if crash is not None:
-            text += " · ⚠ crashed llama.cpp"
-        item.setText(text)
-        tip = path if path not in self._errors else f"{path}\n{self._errors[path]}"
+            detail += " · ⚠ crashed llama.cpp"
+        item.setText(f"{title}\n{detail}")
+        tip = path
+        if path in self._missing:
+            tip += (
+                "\nNo file is there now (moved, renamed, deleted, or on a drive that is not plugged in). "
+                "Put it back and select it again, or remove it from the list."
+            )
+        elif path in self._errors:
+            tip += f"\n{self._errors[path]}"
         if crash is not None:
             tip += "\n" + crash.summary() + ("\n" + "\n".join(crash.log_tail[-3:]) if crash.log_tail else "")
         item.setToolTip(tip)
+
+    def _update_remove_button(self) -> None:
+        item = self.model_list.currentItem()
+        builtin = item is not None and item.data(PathRole + 1) == ORIGIN_DEMO
+        self.remove_button.setEnabled(item is not None and not builtin)
+        self.remove_button.setToolTip(
+            "The built-in demo model is part of LlamaScope and always listed."
+            if builtin
+            else "Remove the selected model from this list (Delete); the file stays on disk."
+        )
+
+    def _show_list_menu(self, pos: object) -> None:
+        item = self.model_list.itemAt(pos)  # type: ignore[call-overload]
+        if item is None:
+            return
+        path = item.data(PathRole)
+        menu = QMenu(self.model_list)
+        remove = menu.addAction("Remove from list (file stays on disk)")
+        remove.setEnabled(item.data(PathRole + 1) != ORIGIN_DEMO)
+        remove.triggered.connect(lambda: self.remove_model(path))
+        copy = menu.addAction("Copy path")
+        copy.triggered.connect(lambda: QGuiApplication.clipboard().setText(path))
+        menu.popup(self.model_list.viewport().mapToGlobal(pos))  # type: ignore[call-overload]
 
     def _find_item(self, path: str) -> QListWidgetItem | None:
         for row in range(self.model_list.count()):
@@ -628,6 +780,13 @@ class ModelConfigPanel(Panel):
 
     def _on_current_item_changed(self, current: QListWidgetItem | None, _previous: object) -> None:
         self._selected_path = current.data(PathRole) if current is not None else None
+        self._update_remove_button()
+        if self._selected_path in self._missing:
+            # Look again: the file may be back (a drive plugged in again).
+            self._missing.discard(self._selected_path)
+            self._errors.pop(self._selected_path, None)
+            self._describe_item(current)  # type: ignore[arg-type]
+            self.inspection_requested.emit(self._selected_path)
         self._show_metadata()
         self.model_info_changed.emit(self._infos.get(self._selected_path) if self._selected_path else None)
         if self._selected_path is not None:
@@ -824,6 +983,17 @@ class ModelConfigPanel(Panel):
         for label in self._loaded_labels.values():
             label.setText("n/a")
 
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if (
+            watched is self.model_list
+            and event.type() == QEvent.Type.KeyPress
+            and isinstance(event, QKeyEvent)
+            and event.key() == Qt.Key.Key_Delete
+        ):
+            self.remove_selected_model()
+            return True
+        return super().eventFilter(watched, event)
+
     # ---- drag and drop -----------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 (Qt override)
         if any(url.isLocalFile() for url in event.mimeData().urls()):
@@ -832,5 +1002,5 @@ class ModelConfigPanel(Panel):
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 (Qt override)
         paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
         for path in paths:
-            self.add_model_file(path)
+            self.add_model(path, ORIGIN_OPENED)
         event.acceptProposedAction()
