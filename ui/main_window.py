@@ -310,7 +310,9 @@ class MainWindow(QMainWindow):
         except SettingsError as exc:
             self.console.on_generation_failed(str(exc))
             return
-        self.bridge.request_generation(GenerationRequest(prompt, sampling, chat, system_prompt or None))
+        request = GenerationRequest(prompt, sampling, chat, system_prompt or None)
+        # In chat mode the console adds the earlier turns and keeps the KV cache between them.
+        self.bridge.request_generation(self.console.chat_request(request, self.bridge.engine.loaded))
 
     def _on_tune_requested(self, request: object) -> None:
         model = self.model_panel.selected_path()
