@@ -46,7 +46,12 @@ def register(sub: Any) -> None:
         help="tg[:N] generation t/s (default tg:32), pp[:N] prompt t/s (default pp:128), "
         "or mix:PROMPT,GEN for a workload, e.g. mix:512,128 (a chat turn)",
     )
-    p.add_argument("--trials", type=int, default=20, help="measured trials this session (default 20)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="measured trials this session, at least 2: the first measures the current settings (default 20)",
+    )
     p.add_argument(
         "--time-budget", type=float, default=None, metavar="S", help="stop searching after S seconds"
     )
@@ -170,10 +175,13 @@ def _print_result(result: Any) -> None:
 def _argument_error(args: argparse.Namespace) -> str | None:
     """Numbers and files the session would trip over later (NaN passes every comparison), found first."""
     from app.model.fields import MAX_N_CTX
+    from app.tune.request import trials_error
     from app.tune.space import Objective, TuneError
 
+    problem = trials_error(args.trials)
+    if problem is not None:
+        return f"--trials: {problem}"
     for flag, count in (
-        ("--trials", args.trials),
         ("-r", args.repetitions),
         ("--compare-rounds", args.compare_rounds),
     ):

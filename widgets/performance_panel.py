@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -16,7 +16,6 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QMessageBox,
@@ -24,7 +23,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QTableWidget,
-    QTableWidgetItem,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -67,6 +65,7 @@ from widgets.panel import Panel
 from widgets.pg_table import PgTable
 from widgets.score_box import ScoreBox
 from widgets.servers_box import ServersBox
+from widgets.table_fit import ElidedLabel, cell, fit_columns, open_table_button, stacked
 from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
 
@@ -105,24 +104,22 @@ class StatTile(QWidget):
         self.value.setText(text)
 
 
-def _table(headers: Sequence[str]) -> QTableWidget:
+def _table(headers: Sequence[str], elastic: Sequence[int]) -> QTableWidget:
+    """A read-only table that fits its box: the `elastic` (long text) columns share what the figures
+    leave and wrap (widgets/table_fit.py)."""
     table = QTableWidget(0, len(headers))
     table.setHorizontalHeaderLabels(list(headers))
     table.verticalHeader().setVisible(False)
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    table.horizontalHeader().setStretchLastSection(True)
+    fit_columns(table, elastic)
     table.setMinimumHeight(120)
     return table
 
 
 def _fill_row(table: QTableWidget, row: int, values: Sequence[str], tooltip: str = "") -> None:
     for col, value in enumerate(values):
-        item = QTableWidgetItem(value)
-        if tooltip:
-            item.setToolTip(tooltip)
-        table.setItem(row, col, item)
+        table.setItem(row, col, cell(value, tooltip))  # the tooltip starts with the whole text
 
 
 _BENCH_RUN_TIP = "Benchmark the selected model (Ctrl+B); nothing else runs meanwhile"
@@ -395,19 +392,32 @@ class PerformancePanel(Panel):
         self.bench_progress.setValue(0)
         self.bench_status = QLabel("")
         self.bench_status.setWordWrap(True)
-        self.bench_table = _table(["test", "config", "t/s", "CV", "CPU %", "J/token", "trust"])
+        self.bench_table = _table(
+            ["test", "config", "t/s", "CV", "CPU %", "J/token", "trust"], elastic=(1, 6)
+        )
         self.bench_table.setToolTip(
             "trust: ⚠ when the repetitions disagree (CV over 5 %), a VM's host took the CPU (steal "
             "over 2 %), other processes used over 10 % of all CPU time, or the hardware throttled; "
             "hover a row for its figures and why"
         )
         self.bench_table.setObjectName("benchTable")
-        layout.addWidget(self.bench_progress)
+        # CPU % and J/token would squeeze the config and trust columns to nothing in a narrow column:
+        # they are in each row's tooltip and in the table that "Open table…" shows whole.
+        for col in (4, 5):
+            self.bench_table.setColumnHidden(col, True)
+        # Right under the buttons: "Exported to …" and every other answer show where the user looks.
         layout.addWidget(self.bench_status)
+        layout.addWidget(self.bench_progress)
         layout.addWidget(self.bench_table)
+        self.bench_table_button = open_table_button(self.bench_table, "Benchmark results")
+        layout.addWidget(self.bench_table_button, 0, Qt.AlignmentFlag.AlignRight)
         self.pg_table = PgTable()  # pg tests as llama-batched-bench reports them; shown when there are some
         self.depth_plot = DepthPlot()  # t/s against depth; shown when the results span two depths
         layout.addWidget(self.pg_table)
+        self.pg_table_button = open_table_button(self.pg_table, "pp+tg tests (batched-bench figures)")
+        self.pg_table_button.setVisible(False)
+        self.pg_table.visibility_changed.connect(self.pg_table_button.setVisible)
+        layout.addWidget(self.pg_table_button, 0, Qt.AlignmentFlag.AlignRight)
         layout.addWidget(self.depth_plot)
         self.add_box("Benchmarks", body)
 
@@ -424,8 +434,9 @@ class PerformancePanel(Panel):
         self.history_this_machine.toggled.connect(self.refresh_history)
         filters.addWidget(self.history_filter, 1)
         filters.addWidget(self.history_this_machine)
-        self.history_table = _table(["run", "when", "kind", "status", "model", "results"])
+        self.history_table = _table(["run", "when", "kind", "status", "model", "results"], elastic=(4,))
         self.history_table.setObjectName("historyTable")
+        self.history_table.setColumnHidden(5, True)  # the result count: in "Open table…" and the tooltip
         self.history_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.history_table.itemSelectionChanged.connect(self._on_history_selection)
         buttons = QHBoxLayout()
@@ -436,10 +447,14 @@ class PerformancePanel(Panel):
         )
         self.compare_button.setEnabled(False)
         self.compare_button.clicked.connect(self.compare_selected)
+        self.compare_table = _table(
+            ["test", "config", "A t/s", "B t/s", "change", "significance"], elastic=(1, 5)
+        )
+        self.compare_table.setObjectName("compareTable")
+        self.compare_table_button = open_table_button(self.compare_table, "Comparison of runs")
         buttons.addWidget(self.compare_button)
         buttons.addStretch(1)
-        self.compare_table = _table(["test", "config", "A t/s", "B t/s", "change", "significance"])
-        self.compare_table.setObjectName("compareTable")
+        buttons.addWidget(self.compare_table_button)
         self.history_plot = pg.PlotWidget(background=None)
         self.history_plot.setMinimumHeight(120)
         self.history_plot.setLabel("left", "t/s")
@@ -449,7 +464,8 @@ class PerformancePanel(Panel):
         # The wheel scrolls the panel unless the chart was clicked or Ctrl is held (it once zoomed to
         # 0…−75 t/s while the user scrolled); runs are counted, t/s never below 0.
         self.history_chart = install_chart_behaviour(self.history_plot, non_negative_y=True, integer_x=True)
-        self.history_plot_title = QLabel("Select a run to plot its first test over time.")
+        # One line that never widens the column: a long model file name is elided, whole in the tooltip.
+        self.history_plot_title = ElidedLabel("Select a run to plot its first test over time.")
         layout.addLayout(filters)
         layout.addWidget(self.history_table)
         layout.addLayout(buttons)
@@ -483,6 +499,7 @@ class PerformancePanel(Panel):
     def set_hardware(self, report: HardwareReport) -> None:
         """The detected hardware: whether llama.cpp lists a GPU that GPU layers would run on."""
         self._hardware = report
+        self.tune_box.set_hardware(report)  # GPU layers only where this build can offload
         self._update_roofline()
 
     def set_busy(self, busy: bool) -> None:
@@ -752,24 +769,25 @@ class PerformancePanel(Panel):
         if self._bench_several_models:
             config = f"{os.path.basename(result.model_filename)} {config}"
         trust = assess(result)
-        cell = trust.cell
+        verdict = trust.cell
         if not result.complete:
-            cell = f"stopped after {len(result.samples_ns)} rep. · {cell}"
+            verdict = f"stopped after {len(result.samples_ns)} rep. · {verdict}"
         _fill_row(
             self.bench_table,
             row,
             [
                 result.test.name,
                 config,
-                f"{result.avg_ts:.2f} ± {result.stddev_ts:.2f}",
+                stacked(f"{result.avg_ts:.2f} ± {result.stddev_ts:.2f}"),
                 fmt(result.cv_percent, ".1f", " %"),
                 fmt(result.mean_cpu_percent, ".0f"),
                 fmt(result.joules_per_token, ".3f"),
-                cell,
+                verdict,
             ],
             tooltip=f"{len(result.samples_ns)} repetitions: "
             + ", ".join(f"{t:.1f}" for t in result.samples_ts)
-            + " t/s\n\n"
+            + f" t/s\nCPU {fmt(result.mean_cpu_percent, '.0f', ' %')} · "
+            + f"{fmt(result.joules_per_token, '.3f', ' J/token')}\n\n"
             + trust.text,
         )
 
@@ -884,13 +902,13 @@ class PerformancePanel(Panel):
                 row,
                 [
                     str(run.id),
-                    run.created_at.replace("T", " ").rstrip("Z"),
+                    run.created_at.replace("T", "\n").rstrip("Z"),  # date over time: half the width
                     run.kind,
                     status,
                     os.path.basename(run.model_path),
                     str(run.n_results),
                 ],
-                tooltip=run.model_path,
+                tooltip=f"{run.model_path}\n{run.n_results} result(s)",
             )
 
     def _selected_run_ids(self) -> list[int]:
@@ -938,8 +956,8 @@ class PerformancePanel(Panel):
                 [
                     r.test,
                     r.config,
-                    f"{r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f}",
-                    f"{r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f}",
+                    stacked(f"{r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f}"),
+                    stacked(f"{r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f}"),
                     f"{r.comparison.diff_percent:+.1f} %",
                     r.comparison.verdict(),
                 ],

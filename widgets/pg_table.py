@@ -7,12 +7,15 @@ table shows itself only when the benchmark has a pg test.
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QAbstractItemView, QTableWidget
 
 from app.bench.batched import result_pg_figures
 from app.bench.runner import BenchResult
+from widgets.table_fit import cell, fit_columns, stacked
 
-HEADERS = ("test", "TTFT (T_PP) ms", "S_PP t/s", "T_TG s", "S_TG t/s", "S t/s")
+# Two lines each: six columns of one-line headers would be wider than the column of the window.
+HEADERS = ("test", "TTFT\n(T_PP) ms", "S_PP\nt/s", "T_TG\ns", "S_TG\nt/s", "S\nt/s")
 TIPS = (
     "The pg test (-pg PP,TG), at its depth",
     "Time to the first token: decoding the PP prompt tokens, as batched-bench's T_PP",
@@ -24,6 +27,8 @@ TIPS = (
 
 
 class PgTable(QTableWidget):
+    visibility_changed = Signal(bool)  # shown with the first pg result, hidden when cleared
+
     def __init__(self) -> None:
         super().__init__(0, len(HEADERS))
         self.setObjectName("pgTable")
@@ -35,9 +40,8 @@ class PgTable(QTableWidget):
         self.verticalHeader().setVisible(False)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.horizontalHeader().setStretchLastSection(True)
-        self.setWordWrap(False)  # "130.46 ± 15.13" on one line; the table scrolls sideways instead
+        # The figures at their width; the test name takes the rest and wraps ("pg512,128 @ d4096").
+        fit_columns(self, elastic=(0,))
         self.setMinimumHeight(120)
         self.setToolTip("Prompt + generation tests as llama-batched-bench reports them (B = 1)")
         self.setVisible(False)
@@ -45,6 +49,7 @@ class PgTable(QTableWidget):
     def clear_results(self) -> None:
         self.setRowCount(0)
         self.setVisible(False)
+        self.visibility_changed.emit(False)
 
     def add_result(self, result: BenchResult) -> None:
         """A row for a pg result with its prompt times; any other result is not one of this table's."""
@@ -67,10 +72,9 @@ class PgTable(QTableWidget):
             f"n_ubatch {result.n_ubatch}"
         )
         for col, value in enumerate(values):
-            item = QTableWidgetItem(value)
-            item.setToolTip(tip)
-            self.setItem(row, col, item)
+            self.setItem(row, col, cell(stacked(value), tip))
         self.setVisible(True)
+        self.visibility_changed.emit(True)
 
 
 __all__ = ["PgTable"]

@@ -12,22 +12,23 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QPushButton,
     QSpinBox,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from app.model.settings import LoadSettings
-from app.tune.request import TuneRequest
+from app.telemetry.hardware import HardwareReport
+from app.tune.request import MIN_TRIALS, TuneRequest
 from app.tune.results import TrialRecord, TuneProgress, TuneResult
+from app.tune.space import Objective
 from widgets.chart import install_chart_behaviour
 from widgets.live_plot import cache_axes
+from widgets.table_fit import cell, fit_columns, open_table_button
 
 # Checkbox label -> the LoadSettings fields it lets the tuner vary.
 PARAMETER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -54,6 +55,41 @@ def recommendation_text(result: TuneResult) -> str:
     )
 
 
+# Ticked at the start; "GPU layers" only once the hardware detection says this build can offload.
+DEFAULT_GROUPS = ("Threads", "Batch sizes", "Flash attention", "KV cache types")
+
+
+def objective_choices() -> list[tuple[str, str]]:
+    """(label, Objective text) of the three objectives, the label naming what a trial measures."""
+    tg, pp, mix = (Objective.parse(kind) for kind in ("tg", "pp", "mix"))
+    return [
+        (f"Generation speed ({tg.key})", tg.spec),
+        (f"Prompt speed ({pp.key})", pp.spec),
+        (f"Chat turn: {mix.prompt_tokens} prompt + {mix.gen_tokens} generated", mix.spec),
+    ]
+
+
+def gpu_layers_unavailable(report: HardwareReport) -> str:
+    """Why GPU layers cannot be tuned with this build on this machine ("" when they can)."""
+    if report.build is None:
+        return "the llama.cpp build could not be read" + (
+            f" ({report.build_error})" if report.build_error else ""
+        )
+    if not report.build.gpu_offload:
+        return "this llama.cpp build is CPU-only (no GPU offload)"
+    if not report.gpus:
+        return "llama.cpp lists no GPU to put layers on"
+    return ""
+
+
+def _group_tip(label: str) -> str:
+    return (
+        "Let the tuner vary "
+        + ", ".join(PARAMETER_GROUPS[label])
+        + " (only values this machine and build support are tried)"
+    )
+
+
 _RUN_TIP = "Measure configurations of the selected model and find the fastest; nothing else runs meanwhile"
 
 
@@ -69,17 +105,20 @@ class TuneBox(QWidget):
         self._scores: list[float] = []
         form = QFormLayout()
         self.objective = QComboBox()
-        self.objective.addItem("Generation speed (tg 128)", "tg")
-        self.objective.addItem("Prompt speed (pp 512)", "pp")
-        self.objective.addItem("Chat turn: 512 prompt + 128 generated", "mix:512,128")
+        # The labels name the test a trial runs, read from the objective itself (tg32, not tg 128).
+        for text, spec in objective_choices():
+            self.objective.addItem(text, spec)
         self.objective.setToolTip("What 'fastest' means: the chat mix minimises the time of a whole turn")
         # Narrower than its longest choice (the list still shows it whole), so the column stays slim.
         self.objective.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.objective.setMinimumContentsLength(18)
         self.trials = QSpinBox()
-        self.trials.setRange(1, 500)
+        self.trials.setRange(MIN_TRIALS, 500)
         self.trials.setValue(12)
-        self.trials.setToolTip("Configurations to measure (Optuna TPE for numbers, a grid for the rest)")
+        self.trials.setToolTip(
+            "Configurations to measure (Optuna TPE for numbers, a grid for the rest); the first trial "
+            f"measures the current settings, so at least {MIN_TRIALS}"
+        )
         self.budget = QSpinBox()
         self.budget.setRange(0, 24 * 60)
         self.budget.setSuffix(" min")
@@ -95,14 +134,8 @@ class TuneBox(QWidget):
         column = QVBoxLayout()
         for i, label in enumerate(PARAMETER_GROUPS):
             check = QCheckBox(label)
-            check.setChecked(
-                label in ("Threads", "Batch sizes", "Flash attention", "KV cache types", "GPU layers")
-            )
-            check.setToolTip(
-                "Let the tuner vary "
-                + ", ".join(PARAMETER_GROUPS[label])
-                + " (only values this machine and build support are tried)"
-            )
+            check.setChecked(label in DEFAULT_GROUPS)
+            check.setToolTip(_group_tip(label))
             self.param_checks[label] = check
             column.addWidget(check)
             if i == 2:
@@ -139,8 +172,11 @@ class TuneBox(QWidget):
         self.table.setHorizontalHeaderLabels(["#", "settings", "t/s", "state"])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        # "#" and t/s at their width; the settings and the state (a pruned trial says why) share the
+        # rest and wrap, never narrower than their header ("settings" was once clipped to "etting").
+        fit_columns(self.table, elastic=(1, 3))
         self.table.setMinimumHeight(110)
+        self.table_button = open_table_button(self.table, "Auto-Tune trials")
         self.result_label = QLabel("No tuning result yet.")
         self.result_label.setObjectName("tuneResult")
         self.result_label.setWordWrap(True)
@@ -166,8 +202,18 @@ class TuneBox(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
         layout.addWidget(self.table)
+        layout.addWidget(self.table_button, 0, Qt.AlignmentFlag.AlignRight)
         layout.addWidget(self.result_label)
         layout.addLayout(result_buttons)
+
+    def set_hardware(self, report: HardwareReport) -> None:
+        """Offer only what this llama.cpp build can change: GPU layers need a build with GPU offload
+        and a GPU in its device list (the tuner would try only 0 layers otherwise)."""
+        check = self.param_checks["GPU layers"]
+        why = gpu_layers_unavailable(report)
+        check.setEnabled(not why)
+        check.setChecked(not why)
+        check.setToolTip(f"Not on this machine: {why}" if why else _group_tip("GPU layers"))
 
     def request(self) -> TuneRequest:
         params = tuple(
@@ -215,7 +261,7 @@ class TuneBox(QWidget):
         settings = " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in trial.params.items())
         state = trial.state.value + (f": {trial.reason}" if trial.reason else "")
         for col, text in enumerate((str(trial.number), settings, f"{trial.score:.1f}", state)):
-            self.table.setItem(row, col, QTableWidgetItem(text))
+            self.table.setItem(row, col, cell(text))
         if trial.state.measured:
             self._scores.append(trial.score)
             best, running = [], 0.0

@@ -24,6 +24,19 @@ from app.tune.space import (
     default_search_space,
 )
 
+# The first trial measures the settings as they are (the baseline); a search needs at least one more.
+MIN_TRIALS = 2
+
+
+def trials_error(n_trials: int | None) -> str | None:
+    """Why `n_trials` is too few for a search (None when it is enough, or no trial limit)."""
+    if n_trials is not None and n_trials < MIN_TRIALS:
+        return (
+            f"at least {MIN_TRIALS} trials are needed (got {n_trials}): the first trial measures the current "
+            "settings, the others try new ones"
+        )
+    return None
+
 
 @dataclass(frozen=True)
 class TuneRequest:
@@ -40,6 +53,9 @@ class TuneRequest:
         if unknown:
             raise TuneError(f"not tunable: {', '.join(unknown)}; choose from {', '.join(TUNABLE_PARAMS)}")
         Objective.parse(self.objective)
+        problem = trials_error(self.n_trials)
+        if problem is not None:
+            raise TuneError(problem)
 
     def config(self) -> TuneConfig:
         """The request's budgets; every measurement rule at TuneConfig's defaults."""

@@ -532,6 +532,10 @@ def test_a_request_is_checked_where_it_is_made() -> None:
         TuneRequest("fastest", 5, None, ("n_threads",))
     with pytest.raises(TuneError):
         TuneRequest("tg", 0, None, ("n_threads",)).config()
+    # One trial measures only the current settings (the baseline): no search at all.
+    with pytest.raises(TuneError, match="at least 2 trials are needed .got 1.: the first trial measures"):
+        TuneRequest("tg", 1, None, ("n_threads",))
+    assert TuneRequest("tg", 2, None, ("n_threads",)).n_trials == 2
     config = TuneRequest("pp:256", 7, 90.0, ("n_batch",)).config()
     assert (config.n_trials, config.time_budget_s) == (7, 90.0)
 
@@ -696,6 +700,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_cli_tune_refuses_a_single_trial() -> None:
+    result = _cli("--trials", "1")
+    assert result.returncode == 2
+    assert "--trials: at least 2 trials are needed (got 1)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_cli_tune_refuses_a_bad_objective() -> None:
     result = _cli("--objective", "fastest")
     assert result.returncode == 2
@@ -705,7 +716,7 @@ def test_cli_tune_refuses_a_bad_objective() -> None:
 @pytest.mark.slow
 def test_cli_tune_prints_the_trials_and_a_json_result(demo_model: str, tmp_path: Path) -> None:
     storage = str(tmp_path / "cli.sqlite3")
-    args = ["--objective", "tg:4", "--trials", "1", "-r", "2", "--warmup", "0", "--compare-rounds", "1"]
+    args = ["--objective", "tg:4", "--trials", "2", "-r", "2", "--warmup", "0", "--compare-rounds", "1"]
     result = _cli(demo_model, *args, "--storage", storage, "--json")
     assert result.returncode == 0, result.stderr
     assert "trial  phase" in result.stderr and "baseline" in result.stderr

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QItemSelectionModel, QSettings, Qt
-from PySide6.QtWidgets import QSpinBox
+from PySide6.QtWidgets import QGroupBox, QSpinBox
 from pytestqt.qtbot import QtBot
 
 from app.bench.history import HistoryStore
+from app.tune.results import TrialRecord, TrialStatus, TuneProgress
 from ui.main_window import MainWindow
+from widgets.performance_panel import PerformancePanel
 
 WAIT_MS = 180_000
 
@@ -410,3 +412,154 @@ def test_a_host_killed_mid_benchmark_fails_the_run_with_a_message(qtbot: QtBot, 
     with qtbot.waitSignal(window.bridge.benchmark_finished, timeout=WAIT_MS):
         qtbot.mouseClick(perf.bench_run, Qt.MouseButton.LeftButton)
     assert window.bridge.engine.host_pid not in (None, killed[0])
+
+
+# ---- fitting the column ----------------------------------------------------------------------------
+
+LONG_MODEL = "models/a-rather-long-model-file-name-Q4_K_M-instruct-v2.gguf"
+
+
+def _llama_bench_record(n_threads: int, ts: float) -> dict[str, object]:
+    """A llama-bench JSON record of a pp512 test in a sweep (threads), with a long model file name."""
+    return {
+        "build_commit": "abc1234",
+        "cpu_info": "Some CPU",
+        "gpu_info": "",
+        "backends": "CPU",
+        "model_filename": LONG_MODEL,
+        "model_type": "llama ?B Q4_1",
+        "model_size": 1,
+        "model_n_params": 1,
+        "n_batch": 512,
+        "n_ubatch": 512,
+        "n_threads": n_threads,
+        "type_k": "q8_0",
+        "type_v": "q8_0",
+        "n_gpu_layers": 0,
+        "flash_attn": 1,
+        "n_prompt": 512,
+        "n_gen": 0,
+        "n_depth": 0,
+        "test_time": "2026-11-01T00:00:00Z",
+        "avg_ns": 1_000_000_000,
+        "stddev_ns": 0,
+        "avg_ts": ts,
+        "stddev_ts": 1.0,
+        "samples_ns": [1_000_000_000, 1_010_000_000, 990_000_000],
+        "samples_ts": [ts, ts - 1, ts + 1],
+    }
+
+
+def _assert_fits(qtbot: QtBot, perf: PerformancePanel, what: str) -> None:
+    qtbot.wait(10)  # let the layouts settle
+    width = perf.minimumSizeHint().width()
+    assert width <= MAX_COLUMN_MIN_WIDTH, f"{what}: the panel asks for {width} px"
+    for box in perf.findChildren(QGroupBox):
+        assert box.minimumSizeHint().width() <= MAX_COLUMN_MIN_WIDTH, (what, box.title())
+    for table in (perf.bench_table, perf.history_table, perf.compare_table, perf.tune_box.table):
+        if table.isVisible() and table.rowCount():
+            assert table.horizontalScrollBar().maximum() == 0, (what, table.objectName())
+
+
+MAX_COLUMN_MIN_WIDTH = 420  # the window gives a column 340-460 px at 1366 pixels wide
+
+
+def test_the_panel_never_asks_for_more_than_a_column(qtbot: QtBot, tmp_path: Path) -> None:
+    perf = PerformancePanel(HistoryStore(str(tmp_path / "history.sqlite3")))
+    qtbot.addWidget(perf)
+    perf.resize(400, 900)
+    perf.show()
+    qtbot.waitExposed(perf)
+    _assert_fits(qtbot, perf, "at the start")
+    for name, records in (("a", [(4, 500.0), (2, 300.0)]), ("b", [(4, 510.0), (2, 290.0)])):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps([_llama_bench_record(t, ts) for t, ts in records]))
+        perf.import_llama_bench(str(path))
+    assert perf.history_table.rowCount() == 2
+    # One run selected: its first test over time, under a title naming the long model file.
+    perf.history_table.selectRow(0)
+    assert perf.history_plot_title.text().startswith("pp512 on a-rather-long-model-file-name")
+    _assert_fits(qtbot, perf, "one run plotted")
+    # Both runs compared: the configurations are long text.
+    perf.history_table.selectAll()
+    qtbot.mouseClick(perf.compare_button, Qt.MouseButton.LeftButton)
+    assert perf.compare_table.rowCount() == 2
+    config = perf.compare_table.item(0, 1)
+    assert "ctk=q8_0" in config.text() and config.toolTip().startswith(config.text())
+    _assert_fits(qtbot, perf, "after comparing two runs")
+    # The whole table in a window of its own, every column at full width.
+    dialog = perf.compare_table_button.open_dialog()  # deletes itself when closed
+    qtbot.waitExposed(dialog)
+    whole = dialog.table
+    assert whole.rowCount() == 2 and whole.item(0, 1).text() == config.text()
+    header = whole.horizontalHeader()
+    assert all(header.sectionSize(c) >= whole.sizeHintForColumn(c) for c in range(whole.columnCount()))
+    screen = dialog.screen().availableGeometry().width()
+    assert dialog.width() >= min(header.length(), int(0.9 * screen) - 1)  # as wide as it needs, or may
+    dialog.close()
+    # A tune starts: its status, the trials table with every setting.
+    tune = perf.tune_box
+    tune.tune_requested.connect(lambda request: None)  # nobody runs it here: the box shows what arrives
+    qtbot.mouseClick(tune.run_button, Qt.MouseButton.LeftButton)
+    tune.on_progress(TuneProgress("search", "trial 3 of 12", 3, 12, 42.0))
+    settings = {"n_threads": 2, "n_threads_batch": 2, "n_batch": 512, "n_ubatch": 256, "flash_attn": True}
+    for number in range(3):
+        tune.on_trial(
+            TrialRecord(number, "numeric", {**settings, "type_k": "q8_0"}, None, 123.4, TrialStatus.COMPLETE)
+        )
+    tune.on_trial(TrialRecord(3, "numeric", settings, None, 12.0, TrialStatus.PRUNED, "clearly worse"))
+    header = tune.table.horizontalHeader()
+    settings_width = header.sectionSize(1)
+    assert settings_width >= header.fontMetrics().horizontalAdvance("settings") + 8  # not "etting"
+    _assert_fits(qtbot, perf, "after a tune started")
+    # An export's note shows right under the Export button, not far above it.
+    perf.bench_status.setText(f"Exported to {tmp_path / ('a-long-folder-name' * 4) / 'llamascope-bench.md'}")
+    layout = perf.bench_export.parentWidget().layout()
+    assert layout.indexOf(perf.bench_status) == layout.indexOf(perf.bench_progress) - 1
+    assert perf.bench_status.geometry().top() >= perf.bench_export.geometry().bottom()
+    _assert_fits(qtbot, perf, "after an export")
+
+
+def test_auto_tune_offers_what_its_trials_measure_and_what_this_build_can_change(qtbot: QtBot) -> None:
+    from types import SimpleNamespace
+
+    from app.tune.request import MIN_TRIALS
+    from app.tune.space import DEFAULT_PP_TOKENS, DEFAULT_TG_TOKENS, Objective
+    from widgets.tune_box import TuneBox
+
+    tune = TuneBox()
+    qtbot.addWidget(tune)
+    labels = {tune.objective.itemData(i): tune.objective.itemText(i) for i in range(tune.objective.count())}
+    # The label names the test each trial runs (app.tune.measure runs Objective.parse(spec)).
+    assert labels["tg:32"] == f"Generation speed (tg{DEFAULT_TG_TOKENS})" == "Generation speed (tg32)"
+    assert labels["pp:128"] == f"Prompt speed (pp{DEFAULT_PP_TOKENS})" == "Prompt speed (pp128)"
+    assert labels["mix:512,128"] == "Chat turn: 512 prompt + 128 generated"
+    for spec in labels:
+        assert Objective.parse(spec).spec == spec  # what the request carries is what was labelled
+    # One trial would measure only the current settings.
+    assert tune.trials.minimum() == MIN_TRIALS == 2
+    tune.trials.setValue(1)
+    assert tune.request().n_trials == 2
+    # GPU layers: off until the build is known, then only with GPU offload and a GPU in its device list.
+    gpu = tune.param_checks["GPU layers"]
+    assert not gpu.isChecked()
+    cpu_only = SimpleNamespace(build=SimpleNamespace(gpu_offload=False), build_error=None, gpus=())
+    tune.set_hardware(cpu_only)  # type: ignore[arg-type]
+    assert not gpu.isChecked() and not gpu.isEnabled() and "CPU-only" in gpu.toolTip()
+    assert "n_gpu_layers" not in tune.request().parameters
+    with_gpu = SimpleNamespace(build=SimpleNamespace(gpu_offload=True), build_error=None, gpus=(object(),))
+    tune.set_hardware(with_gpu)  # type: ignore[arg-type]
+    assert gpu.isChecked() and gpu.isEnabled()
+    assert "n_gpu_layers" in tune.request().parameters
+
+
+def test_auto_tune_on_this_machine_ticks_gpu_layers_only_if_its_build_offloads(
+    qtbot: QtBot, window: MainWindow
+) -> None:
+    perf = window.performance_panel
+    qtbot.waitUntil(lambda: perf._hardware is not None, timeout=WAIT_MS)
+    report = perf._hardware
+    assert report is not None
+    can_offload = report.build is not None and report.build.gpu_offload and bool(report.gpus)
+    gpu = perf.tune_box.param_checks["GPU layers"]
+    assert gpu.isChecked() == gpu.isEnabled() == can_offload
