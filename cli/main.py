@@ -17,6 +17,7 @@ from app import __version__
 from app.common.formatting import fmt as _fmt
 from app.common.formatting import jsonable as _jsonable
 from app.engine.types import stats_line
+from cli import advise as cli_advise
 from cli import bench as cli_bench
 from cli import hardware as cli_hardware
 from cli import quality as cli_quality
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bench.register(sub)
     cli_hardware.register(sub)
     cli_quality.register(sub)
+    cli_advise.register(sub)  # after quality: it adds the target options to `quantize`
     cli_tune.register(sub)
     cli_server.register(sub)
     cli_report.register(sub)

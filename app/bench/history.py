@@ -30,7 +30,7 @@ from app.common.stats import Comparison
 from app.model.fingerprint import fingerprint_v1, model_fingerprint
 from app.telemetry.hardware import hardware_fingerprint
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _refingerprint(conn: sqlite3.Connection) -> None:
@@ -174,6 +174,16 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
         avg_gen_tps REAL,
         avg_ttft_ms REAL,
         comparable INTEGER NOT NULL,
+        record_json TEXT NOT NULL
+    );
+    """,
+    # 6 -> 7: the quantization advisor's measurements (app.quant.advisor), one row per candidate,
+    # keyed by a hash of everything that determines its figures (the key's fields kept beside it).
+    """
+    CREATE TABLE quant_measurements (
+        key TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        key_json TEXT NOT NULL,
         record_json TEXT NOT NULL
     );
     """,
@@ -433,6 +443,27 @@ class HistoryStore:
                 "SELECT record_json FROM localscore_tests WHERE run_id = ? ORDER BY id", (run_id,)
             ).fetchall()
         return [shape_from_record(json.loads(row["record_json"])) for row in rows]
+
+    def add_quant_measurement(self, key: str, key_fields: dict[str, Any], record: dict[str, Any]) -> None:
+        """Store (or replace) one advisor candidate's measured figures under `key`."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO quant_measurements (key, created_at, key_json, record_json) "
+                "VALUES (?,?,?,?)",
+                (key, _now(), json.dumps(key_fields, sort_keys=True), json.dumps(record)),
+            )
+
+    def quant_measurement(self, key: str) -> dict[str, Any] | None:
+        """The figures stored under `key`, or None."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT record_json FROM quant_measurements WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row["record_json"])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
     def delete_run(self, run_id: int) -> None:
         with self._connect() as conn:
