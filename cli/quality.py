@@ -3,6 +3,7 @@
     llamascope quantize SRC --type Q4_K_M [-o OUT] [--allow-requantize] [--pure]
         [--leave-output-tensor] [--output-tensor-type T] [--token-embedding-type T] [--threads N]
     llamascope quantize --list-types
+    llamascope imatrix [MODEL] [--text FILE] [-c 512] [--chunks N] [-o FILE] [--threads N]
     llamascope eval MODEL --ppl TEXT [--ctx 512] [--chunks N] [--kld-base BASE.gguf | --kld-logits FILE]
         [--save-logits FILE] [--mc FILE --format hellaswag|arc|mmlu] [--json]
 
@@ -75,6 +76,43 @@ def register(subparsers: Any) -> None:
     p_q.add_argument("--list-types", action="store_true", help="list the quantization types and exit")
     p_q.add_argument("--json", action="store_true", help="print the result as JSON")
     p_q.set_defaults(func=_cmd_quantize)
+
+    p_i = subparsers.add_parser(
+        "imatrix", help="compute an importance matrix for quantizing, as llama-imatrix does"
+    )
+    p_i.add_argument("model", nargs="?", default=None, help="GGUF model (default: the demo model)")
+    p_i.add_argument(
+        "--text",
+        "-f",
+        default=None,
+        help="calibration text file (default: the shipped calibration text, Python standard library "
+        "docstrings; see resources/calibration)",
+    )
+    p_i.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="output file, llama.cpp's imatrix GGUF (default: MODEL.imatrix.gguf beside the model, or in "
+        "LlamaScope's user data folder when that folder is not writable or belongs to a Python package)",
+    )
+    p_i.add_argument(
+        "-c", "--ctx", type=int, default=512, help="tokens per chunk (default 512, as llama-imatrix)"
+    )
+    p_i.add_argument("--chunks", type=int, default=None, help="at most this many chunks (default: all)")
+    p_i.add_argument(
+        "--threads", "-t", type=int, default=None, help=threads_help("threads", "physical cores")
+    )
+    p_i.add_argument(
+        "--process-output",
+        action="store_true",
+        help="collect data for output.weight too (llama-imatrix's flag)",
+    )
+    p_i.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p_i.add_argument(
+        "--override-memory", action="store_true", help="run even when the memory check says it will not fit"
+    )
+    p_i.add_argument("--json", action="store_true", help="print the result as JSON")
+    p_i.set_defaults(func=_cmd_imatrix)
 
     p_e = subparsers.add_parser("eval", help="perplexity, KL divergence and multiple-choice benchmarks")
     p_e.add_argument("model", help="GGUF file to evaluate")
@@ -276,6 +314,107 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             f"Wrote {result.output_path}: {result.label}, {format_bytes(result.output_bytes)}, "
             f"{result.bits_per_weight:.2f} bits/weight, {result.size_change} "
             f"({format_bytes(result.source_bytes)}), in {result.elapsed_s:.1f} s"
+        )
+    return EXIT_OK
+
+
+# ---- imatrix -----------------------------------------------------------------------------------
+def _imatrix_argument_error(args: argparse.Namespace) -> str | None:
+    from app.model.file_format import detect_format
+
+    if not 16 <= args.ctx <= MAX_UINT32:
+        return f"-c/--ctx must be from 16 tokens (llama-imatrix ignores smaller products) to {MAX_UINT32:,}"
+    if args.chunks is not None and args.chunks < 1:
+        return f"--chunks must be 1 or more, not {args.chunks}"
+    problem = threads_error(args.threads)
+    if problem is None:
+        fmt = detect_format(args.model)
+        problem = None if fmt.loadable else f"MODEL: {args.model}: {fmt.message}"
+    if problem is None and args.text is not None:
+        problem = input_file_error(args.text, "--text", "calibration text")
+    if problem is None:
+        problem = output_file_error(args.output, "-o")
+    if problem is None and os.path.exists(args.output) and not args.overwrite:
+        problem = f"-o: {args.output} already exists; choose another name or pass --overwrite"
+    return problem
+
+
+def _cmd_imatrix(args: argparse.Namespace) -> int:
+    from app.engine.client import Engine
+    from app.engine.imatrix_job import ImatrixJob, ImatrixRequest
+    from app.engine.types import EngineError
+    from app.model.demo_model import demo_model_path
+    from app.model.memory import InsufficientMemoryError
+    from app.quality.eval_types import ChunkProgress, EvalCancelled, EvalError
+    from app.quant.plan import default_output_folder, output_folder_reason
+
+    if args.model is None:
+        args.model = demo_model_path()
+        if args.model is None:
+            _err("imatrix needs a MODEL (the demo model is not installed)")
+            return EXIT_USAGE
+    if args.output is None:
+        stem = os.path.splitext(os.path.basename(args.model))[0]
+        folder = default_output_folder(args.model)
+        if folder != os.path.dirname(os.path.abspath(args.model)):
+            os.makedirs(folder, exist_ok=True)
+            _err(f"writing to LlamaScope's user data folder, because {output_folder_reason(args.model)}")
+        args.output = os.path.join(folder, f"{stem}.imatrix.gguf")
+    problem = _imatrix_argument_error(args)
+    if problem is not None:
+        _err(problem)
+        return EXIT_USAGE
+    bar = _StderrProgress()
+
+    def on_chunk(p: ChunkProgress) -> None:
+        bar.show(
+            p.fraction,
+            f"importance matrix [{p.chunk}/{p.n_chunks}] PPL {p.ppl:.4f} ({p.tokens_per_s:.0f} t/s)",
+        )
+
+    engine = Engine()  # in the engine host: a crash in llama.cpp is a message, not an exit
+    request = ImatrixRequest(
+        model_path=args.model,
+        text_source=args.text,
+        output=args.output,
+        n_ctx=args.ctx,
+        n_chunks=args.chunks,
+        n_threads=args.threads,
+        process_output=args.process_output,
+        override_memory=args.override_memory,
+    )
+    job = ImatrixJob(engine, request, on_progress=on_chunk)
+    try:
+        future = job.start()
+        try:
+            try:
+                result = future.result()
+            except KeyboardInterrupt:
+                job.cancel()
+                result = future.result()
+        finally:
+            bar.end()
+    except EvalCancelled as exc:
+        _err(str(exc))
+        return EXIT_CANCELLED
+    except InsufficientMemoryError as exc:
+        _err(f"{exc} (--override-memory)")
+        return EXIT_ERROR
+    except (EvalError, EngineError) as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("cancelled; nothing was written")
+        return EXIT_CANCELLED
+    finally:
+        engine.shutdown()
+    if args.json:
+        print(json.dumps(_jsonable(result), indent=2))
+    else:
+        print(
+            f"Wrote {result.path}: {result.n_entries} matrices from {result.n_chunks} chunks of "
+            f"{result.n_ctx} tokens of {result.text_name} (PPL {result.ppl:.4f}, "
+            f"{result.tokens_per_s:.0f} t/s, {result.elapsed_s:.1f} s)"
         )
     return EXIT_OK
 

@@ -19,7 +19,9 @@ def resource_root() -> str:
     frozen_root = getattr(sys, "_MEIPASS", None)
     if frozen_root:
         return os.path.join(frozen_root, "resources")
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources")
+    # This file is app/common/resources.py: the checkout's root is three levels up.
+    here = os.path.abspath(__file__)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(here))), "resources")
 
 
 def resource_path(*parts: str) -> str:

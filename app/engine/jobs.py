@@ -160,6 +160,7 @@ PROGRESS_JOBS = {
     "app.quality.compare:measure_speed",
     "app.engine.jobs:tune",
     "app.engine.jobs:run_tuner",
+    "app.quant.imatrix_compute:compute_imatrix",
 }
 
 
