@@ -39,7 +39,7 @@ class ModelInspector(QObject):
         self._executor.submit(self._inspect, path)
 
     def _inspect(self, path: str) -> None:
-        if not os.path.lexists(path):
+        if not os.path.exists(path):  # a link to a file that is gone counts as missing
             self.missing.emit(path)
         try:
             info, error = inspect_model(path), ""

@@ -246,7 +246,8 @@ class MainWindow(QMainWindow):
         tune = perf.tune_box
         tune.tune_requested.connect(self._on_tune_requested)
         tune.stop_requested.connect(b.cancel)
-        tune.apply_requested.connect(panel.apply_recommendations)
+        tune.apply_requested.connect(lambda values: panel.apply_recommendations(values, "Auto-Tune"))
+        panel.settings_applied.connect(lambda message: self.statusBar().showMessage(message, 15000))
         tune.save_profile_requested.connect(panel.save_profile)
         b.tune_progressed.connect(tune.on_progress)
         b.tune_trial.connect(tune.on_trial)
@@ -297,7 +298,9 @@ class MainWindow(QMainWindow):
         t.hardware_detected.connect(self._on_hardware_detected)
         t.interval_changed.connect(hw.set_sampling_interval)
         hw.detection_requested.connect(t.request_detection)
-        hw.apply_requested.connect(self.model_panel.apply_recommendations)
+        hw.apply_requested.connect(
+            lambda values: self.model_panel.apply_recommendations(values, "Hardware advice")
+        )
         self.model_panel.model_info_changed.connect(hw.set_model)
         t.watch_window(self)
         t.start()

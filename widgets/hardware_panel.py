@@ -49,6 +49,19 @@ def _mhz(value: float | None) -> str:
     return NOT_AVAILABLE if value is None else f"{value / 1000:.2f} GHz"
 
 
+def clock_text(current_mhz: float | None, low_mhz: float | None, high_mhz: float | None) -> str:
+    """The CPU clock as both boxes show it: the current clock and the range it may move in, e.g.
+    "2.10 GHz (max n/a)", "3.20 GHz (0.40 GHz – 4.80 GHz)", "0.40 GHz – 4.80 GHz" before the first
+    reading; "n/a" only when neither is known."""
+    if high_mhz is None:
+        limits = f"max {NOT_AVAILABLE}"
+    else:
+        limits = f"{_mhz(low_mhz)} – {_mhz(high_mhz)}" if low_mhz else f"max {_mhz(high_mhz)}"
+    if current_mhz is None:
+        return NOT_AVAILABLE if high_mhz is None else limits
+    return f"{_mhz(current_mhz)} ({limits})"
+
+
 class CoreBars(QWidget):
     """Per-core utilisation as a strip of thin bars: compact for 2 cores or 256."""
 
@@ -107,6 +120,8 @@ class HardwarePanel(Panel):
         self._last_throttle_t: dict[str, float] = {}
         self._gpu_indices: tuple[int, ...] = ()
         self._seen_snapshot = False
+        self._clock_mhz: float | None = None  # the latest snapshot's current CPU clock
+        self._clock_max_mhz: float | None = None  # and its maximum
         self._build_detection_box()
         self._build_optimization_box()
         self._build_monitoring_box()
@@ -309,11 +324,7 @@ class HardwarePanel(Panel):
             " · ".join(p for p in (cpu.model_name, cpu.vendor, cpu.architecture) if p) or NOT_AVAILABLE
         )
         labels["Cores"].setText(f"{cpu.physical_cores} physical / {cpu.logical_cores} logical")
-        if cpu.max_freq_mhz is None:
-            labels["Clock"].setText(NOT_AVAILABLE)
-        else:
-            low = f"{_mhz(cpu.min_freq_mhz)} – " if cpu.min_freq_mhz else ""
-            labels["Clock"].setText(f"{low}{_mhz(cpu.max_freq_mhz)}")
+        self._show_clock()
         caches = []
         for c in cpu.caches:
             kind = {"Data": "d", "Instruction": "i"}.get(c.kind, "")
@@ -399,13 +410,28 @@ class HardwarePanel(Panel):
             plot.set_window(seconds)
         self.window_changed.emit(seconds)
 
+    def _clock_limits(self) -> tuple[float | None, float | None]:
+        """The clock's range: the detection's reading (min and max, from the same reader the sampler
+        uses), else the latest snapshot's maximum; None where it is not known."""
+        cpu = self._report.cpu if self._report is not None else None
+        low = cpu.min_freq_mhz if cpu is not None else None
+        high = cpu.max_freq_mhz if cpu is not None and cpu.max_freq_mhz is not None else self._clock_max_mhz
+        return low, high
+
+    def _show_clock(self) -> None:
+        """The Detection box's clock: the same figure, from the same readings, as the live readout."""
+        if self._report is not None:
+            _set_text(self.cpu_labels["Clock"], clock_text(self._clock_mhz, *self._clock_limits()))
+
     def _show_cpu_readout(self, s: Snapshot) -> None:
         load = " / ".join(f"{x:.2f}" for x in s.load_avg) if s.load_avg else NOT_AVAILABLE
         proc = fmt(s.process_cpu_percent, ".0f", " % of a core")
+        self._clock_mhz, self._clock_max_mhz = s.cpu_freq_mhz, s.cpu_freq_max_mhz
         self.cpu_readout.set_text(
-            f"clock {_mhz(s.cpu_freq_mhz)} (max {_mhz(s.cpu_freq_max_mhz)}) · load {load} · "
-            f"LlamaScope {proc}, RSS {fmt_bytes(s.process_rss_bytes)}"
+            f"clock {clock_text(self._clock_mhz, *self._clock_limits())} · "
+            f"load {load} · LlamaScope {proc}, RSS {fmt_bytes(s.process_rss_bytes)}"
         )
+        self._show_clock()
 
     def _plot_temperatures(self, s: Snapshot) -> None:
         readings = list(s.temperatures_c) + [

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QKeyEvent
+from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QGuiApplication, QKeyEvent, QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -31,7 +31,7 @@ from app.common.formatting import fmt, fmt_bytes, format_bytes
 from app.engine.crash_registry import CrashRecord
 from app.engine.types import LoadProgress, LoadResult
 from app.model.demo_model import demo_model_path
-from app.model.fields import Problem
+from app.model.fields import FIELD_SPECS, Problem
 from app.model.file_format import SUPPORTED_FORMATS
 from app.model.memory import MemoryEstimate, Verdict, estimate_memory
 from app.model.model_info import ModelInfo, SizeClass
@@ -71,6 +71,12 @@ def _note(text: str = "") -> QLabel:
     return label
 
 
+def _value_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def _demo_path() -> str | None:
     demo = demo_model_path()
     return os.path.abspath(demo) if demo else None
@@ -84,6 +90,7 @@ class ModelConfigPanel(Panel):
     cancel_requested = Signal()
     inspection_requested = Signal(str)  # path whose GGUF header should be read off the GUI thread
     model_info_changed = Signal(object)  # ModelInfo | None: the selected model's header, once known
+    settings_applied = Signal(str)  # what "Apply to Model Config" changed, in words, for the status bar
 
     def __init__(
         self,
@@ -106,6 +113,10 @@ class ModelConfigPanel(Panel):
         self._loading = False
         self._had_model_at_load = False  # a model was loaded when the running load was asked for
         self._applying = False
+        # The last load settings that were valid and fit the selected model: what save_state keeps
+        # when the current ones would not fit, so a start never opens on "Will not fit".
+        self._last_fitting_load: LoadSettings | None = None
+        self._current_fits: bool | None = None  # None: not estimated (no model, or not yet)
         self._estimate_timer = QTimer(self)
         self._estimate_timer.setSingleShot(True)
         self._estimate_timer.setInterval(150)  # coalesce bursts of edits into one estimate
@@ -239,6 +250,10 @@ class ModelConfigPanel(Panel):
         row.addWidget(delete_profile)
         form.addRow("Profile", row)
         layout.addLayout(form)
+        self.apply_note = _note()
+        self.apply_note.setObjectName("applyNote")
+        self.apply_note.hide()
+        layout.addWidget(self.apply_note)
         self.load_form = SettingsForm(_BASIC_LOAD_FIELDS)
         layout.addWidget(self.load_form)
         self.problems_label = _note()
@@ -267,7 +282,8 @@ class ModelConfigPanel(Panel):
         self.memory_bar = QProgressBar()
         self.memory_bar.setObjectName("memoryBar")
         self.memory_bar.setRange(0, 100)
-        self.memory_bar.setFormat("%p% of available RAM")
+        self.memory_bar.setFormat("n/a")
+        self._memory_bar_palette = QPalette(self.memory_bar.palette())
         self.memory_detail = _note("Select a model to estimate its memory.")
         self.memory_detail.setToolTip(
             "Estimate before loading: weights (tensor bytes in the file) + KV cache "
@@ -335,16 +351,44 @@ class ModelConfigPanel(Panel):
         sampling.validate()
         return sampling
 
-    def apply_recommendations(self, values: dict[str, Any]) -> None:
-        """Set recommended load settings (e.g. from the Hardware panel); unknown keys are ignored.
+    def apply_recommendations(self, values: dict[str, Any], source: str = "") -> str:
+        """Set recommended load settings (from the Hardware panel's advice or Auto-Tune); unknown
+        keys are ignored. Returns, shows and emits (`settings_applied`) what changed.
 
-        Like an edit by hand, this makes the preset Custom and refreshes the memory estimate.
+        The preset becomes Custom only when a setting actually changed. When a model is loaded and a
+        changed setting is read at load time, the note says that a reload is needed.
         """
         known = {k: v for k, v in values.items() if k in LOAD_FIELDS}
-        self.load_form.set_values({k: v for k, v in known.items() if k in _BASIC_LOAD_FIELDS})
-        advanced = {k: v for k, v in known.items() if k in _ADVANCED_LOAD_FIELDS}
-        if advanced:
-            self.advanced_form.set_values(advanced)
+        before = self.load_settings()
+        self._applying = True  # not an edit by hand: the preset is decided below
+        try:
+            self.load_form.set_values({k: v for k, v in known.items() if k in _BASIC_LOAD_FIELDS})
+            advanced = {k: v for k, v in known.items() if k in _ADVANCED_LOAD_FIELDS}
+            if advanced:
+                self.advanced_form.set_values(advanced)
+        finally:
+            self._applying = False
+        after = self.load_settings()
+        changed = [n for n in LoadSettings.field_names() if getattr(before, n) != getattr(after, n)]
+        origin = f" from {source}" if source else ""
+        if not changed:
+            message = f"Applied{origin}: nothing changed — Model Config already has these settings."
+        else:
+            self.preset_combo.setCurrentIndex(self.preset_combo.findData(_PRESET_CUSTOM))
+            parts = ", ".join(
+                f"{FIELD_SPECS[n].label.lower()} {_value_text(getattr(after, n))}" for n in changed
+            )
+            message = f"Applied{origin}: {parts}"
+            if self._loaded is None:
+                message += " — used at the next Load."
+            elif set(needs_reload(self._loaded.settings, after)) & set(changed):
+                message += " — reload the model to use them."
+            else:
+                message += " — in effect from the next request."
+        self.apply_note.setText(message)
+        self.apply_note.show()
+        self.settings_applied.emit(message)
+        return message
 
     def save_profile(self, name: str, load: LoadSettings) -> None:
         """Save `load` with the current sampling settings as a named profile (e.g. a tuned one)."""
@@ -537,6 +581,7 @@ class ModelConfigPanel(Panel):
 
     def on_load_finished(self, result: LoadResult) -> None:
         self._loaded = result
+        self.apply_note.hide()  # a "reload to use them" is done now
         if self._crashes.pop(result.model.path, None) is not None:  # the engine forgot it too
             item = self._find_item(result.model.path)
             if item is not None:
@@ -617,7 +662,13 @@ class ModelConfigPanel(Panel):
     # ---- state and persistence ---------------------------------------------------------------
     def save_state(self) -> None:
         self._settings.setValue("model/selected", self._selected_path or "")
-        self._settings.setValue("settings/load", json.dumps(self.load_settings().to_dict()))
+        load: LoadSettings | None = self.load_settings()
+        if self._current_fits is False:
+            # Invalid or too big for the selected model: remember the last settings that fitted, or
+            # keep what was remembered, so the next start does not open on "Will not fit".
+            load = self._last_fitting_load
+        if load is not None:
+            self._settings.setValue("settings/load", json.dumps(load.to_dict()))
         self._settings.setValue("settings/sampling", json.dumps(self._sampling_dict()))
         self._settings.setValue("settings/preset", self.preset_combo.currentData())
 
@@ -920,25 +971,46 @@ class ModelConfigPanel(Panel):
             )
         )
         self.problems_label.setVisible(bool(problems))
-        if info is None or any(p.is_error for p in problems if p.field in LOAD_FIELDS):
+        load_errors = any(p.is_error for p in problems if p.field in LOAD_FIELDS)
+        if info is None or load_errors:
+            self._current_fits = False if load_errors else None
             self.memory_verdict.setText("n/a")
             self.memory_verdict.setStyleSheet("")
             self.memory_bar.setValue(0)
+            self.memory_bar.setFormat("n/a")
+            self._colour_memory_bar(None)
             self.memory_detail.setText(
                 "Select a loadable model to estimate its memory."
                 if info is None
                 else "Fix the settings above to estimate memory."
             )
             return
-        self._show_estimate(estimate_memory(info, load))
+        estimate = estimate_memory(info, load)
+        self._current_fits = estimate.verdict is not Verdict.WONT_FIT
+        if self._current_fits:
+            self._last_fitting_load = load
+        self._show_estimate(estimate)
 
     def _show_estimate(self, estimate: MemoryEstimate) -> None:
         self.memory_verdict.setText(estimate.verdict.label.capitalize())
         self.memory_verdict.setStyleSheet(f"color: {_VERDICT_COLOURS[estimate.verdict]}")
         if estimate.available_ram_bytes:
-            share = estimate.total_ram_bytes / estimate.available_ram_bytes
-            self.memory_bar.setValue(min(100, round(share * 100)))
+            percent = round(100 * estimate.total_ram_bytes / estimate.available_ram_bytes)
+            self.memory_bar.setValue(min(100, percent))  # the bar is full; the text says by how much
+            self.memory_bar.setFormat(f"{percent:,} % of available RAM")
+            self._colour_memory_bar(None if estimate.ram_verdict is Verdict.FITS else estimate.ram_verdict)
+        else:
+            self.memory_bar.setValue(0)
+            self.memory_bar.setFormat("available RAM n/a")
+            self._colour_memory_bar(None)
         self.memory_detail.setText(estimate.summary())
+
+    def _colour_memory_bar(self, verdict: Verdict | None) -> None:
+        """The style's own colour while it fits; the verdict's orange or red when tight or over."""
+        palette = QPalette(self._memory_bar_palette)
+        if verdict is not None:
+            palette.setColor(QPalette.ColorRole.Highlight, QColor(_VERDICT_COLOURS[verdict]))
+        self.memory_bar.setPalette(palette)
 
     def _update_reload_note(self) -> None:
         if self._loaded is None:

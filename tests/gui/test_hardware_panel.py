@@ -515,3 +515,48 @@ def test_model_config_applies_only_known_fields(qtbot: QtBot, tmp_path: Path) ->
     load = panel.load_settings()
     assert (load.n_threads, load.n_ubatch, load.use_mlock) == (3, 128, True)
     assert dataclasses.asdict(load)  # still a valid LoadSettings
+
+
+def test_both_boxes_show_the_same_clock_and_n_a_only_when_unknown(
+    panel: HardwarePanel, tmp_path: Path
+) -> None:
+    """A VM: no clock limits in sysfs, but a current clock. Detection and the live readout agree."""
+    report = _report(tmp_path, gpus=False)
+    vm = dataclasses.replace(
+        report, cpu=dataclasses.replace(report.cpu, min_freq_mhz=None, max_freq_mhz=None)
+    )
+    panel.on_hardware_detected(vm)
+    assert panel.cpu_labels["Clock"].text() == "n/a"  # nothing read yet: truly unknown
+    panel.on_snapshot(_snap(1.0))  # 2900 MHz now, no maximum
+    assert panel.cpu_labels["Clock"].text() == "2.90 GHz (max n/a)"
+    assert "clock 2.90 GHz (max n/a) ·" in panel.cpu_readout.text()
+
+    # A machine with limits: the same range in both boxes, and the current clock.
+    panel.on_hardware_detected(report)
+    panel.on_snapshot(_snap(1.5))
+    assert panel.cpu_labels["Clock"].text() == "2.90 GHz (0.40 GHz – 4.80 GHz)"
+    assert "clock 2.90 GHz (0.40 GHz – 4.80 GHz) ·" in panel.cpu_readout.text()
+
+
+def test_apply_says_what_changed_and_sets_custom_only_on_a_change(qtbot: QtBot, tmp_path: Path) -> None:
+    from widgets.model_config_panel import ModelConfigPanel
+
+    panel = ModelConfigPanel(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(panel)
+    assert panel.preset_combo.currentData() == "auto"
+    current = panel.load_settings()
+    with qtbot.waitSignal(panel.settings_applied) as applied:
+        message = panel.apply_recommendations(
+            {"n_threads": current.n_threads, "n_batch": current.n_batch}, "Hardware advice"
+        )
+    assert applied.args == [message]
+    assert message.startswith("Applied from Hardware advice: nothing changed")
+    assert panel.preset_combo.currentData() == "auto"  # nothing changed: the preset still holds
+    assert panel.apply_note.text() == message
+
+    message = panel.apply_recommendations({"n_threads": 3, "n_batch": 384}, "Auto-Tune")
+    assert (
+        message == "Applied from Auto-Tune: threads (generation) 3, batch size 384 — used at the next Load."
+    )
+    assert panel.preset_combo.currentData() == "custom"
+    assert (panel.load_settings().n_threads, panel.load_settings().n_batch) == (3, 384)
