@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -39,18 +40,23 @@ from app.quant.workflow import (
     Step,
 )
 from ui.engine_bridge import busy_reason
+from widgets.quantization_panel import QuantizationPanel
 
 
 class QualityBridge(QObject):
     OWNER = "quality"  # what this bridge's engine requests carry as their owner (Engine.cancel(owner))
 
     busy_changed = Signal(bool)  # this bridge's own work (a quantization, an evaluation) runs or ended
+    measuring_changed = Signal(bool)  # an evaluation (perplexity, KL divergence, speed) runs or ended
+    queue_changed = Signal(object)  # tuple[QueueItem, ...]: the quantization queue and each item's state
     engine_taken = Signal(str)  # why the engine is busy with another bridge's work; "" when it is not
     quantize_progressed = Signal(object)  # QuantizeProgress
     quantize_finished = Signal(object)  # QuantizeResult
     eval_progressed = Signal(object)  # ChunkProgress or SpeedProgress
     eval_finished = Signal(str, object)  # kind ("ppl", "kld", "speed"), result
-    failed = Signal(str, str)  # operation, message for the user
+    failed = Signal(
+        str, str
+    )  # operation ("quantize", "ppl", "kld", "speed", "refused"), message for the user
     base_changed = Signal(object)  # PerplexityResult that saved the new base's log-probabilities
     comparison_changed = Signal(object)  # Comparison of the base and every file measured or made
     measurements_finished = Signal(str)  # model path: every measurement asked for it is done
@@ -62,6 +68,7 @@ class QualityBridge(QObject):
         self._engine = engine
         self.workflow = workflow  # others read it; only the bridge drives it
         self._job: QuantizeJob | None = None
+        self._quantize_cancelled = False  # Cancel was pressed for the quantization queue now running
         self._taken = ""
         self._engine_changed.connect(self._on_engine_changed)
         engine.add_activity_listener(self._engine_changed.emit)
@@ -78,7 +85,19 @@ class QualityBridge(QObject):
 
     # ---- what the panel asks for -------------------------------------------------------------
     def quantize(self, request: QuantizeRequest) -> None:
-        self._run_step(self.workflow.quantize(request))
+        self.quantize_queue([request])
+
+    def quantize_queue(self, requests: Sequence[QuantizeRequest]) -> None:
+        """Quantize each request in turn; one that fails does not stop the next."""
+        if self._job is not None or self.workflow.running:
+            self.failed.emit("refused", "LlamaScope is still quantizing or measuring; wait or press Cancel.")
+            return
+        if not requests:
+            return
+        self._quantize_cancelled = False
+        step = self.workflow.quantize_queue(requests)
+        self.queue_changed.emit(self.workflow.queue)
+        self._run_step(step)
 
     def measure_base(self, model_path: str, text_source: str, settings: EvalSettings) -> None:
         try:
@@ -128,6 +147,8 @@ class QualityBridge(QObject):
         except EvalError as exc:  # the file just measured can no longer be read
             self.failed.emit(kind, str(exc))
             return
+        if isinstance(result, QuantizeResult):
+            self.queue_changed.emit(self.workflow.queue)
         if self.workflow.comparison is not None:
             self.comparison_changed.emit(self.workflow.comparison)
         if result is self.workflow.base_result:
@@ -138,13 +159,23 @@ class QualityBridge(QObject):
             self.measurements_finished.emit(result.model_path)
 
     def _on_failed(self, operation: str, message: str) -> None:
-        # Whatever failed (a step, its start, a cancel) ends the workflow: what came next needed it.
-        self.workflow.failed()
+        # Whatever failed (a step, its start, a cancel) ends the workflow: what came next needed it;
+        # except in a queue of quantizations, whose next item runs unless Cancel was pressed. A request
+        # refused because work is running ("refused") changes nothing.
+        if operation == "refused":
+            return
+        if operation != "quantize":
+            self.workflow.failed(message)
+            return
+        step = self.workflow.failed(message, cancelled=self._quantize_cancelled)
+        self.queue_changed.emit(self.workflow.queue)
+        if step is not None:
+            self._run_step(step)
 
     # ---- quantization ------------------------------------------------------------------------
     def _start_quantize(self, request: QuantizeRequest) -> None:
         if self._job is not None:
-            self.failed.emit("quantize", "A quantization is already running; wait or press Cancel.")
+            self.failed.emit("refused", "A quantization is already running; wait or press Cancel.")
             return
         job = QuantizeJob(request, on_progress=self.quantize_progressed.emit)
         self._job = job
@@ -222,8 +253,10 @@ class QualityBridge(QObject):
             self.failed.emit(kind, str(exc))
             return
         self.busy_changed.emit(True)
+        self.measuring_changed.emit(True)
 
         def done(fut: Future[Any]) -> None:  # runs on the engine thread
+            self.measuring_changed.emit(False)
             self.busy_changed.emit(False)
             exc = fut.exception()
             if exc is None:
@@ -235,10 +268,21 @@ class QualityBridge(QObject):
 
     # ---- stopping ----------------------------------------------------------------------------
     def cancel(self) -> None:
-        """Stop this bridge's work: the quantization and the evaluation it runs, nothing else."""
+        """Stop this bridge's work: the quantization queue and the evaluation it runs, nothing else."""
+        self.cancel_quantize()
+        self.cancel_measure()
+
+    def cancel_quantize(self) -> None:
+        """Stop the running quantization and the rest of its queue."""
+        self._quantize_cancelled = True
+        self.workflow.cancel_queue()
+        self.queue_changed.emit(self.workflow.queue)
         job = self._job
         if job is not None:
             job.cancel()
+
+    def cancel_measure(self) -> None:
+        """Stop the running evaluation (perplexity, KL divergence, speed) and what was to follow it."""
         self._engine.cancel(self.OWNER)
 
     def shutdown(self) -> None:
@@ -252,3 +296,30 @@ class QualityBridge(QObject):
                 job.wait(timeout=30)
             except QuantizeError:
                 pass  # cancelled: the temporary file is already gone
+
+
+def connect_quantization_panel(
+    bridge: QualityBridge, panel: QuantizationPanel, add_model: Callable[[str], None]
+) -> None:
+    """Wire the Quantization panel to its bridge. `add_model` puts each new file in the model list
+    (and keeps it there after a restart) without selecting it: the source stays the source, so the
+    next type can be made from it."""
+    panel.quantize_requested.connect(bridge.quantize_queue)
+    panel.base_requested.connect(bridge.measure_base)
+    panel.measure_requested.connect(bridge.measure)
+    panel.cancel_requested.connect(bridge.cancel_quantize)
+    panel.measure_cancel_requested.connect(bridge.cancel_measure)
+    bridge.busy_changed.connect(panel.set_busy)
+    bridge.measuring_changed.connect(panel.set_measuring)
+    bridge.engine_taken.connect(panel.set_engine_taken)  # a generation, load or benchmark holds the engine
+    bridge.queue_changed.connect(panel.on_queue_changed)
+    bridge.quantize_progressed.connect(panel.on_quantize_progressed)
+    bridge.quantize_finished.connect(panel.on_quantize_finished)
+    bridge.quantize_finished.connect(lambda result: add_model(result.output_path))
+    bridge.eval_progressed.connect(panel.on_eval_progressed)
+    bridge.eval_finished.connect(panel.on_eval_finished)
+    bridge.base_changed.connect(panel.on_base_changed)
+    bridge.base_noted.connect(panel.on_base_noted)
+    bridge.comparison_changed.connect(panel.on_comparison_changed)
+    bridge.measurements_finished.connect(panel.on_measurements_finished)
+    bridge.failed.connect(panel.on_failed)

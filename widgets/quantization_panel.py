@@ -12,6 +12,8 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -29,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from app.common.formatting import fmt, fmt_bytes
 from app.model.model_info import ModelInfo
-from app.quality.compare import Comparison, export_comparison
+from app.quality.compare import Comparison, ComparisonRow, SpeedProgress, export_comparison
 from app.quality.eval_text import DEFAULT_TEXT_NAME
 from app.quality.eval_types import ChunkProgress, EvalSettings, KLDivergenceResult, PerplexityResult
 from app.quant.plan import (
@@ -41,6 +43,7 @@ from app.quant.plan import (
     user_models_folder,
 )
 from app.quant.types import QuantType
+from app.quant.workflow import QueueItem, QueueState
 from widgets.chart import install_chart_behaviour
 from widgets.live_plot import cache_axes
 from widgets.panel import Panel
@@ -51,6 +54,20 @@ _BASE_TIP = (
     "as the reference for KL divergence"
 )
 _MEASURE_TIP = "Perplexity (and KL divergence against the base, if set) and speed of the selected model"
+# The start of plan_quantization's refusal of a quantized source without --allow-requantize: the
+# panel adds where that option is in the window.
+_REQUANTIZE_REFUSAL = "The source is already quantized"
+_REQUANTIZE_HINT = "To quantize it anyway, tick “Allow requantize” in the Advanced box below."
+# The comparison columns shown in the panel's narrow column; the others are in each row's tooltip
+# and in "Show all columns…".
+_COMPACT_COLUMNS = (
+    ("label", "Variant"),
+    ("file_bytes", "Size"),
+    ("mean_kld", "KLD"),
+    ("quality_score", "Score"),
+    ("tg_tokens_per_s", "tg t/s"),
+)
+_QUEUE_COLUMNS = ("Type", "Progress", "State")
 
 
 def _label(text: str = "n/a") -> QLabel:
@@ -68,16 +85,20 @@ class QuantizationPanel(Panel):
     comparison it is told about. What runs next and what the base is are not decided here.
     """
 
-    quantize_requested = Signal(object)  # QuantizeRequest
+    quantize_requested = Signal(object)  # tuple[QuantizeRequest, ...]: quantized one after another
     base_requested = Signal(str, str, object)  # model, text source, EvalSettings
     measure_requested = Signal(str, str, object)  # model, text source, EvalSettings
-    cancel_requested = Signal()
+    cancel_requested = Signal()  # stop the quantization queue (the Methods box's Cancel)
+    measure_cancel_requested = Signal()  # stop the measurement (the Quality box's Cancel)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Quantization", parent)
         self._source: str | None = None
         self._comparison: Comparison | None = None  # the one on show, for Export
         self._busy = False
+        self._quantizing = False  # the quantization queue has an item waiting or running
+        self._measuring = False
+        self._queue: tuple[QueueItem, ...] = ()
         self._taken = ""  # why another panel's work holds the engine; "" when it does not
         self._build_methods_box()
         self._build_quality_box()
@@ -101,6 +122,8 @@ class QuantizationPanel(Panel):
         self.type_table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.type_table.setMinimumHeight(150)
         self.type_table.setToolTip("Reading the types this llama.cpp build supports…")
+        self.type_table.itemChanged.connect(self._update_quantize_label)
+        self.type_table.itemSelectionChanged.connect(self._update_quantize_label)
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("beside the source, named after the model and type")
         self.output_edit.setToolTip(
@@ -108,7 +131,10 @@ class QuantizationPanel(Panel):
         )
         self.quantize_button = QPushButton("Quantize")
         self.quantize_button.setObjectName("quantizeButton")
-        self.quantize_button.setToolTip("Quantize the selected model to the selected type (child process)")
+        self.quantize_button.setToolTip(
+            "Quantize the selected model to each ticked type, one after another (the highlighted "
+            "type when none is ticked); each runs in a child process"
+        )
         self.quantize_button.clicked.connect(self.request_quantize)
         self.f16_button = QPushButton("Make F16 base")
         self.f16_button.setToolTip(
@@ -117,15 +143,28 @@ class QuantizationPanel(Panel):
         )
         self.f16_button.clicked.connect(self.request_f16_base)
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop; no partial file is left and the source is untouched")
+        self.cancel_button.setObjectName("quantCancelButton")
+        self.cancel_button.setToolTip(
+            "Stop the running quantization and the rest of the queue; no partial file is left and "
+            "the source is untouched"
+        )
         self.cancel_button.clicked.connect(self.cancel_requested)
         row_buttons = QHBoxLayout()
         for b in (self.quantize_button, self.f16_button, self.cancel_button):
             row_buttons.addWidget(b)
-        self.progress = QProgressBar()
-        self.progress.setObjectName("quantProgress")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        self.queue_table = QTableWidget(0, len(_QUEUE_COLUMNS))
+        self.queue_table.setObjectName("quantQueueTable")
+        self.queue_table.setHorizontalHeaderLabels(list(_QUEUE_COLUMNS))
+        self.queue_table.verticalHeader().setVisible(False)
+        self.queue_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.queue_table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.queue_table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        header = self.queue_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.queue_table.setToolTip("The quantizations asked for, run one after another")
+        self.queue_table.setVisible(False)
         self.status = _label("")
         self.status.setObjectName("quantStatus")
         layout.addWidget(self.source_label)
@@ -134,7 +173,7 @@ class QuantizationPanel(Panel):
         form.addRow("Output", self.output_edit)
         layout.addLayout(form)
         layout.addLayout(row_buttons)
-        layout.addWidget(self.progress)
+        layout.addWidget(self.queue_table)
         layout.addWidget(self.status)
         self.add_box("Methods", body)
 
@@ -185,6 +224,19 @@ class QuantizationPanel(Panel):
         self.measure_button.clicked.connect(self.request_measure)
         buttons.addWidget(self.base_button)
         buttons.addWidget(self.measure_button)
+        self.measure_progress = QProgressBar()
+        self.measure_progress.setObjectName("measureProgress")
+        self.measure_progress.setRange(0, 1)
+        self.measure_progress.setValue(0)
+        self.measure_progress.setFormat("")
+        self.measure_progress.setTextVisible(True)
+        self.measure_cancel_button = QPushButton("Cancel")
+        self.measure_cancel_button.setObjectName("measureCancelButton")
+        self.measure_cancel_button.setToolTip("Stop the measurement; what was measured before is kept")
+        self.measure_cancel_button.clicked.connect(self.measure_cancel_requested)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.measure_progress, 1)
+        progress_row.addWidget(self.measure_cancel_button)
         self.quality_status = _label("")
         self.quality_status.setObjectName("qualityStatus")
         self.ppl_plot = pg.PlotWidget(background=None)
@@ -193,12 +245,15 @@ class QuantizationPanel(Panel):
         self.ppl_plot.setLabel("left", "PPL")
         self.ppl_plot.setLabel("bottom", "chunk")
         self.ppl_curve = self.ppl_plot.plot([], [], pen=pg.mkPen(width=1), symbol="o", symbolSize=4)
-        install_chart_behaviour(self.ppl_plot, integer_x=True)  # the wheel scrolls the panel (widgets/chart.py)
+        install_chart_behaviour(
+            self.ppl_plot, integer_x=True
+        )  # the wheel scrolls the panel (widgets/chart.py)
         self._ppl_points: list[float] = []
         self.quality_result = _label("Perplexity: n/a")
         self.quality_result.setObjectName("qualityResult")
         layout.addWidget(self.base_label)
         layout.addLayout(buttons)
+        layout.addLayout(progress_row)
         layout.addWidget(self.quality_status)
         layout.addWidget(self.ppl_plot)
         layout.addWidget(self.quality_result)
@@ -209,15 +264,12 @@ class QuantizationPanel(Panel):
         layout = QVBoxLayout(body)
         layout.setContentsMargins(0, 0, 0, 0)
         self.size_label = _label("Original n/a · quantized n/a")
-        self.compare_table = QTableWidget(0, len(Comparison.COLUMNS))
+        self.compare_table = _comparison_table(_COMPACT_COLUMNS)
         self.compare_table.setObjectName("quantCompareTable")
-        self.compare_table.setHorizontalHeaderLabels([title for _, title in Comparison.COLUMNS])
-        self.compare_table.verticalHeader().setVisible(False)
-        self.compare_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.compare_table.setMinimumHeight(110)
-        self.compare_table.setToolTip(
-            "Quality score = 100 × exp(−mean KLD against the base); n/a when not measured"
-        )
+        self.all_columns_button = QPushButton("Show all columns…")
+        self.all_columns_button.setToolTip("The whole comparison: every figure of every file, in a window")
+        self.all_columns_button.clicked.connect(self.show_all_columns)
         self.chart = pg.PlotWidget(background=None)
         self.chart.setMinimumHeight(140)
         self.chart.setLabel("bottom", "file size (MiB)")
@@ -225,15 +277,22 @@ class QuantizationPanel(Panel):
         self.chart.setToolTip("Each variant: size against quality loss, labelled with its generation speed")
         self.scatter = pg.ScatterPlotItem(size=8)
         self.chart.addItem(self.scatter)
-        install_chart_behaviour(self.chart)  # the wheel scrolls the panel (widgets/chart.py)
+        # The wheel scrolls the panel (widgets/chart.py); Reset zoom fits the points and their labels.
+        self._chart_range: tuple[float, float, float, float] | None = None
+        self._chart_behaviour = install_chart_behaviour(self.chart, on_reset=self._fit_chart)
         self._chart_labels: list[pg.TextItem] = []
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the comparison as CSV, JSON or markdown")
         self.export_button.clicked.connect(self._on_export)
+        self.all_columns_dialog: QDialog | None = None
         layout.addWidget(self.size_label)
         layout.addWidget(self.compare_table)
         layout.addWidget(self.chart)
-        layout.addWidget(self.export_button)
+        comparison_buttons = QHBoxLayout()
+        comparison_buttons.addWidget(self.all_columns_button)
+        comparison_buttons.addWidget(self.export_button)
+        comparison_buttons.addStretch(1)
+        layout.addLayout(comparison_buttons)
         self.add_box("Comparison", body)
 
     def _build_advanced_box(self) -> None:
@@ -241,6 +300,7 @@ class QuantizationPanel(Panel):
         form = QFormLayout(body)
         form.setContentsMargins(0, 0, 0, 0)
         self.requantize_check = QCheckBox("Allow requantize")
+        self.requantize_check.setObjectName("requantizeCheck")
         self.requantize_check.setToolTip("Quantize an already-quantized model: quality is lost twice")
         self.pure_check = QCheckBox("Pure (no K-quant mix)")
         self.pure_check.setToolTip(
@@ -280,7 +340,8 @@ class QuantizationPanel(Panel):
     # ---- state from outside ------------------------------------------------------------------
     def set_quant_types(self, types: Sequence[QuantType]) -> None:
         """The quantization types the installed llama.cpp supports (read off the GUI thread)."""
-        self.type_table.setToolTip("")
+        self.type_table.setToolTip("Tick the types to make, or highlight one")
+        blocked = self.type_table.blockSignals(True)
         self.type_table.setRowCount(len(types))
         for row, qtype in enumerate(types):
             cells = (qtype.name, f"{qtype.bits_per_weight:.2f}", qtype.description)
@@ -292,9 +353,15 @@ class QuantizationPanel(Panel):
                     item.setToolTip(qtype.refusal_reason or "")
                 else:
                     item.setToolTip(qtype.description)
+                    if col == 0:  # tick several types to queue them
+                        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                        item.setCheckState(Qt.CheckState.Unchecked)
                 self.type_table.setItem(row, col, item)
+        self.type_table.blockSignals(blocked)
+        self.type_table.resizeColumnToContents(0)
         default = next((r for r, t in enumerate(types) if t.name == "Q4_K_M"), 0)
         self.type_table.selectRow(default)
+        self._update_quantize_label()
         first = self.type_table.item(default, 0)
         if first is not None:  # None when the build offers no type at all
             self.type_table.scrollToItem(first)
@@ -343,42 +410,92 @@ class QuantizationPanel(Panel):
         self._taken = reason
         self._update_buttons()
 
+    def set_measuring(self, measuring: bool) -> None:
+        """A measurement (perplexity, KL divergence, speed) runs or ended: its own Cancel."""
+        self._measuring = measuring
+        self._update_buttons()
+
     def _update_buttons(self) -> None:
-        ready = self._source is not None and not self._busy
+        # Between two items of a queue the bridge is briefly not busy; the queue still is.
+        ready = self._source is not None and not self._busy and not self._quantizing
         for b in (self.quantize_button, self.f16_button):
             b.setEnabled(ready)
         for b, tip in ((self.base_button, _BASE_TIP), (self.measure_button, _MEASURE_TIP)):
             b.setEnabled(ready and not self._taken)
             b.setToolTip(self._taken or tip)
-        self.cancel_button.setEnabled(self._busy)
+        self.cancel_button.setEnabled(self._quantizing)
+        self.measure_cancel_button.setEnabled(self._measuring)
+
+    def _update_quantize_label(self) -> None:
+        checked = self.checked_types()
+        if len(checked) > 1:
+            self.quantize_button.setText(f"Quantize {len(checked)} types")
+        else:
+            self.quantize_button.setText("Quantize")
 
     # ---- requests ----------------------------------------------------------------------------
     def selected_type(self) -> str | None:
+        """The highlighted type."""
         rows = self.type_table.selectionModel().selectedRows()
         item = self.type_table.item(rows[0].row(), 0) if rows else None
         return None if item is None else item.data(Qt.ItemDataRole.UserRole)
+
+    def checked_types(self) -> list[str]:
+        """The ticked types, in the table's order."""
+        names = []
+        for row in range(self.type_table.rowCount()):
+            item = self.type_table.item(row, 0)
+            if item is not None and item.checkState() == Qt.CheckState.Checked:
+                names.append(item.data(Qt.ItemDataRole.UserRole))
+        return names
+
+    def set_checked_types(self, names: Sequence[str]) -> None:
+        """Tick exactly these types (the others are unticked)."""
+        for row in range(self.type_table.rowCount()):
+            item = self.type_table.item(row, 0)
+            if item is not None and item.flags() & Qt.ItemFlag.ItemIsUserCheckable:
+                ticked = item.data(Qt.ItemDataRole.UserRole) in names
+                item.setCheckState(Qt.CheckState.Checked if ticked else Qt.CheckState.Unchecked)
+
+    def chosen_types(self) -> list[str]:
+        """What Quantize makes: the ticked types, or the highlighted one when none is ticked."""
+        checked = self.checked_types()
+        if checked:
+            return checked
+        selected = self.selected_type()
+        return [selected] if selected is not None else []
 
     def eval_settings(self) -> EvalSettings:
         chunks = self.chunks_spin.value()
         return EvalSettings(n_ctx=self.ctx_spin.value(), n_chunks=chunks or None)
 
     def request_quantize(self) -> None:
-        type_name = self.selected_type()
-        if self._source is None or type_name is None:
-            self.status.setText("✗ Select a source model and a type first.")
+        types = self.chosen_types()
+        if self._source is None or not types:
+            self.status.setText("✗ Select a source model and tick or highlight a type first.")
             return
-        request = QuantizeRequest(
-            source=self._source,
-            type_name=type_name,
-            output=self.output_edit.text().strip() or None,
-            allow_requantize=self.requantize_check.isChecked(),
-            pure=self.pure_check.isChecked(),
-            leave_output_tensor=self.leave_output_check.isChecked(),
-            output_tensor_type=self.output_type_combo.currentData(),
-            token_embedding_type=self.embed_type_combo.currentData(),
-            n_threads=self.threads_spin.value() or None,
+        output = self.output_edit.text().strip() or None
+        if output is not None and len(types) > 1:
+            self.status.setText(
+                f"✗ {len(types)} types are ticked but Output names one file: clear Output to name each "
+                "file after the model and its type, or tick one type."
+            )
+            return
+        requests = tuple(
+            QuantizeRequest(
+                source=self._source,
+                type_name=type_name,
+                output=output,
+                allow_requantize=self.requantize_check.isChecked(),
+                pure=self.pure_check.isChecked(),
+                leave_output_tensor=self.leave_output_check.isChecked(),
+                output_tensor_type=self.output_type_combo.currentData(),
+                token_embedding_type=self.embed_type_combo.currentData(),
+                n_threads=self.threads_spin.value() or None,
+            )
+            for type_name in types
         )
-        self._start_quantize(request, f"Quantizing to {type_name}…")
+        self._start_quantize(requests, f"Quantizing to {', '.join(types)}…")
 
     def request_f16_base(self) -> None:
         if self._source is not None:
@@ -387,13 +504,11 @@ class QuantizationPanel(Panel):
                 self.output_edit.text().strip() or None,
                 n_threads=self.threads_spin.value() or None,
             )
-            self._start_quantize(request, "Writing an F16 copy (dequantized)…")
+            self._start_quantize((request,), "Writing an F16 copy (dequantized)…")
 
-    def _start_quantize(self, request: QuantizeRequest, text: str) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+    def _start_quantize(self, requests: tuple[QuantizeRequest, ...], text: str) -> None:
         self.status.setText(text)
-        self.quantize_requested.emit(request)
+        self.quantize_requested.emit(requests)
 
     def request_base(self) -> None:
         if self._source is None:
@@ -411,35 +526,107 @@ class QuantizationPanel(Panel):
         self._ppl_points = []
         self.ppl_curve.setData([], [])
         self.quality_status.setText(text)
+        self.measure_progress.setRange(0, 1)
+        self.measure_progress.setValue(0)
+        self.measure_progress.setFormat("starting…")
 
     # ---- results -----------------------------------------------------------------------------
+    def on_queue_changed(self, items: tuple[QueueItem, ...]) -> None:
+        """The quantization queue and each item's state (ui.quality_bridge's queue_changed)."""
+        self._queue = items
+        self._quantizing = any(i.state in (QueueState.QUEUED, QueueState.RUNNING) for i in items)
+        table = self.queue_table
+        table.setRowCount(len(items))
+        for row, item in enumerate(items):
+            type_cell = QTableWidgetItem(item.request.type_name)
+            type_cell.setToolTip(item.request.output or "named after the model and type")
+            table.setItem(row, 0, type_cell)
+            bar = table.cellWidget(row, 1)
+            if not isinstance(bar, QProgressBar):
+                bar = QProgressBar()
+                bar.setObjectName(f"queueProgress{row}")
+                bar.setMaximumHeight(table.verticalHeader().defaultSectionSize() - 4)
+                table.setCellWidget(row, 1, bar)
+            text, tip = _queue_state_text(item)
+            if item.state is QueueState.DONE:
+                bar.setRange(0, 1)
+                bar.setValue(1)
+                bar.setFormat("100 %")
+            elif item.state is QueueState.QUEUED:
+                bar.setRange(0, 1)
+                bar.setValue(0)
+                bar.setFormat("")
+            elif item.state is QueueState.RUNNING and bar.maximum() <= 1 and bar.value() == 0:
+                bar.setRange(0, 0)  # busy until the first tensor reports (planning, starting the child)
+            elif item.state in (QueueState.FAILED, QueueState.CANCELLED):
+                bar.setRange(0, max(bar.maximum(), 1))  # keeps how far it got
+                bar.setFormat("%v/%m" if bar.value() else "")
+            state = QTableWidgetItem(text)
+            state.setToolTip(tip)
+            table.setItem(row, 2, state)
+        rows_shown = min(max(len(items), 1), 6)
+        header_h = table.horizontalHeader().sizeHint().height()
+        table.setFixedHeight(header_h + rows_shown * table.verticalHeader().defaultSectionSize() + 4)
+        table.setVisible(bool(items))
+        self._update_buttons()
+
+    def _queue_summary(self) -> str:
+        """A line over the last item's message once a queue of several has ended; "" otherwise."""
+        items = self._queue
+        if len(items) < 2 or self._quantizing:
+            return ""
+        done = sum(i.state is QueueState.DONE for i in items)
+        mark = "✓" if done == len(items) else "✗"
+        return (
+            f"{mark} {done} of {len(items)} done; the new files are in the model list and the source "
+            "stays selected.\n"
+        )
+
     def on_quantize_progressed(self, progress: QuantizeProgress) -> None:
-        self.progress.setRange(0, max(progress.n_tensors, 1))
-        self.progress.setValue(progress.tensor_index)
-        self.status.setText(f"Tensor {progress.tensor_index}/{progress.n_tensors}: {progress.tensor_name}")
+        row = next((r for r, i in enumerate(self._queue) if i.state is QueueState.RUNNING), None)
+        bar = self.queue_table.cellWidget(row, 1) if row is not None else None
+        if isinstance(bar, QProgressBar):
+            bar.setRange(0, max(progress.n_tensors, 1))
+            bar.setValue(progress.tensor_index)
+            bar.setFormat("%v/%m tensors")
+            bar.setToolTip(progress.tensor_name)
 
     def on_quantize_finished(self, result: QuantizeResult) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
         warnings = (" · " + " ".join(result.warnings)) if result.warnings else ""
+        # The source stays selected; a float copy is made to quantize from, which needs selecting.
+        then = (
+            " Select it in Model Config to quantize other types from it."
+            if result.type_name
+            in (
+                "F32",
+                "F16",
+                "BF16",
+            )
+            else ""
+        )
         self.status.setText(
-            f"✓ {result.label}: {fmt_bytes(result.output_bytes)} ({result.bits_per_weight:.2f} bits/weight, "
-            f"{result.size_change}) in {result.elapsed_s:.1f} s → "
-            f"{result.output_path}{warnings}"
+            f"{self._queue_summary()}✓ {result.label}: {fmt_bytes(result.output_bytes)} "
+            f"({result.bits_per_weight:.2f} bits/weight, {result.size_change}) in {result.elapsed_s:.1f} s → "
+            f"{result.output_path}{warnings}{then}"
         )
         self.size_label.setText(
             f"Original {fmt_bytes(result.source_bytes)} · quantized {fmt_bytes(result.output_bytes)}"
         )
 
     def on_failed(self, operation: str, message: str) -> None:
-        if operation == "quantize":
-            self.progress.setValue(0)
-            self.status.setText(f"✗ {message}")
+        if operation in ("quantize", "refused"):
+            hint = f" {_REQUANTIZE_HINT}" if message.startswith(_REQUANTIZE_REFUSAL) else ""
+            self.status.setText(f"{self._queue_summary()}✗ {message}{hint}")
         else:
             self.quality_status.setText(f"✗ {message}")
+            self.measure_progress.setRange(0, 1)
+            self.measure_progress.setFormat("stopped" if "cancel" in message.lower() else "failed")
 
     def on_eval_progressed(self, progress: Any) -> None:
         if isinstance(progress, ChunkProgress):
+            self.measure_progress.setRange(0, max(progress.n_chunks, 1))
+            self.measure_progress.setValue(progress.chunk)
+            self.measure_progress.setFormat(f"{progress.phase} chunk {progress.chunk}/{progress.n_chunks}")
             self._ppl_points.append(progress.ppl)
             self.ppl_curve.setData(list(range(1, len(self._ppl_points) + 1)), self._ppl_points)
             kld = f", mean KLD {progress.mean_kld:.4f}" if progress.mean_kld is not None else ""
@@ -447,10 +634,18 @@ class QuantizationPanel(Panel):
                 f"{progress.phase}: chunk {progress.chunk}/{progress.n_chunks}, PPL {progress.ppl:.3f}{kld} "
                 f"({progress.tokens_per_s:.0f} tokens/s)"
             )
-        else:
-            self.quality_status.setText(
-                f"speed: {progress.phase} {progress.repetition}/{progress.repetitions}"
+        elif isinstance(progress, SpeedProgress):
+            # A warm-up, then pp and tg once per repetition.
+            done = 0 if progress.phase == "warm-up" else 2 * progress.repetition - (progress.phase == "pp")
+            self.measure_progress.setRange(0, 1 + 2 * progress.repetitions)
+            self.measure_progress.setValue(done)
+            text = (
+                "speed warm-up"
+                if progress.phase == "warm-up"
+                else f"speed {progress.phase} {progress.repetition}/{progress.repetitions}"
             )
+            self.measure_progress.setFormat(text)
+            self.quality_status.setText(f"{text} of {os.path.basename(self._source or '')}")
 
     def on_eval_finished(self, kind: str, result: Any) -> None:
         if isinstance(result, PerplexityResult):
@@ -478,25 +673,83 @@ class QuantizationPanel(Panel):
 
     def on_measurements_finished(self, model_path: str) -> None:
         self.quality_status.setText(f"✓ measured {os.path.basename(model_path)}")
+        self.measure_progress.setRange(0, 1)
+        self.measure_progress.setValue(1)
+        self.measure_progress.setFormat("done")
 
     def on_comparison_changed(self, comparison: Comparison) -> None:
         self._comparison = comparison
         rows = comparison.rows
-        self.compare_table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, (name, _title) in enumerate(Comparison.COLUMNS):
-                self.compare_table.setItem(r, c, QTableWidgetItem(_cell(name, getattr(row, name))))
+        _fill_comparison_table(self.compare_table, _COMPACT_COLUMNS, rows)
+        if self.all_columns_dialog is not None and self.all_columns_dialog.isVisible():
+            self.show_all_columns()
         for label in self._chart_labels:
             self.chart.removeItem(label)
         self._chart_labels = []
         points = [(row.file_bytes / 2**20, row.mean_kld, row) for row in rows if row.mean_kld is not None]
         self.scatter.setData([x for x, _, _ in points], [y for _, y, _ in points])
+        if not points:
+            return
+        xs, ys = [x for x, _, _ in points], [y for _, y, _ in points]
+        x_mid, y_mid = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
         for x, y, row in points:
-            speed = f", tg {row.tg_tokens_per_s:.0f} t/s" if row.tg_tokens_per_s is not None else ""
-            text = pg.TextItem(f"{row.type_name or row.label}{speed}", anchor=(0, 1))
+            speed = f" · {row.tg_tokens_per_s:.0f} t/s" if row.tg_tokens_per_s is not None else ""
+            # Each label points into the plot (left of a point in the right half, below a point in the
+            # upper half) so that none runs past the plot's edge and is cut off.
+            anchor = (
+                1.0 if len(points) > 1 and x > x_mid else 0.0,
+                0.0 if len(points) > 1 and y > y_mid else 1.0,
+            )
+            text = pg.TextItem(f"{row.type_name or row.label}{speed}", anchor=anchor)
             text.setPos(x, y)
             self.chart.addItem(text)
             self._chart_labels.append(text)
+        # Room around the points for the labels.
+        x_pad = max((max(xs) - min(xs)) * 0.12, max(xs) * 0.05, 1.0)
+        y_pad = max((max(ys) - min(ys)) * 0.15, 1e-4)
+        self._chart_range = (min(xs) - x_pad, max(xs) + x_pad, min(ys) - y_pad, max(ys) + y_pad)
+        if not self._chart_behaviour.zoomed:
+            self._fit_chart()
+
+    def _fit_chart(self) -> None:
+        if self._chart_range is not None:
+            x0, x1, y0, y1 = self._chart_range
+            self.chart.setXRange(x0, x1, padding=0)
+            self.chart.setYRange(y0, y1, padding=0)
+
+    def show_all_columns(self) -> None:
+        """The whole comparison in a window of its own, every column wide enough for its figures."""
+        if self.all_columns_dialog is None:
+            dialog = QDialog(self)
+            dialog.setWindowTitle("Quantization comparison")
+            dialog.setObjectName("allColumnsDialog")
+            layout = QVBoxLayout(dialog)
+            self.all_columns_table = _comparison_table(Comparison.COLUMNS, stretch_label=False)
+            self.all_columns_table.setObjectName("allColumnsTable")
+            layout.addWidget(self.all_columns_table)
+            note = _label(
+                "Quality score = 100 × exp(−mean KLD against the base); the base against itself has "
+                "KLD 0 and scores 100 by definition. n/a = not measured."
+            )
+            layout.addWidget(note)
+            buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+            buttons.rejected.connect(dialog.close)
+            layout.addWidget(buttons)
+            self.all_columns_dialog = dialog
+        dialog, table = self.all_columns_dialog, self.all_columns_table
+        _fill_comparison_table(table, Comparison.COLUMNS, self._comparison.rows if self._comparison else ())
+        table.resizeColumnsToContents()
+        width = table.horizontalHeader().length() + table.frameWidth() * 2 + 4
+        height = (
+            table.horizontalHeader().height() + table.verticalHeader().length() + table.frameWidth() * 2 + 4
+        )
+        table.setMinimumSize(width, min(max(height, 80), 400))
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        if screen is not None:
+            table.setMinimumWidth(min(width, screen.width() - 80))
+        dialog.adjustSize()
+        dialog.show()
+        dialog.activateWindow()
 
     def _on_export(self) -> None:
         if self._comparison is None:
@@ -526,6 +779,83 @@ def _cell(name: str, value: Any) -> str:
         return "n/a"
     if name == "file_bytes":
         return fmt_bytes(value)
+    if name == "compression" and isinstance(value, float):
+        return f"{value:.2f}×"
+    if name == "quality_score" and isinstance(value, float):
+        return f"{value:.1f}"
+    if name == "delta_ppl_percent" and isinstance(value, float):
+        return f"{value:+.2f}"
     if isinstance(value, float):
         return f"{value:.4f}" if name in ("mean_kld",) else f"{value:.2f}"
     return str(value)
+
+
+def _comparison_table(columns: Sequence[tuple[str, str]], *, stretch_label: bool = True) -> QTableWidget:
+    """A read-only table of comparison rows. Figures keep the width they need and their headers
+    are never squeezed; the variant's name takes the rest (and is elided when it must be)."""
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels([title for _, title in columns])
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setWordWrap(False)
+    table.setTextElideMode(Qt.TextElideMode.ElideRight)
+    header = table.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    if stretch_label:
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(40)
+    for c, (name, title) in enumerate(columns):
+        header_item = table.horizontalHeaderItem(c)
+        if header_item is not None:
+            header_item.setToolTip(_COLUMN_TIPS.get(name, title))
+    return table
+
+
+def _fill_comparison_table(
+    table: QTableWidget, columns: Sequence[tuple[str, str]], rows: Sequence[ComparisonRow]
+) -> None:
+    table.setRowCount(len(rows))
+    for r, row in enumerate(rows):
+        tip = _row_tooltip(row)
+        for c, (name, _title) in enumerate(columns):
+            item = QTableWidgetItem(_cell(name, getattr(row, name)))
+            item.setToolTip(tip)
+            if name != "label":
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            table.setItem(r, c, item)
+
+
+def _row_tooltip(row: ComparisonRow) -> str:
+    """Every figure of a row, for the columns the panel leaves out."""
+    lines = [f"<b>{row.label}</b>{' (base)' if row.is_base else ''}", row.path]
+    for name, title in Comparison.COLUMNS[1:]:
+        value = _cell(name, getattr(row, name))
+        if name == "ppl" and row.ppl_uncertainty is not None and row.ppl is not None:
+            value += f" ± {row.ppl_uncertainty:.4f}"
+        lines.append(f"{title}: {value}")
+    if row.is_base and row.mean_kld == 0.0:
+        lines.append("The base against itself: KLD 0 and score 100 by definition.")
+    return "<br>".join(lines)
+
+
+def _queue_state_text(item: QueueItem) -> tuple[str, str]:
+    """The state column of a queue row, and its tooltip (the whole reason, the output path)."""
+    if item.state is QueueState.DONE and item.result is not None:
+        return f"done · {fmt_bytes(item.result.output_bytes)}", item.result.output_path
+    if item.state is QueueState.FAILED:
+        return "failed", item.reason
+    if item.state is QueueState.CANCELLED:
+        return "cancelled", item.reason or "Cancelled before it started."
+    return item.state.value, ""
+
+
+_COLUMN_TIPS = {
+    "label": "The file: its type, and where it came from when LlamaScope knows",
+    "file_bytes": "File size",
+    "mean_kld": "Mean KL divergence from the base, nats per token (0 = predicts exactly like the base)",
+    "quality_score": "Quality score = 100 × exp(−mean KLD against the base); the base scores 100",
+    "tg_tokens_per_s": "Generation speed, tokens per second (llama-bench style, on this machine)",
+    "pp_tokens_per_s": "Prompt processing speed, tokens per second",
+    "same_top_p_percent": "How often the file's most likely next token is the base's, in per cent",
+    "delta_ppl_percent": "Perplexity against the base's, in per cent, over the same tokens",
+}

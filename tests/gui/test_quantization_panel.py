@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QTableWidget, QTableWidgetItem
+from PySide6.QtWidgets import QProgressBar, QTableWidget, QTableWidgetItem
 from pytestqt.qtbot import QtBot
 
 from app.bench.history import HistoryStore
@@ -65,13 +65,14 @@ def test_quantize_then_measure_base_and_variant(
     result = finished.args[0]
     assert out.exists() and result.output_path == str(out)
     assert quant.status.text().startswith("✓")
-    assert quant.progress.value() == quant.progress.maximum()
-    assert window.model_panel.selected_path() == str(out)  # the new file is listed and selected
+    bar = quant.queue_table.cellWidget(0, 1)
+    assert isinstance(bar, QProgressBar) and bar.value() == bar.maximum() > 0
+    # The new file is listed; the source stays selected.
+    assert str(out) in window.model_panel.model_paths()
+    assert window.model_panel.selected_path() == demo_model and quant.source == demo_model
     assert [p for p in os.listdir(tmp_path) if p.startswith("demo-Q4_0") and p != out.name] == []
 
     # The demo model as base: perplexity with saved log-probabilities, then its speed.
-    window.model_panel.add_model_file(demo_model)
-    qtbot.waitUntil(lambda: quant.source == demo_model, timeout=WAIT_MS)
     quant.ctx_spin.setValue(128)
     quant.chunks_spin.setValue(2)
     with qtbot.waitSignal(
@@ -94,9 +95,14 @@ def test_quantize_then_measure_base_and_variant(
     table = quant.compare_table
     assert table.rowCount() == 2
     headers = [table.model().headerData(c, Qt.Orientation.Horizontal) for c in range(table.columnCount())]
-    kld_col, score_col = headers.index("Mean KLD"), headers.index("Quality score")
+    assert headers == ["Variant", "Size", "KLD", "Score", "tg t/s"]
+    kld_col, score_col = headers.index("KLD"), headers.index("Score")
     assert _item(table, 1, kld_col).text() != "n/a"
     assert 0 < float(_item(table, 1, score_col).text()) <= 100
+    # The base against itself: KLD 0, so a score of 100 by the score's definition.
+    assert float(_item(table, 0, kld_col).text()) == 0.0
+    assert _item(table, 0, score_col).text() == "100.0"
+    assert "Same top p %: 100.00" in _item(table, 0, 0).toolTip()
     assert len(quant.scatter.data) >= 1
     # The table shows the workflow's comparison: the base first, then the variant against it.
     assert workflow.comparison is not None
