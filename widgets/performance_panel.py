@@ -51,7 +51,7 @@ from app.bench.runner import (
     parse_values,
 )
 from app.bench.trust import STEADY_RULE, assess
-from app.common.formatting import fmt, fmt_bytes
+from app.common.formatting import fmt, fmt_bytes, format_bytes, format_rate
 from app.engine.types import LoadResult, RunStats, TokenEvent, TokenStream
 from app.model.settings import LoadSettings
 from app.telemetry.bandwidth import Bandwidth, roofline
@@ -490,8 +490,8 @@ class PerformancePanel(Panel):
             self.eff_bandwidth.setToolTip("The memory bandwidth could not be measured (see the log).")
         else:
             self.eff_bandwidth.setText(
-                f"{bandwidth.threads} threads: {bandwidth.bytes_per_s / 1e9:.1f} GB/s · "
-                f"1 thread: {bandwidth.single_thread_bytes_per_s / 1e9:.1f} GB/s"
+                f"{bandwidth.threads} threads: {format_rate(bandwidth.bytes_per_s)} · "
+                f"1 thread: {format_rate(bandwidth.single_thread_bytes_per_s)}"
             )
             self.eff_bandwidth.setToolTip(bandwidth.method)
         self._update_roofline()
@@ -529,6 +529,8 @@ class PerformancePanel(Panel):
         self.speed_plot.clear()
         self.speed_plot.flush()  # the last run's curve goes now, not at the first redraw
         self.tile_tokens.set("0")
+        for tile in (self.tile_ttft, self.tile_prompt, self.tile_speed):
+            tile.set("n/a")  # the last run's figures are not this one's
         # Tokens are read twice a second, not handed over one by one: at 100+ tokens/s every
         # wake-up of the GUI thread is CPU taken from llama.cpp's threads on a small machine.
         self.token_reader.start(stream, ticking=self.live_check.isChecked())
@@ -543,6 +545,12 @@ class PerformancePanel(Panel):
     def _on_tokens(self, events: list[TokenEvent]) -> None:
         if self._t0_ns is None:
             self._t0_ns = events[0].t_ns
+        first = events[0]
+        if first.index == 0 and first.ttft_s is not None:
+            # Known at the first token (the engine sends it at once): no need to wait for the end.
+            self.tile_ttft.set(fmt(first.ttft_s * 1000, ".0f", " ms"))
+            rate = first.prompt_tokens / first.ttft_s if first.prompt_tokens and first.ttft_s > 0 else None
+            self.tile_prompt.set(fmt(rate, ".0f", " t/s"))
         times: list[float] = []
         rates: list[float] = []
         smoothed: list[float] = []
@@ -632,7 +640,7 @@ class PerformancePanel(Panel):
         )
         self.eff_roofline.setText(result.text)
         details = (
-            f"{result.bytes_per_token / 1e6:,.1f} MB read per token at {bw.bytes_per_s / 1e9:.1f} GB/s "
+            f"{format_bytes(result.bytes_per_token)} read per token at {format_rate(bw.bytes_per_s)} "
             f"({bw.threads} threads): at most {result.bound_tokens_per_s:,.1f} t/s; "
             f"this run {result.tokens_per_s:,.1f} t/s."
         )

@@ -298,7 +298,17 @@ class EngineCore:
                     if emitted:
                         text_parts.append(emitted)
                     if on_token is not None:
-                        on_token(TokenEvent(len(stamps) - 1, token, emitted, now))
+                        first = len(stamps) == 1  # TTFT and prompt speed are known from here on
+                        on_token(
+                            TokenEvent(
+                                len(stamps) - 1,
+                                token,
+                                emitted,
+                                now,
+                                ttft_s=(now - t_start_ns) / 1e9 if first else None,
+                                prompt_tokens=len(tokens) - kept if first else None,
+                            )
+                        )
                     if hit:
                         stop_reason = StopReason.STOP_STRING
                         break

@@ -63,6 +63,11 @@ class TokenEvent:
     token_id: int
     text: str
     t_ns: int  # time.monotonic_ns() when the token was sampled
+    # On the first token only (None on the others): the time to it and the prompt tokens evaluated
+    # before it, so the live view shows the TTFT and the prompt speed at once, not at the end. They
+    # are the figures RunStats reports (run_stats' definitions).
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
 
 
 class TokenStream:

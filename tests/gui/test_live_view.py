@@ -264,3 +264,54 @@ def test_a_paused_reader_collects_until_finish(qtbot: QtBot) -> None:
     stream.append(_event(3))
     reader.finish()
     assert [len(b) for b in batches] == [3, 1]
+
+
+# ---- the live view of a generation ------------------------------------------------------------------
+
+
+def test_ttft_and_prompt_speed_show_at_the_first_token(qtbot: QtBot) -> None:
+    from widgets.performance_panel import PerformancePanel
+
+    perf = PerformancePanel(None)
+    qtbot.addWidget(perf)
+    perf.show()
+    stream = TokenStream()
+    perf.on_generation_started(stream)
+    assert perf.tile_ttft.value.text() == "n/a" and perf.tile_prompt.value.text() == "n/a"
+    t0 = 1_000_000_000
+    stream.append(TokenEvent(0, 7, "Once", t0, ttft_s=0.25, prompt_tokens=100))
+    stream.append(TokenEvent(1, 8, " upon", t0 + 20_000_000))
+    # No generation_finished yet: the figures come from the first token.
+    qtbot.waitUntil(lambda: perf.tile_ttft.value.text() == "250 ms", timeout=WAIT_MS)
+    assert perf.tile_prompt.value.text() == "400 t/s"
+    assert perf.tile_tokens.value.text() == "2"
+    perf.token_reader.finish()
+    # The next generation starts from n/a again, not from the last one's figures.
+    perf.on_generation_started(TokenStream())
+    assert perf.tile_ttft.value.text() == "n/a" and perf.tile_prompt.value.text() == "n/a"
+    perf.token_reader.finish()
+
+
+def test_the_speed_legend_keeps_its_place_when_values_arrive(qtbot: QtBot) -> None:
+    plot = LivePlot(
+        "Generation speed", "t/s", window_s=5, since_start=True, non_negative=True, reserve="9999.9"
+    )
+    plot.add_curve("per token")
+    plot.add_curve("smoothed")
+    holder = _holder(qtbot, plot)
+    header = plot.header
+
+    def places(width: int) -> list[list[int]]:
+        """Where each segment of the readout starts, line by line, at this width."""
+        return [[x for x, _s in line] for line in header._flow(width)]
+
+    empty = {w: places(w) for w in range(150, 700, 7)}
+    assert "n/a" in header.text()
+    for i, value in enumerate((3.0, 123.4, 9999.9, 45.6)):
+        plot.append("per token", float(i), value)
+        plot.append("smoothed", float(i), value)
+        plot.flush()
+        assert "n/a" not in header.text() and "t/s" in header.text() and "tok/s" not in header.text()
+        # At any width of the column: as many lines as before, each segment where it was.
+        assert {w: places(w) for w in empty} == empty
+    assert holder.isVisible()

@@ -191,12 +191,17 @@ def test_live_figures_during_generation(qtbot: QtBot, window: MainWindow) -> Non
     perf, console = window.performance_panel, window.console
     with qtbot.waitSignal(window.bridge.load_finished, timeout=WAIT_MS):
         qtbot.mouseClick(window.model_panel.load_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: perf.eff_bandwidth.text().endswith("GB/s"), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: perf.eff_bandwidth.text().endswith("iB/s"), timeout=WAIT_MS)
     console.completion_radio.setChecked(True)
     console.prompt_edit.setPlainText("Once upon a time, in a land far away,")
     with qtbot.waitSignal(window.bridge.generation_finished, timeout=WAIT_MS) as finished:
         qtbot.mouseClick(console.generate_button, Qt.MouseButton.LeftButton)
     stats = finished.args[0]
+    # The first token came with the TTFT and the prompt tokens (the live view shows them at once):
+    # the very figures the generation's RunStats reports at the end.
+    first = window.bridge.tokens.since(0)[0]
+    assert first.index == 0 and first.ttft_s == stats.ttft_s and first.prompt_tokens == stats.prompt_tokens
+    assert all(e.ttft_s is None and e.prompt_tokens is None for e in window.bridge.tokens.since(1))
     assert perf.tile_tokens.value.text() == str(stats.generated_tokens)
     assert perf.tile_speed.value.text() == f"{stats.gen_tokens_per_s:.1f} t/s"
     assert perf.tile_ttft.value.text().endswith(" ms")
