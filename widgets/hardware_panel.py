@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.common.formatting import NOT_AVAILABLE, fmt, fmt_bytes
+from app.common.formatting import BINARY_UNITS_NOTE, NOT_AVAILABLE, fmt, fmt_bytes
 from app.model.model_info import ModelInfo
 from app.telemetry.advice import ALL_LAYERS, Recommendation, recommend
 from app.telemetry.hardware import GpuInfo, HardwareReport, simd_text
@@ -138,6 +138,8 @@ class HardwarePanel(Panel):
             label.setObjectName(f"cpu_{key}")
             self.cpu_labels[key] = label
             self._cpu_form.addRow(key, label)
+        for key in ("Cache", "RAM"):
+            self.cpu_labels[key].setToolTip(BINARY_UNITS_NOTE)
         self.notes_label = _note()
         self.notes_label.setObjectName("hardwareNotes")
         self.notes_label.setStyleSheet(f"color: {_WARN}")
@@ -362,7 +364,7 @@ class HardwarePanel(Panel):
         self.gpu_label.setToolTip(
             "The GPUs in llama.cpp's own device list: the ones this build can put layers on "
             "(CUDA, ROCm, Metal, Vulkan, SYCL…). Power, clocks and PCIe come from NVIDIA's driver "
-            "for NVIDIA GPUs."
+            "for NVIDIA GPUs. " + BINARY_UNITS_NOTE
         )
         self.detect_button.setEnabled(True)
 

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.common.formatting import fmt, fmt_bytes, format_bytes
+from app.common.formatting import BINARY_UNITS_NOTE, fmt, fmt_bytes, format_bytes
 from app.engine.crash_registry import CrashRecord
 from app.engine.types import LoadProgress, LoadResult
 from app.model.demo_model import demo_model_path
@@ -147,7 +147,8 @@ class ModelConfigPanel(Panel):
         self.model_list.setToolTip(
             "GGUF models: the built-in demo model, the files you opened or quantized here, and the "
             "files in your model folders; remembered until you remove them. Drop a .gguf file here "
-            "to add it. Delete or the context menu removes an entry (the file stays on disk)."
+            "to add it. Delete or the context menu removes an entry (the file stays on disk). "
+            + BINARY_UNITS_NOTE
         )
         self.model_list.currentItemChanged.connect(self._on_current_item_changed)
         self.model_list.itemDoubleClicked.connect(lambda _item: self.request_load())
@@ -201,6 +202,8 @@ class ModelConfigPanel(Panel):
             label = _note("n/a")
             self._meta_labels[key] = label
             self._meta_form.addRow(key, label)
+        for key in ("File size", "Tensor types"):
+            self._meta_labels[key].setToolTip(BINARY_UNITS_NOTE)
         self.metadata_error = _note()
         self.metadata_error.setObjectName("metadataError")
         self.metadata_error.setStyleSheet("color: #c62828")
@@ -288,8 +291,10 @@ class ModelConfigPanel(Panel):
         self.memory_detail.setToolTip(
             "Estimate before loading: weights (tensor bytes in the file) + KV cache "
             "(layers × n_ctx × (K + V width) × bytes of the cache types) + compute buffer estimate, "
-            "against RAM available now. Fits: under 80 %; tight: 80–100 %; will not fit: over 100 %."
+            "against RAM available now. Fits: under 80 %; tight: 80–100 %; will not fit: over 100 %.<br>"
+            + BINARY_UNITS_NOTE
         )
+        self.memory_bar.setToolTip(self.memory_detail.toolTip())
         layout.addWidget(self.memory_verdict)
         layout.addWidget(self.memory_bar)
         layout.addWidget(self.memory_detail)
@@ -331,6 +336,9 @@ class ModelConfigPanel(Panel):
             label = _note("n/a")
             self._loaded_labels[key] = label
             self._loaded_form.addRow(key, label)
+        self._loaded_labels["llama.cpp buffers"].setToolTip(
+            "The buffers llama.cpp reported when it loaded the model. " + BINARY_UNITS_NOTE
+        )
         layout.addLayout(buttons)
         layout.addWidget(self.override_check)
         layout.addWidget(self.load_progress)

@@ -29,6 +29,16 @@ def format_bytes(n: float) -> str:
     return f"{sign}{text} {unit}"
 
 
+def format_rate(bytes_per_s: float) -> str:
+    """A transfer rate in the same binary units, e.g. "23.4 GiB/s"."""
+    return f"{format_bytes(bytes_per_s)}/s"
+
+
+# Sizes of memory and files are binary everywhere in LlamaScope (the GUI and the CLI alike); the
+# tooltips of size fields say so.
+BINARY_UNITS_NOTE = "Binary units: 1 KiB = 1,024 bytes, 1 MiB = 1,048,576 bytes, 1 GiB = 1,073,741,824 bytes."
+
+
 def fmt_bytes(n: int | None) -> str:
     """Bytes in binary units (KiB, MiB, GiB), or "n/a" when not known."""
     return NOT_AVAILABLE if n is None else format_bytes(n)

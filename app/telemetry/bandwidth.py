@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from app.common.formatting import format_rate
 from app.model.memory import bytes_per_element
 from app.model.model_info import ModelInfo
 
@@ -85,8 +86,9 @@ class Bandwidth:
             f"{self.array_bytes // MIB} MiB each "
             f"(3 arrays, {TRIAD_STREAMS * ITEM_BYTES} bytes counted per element: 2 reads + 1 write), "
             f"in native code (numpy), best of {self.repetitions}: "
-            f"{self.bytes_per_s / 1e9:.1f} GB/s on {self.threads} threads, "
-            f"{self.single_thread_bytes_per_s / 1e9:.1f} GB/s on 1 thread; measured {self.measured_at}"
+            f"{format_rate(self.bytes_per_s)} on {self.threads} threads, "
+            f"{format_rate(self.single_thread_bytes_per_s)} on 1 thread (1 GiB/s = 1,073,741,824 bytes/s); "
+            f"measured {self.measured_at}"
         )
 
     def to_json(self) -> dict[str, Any]:

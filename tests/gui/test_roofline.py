@@ -12,6 +12,7 @@ import pytest
 from hardware_fakes import FakeNvmlModule, FakePsutil, build_x86_tree, fake_facts, from_facts, metal_facts
 from pytestqt.qtbot import QtBot
 
+from app.common.formatting import format_rate
 from app.engine.client import Engine
 from app.engine.types import GenerationRequest, LoadResult, RunStats
 from app.llama.facts import LibraryFacts
@@ -77,7 +78,7 @@ def test_cpu_only_generation_shows_its_share_of_the_bound(
     tooltip = panel.eff_roofline.toolTip()
     assert f"at most {4 * stats.gen_tokens_per_s:,.1f} t/s" in tooltip and "CPU only" in tooltip
     text = panel.eff_bandwidth.text()
-    assert text == f"2 threads: {bandwidth / 1e9:.1f} GB/s · 1 thread: {bandwidth / 3e9:.1f} GB/s"
+    assert text == f"2 threads: {format_rate(bandwidth)} · 1 thread: {format_rate(bandwidth / 3)}"
     assert "STREAM triad" in panel.eff_bandwidth.toolTip() and "best of 5" in panel.eff_bandwidth.toolTip()
 
 
