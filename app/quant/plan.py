@@ -388,6 +388,11 @@ def plan_quantization(
     except UnknownQuantTypeError as exc:
         raise QuantizeError(str(exc)) from None
     _checked_tensor_types(request.tensor_types)
+    for key, value in request.metadata:
+        if not key or len(key.encode("utf-8")) > 127 or len(value.encode("utf-8")) > 127:
+            raise QuantizeError(
+                f"Metadata {key!r}: keys and values must be 1 to 127 bytes (llama.cpp's override fields)."
+            )
     matrix = _imatrix_summary(request.imatrix) if request.imatrix is not None else None
     warnings: list[str] = []
     if matrix is None:

@@ -457,3 +457,12 @@ def test_tensor_type_overrides_reach_the_quantizer(f16_base: str, tmp_path: Path
             )
         )
     assert leftovers(tmp_path) == []
+
+
+def test_requested_metadata_is_written_into_the_output(f16_base: str, tmp_path: Path) -> None:
+    out = tmp_path / "meta.gguf"
+    quantize(QuantizeRequest(f16_base, "Q4_0", str(out), metadata=(("llamascope.target.size", "90 MB"),)))
+    field = gguf.GGUFReader(str(out)).fields["llamascope.target.size"]
+    assert bytes(field.parts[-1]).decode() == "90 MB"
+    with pytest.raises(QuantizeError, match="1 to 127 bytes"):
+        plan_quantization(QuantizeRequest(f16_base, "Q4_0", str(out), metadata=(("k", "v" * 200),)))
