@@ -380,6 +380,41 @@ CASES: tuple[Case, ...] = (
     case("quantize-output-device", "quantize {demo} -q Q8_0 -o /dev/null", expect="not a regular file"),
     case("quantize-output-in-a-file", "quantize {demo} -q Q8_0 -o {not-a-folder}", expect="not a folder"),
     case("quantize-output-read-only", "quantize {demo} -q Q8_0 -o {read-only}/out.gguf", expect="read-only"),
+    case(
+        "quantize-imatrix-missing", "quantize {demo} -q IQ2_XS --imatrix {missing}", expect="does not exist"
+    ),
+    case(
+        "quantize-imatrix-not-a-matrix",
+        "quantize {demo} -q IQ2_XS --allow-requantize --imatrix {text.gguf}",
+        expect="neither a gguf importance matrix",
+    ),
+    case(
+        "quantize-imatrix-needed", "quantize {demo} -q IQ2_XS --allow-requantize", expect="llamascope imatrix"
+    ),
+    case("quantize-tensor-type-form", "quantize {demo} -q Q8_0 --tensor-type attn_v", expect="pattern=type"),
+    case(
+        "quantize-tensor-type-regex",
+        "quantize {demo} -q Q8_0 --allow-requantize --tensor-type attn_(=Q8_0",
+        expect="not a valid regular expression",
+    ),
+    case(
+        "quantize-tensor-type-unknown",
+        "quantize {demo} -q Q8_0 --allow-requantize --tensor-type attn=Q9_9",
+        expect="q9_9",
+    ),
+    # ---- imatrix ---------------------------------------------------------------------------------
+    case("imatrix-missing", "imatrix {missing}", expect="not found"),
+    case("imatrix-folder", "imatrix {dir}", expect="folder"),
+    case("imatrix-empty", "imatrix {empty.gguf}", expect="empty"),
+    case("imatrix-ctx-small", "imatrix {demo} -c 8", expect="from 16 tokens"),
+    case("imatrix-chunks-zero", "imatrix {demo} --chunks 0", expect="1 or more"),
+    case("imatrix-threads-zero", "imatrix {demo} -t 0", expect="at least 1"),
+    case("imatrix-text-missing", "imatrix {demo} --text {missing}", expect="does not exist"),
+    case("imatrix-text-folder", "imatrix {demo} --text {dir}", expect="folder"),
+    case("imatrix-text-empty", "imatrix {demo} --text {blank.jsonl} -o {dir}/m.gguf", expect="empty"),
+    case("imatrix-output-no-folder", "imatrix {demo} -o {no-folder}", expect="does not exist"),
+    case("imatrix-output-is-folder", "imatrix {demo} -o {dir}", expect="is a folder"),
+    case("imatrix-output-read-only", "imatrix {demo} -o {read-only}/m.gguf", expect="read-only"),
     # ---- eval ------------------------------------------------------------------------------------
     case("eval-no-model", "eval", expect="the following arguments are required: model"),
     case("eval-nothing-to-do", "eval {demo}", expect="eval needs --ppl"),
