@@ -4,7 +4,7 @@
         [--calibration FILE | --imatrix FILE] [--types Q8_0,Q4_K_M,...] [-c CTX] [--eval-ctx N]
         [--chunks N] [--keep FOLDER] [--threads N] [--json]
     llamascope quantize MODEL --target-size 80MiB | --target-bpw 4.2 [--text FILE] [-o OUT]
-        [--imatrix FILE] [--layer-parts N] [--eval-ctx N] [--chunks N]
+        [--imatrix FILE] [--layer-parts N] [--kinds ffn_down,attn_v] [--eval-ctx N] [--chunks N]
 
 The work runs on a thread of its own; Ctrl+C sets its Stop, which kills the quantizer child or
 stops the measurement, and the work folder is removed before the command exits (code 130).
@@ -47,7 +47,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--text", default="default", help='evaluation text file, or "default" (the Python docs)')
     matrix = p.add_mutually_exclusive_group()
-    matrix.add_argument("--calibration", default=None, metavar="FILE", help="calibration text for a matrix")
+    matrix.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help='calibration text for an importance matrix ("calibration": the shipped one)',
+    )
     matrix.add_argument("--imatrix", default=None, metavar="FILE", help="a ready importance matrix")
     p.add_argument(
         "--types", default=None, help="comma-separated candidate types (default: a standard sweep)"
@@ -77,6 +82,11 @@ def register(subparsers: Any) -> None:
         "--eval-ctx", type=int, default=256, help="context of each sensitivity chunk (default 256)"
     )
     q.add_argument("--chunks", type=int, default=4, help="chunks per sensitivity (default 4)")
+    q.add_argument(
+        "--kinds",
+        default=None,
+        help="tensor kinds the target may lower, comma-separated (e.g. ffn_down,attn_v; default: all)",
+    )
     plain = q.get_default("func")
     q.set_defaults(func=lambda args: _cmd_target(args) if _wants_target(args) else plain(args))
 
@@ -139,7 +149,8 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     from app.quant.target import TargetError, parse_size
 
     problem = _settings_error(args)
-    for flag, path in (("MODEL", args.model), ("--base", args.base), ("--calibration", args.calibration),
+    calibration = None if args.calibration == "calibration" else args.calibration  # the shipped text
+    for flag, path in (("MODEL", args.model), ("--base", args.base), ("--calibration", calibration),
                        ("--imatrix", args.imatrix)):  # fmt: skip
         if problem is None and path is not None:
             problem = input_file_error(path, flag, "file")
@@ -219,6 +230,9 @@ def _cmd_target(args: argparse.Namespace) -> int:
     if args.type_name is not None:
         _err("--target-size/--target-bpw choose the types themselves: leave out --type")
         return EXIT_USAGE
+    if getattr(args, "tensor_type", None) or getattr(args, "dry_run", False) or args.pure:
+        _err("the target chooses per-tensor types itself: leave out --tensor-type, --dry-run and --pure")
+        return EXIT_USAGE
     if args.target_size is not None and args.target_bpw is not None:
         _err("give --target-size or --target-bpw, not both")
         return EXIT_USAGE
@@ -246,6 +260,7 @@ def _cmd_target(args: argparse.Namespace) -> int:
         output=args.output,
         imatrix=getattr(args, "imatrix", None),
         layer_parts=args.layer_parts,
+        kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None,
         n_threads=args.threads,
         overwrite=args.overwrite,
         allow_requantize=args.allow_requantize,

@@ -40,9 +40,12 @@ class EngineEvalRunner:
             label="measuring quantizations",
         )
         try:
-            return future.result()
+            result = future.result()
         except EngineError as exc:
             raise EvalError(str(exc)) from None
+        if isinstance(step, ImatrixStep):  # an ImatrixResult: the runner answers with the file
+            return str(getattr(result, "path", result))
+        return result
 
     def _call(self, step: EvalStep) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
         if isinstance(step, PerplexityStep):

@@ -47,8 +47,8 @@ from app.model.fingerprint import model_fingerprint
 from app.model.gguf_info import inspect_model
 from app.model.model_info import ModelInfo
 from app.quality.compare import SpeedResult
-from app.quality.eval_text import EvalTextError, load_text
-from app.quality.eval_types import EvalSettings, KLDivergenceResult, PerplexityResult
+from app.quality.eval_text import EvalText, EvalTextError, load_text
+from app.quality.eval_types import EvalError, EvalSettings, KLDivergenceResult, PerplexityResult
 from app.quant.measuring import (
     EvalRunner,
     ImatrixStep,
@@ -285,6 +285,13 @@ def memory_needed(source: ModelInfo, figures: CandidateFigures, n_ctx: int) -> i
     return int(estimate.total_ram_bytes + estimate.total_vram_bytes)
 
 
+def _calibration_text(source: str) -> EvalText:
+    """A calibration text file, or "calibration": the one LlamaScope ships (resources/calibration)."""
+    from app.quant.imatrix_compute import calibration_text
+
+    return calibration_text(source)
+
+
 def _sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -351,14 +358,15 @@ class Advisor:
         r = self.request
         try:
             evaluation = load_text(r.text_source)
-            calibration = load_text(r.calibration) if r.calibration else None
-        except EvalTextError as exc:
+            calibration = _calibration_text(r.calibration) if r.calibration else None
+        except (EvalTextError, EvalError) as exc:
             raise AdviceError(str(exc)) from None
         if calibration is not None and calibration.sha256 == evaluation.sha256:
             raise AdviceError(
                 f"The calibration text {calibration.name} has the same content as the evaluation text "
                 f"{evaluation.name}: a matrix fitted to the text that judges it flatters every imatrix "
-                "candidate. Calibrate on another text (LlamaScope ships one in resources/calibration/)."
+                "candidate. Calibrate on another text (--calibration calibration names the one LlamaScope "
+                "ships, Python standard library docstrings)."
             )
         return evaluation.sha256, calibration.sha256 if calibration else None
 

@@ -206,9 +206,10 @@ IMATRIX_JOB = "app.quant.imatrix_compute:compute_imatrix"
 
 
 def imatrix_job_arguments(step: ImatrixStep) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    from app.quality.eval_text import load_text
+    """(model, calibration text, output), {n_ctx, n_chunks}; "calibration" names the shipped text."""
+    from app.quant.imatrix_compute import calibration_text
 
-    return (step.model_path, load_text(step.text_source), step.output), {
+    return (step.model_path, calibration_text(step.text_source), step.output), {
         "n_ctx": step.n_ctx,
         "n_chunks": step.n_chunks,
     }
