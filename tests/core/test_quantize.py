@@ -466,3 +466,25 @@ def test_requested_metadata_is_written_into_the_output(f16_base: str, tmp_path: 
     assert bytes(field.parts[-1]).decode() == "90 MB"
     with pytest.raises(QuantizeError, match="1 to 127 bytes"):
         plan_quantization(QuantizeRequest(f16_base, "Q4_0", str(out), metadata=(("k", "v" * 200),)))
+
+
+def test_the_bindings_quantize_parameters_match_the_vendored_header() -> None:
+    """llama.h (0.3.36): the worker fills these by name, and llama.cpp reads them by offset, so a
+    stale binding would pass the matrix where llama.cpp looks for the overrides."""
+    import ctypes
+
+    import llama_cpp
+
+    header_order = [
+        ("nthread", ctypes.c_int32), ("ftype", ctypes.c_int), ("output_tensor_type", ctypes.c_int),
+        ("token_embedding_type", ctypes.c_int), ("allow_requantize", ctypes.c_bool),
+        ("quantize_output_tensor", ctypes.c_bool), ("only_copy", ctypes.c_bool), ("pure", ctypes.c_bool),
+        ("keep_split", ctypes.c_bool), ("dry_run", ctypes.c_bool),
+        ("imatrix", ctypes.POINTER(llama_cpp.llama_model_imatrix_data)),
+        ("kv_overrides", ctypes.POINTER(llama_cpp.llama_model_kv_override)),
+        ("tt_overrides", ctypes.POINTER(llama_cpp.llama_model_tensor_override)),
+        ("prune_layers", ctypes.POINTER(ctypes.c_int32)), ("max_buf_size", ctypes.c_size_t),
+    ]  # fmt: skip
+    assert list(llama_cpp.llama_model_quantize_params._fields_) == header_order
+    assert [f[0] for f in llama_cpp.llama_model_imatrix_data._fields_] == ["name", "data", "size"]
+    assert [f[0] for f in llama_cpp.llama_model_tensor_override._fields_] == ["pattern", "type"]
