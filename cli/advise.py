@@ -98,21 +98,24 @@ def _wants_target(args: argparse.Namespace) -> bool:
 def _run_stoppable(work: Callable[[], T], stop: Any) -> T:
     """`work()` on a thread of its own; Ctrl+C sets `stop` and waits for the work to wind up."""
     box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can leave the thread marked ended
 
     def target() -> None:
         try:
             box["result"] = work()
         except BaseException as exc:  # handed to the main thread
             box["error"] = exc
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=target, name="llamascope-advise", daemon=True)
-    thread.start()
+    threading.Thread(target=target, name="llamascope-advise", daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.25)
+        while not done.wait(0.25):
+            pass
     except KeyboardInterrupt:
         stop.set()
-        thread.join()
+        while not done.wait(0.25):
+            pass
     if "error" in box:
         raise box["error"]
     return box["result"]  # type: ignore[no-any-return]

@@ -187,3 +187,29 @@ def test_an_advice_measures_each_candidate_once_and_reuses_it(
     assert third.pick is None and third.verdict.startswith("Nothing meets the constraints")
     assert "the speed floor excluded" in third.verdict and runner.steps == []
     assert "→" not in third.table() and third.table().count("|\n") == 4  # header, rule, two rows
+
+
+def test_ctrl_c_during_an_advice_leaves_no_temporary_file(demo_model: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "XDG_DATA_HOME": str(tmp_path / "data")}
+    command = [sys.executable, "-m", "cli", "advise", demo_model, "--allow-requantize", "--types", "Q8_0",
+               "--chunks", "2", "--eval-ctx", "128", "-t", "2"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # waits for the quantizer to be at work
+        seen.append(line)
+        if "quantizing" in line:
+            break
+    assert any("quantizing" in line for line in seen), "".join(seen[-20:])
+    assert any(p.name.startswith("llamascope-advise-") for p in temp.iterdir())
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait() == 130, rest[-2000:]
+    assert "Stopped" in rest
+    assert list(temp.iterdir()) == []  # the work folder, the base's log-probabilities, the candidate
