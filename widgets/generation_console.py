@@ -173,7 +173,8 @@ class GenerationConsole(QTabWidget):
         mode_row.addWidget(self.chat_radio)
         mode_row.addWidget(self.completion_radio)
         mode_row.addSpacing(8)
-        mode_row.addWidget(self.system_toggle, 1)
+        mode_row.addWidget(self.system_toggle)
+        mode_row.addStretch(1)
         buttons = QHBoxLayout()
         for button in (self.generate_button, self.stop_button, self.clear_button):
             buttons.addWidget(button)
@@ -200,6 +201,7 @@ class GenerationConsole(QTabWidget):
         split.addWidget(right)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
+        split.setSizes([400, 600])  # the conversation gets the larger share (scaled to the width)
         layout = QVBoxLayout(tab)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(split)
@@ -273,8 +275,8 @@ class GenerationConsole(QTabWidget):
         self.tokenize_button.setEnabled(not why)
         self.stop_button.setEnabled(self._generating)
         # The conversation is not swapped under a reply that is still streaming.
-        for button in (self.new_chat_button, self.open_button):
-            button.setEnabled(not self._generating)
+        for widget in (self.new_chat_button, self.open_button, self.chat_radio, self.completion_radio):
+            widget.setEnabled(not self._generating)
         self.save_button.setEnabled(not self._generating and bool(self._turns))
         # A disabled button says why.
         chat = self.chat_radio.isChecked()

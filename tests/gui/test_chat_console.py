@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
 from pytestqt.qtbot import QtBot
 
 from app.bench.history import HistoryStore
-from app.engine.types import GenerationRequest, RunStats, StopReason
+from app.engine.types import GenerationRequest, RunStats, StopReason, TokenStream
 from app.llama.chat import ChatTurn
 from app.model.settings import SamplingSettings
 from ui.main_window import MainWindow
@@ -106,6 +106,22 @@ def test_three_turns_reuse_the_cache_and_save_and_open_the_conversation(
     assert fresh.text == replies[2].text and fresh.prompt_tokens > replies[2].prompt_tokens
     qtbot.waitUntil(lambda: console.generate_button.isEnabled(), timeout=WAIT_MS)
 
+    # Stop in the middle of a reply: what came is kept as the turn, and the chat goes on from it.
+    _field(window, "max_tokens", QSpinBox).setValue(400)
+    streams: list[TokenStream] = []
+    window.bridge.generation_started.connect(streams.append)
+    console.prompt_edit.setPlainText("Tell me a long story about a dragon.")
+    with qtbot.waitSignal(window.bridge.generation_finished, timeout=WAIT_MS) as finished:
+        qtbot.mouseClick(console.generate_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(streams) and len(streams[-1]) >= 2, timeout=WAIT_MS)
+        assert not console.completion_radio.isEnabled() and not console.new_chat_button.isEnabled()
+        qtbot.mouseClick(console.stop_button, Qt.MouseButton.LeftButton)
+    stopped: RunStats = finished.args[0]
+    assert stopped.stop_reason is StopReason.CANCELLED and stopped.text
+    turns = console.conversation().turns
+    assert len(turns) == 8 and turns[-1].content == stopped.text and "stop: cancelled" in turns[-1].stats
+    _field(window, "max_tokens", QSpinBox).setValue(40)
+
     # Save, start a new chat, open it again: the same turns and system prompt.
     saved = console.conversation()
     path = str(tmp_path / "chat.json")
@@ -113,19 +129,20 @@ def test_three_turns_reuse_the_cache_and_save_and_open_the_conversation(
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     assert data["format"] == "llamascope-chat" and data["version"] == 1
     assert data["model_file"] == Path(demo_model).name
-    assert data["settings"]["sampling"]["max_tokens"] == 40 and data["settings"]["load"]["n_ctx"] == 1024
-    assert data["system_prompt"] == SYSTEM and len(data["turns"]) == 6
+    assert data["settings"]["sampling"]["max_tokens"] == 400 and data["settings"]["load"]["n_ctx"] == 1024
+    assert data["system_prompt"] == SYSTEM and len(data["turns"]) == 8
     qtbot.mouseClick(console.new_chat_button, Qt.MouseButton.LeftButton)
     assert console.conversation().turns == () and MESSAGES[0] not in console.chat_view.toPlainText()
     assert console.load_conversation(path)
     assert console.conversation() == saved
     assert MESSAGES[2] in console.chat_view.toPlainText()
-    assert "Opened chat.json: 6 turns" in console.stats_label.text()
+    assert "Opened chat.json: 8 turns" in console.stats_label.text()
 
-    # The opened chat goes on; its history is in the model's memory again (from an empty cache,
-    # since New chat and Open do not touch the engine, the cached prefix may still serve).
+    # The opened chat goes on. New chat and Open do not touch the engine, and this is the
+    # conversation the cache still holds (the stopped reply included): it is reused.
     stats = _send(qtbot, window, "Thank you!")
-    assert len(console.conversation().turns) == 8 and stats.text
+    assert len(console.conversation().turns) == 10 and stats.text
+    assert stats.prompt_tokens_reused is not None and stats.prompt_tokens_reused > stats.prompt_tokens
 
 
 def test_sending_without_a_model_says_load_a_model_first(qtbot: QtBot, window: MainWindow) -> None:
