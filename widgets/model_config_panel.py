@@ -144,6 +144,10 @@ class ModelConfigPanel(Panel):
         self.model_list.setObjectName("modelList")
         self.model_list.setMinimumHeight(80)
         self.model_list.setMaximumHeight(150)
+        # A long title or file name is shortened in the middle (its start and its ".gguf" end stay),
+        # whole in the tooltip, instead of widening the column or scrolling the list sideways.
+        self.model_list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.model_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.model_list.setToolTip(
             "GGUF models: the built-in demo model, the files you opened or quantized here, and the "
             "files in your model folders; remembered until you remove them. Drop a .gguf file here "
@@ -457,6 +461,10 @@ class ModelConfigPanel(Panel):
         if item is None:
             item = self._add_item(path, origin)
             self._describe_all()
+        else:
+            # Listed already: the file may have been written again (a quantization to the same name)
+            # or be back after it went missing; read it again rather than show what was.
+            self.inspection_requested.emit(path)
         if select:
             self.model_list.setCurrentItem(item)
 

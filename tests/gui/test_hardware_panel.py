@@ -22,7 +22,7 @@ from hardware_fakes import (
     gpu_device,
     metal_facts,
 )
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QRect, QSettings, Qt
 from PySide6.QtWidgets import QMainWindow, QSpinBox
 from pytestqt.qtbot import QtBot
 
@@ -479,10 +479,12 @@ def test_main_window_samples_detects_applies_and_stops(qtbot: QtBot, tmp_path: P
     from ui.main_window import MainWindow
 
     settings = QSettings(str(tmp_path / "llamascope.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings)
+    # A screen wide enough for four columns: the plots draw only while the Hardware panel is shown.
+    win = MainWindow(settings=settings, available_geometry=QRect(0, 0, 1920, 1080))
     qtbot.addWidget(win)
     win.show()
     hw = win.hardware_panel
+    assert hw.isVisible()
     assert win.sampler.running
     qtbot.waitUntil(lambda: hw.apply_button.isEnabled(), timeout=WAIT_MS)  # detection arrived
     qtbot.waitUntil(lambda: demo_model in win.model_panel._infos, timeout=WAIT_MS)
