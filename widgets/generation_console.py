@@ -243,6 +243,8 @@ class GenerationConsole(QTabWidget):
     # ---- state from outside ------------------------------------------------------------------
     def set_model_ready(self, ready: bool) -> None:
         self._model_ready = ready
+        if ready and self.stats_label.text() == NO_MODEL_MESSAGE:
+            self._show_status("Model loaded: ready.")  # the hint is answered; do not leave it in red
         self._update_enabled()
 
     def set_busy(self, busy: bool) -> None:

@@ -156,6 +156,8 @@ def test_sending_without_a_model_says_load_a_model_first(qtbot: QtBot, window: M
     assert console.stats_label.isVisible() and "c62828" in console.stats_label.styleSheet()
     assert console.prompt_edit.toPlainText() == "Hello?"  # nothing of the user's is lost
     assert console.conversation().turns == ()
+    console.set_model_ready(True)  # a load answers the hint: it does not stay up in red
+    assert "Load a model first" not in console.stats_label.text() and console.stats_label.styleSheet() == ""
 
 
 def test_a_bad_conversation_file_gives_a_message_and_keeps_the_chat(qtbot: QtBot, tmp_path: Path) -> None:
