@@ -457,6 +457,7 @@ class PerformancePanel(Panel):
         buttons.addWidget(self.compare_table_button)
         self.history_plot = pg.PlotWidget(background=None)
         self.history_plot.setMinimumHeight(120)
+        self.history_plot.setMaximumHeight(220)  # pyqtgraph's size hint would take a screen's height
         self.history_plot.setLabel("left", "t/s")
         self.history_plot.setLabel("bottom", "run (oldest → newest)")
         self.history_plot.showGrid(x=True, y=True, alpha=0.3)

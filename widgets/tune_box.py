@@ -161,6 +161,7 @@ class TuneBox(QWidget):
         self.plot = pg.PlotWidget(background=None)
         cache_axes(self.plot.getPlotItem())  # redrawn live while work runs
         self.plot.setMinimumHeight(110)
+        self.plot.setMaximumHeight(200)  # pyqtgraph's size hint would take a screen's height of the column
         self.plot.setLabel("left", "score (t/s)")
         self.plot.setLabel("bottom", "trial")
         # The wheel scrolls the panel unless the chart was clicked or Ctrl is held; trials are counted.
