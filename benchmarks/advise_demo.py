@@ -7,7 +7,8 @@ limit and a speed floor. Every candidate's figures go to a history database in t
 so running it again with other limits measures nothing and prints at once.
 
     .venv/bin/python benchmarks/advise_demo.py [--max-memory 230MiB] [--min-tg 20] [-c 4096]
-        [--work FOLDER] [--eval-ctx 256] [--chunks 8] [--threads 2] [--no-imatrix]
+        [--work FOLDER] [--eval-ctx 256] [--chunks 8] [--threads 2] [--no-imatrix | --imatrix FILE]
+        [--types Q8_0,Q4_K_M,...]
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-imatrix", action="store_true")
+    parser.add_argument("--imatrix", default=None, help="a ready matrix instead of computing one")
+    parser.add_argument("--types", default=None, help="comma-separated candidates (default: the advisor's)")
     parser.add_argument("--text", default=str(ROOT / "resources" / "eval" / "python-docs-excerpt.txt"))
     args = parser.parse_args()
     model = demo_model_path()
@@ -57,7 +60,9 @@ def main() -> int:
         request = AdviceRequest(
             source=f16,
             text_source=args.text,
-            calibration=None if args.no_imatrix else "calibration",
+            calibration=None if args.no_imatrix or args.imatrix else "calibration",
+            imatrix=args.imatrix,
+            types=tuple(args.types.split(",")) if args.types else None,
             max_memory_bytes=parse_size(args.max_memory),
             min_tg=args.min_tg,
             n_ctx=args.ctx,
