@@ -25,6 +25,7 @@ from app.engine.types import GenerationRequest, LoadResult
 from app.model.settings import SettingsError
 from app.quant.workflow import QuantWorkflow
 from app.telemetry.sampler import Sampler
+from ui.advice_bridge import AdviceBridge, connect_advice
 from ui.engine_bridge import EngineBridge
 from ui.inspector import ModelInspector
 from ui.quality_bridge import QualityBridge, connect_quantization_panel
@@ -136,6 +137,7 @@ class MainWindow(QMainWindow):
         self.quantization_panel = QuantizationPanel()
         self.history = history or _open_history()
         self.performance_panel = PerformancePanel(self.history)
+        self.advice = AdviceBridge(self.bridge.engine, self.history, parent=self)  # matrix and advisor
         self.servers = ServerBridge(self.sampler, self.history, parent=self)
         connect_servers_box(self.servers, self.performance_panel.servers_box, self.bridge)
         self.console = GenerationConsole()
@@ -283,11 +285,14 @@ class MainWindow(QMainWindow):
         self.model_panel.model_info_changed.connect(quant.set_source)
         self.inspector.quant_types_read.connect(quant.set_quant_types)
         self.inspector.request_quant_types()
+
         # Each new file is listed and remembered, without taking the selection (and with it the
         # quantization's source) from the model the user works on.
-        connect_quantization_panel(
-            q, quant, add_model=lambda path: self.model_panel.add_model(path, ORIGIN_QUANTIZED, select=False)
-        )
+        def add_model(path: str) -> None:
+            self.model_panel.add_model(path, ORIGIN_QUANTIZED, select=False)
+
+        connect_quantization_panel(q, quant, add_model=add_model)
+        connect_advice(self.advice, quant, add_model=add_model)  # the advice's pick, the same way
 
     def _wire_hardware(self) -> None:
         t, hw = self.telemetry, self.hardware_panel
@@ -540,6 +545,7 @@ class MainWindow(QMainWindow):
         # Stops a running generation or load (llama.cpp's abort callback) and joins the worker,
         # so no thread outlives the window.
         self.quality.shutdown()  # stops a quantization child process; evaluations stop with the engine
+        self.advice.shutdown()  # an importance matrix, an advice (its thread, its quantizer child)
         self.bridge.shutdown()
         self.inspector.shutdown()
         self.servers.shutdown()  # watched servers, a server benchmark, the Prometheus endpoint

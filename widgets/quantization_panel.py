@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -44,7 +45,9 @@ from app.quant.plan import (
 )
 from app.quant.types import QuantType
 from app.quant.workflow import QueueItem, QueueState
+from widgets.advice_box import AdviceBox
 from widgets.chart import install_chart_behaviour
+from widgets.imatrix_box import ImatrixBox
 from widgets.live_plot import cache_axes
 from widgets.panel import Panel
 
@@ -100,9 +103,16 @@ class QuantizationPanel(Panel):
         self._measuring = False
         self._queue: tuple[QueueItem, ...] = ()
         self._taken = ""  # why another panel's work holds the engine; "" when it does not
+        self._imatrix: str | None = None  # the importance matrix the quantize queue passes on
+        self._types: tuple[QuantType, ...] = ()
         self._build_methods_box()
+        self.imatrix_box = ImatrixBox()  # issue 18: widgets/imatrix_box.py, driven by ui.advice_bridge
+        self.imatrix_box.matrix_changed.connect(self.set_imatrix)
+        _collapsible(self.add_box("Importance matrix", self.imatrix_box), self.imatrix_box)
         self._build_quality_box()
         self._build_comparison_box()
+        self.advice_box = AdviceBox()  # widgets/advice_box.py: the advisor's form and answer
+        _collapsible(self.add_box("Recommend a type", self.advice_box), self.advice_box)
         self._build_advanced_box()
         self._update_buttons()
 
@@ -324,8 +334,8 @@ class QuantizationPanel(Panel):
         self.threads_spin.setSpecialValueText("all")
         self.threads_spin.setToolTip("Quantizer threads; 'all' = every hardware thread")
         note = _label(
-            "Importance-matrix (imatrix) quantization is not available through llama-cpp-python: "
-            "IQ types that need one are listed but disabled."
+            "The i-quants and Q2_K_S need an importance matrix: compute or choose one in the "
+            "Importance matrix box; the queue then quantizes every type with it."
         )
         note.setEnabled(False)
         form.addRow(self.requantize_check)
@@ -342,22 +352,16 @@ class QuantizationPanel(Panel):
         """The quantization types the installed llama.cpp supports (read off the GUI thread)."""
         self.type_table.setToolTip("Tick the types to make, or highlight one")
         blocked = self.type_table.blockSignals(True)
+        self._types = tuple(types)
         self.type_table.setRowCount(len(types))
         for row, qtype in enumerate(types):
             cells = (qtype.name, f"{qtype.bits_per_weight:.2f}", qtype.description)
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, qtype.name)
-                if qtype.needs_imatrix:
-                    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
-                    item.setToolTip(qtype.refusal_reason or "")
-                else:
-                    item.setToolTip(qtype.description)
-                    if col == 0:  # tick several types to queue them
-                        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-                        item.setCheckState(Qt.CheckState.Unchecked)
                 self.type_table.setItem(row, col, item)
         self.type_table.blockSignals(blocked)
+        self._apply_imatrix_to_types()
         self.type_table.resizeColumnToContents(0)
         default = next((r for r, t in enumerate(types) if t.name == "Q4_K_M"), 0)
         self.type_table.selectRow(default)
@@ -366,9 +370,45 @@ class QuantizationPanel(Panel):
         if first is not None:  # None when the build offers no type at all
             self.type_table.scrollToItem(first)
 
+    def set_imatrix(self, path: str | None) -> None:
+        """The importance matrix to quantize with (the Importance matrix box's), or None."""
+        self._imatrix = path
+        self._apply_imatrix_to_types()
+        self.advice_box.set_imatrix(path)
+
+    def _apply_imatrix_to_types(self) -> None:
+        """The types that need a matrix (i-quants, Q2_K_S) are selectable only with one; without,
+        their tooltip says why they are refused."""
+        has = self._imatrix is not None
+        blocked = self.type_table.blockSignals(True)
+        for row, qtype in enumerate(self._types):
+            refused = qtype.refusal_reason_for(has_imatrix=has)
+            for col in range(3):
+                item = self.type_table.item(row, col)
+                if item is None:
+                    continue
+                if refused:
+                    off = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable
+                    item.setFlags(item.flags() & ~off)
+                    item.setToolTip(refused)
+                else:
+                    item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEnabled)
+                    item.setToolTip(qtype.description)
+                if col == 0:  # tick several types to queue them
+                    if refused:
+                        item.setData(Qt.ItemDataRole.CheckStateRole, None)
+                    else:
+                        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                        if item.data(Qt.ItemDataRole.CheckStateRole) is None:
+                            item.setCheckState(Qt.CheckState.Unchecked)
+        self.type_table.blockSignals(blocked)
+        self._update_quantize_label()
+
     def set_source(self, info: ModelInfo | None) -> None:
         """The model selected in Model Config: what quantize, measure and base act on."""
         self._source = info.path if info is not None else None
+        self.imatrix_box.set_source(self._source)
+        self.advice_box.set_source(self._source)
         if info is None:
             self.source_label.setText("Select a loadable model in Model Config.")
         else:
@@ -492,6 +532,7 @@ class QuantizationPanel(Panel):
                 output_tensor_type=self.output_type_combo.currentData(),
                 token_embedding_type=self.embed_type_combo.currentData(),
                 n_threads=self.threads_spin.value() or None,
+                imatrix=self._imatrix,
             )
             for type_name in types
         )
@@ -772,6 +813,13 @@ class QuantizationPanel(Panel):
         )
         if path:
             self.text_edit.setText(path)
+
+
+def _collapsible(box: QGroupBox, body: QWidget) -> None:
+    """A box that folds away (its title's tick) so the panel stays short on a small screen."""
+    box.setCheckable(True)
+    box.setChecked(True)
+    box.toggled.connect(body.setVisible)
 
 
 def _cell(name: str, value: Any) -> str:

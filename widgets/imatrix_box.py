@@ -1,0 +1,270 @@
+"""The Quantization panel's "Importance matrix" box: compute one on a calibration text, or choose one.
+
+It asks (`compute_requested`, an ImatrixRequest; `cancel_requested`) and shows what ui.advice_bridge
+reports. The matrix in use (`matrix_changed`: a path, or None) is what the quantize queue passes to
+the quantizer and what makes the i-quants and Q2_K_S selectable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.engine.imatrix_job import ImatrixRequest
+from app.quality.eval_types import ChunkProgress
+from app.quant.imatrix_compute import DEFAULT_CALIBRATION, ImatrixResult
+from app.quant.plan import default_output_folder, output_folder_reason
+
+_TEXT_TIP = (
+    f"The text the matrix is computed on. “{DEFAULT_CALIBRATION}” is the calibration text LlamaScope "
+    "ships: Python 3.11 standard-library docstrings (PSF licence, about 13,000 tokens), distinct from "
+    "every evaluation text, so a matrix never flatters the text that judges it. Or choose a UTF-8 text "
+    "file of your own."
+)
+_CTX_TIP = (
+    "Chunk size in tokens (llama-imatrix's -c): the text is cut into chunks of this many tokens and "
+    "each is decoded on its own. The text needs at least twice this many tokens."
+)
+_CHUNKS_TIP = (
+    "How many chunks to use (llama-imatrix's --chunks); 'all' = the whole text. More chunks: a matrix "
+    "that represents the text better, and a longer computation."
+)
+_USE_TIP = (
+    "Quantize with this matrix: llama.cpp weighs each weight's rounding by it (K-quants, i-quants, "
+    "Q4_0…Q5_1), and the i-quants and Q2_K_S become available"
+)
+
+
+def _label(text: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+class ImatrixBox(QWidget):
+    compute_requested = Signal(object)  # ImatrixRequest
+    cancel_requested = Signal()
+    matrix_changed = Signal(object)  # str | None: the matrix the quantizer is to use
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._source: str | None = None
+        self._busy = False
+        self._matrix: str | None = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        self.text_edit = QLineEdit(DEFAULT_CALIBRATION)
+        self.text_edit.setObjectName("imatrixText")
+        self.text_edit.setToolTip(_TEXT_TIP)
+        browse_text = QPushButton("Browse…")
+        browse_text.setToolTip("Choose a calibration text file of your own")
+        browse_text.clicked.connect(self._on_browse_text)
+        text_row = QHBoxLayout()
+        text_row.addWidget(self.text_edit, 1)
+        text_row.addWidget(browse_text)
+        self.ctx_spin = QSpinBox()
+        self.ctx_spin.setRange(16, 32768)
+        self.ctx_spin.setSingleStep(64)
+        self.ctx_spin.setValue(512)
+        self.ctx_spin.setToolTip(_CTX_TIP)
+        self.chunks_spin = QSpinBox()
+        self.chunks_spin.setRange(0, 100000)
+        self.chunks_spin.setValue(0)
+        self.chunks_spin.setSpecialValueText("all")
+        self.chunks_spin.setToolTip(_CHUNKS_TIP)
+        sizes = QHBoxLayout()
+        sizes.addWidget(self.ctx_spin, 1)
+        sizes.addWidget(QLabel("Chunks"))
+        sizes.addWidget(self.chunks_spin, 1)
+        form.addRow("Calibration", text_row)
+        self.text_note = _label("")
+        form.addRow("", self.text_note)
+        form.addRow("Context", sizes)
+        layout.addLayout(form)
+        self.compute_button = QPushButton("Compute")
+        self.compute_button.setObjectName("imatrixComputeButton")
+        self.compute_button.setToolTip(
+            "Compute an importance matrix for the selected model on the calibration text "
+            "(in the engine host, as llama-imatrix does)"
+        )
+        self.compute_button.clicked.connect(self.request_compute)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("imatrixProgress")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+        self.progress.setTextVisible(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("imatrixCancelButton")
+        self.cancel_button.setToolTip("Stop the computation; no file is written")
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        row = QHBoxLayout()
+        row.addWidget(self.compute_button)
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.status = _label("")
+        self.status.setObjectName("imatrixStatus")
+        layout.addWidget(self.status)
+        self.matrix_edit = QLineEdit()
+        self.matrix_edit.setObjectName("imatrixPath")
+        self.matrix_edit.setPlaceholderText("no matrix: compute one, or Browse… for a .gguf / .dat")
+        self.matrix_edit.setToolTip("The importance matrix file (llama.cpp's GGUF or legacy .dat format)")
+        self.matrix_edit.editingFinished.connect(self._emit_matrix)
+        browse_matrix = QPushButton("Browse…")
+        browse_matrix.setToolTip("Use an existing importance matrix (.gguf or legacy .dat)")
+        browse_matrix.clicked.connect(self._on_browse_matrix)
+        self.use_check = QCheckBox("Use")
+        self.use_check.setObjectName("imatrixUse")
+        self.use_check.setToolTip(_USE_TIP)
+        self.use_check.toggled.connect(self._emit_matrix)
+        matrix_row = QHBoxLayout()
+        matrix_row.addWidget(self.use_check)
+        matrix_row.addWidget(self.matrix_edit, 1)
+        matrix_row.addWidget(browse_matrix)
+        layout.addLayout(matrix_row)
+        self.text_edit.textChanged.connect(self._show_text_note)
+        self._show_text_note()
+        self._update_buttons()
+
+    # ---- state from outside ------------------------------------------------------------------
+    def set_source(self, path: str | None) -> None:
+        self._source = path
+        self._update_buttons()
+
+    def set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        self._update_buttons()
+
+    @property
+    def matrix(self) -> str | None:
+        return self._matrix
+
+    def output_path(self) -> str | None:
+        """Where a computed matrix goes: beside the model, or the user's models folder when the
+        model's folder is not writable or belongs to an installed package (the demo model's)."""
+        if self._source is None:
+            return None
+        stem = os.path.splitext(os.path.basename(self._source))[0]
+        return os.path.join(default_output_folder(self._source), f"{stem}.imatrix.gguf")
+
+    def _update_buttons(self) -> None:
+        self.compute_button.setEnabled(self._source is not None and not self._busy)
+        self.cancel_button.setEnabled(self._busy)
+        out = self.output_path()
+        if out is not None:
+            reason = output_folder_reason(self._source or "")
+            self.compute_button.setToolTip(
+                f"Compute an importance matrix for the selected model on the calibration text (in the "
+                f"engine host, as llama-imatrix does); it is written to {out}"
+                + (f", because {reason}" if reason else "")
+            )
+
+    def _show_text_note(self) -> None:
+        text = self.text_edit.text().strip()
+        self.text_note.setText(
+            "the shipped calibration text (Python stdlib docstrings)"
+            if text in ("", DEFAULT_CALIBRATION)
+            else ""
+        )
+        self.text_note.setVisible(bool(self.text_note.text()))
+
+    # ---- requests ----------------------------------------------------------------------------
+    def request_compute(self) -> None:
+        output = self.output_path()
+        if self._source is None or output is None:
+            self.status.setText("✗ Select a model in Model Config first.")
+            return
+        text = self.text_edit.text().strip() or DEFAULT_CALIBRATION
+        if text != DEFAULT_CALIBRATION and not os.path.isfile(text):
+            self.status.setText(
+                f"✗ Calibration text not found: {text}. Choose a text file or use “calibration”."
+            )
+            return
+        chunks = self.chunks_spin.value()
+        request = ImatrixRequest(
+            model_path=self._source,
+            text_source=text,
+            output=output,
+            n_ctx=self.ctx_spin.value(),
+            n_chunks=chunks or None,
+        )
+        self.status.setText(f"Computing an importance matrix for {os.path.basename(self._source)}…")
+        self.progress.setRange(0, 0)  # busy until the first chunk reports (loading, tokenizing)
+        self.progress.setFormat("starting…")
+        self.compute_requested.emit(request)
+
+    def _emit_matrix(self) -> None:
+        path = self.matrix_edit.text().strip()
+        matrix = path if self.use_check.isChecked() and path else None
+        if matrix is not None and not os.path.isfile(matrix):
+            self.status.setText(f"✗ No importance matrix at {matrix}: compute one or choose a file.")
+            matrix = None
+        if matrix != self._matrix:
+            self._matrix = matrix
+            self.matrix_changed.emit(matrix)
+
+    def set_matrix(self, path: str | None) -> None:
+        """Use `path` (None: none)."""
+        blocked = self.use_check.blockSignals(True)
+        self.matrix_edit.setText(path or "")
+        self.use_check.setChecked(path is not None)
+        self.use_check.blockSignals(blocked)
+        self._emit_matrix()
+
+    # ---- results -----------------------------------------------------------------------------
+    def on_progress(self, p: ChunkProgress) -> None:
+        self.progress.setRange(0, max(p.n_chunks, 1))
+        self.progress.setValue(p.chunk)
+        self.progress.setFormat(f"chunk {p.chunk} of {p.n_chunks} · PPL {p.ppl:.1f}")
+        self.status.setText(f"Computing: {p.tokens_per_s:.0f} tokens/s")
+
+    def on_finished(self, result: ImatrixResult) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat("done")
+        self.status.setText(
+            f"✓ {result.n_entries} tensors over {result.n_chunks} chunks of {result.n_ctx} "
+            f"({result.text_name}, PPL {result.ppl:.2f}) in {result.elapsed_s:.1f} s → {result.path}"
+        )
+        self.set_matrix(result.path)
+
+    def on_failed(self, message: str) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("stopped" if "cancel" in message.lower() else "failed")
+        self.status.setText(f"✗ {message}")
+
+    def _on_browse_text(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Calibration text", "", "Text (*.txt *.md *.raw);;All files (*)"
+        )
+        if path:
+            self.text_edit.setText(path)
+
+    def _on_browse_matrix(self) -> None:
+        start = os.path.dirname(self.output_path() or "") if self._source else ""
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Importance matrix", start, "Importance matrix (*.gguf *.dat);;All files (*)"
+        )
+        if path:
+            self.set_matrix(path)
+
+
+__all__ = ["ImatrixBox"]
