@@ -8,6 +8,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -741,7 +742,12 @@ class QuantizationPanel(Panel):
                 1.0 if len(points) > 1 and x > x_mid else 0.0,
                 0.0 if len(points) > 1 and y > y_mid else 1.0,
             )
-            text = pg.TextItem(f"{row.type_name or row.label}{speed}", anchor=anchor)
+            # In the window's text colour: pyqtgraph's default light grey is for a dark background.
+            text = pg.TextItem(
+                f"{row.type_name or row.label}{speed}",
+                anchor=anchor,
+                color=self.palette().color(QPalette.ColorRole.WindowText),
+            )
             text.setPos(x, y)
             self.chart.addItem(text)
             self._chart_labels.append(text)
