@@ -12,6 +12,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QLabel, QSpinBox
 from pytestqt.qtbot import QtBot
 
+from app.common.formatting import format_bytes
 from app.engine.types import RunStats, StopReason, TokenStream
 from ui.main_window import MainWindow
 
@@ -78,8 +79,14 @@ def test_memory_fit_updates_as_settings_change(qtbot: QtBot, window: MainWindow)
 
 def test_load_generate_stop_and_unload_through_the_widgets(qtbot: QtBot, window: MainWindow) -> None:
     panel, console = window.model_panel, window.console
+    assert window.engine_status.text() == "No model loaded"
     _load(qtbot, window)
     assert panel.load_status.text().startswith("✓ Loaded")
+    info = panel._infos[panel.selected_path()]
+    assert (
+        window.engine_status.text()
+        == f"Loaded: {info.display_name} · Q4_1 · {format_bytes(info.file_size_bytes)}"
+    )
     assert panel._loaded_labels["Context"].text() == "1,024 tokens"
     assert "KV 22.5 MiB" in panel._loaded_labels["llama.cpp buffers"].text()
 
@@ -108,11 +115,13 @@ def test_load_generate_stop_and_unload_through_the_widgets(qtbot: QtBot, window:
     assert "cancelled" in console.stats_label.text()
 
     # Unload frees the model; Generate is disabled again.
+    qtbot.waitUntil(panel.unload_button.isEnabled, timeout=WAIT_MS)  # the stopped generation has ended
     with qtbot.waitSignal(window.bridge.unloaded, timeout=WAIT_MS):
         qtbot.mouseClick(panel.unload_button, Qt.MouseButton.LeftButton)
     assert window.bridge.engine.loaded is None
     qtbot.waitUntil(lambda: not console.generate_button.isEnabled(), timeout=WAIT_MS)
     assert panel.load_status.text() == "Not loaded"
+    assert window.engine_status.text() == "No model loaded"
 
 
 def test_reload_needed_when_a_load_setting_changes(qtbot: QtBot, window: MainWindow) -> None:
