@@ -65,7 +65,7 @@ from widgets.panel import Panel
 from widgets.pg_table import PgTable
 from widgets.score_box import ScoreBox
 from widgets.servers_box import ServersBox
-from widgets.table_fit import ElidedLabel, cell, fit_columns, open_table_button, stacked
+from widgets.table_fit import WHOLE_TEXT, ElidedLabel, cell, fit_columns, open_table_button, stacked
 from widgets.token_reader import TokenReader
 from widgets.tune_box import TuneBox
 
@@ -968,11 +968,14 @@ class PerformancePanel(Panel):
                     stacked(f"{r.a.avg_ts:.2f} ± {r.a.stddev_ts:.2f}"),
                     stacked(f"{r.b.avg_ts:.2f} ± {r.b.stddev_ts:.2f}"),
                     f"{r.comparison.diff_percent:+.1f} %",
-                    r.comparison.verdict(),
+                    _short_verdict(r.comparison.verdict()),
                 ],
                 tooltip=(f"run {a} (A) against run {b} (B)" if b is not None else f"within run {a}")
-                + f"\n\nA: {assess(r.a).cell}\nB: {assess(r.b).cell}",
+                + f"\n\n{r.comparison.verdict()}\n\nA: {assess(r.a).cell}\nB: {assess(r.b).cell}",
             )
+            verdict = self.compare_table.item(i, 5)
+            if verdict is not None:
+                verdict.setData(WHOLE_TEXT, r.comparison.verdict())  # "Open table…" shows it whole
 
 
 def _setting_text(field: str, value: Any) -> str:
@@ -980,6 +983,12 @@ def _setting_text(field: str, value: Any) -> str:
     if field == "flash_attn":
         return flash_attn_text(value)
     return str(int(value) if isinstance(value, bool) else value)
+
+
+def _short_verdict(verdict: str) -> str:
+    """The verdict's head for a narrow column: "not judged", "significant (p = 0.01)"; the whole
+    reason (why not judged, how many repetitions it would take) is in the tooltip."""
+    return verdict.split(":")[0].split(" (needs")[0]
 
 
 def _throttle_text(verdicts: Sequence[DeviceVerdict]) -> str:

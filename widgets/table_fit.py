@@ -48,6 +48,10 @@ def fit_columns(table: QTableWidget, elastic: Sequence[int], *, wrap: bool = Tru
     table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
 
+# A cell's text when the panel shows less of it (a verdict's head): the dialog shows this instead.
+WHOLE_TEXT = Qt.ItemDataRole.UserRole + 1
+
+
 def stacked(text: str) -> str:
     """A figure with its spread on two lines ("512.00\n± 3.10"): half the width in a narrow column."""
     return text.replace(" ± ", "\n± ")
@@ -82,7 +86,9 @@ class TableDialog(QDialog):
             for col in range(source.columnCount()):
                 item = source.item(row, col)
                 if item is not None:
-                    copy = QTableWidgetItem(item.text().replace("\n", " "))
+                    whole = item.data(WHOLE_TEXT)
+                    text = whole if isinstance(whole, str) else item.text()
+                    copy = QTableWidgetItem(text.replace("\n", " "))
                     copy.setToolTip(item.toolTip())
                     self.table.setItem(row, col, copy)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)

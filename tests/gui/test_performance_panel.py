@@ -15,6 +15,7 @@ from app.bench.history import HistoryStore
 from app.tune.results import TrialRecord, TrialStatus, TuneProgress
 from ui.main_window import MainWindow
 from widgets.performance_panel import PerformancePanel
+from widgets.table_fit import WHOLE_TEXT
 
 WAIT_MS = 180_000
 
@@ -497,6 +498,9 @@ def test_the_panel_never_asks_for_more_than_a_column(qtbot: QtBot, tmp_path: Pat
     qtbot.waitExposed(dialog)
     whole = dialog.table
     assert whole.rowCount() == 2 and whole.item(0, 1).text() == config.text()
+    verdict = perf.compare_table.item(0, 5)
+    full = verdict.data(WHOLE_TEXT)
+    assert full.startswith(verdict.text()) and full in verdict.toolTip() and whole.item(0, 5).text() == full
     header = whole.horizontalHeader()
     assert all(header.sectionSize(c) >= whole.sizeHintForColumn(c) for c in range(whole.columnCount()))
     screen = dialog.screen().availableGeometry().width()
