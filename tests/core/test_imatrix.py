@@ -266,6 +266,27 @@ def test_cancel_stops_the_computation_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_crash_in_llama_cpp_is_a_message_and_the_next_job_runs(
+    demo_model: str, f16_base: str, tmp_path: Path
+) -> None:
+    from conftest import crafted_copy
+
+    bad = crafted_copy(demo_model, str(tmp_path), "llama.block_count", 600)  # trips a GGML_ASSERT at load
+    out = tmp_path / "m.gguf"
+    engine = Engine()  # its own: the crash replaces the host, whose threads end with this engine
+    try:
+        job = ImatrixJob(engine, ImatrixRequest(bad, None, str(out), n_ctx=N_CTX, n_chunks=1))
+        with pytest.raises(EvalError, match="aborted by an assertion in llama.cpp"):
+            job.start().result()
+        assert not out.exists() and _partials(tmp_path) == []
+        again = ImatrixJob(
+            engine, ImatrixRequest(f16_base, None, str(out), n_ctx=N_CTX, n_chunks=1, n_threads=2)
+        )
+        assert again.start().result().n_chunks == 1 and out.exists()
+    finally:
+        engine.shutdown()
+
+
 def test_bad_requests_are_messages(f16_base: str, tmp_path: Path) -> None:
     short = tmp_path / "short.txt"
     short.write_text("A few words only.\n")
