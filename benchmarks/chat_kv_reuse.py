@@ -87,14 +87,14 @@ def main() -> int:
         return history[: 2 * (n - 1)]
 
     def prepare(n: int) -> None:
-        """Leave the cache holding turn n-1 as a chat would: re-running that turn keeps all of its
-        prompt but one token and regenerates the same reply."""
-        core.generate(_request(n - 1, before(n - 1), sampling, True))
+        """Leave the cache holding turns 1 … n-1 exactly as the chat left it: replayed from an empty
+        cache the same way, so every token is computed in the same batches as in the chat."""
+        core.clear_kv_cache()
+        for k in range(1, n):
+            core.generate(_request(k, before(k), sampling, True))
 
     results: dict[tuple[int, str], list[RunStats]] = {(n, m): [] for n in (2, 3) for m in ("reused", "fresh")}
-    same = True
     for rep in range(args.reps):
-        core.clear_kv_cache()
         for n in (2, 3):
             order = ("reused", "fresh") if rep % 2 == 0 else ("fresh", "reused")
             for mode in order:
@@ -102,17 +102,32 @@ def main() -> int:
                     prepare(n)
                 stats = core.generate(_request(n, before(n), sampling, mode == "reused"))
                 results[(n, mode)].append(stats)
-                same = same and stats.text == history[2 * n - 1].content
+    core.close()
 
     def ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:7.1f} ({min(values) * 1000:.1f}–{max(values) * 1000:.1f})"
+
+    def agreement(n: int, mode: str) -> str:
+        """Whether the replies are the chat's own, or how many characters they share with it."""
+        want = history[2 * n - 1].content
+        texts = [s.text for s in results[(n, mode)]]
+        if all(t == want for t in texts):
+            return "identical"
+        shared = min(_shared_prefix(t, want) for t in texts)
+        return f"parts after {shared} of {len(want)} chars"
 
     print(
         f"demo model, n_ctx {args.ctx}, {args.threads} threads, {args.reps} interleaved repetitions, greedy"
     )
     print()
-    print("| turn | cache  | prompt tokens evaluated | reused | TTFT ms, median (min–max) | fresh ÷ reused |")
-    print("|------|--------|------------------------:|-------:|--------------------------:|---------------:|")
+    print(
+        "| turn | cache  | prompt tokens evaluated | reused | TTFT ms, median (min–max) | fresh ÷ reused "
+        "| reply vs the chat's |"
+    )
+    print(
+        "|------|--------|------------------------:|-------:|--------------------------:|---------------:"
+        "|---------------------|"
+    )
     for n in (2, 3):
         fresh_ttft = statistics.median(s.ttft_s or 0.0 for s in results[(n, "fresh")])
         for mode in ("reused", "fresh"):
@@ -123,12 +138,23 @@ def main() -> int:
             ratio = f"{fresh_ttft / statistics.median(ttfts):.2f}×" if mode == "reused" else ""
             print(
                 f"| {n}    | {mode:<6} | {'/'.join(map(str, sorted(evaluated))):>23} | "
-                f"{'/'.join(map(str, sorted(reused))):>6} | {ms(ttfts):>25} | {ratio:>14} |"
+                f"{'/'.join(map(str, sorted(reused))):>6} | {ms(ttfts):>25} | {ratio:>14} | "
+                f"{agreement(n, mode)} |"
             )
     print()
-    print(f"replies identical, reused and fresh: {'yes' if same else 'NO'}")
-    core.close()
+    print(
+        "A reused turn must answer exactly as the chat did: the same tokens, computed the same way.\n"
+        "A fresh context computes the earlier turns in one batch rather than a prompt batch plus one\n"
+        "token at a time; llama.cpp's results differ in the last bits between batch shapes, so a long\n"
+        "greedy reply may part from the chat's at a near tie."
+    )
+    same = all(s.text == history[2 * n - 1].content for n in (2, 3) for s in results[(n, "reused")])
     return 0 if same else 1
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 if __name__ == "__main__":
