@@ -92,9 +92,14 @@ class ImatrixBox(QWidget):
         sizes.addWidget(self.ctx_spin, 1)
         sizes.addWidget(QLabel("Chunks"))
         sizes.addWidget(self.chunks_spin, 1)
-        form.addRow("Calibration", text_row)
-        self.text_note = _label("")
-        form.addRow("", self.text_note)
+        # Under the field, not a row of its own: a wrapped label in a form row leaves a tall gap.
+        self.text_note = QLabel("")
+        self.text_note.setEnabled(False)
+        text_col = QVBoxLayout()
+        text_col.setSpacing(0)
+        text_col.addLayout(text_row)
+        text_col.addWidget(self.text_note)
+        form.addRow("Calibration", text_col)
         form.addRow("Context", sizes)
         layout.addLayout(form)
         self.compute_button = QPushButton("Compute")
@@ -179,9 +184,7 @@ class ImatrixBox(QWidget):
     def _show_text_note(self) -> None:
         text = self.text_edit.text().strip()
         self.text_note.setText(
-            "the shipped calibration text (Python stdlib docstrings)"
-            if text in ("", DEFAULT_CALIBRATION)
-            else ""
+            "the shipped calibration text (stdlib docstrings)" if text in ("", DEFAULT_CALIBRATION) else ""
         )
         self.text_note.setVisible(bool(self.text_note.text()))
 
