@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
 def _row(record: Any, tuned: tuple[str, ...]) -> str:
     params = " ".join(f"{_SHORT.get(k, k)}={_value(record.params[k])}" for k in tuned if k in record.params)
     score = f"{record.score:10.2f}" if record.state.value != "skipped" else f"{'-':>10}"
-    line = f"{record.number:>5}  {record.phase:<8}  {record.state.value:<11}  {score}  {params}"
+    line = f"{record.label:>5}  {record.phase:<8}  {record.state.value:<11}  {score}  {params}"
     if record.reason:
         line += f"  ({record.reason[:90]})"
     return line
@@ -89,7 +89,7 @@ def _value(v: Any) -> str:
     return ("on" if v else "off") if isinstance(v, bool) else str(v)
 
 
-def _result_json(result: Any) -> dict[str, Any]:
+def _result_json(result: Any, requested: int | None = None) -> dict[str, Any]:
     from app.tune.export import llama_cpp_args
 
     gain = result.gain
@@ -100,9 +100,10 @@ def _result_json(result: Any) -> dict[str, Any]:
         "study": result.study_name,
         "storage": result.storage_path,
         "stop_reason": result.stop_reason,
+        "trials_summary": result.trials_summary(requested),  # "2 of 4 trials measured: <why fewer>"
         "elapsed_s": result.elapsed_s,
         "best": result.best.to_dict(),
-        "best_trial": result.best_trial,
+        "best_trial": result.best_label,  # as shown, from 1 (each trial's "number" is Optuna's, from 0)
         "best_score": result.best_score,
         "default": result.default.to_dict(),
         "gain": None
@@ -126,12 +127,12 @@ def _result_json(result: Any) -> dict[str, Any]:
         "flags": llama_cpp_args(result.best),
         "llama_cpp_python_kwargs": result.llama_kwargs(),
         "space": result.space.to_dict(),
-        "trials": [t.to_dict() for t in result.trials],
+        "trials": [{"trial": t.label, **t.to_dict()} for t in result.trials],
         "notes": list(result.notes),
     }
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: Any, requested: int | None = None) -> None:
     from app.tune.export import llama_cpp_flags, llama_python_snippet
 
     unit = "t/s"
@@ -139,11 +140,13 @@ def _print_result(result: Any) -> None:
     print(f"Objective:  {result.objective.label}")
     print(f"Study:      {result.study_name} in {result.storage_path}")
     print(f"Trials:     {len(result.trials)} ({measured} measured)")
+    if requested is not None and measured < requested:
+        print(f"            {result.trials_summary(requested)}")
     print(f"Stopped:    {result.stop_reason} after {result.elapsed_s:.0f} s")
     if result.best_trial is None:
         print("Best:       no trial completed; the default settings stand")
     else:
-        print(f"Best:       trial {result.best_trial}, {result.best_score:.2f} {unit} in its trial")
+        print(f"Best:       trial {result.best_label}, {result.best_score:.2f} {unit} in its trial")
     print(f"  {llama_cpp_flags(result.best)}")
     print("Default:")
     print(f"  {llama_cpp_flags(result.default)}")
@@ -331,7 +334,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     result: TuneResult = outcome["result"]
     if args.json:
-        print(json.dumps(_result_json(result), indent=2))
+        print(json.dumps(_result_json(result, args.trials), indent=2))
     else:
-        _print_result(result)
+        _print_result(result, args.trials)
     return EXIT_CANCELLED if interrupted or result.stop_reason == "cancelled" else EXIT_OK

@@ -103,6 +103,8 @@ class TuneBox(QWidget):
         super().__init__(parent)
         self._result: TuneResult | None = None
         self._scores: list[float] = []
+        self._xs: list[int] = []  # the measured trials' numbers as the table shows them (from 1)
+        self._requested: int | None = None  # the trial budget of the running or last session
         form = QFormLayout()
         self.objective = QComboBox()
         # The labels name the test a trial runs, read from the objective itself (tg32, not tg 128).
@@ -238,6 +240,8 @@ class TuneBox(QWidget):
             self.status.setText("✗ Choose at least one kind of setting to tune.")
             return
         self._scores = []
+        self._xs = []
+        self._requested = request.n_trials
         self._result = None
         self.table.setRowCount(0)
         self.trial_points.setData([], [])
@@ -261,17 +265,17 @@ class TuneBox(QWidget):
         self.table.setRowCount(row + 1)
         settings = " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in trial.params.items())
         state = trial.state.value + (f": {trial.reason}" if trial.reason else "")
-        for col, text in enumerate((str(trial.number), settings, f"{trial.score:.1f}", state)):
+        for col, text in enumerate((str(trial.label), settings, f"{trial.score:.1f}", state)):
             self.table.setItem(row, col, cell(text))
         if trial.state.measured:
             self._scores.append(trial.score)
+            self._xs.append(trial.label)  # the table's number: a skipped or duplicate trial leaves a gap
             best, running = [], 0.0
             for s in self._scores:
                 running = max(running, s)
                 best.append(running)
-            xs = list(range(1, len(self._scores) + 1))
-            self.trial_points.setData(xs, self._scores)
-            self.best_line.setData(xs, best)
+            self.trial_points.setData(self._xs, self._scores)
+            self.best_line.setData(self._xs, best)
 
     def on_finished(self, result: TuneResult) -> None:
         self._result = result
@@ -285,15 +289,13 @@ class TuneBox(QWidget):
             f"{k} {v:.0%}" for k, v in sorted(result.importances.items(), key=lambda kv: -kv[1])
         )
         self.result_label.setText(
-            f"<b>Best</b> (trial {result.best_trial if result.best_trial is not None else 'n/a'}): "
+            f"<b>Best</b> (trial {result.best_label if result.best_label is not None else 'n/a'}): "
             f"{result.flags(include_ctx=False)}<br><b>Against the default:</b> {gain}<br>"
             f"<b>Recommendation:</b> {recommendation_text(result)}<br>"
             f"<b>Importance:</b> {importances or 'n/a (needs 2+ measured trials)'}<br>"
             f"<i>Stopped by: {result.stop_reason}</i>"
         )
-        self.status.setText(
-            f"Done: {len(result.measured_trials)} trials measured in {result.elapsed_s:.0f} s"
-        )
+        self.status.setText(f"Done in {result.elapsed_s:.0f} s: {result.trials_summary(self._requested)}")
         for b in (self.apply_button, self.profile_button, self.flags_button):
             b.setEnabled(result.best_trial is not None)
 

@@ -77,7 +77,7 @@ def baseline_params(space: SearchSpace, base: LoadSettings, fits: Fits) -> tuple
             f"no configuration of the search space fits in memory with n_ctx {base.n_ctx}: "
             "lower the context size or offload fewer layers"
         )
-    return best[1], f"the default settings would not fit in memory; trial 0 starts from {describe(best[1])}"
+    return best[1], f"the default settings would not fit in memory; trial 1 starts from {describe(best[1])}"
 
 
 class PhasePlan:

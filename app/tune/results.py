@@ -90,6 +90,12 @@ class TrialRecord:
     duplicate_of: int | None = None
     duration_s: float = 0.0
 
+    @property
+    def label(self) -> int:
+        """The trial's number as people count and every view shows it (table, chart, CLI, JSON "trial"):
+        from 1. `number` stays Optuna's (from 0), the key of the trial in its stored study."""
+        return self.number + 1
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "number": self.number,
@@ -166,6 +172,36 @@ class TuneResult:
     @property
     def measured_trials(self) -> tuple[TrialRecord, ...]:
         return tuple(t for t in self.trials if t.state.measured)
+
+    @property
+    def best_label(self) -> int | None:
+        """The best trial's number as shown (from 1, see TrialRecord.label)."""
+        return self.best_trial + 1 if self.best_trial is not None else None
+
+    def trials_summary(self, requested: int | None) -> str:
+        """How many trials were measured against how many were asked for, and when fewer, why in words.
+
+        A session stops before its trial budget when the search space runs out (a few switches have
+        only a handful of distinct configurations; the same settings are never measured twice), when
+        the time budget is spent (time for the final comparison is kept back), when nothing untried
+        fits in memory, or on Stop."""
+        measured = len(self.measured_trials)
+        if requested is None:
+            return f"{measured} trials measured (stopped: {self.stop_reason})"
+        head = f"{measured} of {requested} trials measured"
+        if measured >= requested:
+            return head
+        skipped = sum(1 for t in self.trials if t.state is TrialStatus.SKIPPED)
+        exhausted = f"the search space has only {self.space.count()} distinct configurations"
+        if skipped:
+            exhausted += f", {skipped} of them skipped (not allowed or would not fit)"
+        why = {
+            "search space exhausted": exhausted + ", and none is measured twice",
+            "time budget": "stopped by the time budget (time for the final comparison is kept back)",
+            "cancelled": "stopped by the user",
+            "no untried configuration fits": "no untried configuration fits in memory",
+        }.get(self.stop_reason, f"stopped: {self.stop_reason}")
+        return f"{head}: {why}"
 
     def to_profile(self) -> LoadSettings:
         """The settings to store with app.model.profiles.ProfileStore.save(name, load, sampling)."""

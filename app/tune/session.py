@@ -280,10 +280,10 @@ class _Session:
         default = self.base
         if not self.fits(default):
             # Never run what the estimate says will not fit, not even to prove a gain: compare with
-            # trial 0 instead, the nearest configuration that fits.
+            # trial 1 (the baseline) instead, the nearest configuration that fits.
             default = self.space.configure(self.base, self.baseline) or self.base
             self.notes.append(
-                "the final comparison uses trial 0's settings: the default would not fit in memory"
+                "the final comparison uses trial 1's settings: the default would not fit in memory"
             )
         gain = None
         if stop_reason != "cancelled" and best is not None and best.settings is not None:
@@ -377,7 +377,7 @@ class _Session:
             trial = self.study.ask(self.dists)
             phase = str(trial.user_attrs.get(ATTR_PHASE, "numeric"))
             params = {name: trial.params[name] for name in self.space.tuned}
-            self.progress("search", f"trial {trial.number} ({phase}): {describe(params)}")
+            self.progress("search", f"trial {trial.number + 1} ({phase}): {describe(params)}")
             record = self.evaluate(trial, phase, params)
             self.records[record.number] = record
             self.remember(record)
@@ -471,10 +471,10 @@ class _Session:
                 previous.score,
                 value=reused,
                 duplicate_of=previous.number,
-                reason=f"same settings as trial {previous.number} ({previous.state.value})",
+                reason=f"same settings as trial {previous.label} ({previous.state.value})",
             )
         try:
-            self.check_memory(load, f"run trial {trial.number}")
+            self.check_memory(load, f"run trial {trial.number + 1}")
         except InsufficientMemoryError as exc:
             return finish(TrialStatus.SKIPPED, 0.0, value=None, reason=_refused(exc))
 

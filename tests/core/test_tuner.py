@@ -556,6 +556,35 @@ def test_a_tuner_for_a_request_searches_only_the_requested_settings(model: Model
     assert result.best.n_threads == 3 and result.stop_reason == "search space exhausted"
 
 
+def test_fewer_trials_than_asked_say_why_and_trials_count_from_one(model: ModelInfo, tmp_path: Path) -> None:
+    # A user asked for 4 trials of flash attention alone and saw 2: the space holds two configurations
+    # and none is measured twice, so the search ends there. The result says so in words.
+    base = base_settings(n_batch=256, n_ubatch=256, type_k="f16", type_v="f16")
+    request = TuneRequest("tg:16", 4, None, ("flash_attn",))
+    tuner = tuner_for_request(
+        model,
+        base,
+        request,
+        machine=MACHINE,
+        storage_path=str(tmp_path / "t.sqlite3"),
+        measure=FakeMeasure(peaked),
+    )
+    result = tuner.run()
+    assert result.space.count() == 2 and result.stop_reason == "search space exhausted"
+    assert len(result.measured_trials) == 2
+    assert result.trials_summary(4) == (
+        "2 of 4 trials measured: the search space has only 2 distinct configurations, "
+        "and none is measured twice"
+    )
+    assert result.trials_summary(2) == "2 of 2 trials measured"
+    # Trials count from 1 wherever people read them; Optuna's own number stays the stored key.
+    assert [t.label for t in result.trials] == [t.number + 1 for t in result.trials]
+    assert result.trials[0].label == 1 and result.best_label == result.best_trial + 1  # type: ignore[operator]
+    duplicates = [t for t in result.trials if t.duplicate_of is not None]
+    for t in duplicates:
+        assert f"same settings as trial {t.duplicate_of + 1} " in t.reason
+
+
 # ---- the proof: Welch interval ----------------------------------------------------------------------
 
 
