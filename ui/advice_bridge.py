@@ -148,6 +148,7 @@ class AdviceBridge(QObject):
 
     def shutdown(self) -> None:
         """Stop both and wait for the advisor's thread (its quantizer child and work folder go with it)."""
+        self.blockSignals(True)  # their "cancelled" endings are for nobody: the window is going
         self.cancel_imatrix()
         self.cancel_advice()
         thread = self._thread

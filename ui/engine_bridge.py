@@ -207,6 +207,9 @@ class EngineBridge(QObject):
 
     def shutdown(self) -> None:
         """Cancel and join the worker; called when the window closes."""
+        # What is stopped now ends as "cancelled" or "process object is closed" on the engine's thread:
+        # not a failure to tell anyone, the window is going.
+        self.blockSignals(True)
         self.engine.remove_listener(self._engine_changed.emit)
         self.engine.remove_listener(self._engine_lost_model.emit)
         self.engine.shutdown()

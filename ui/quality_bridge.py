@@ -287,6 +287,11 @@ class QualityBridge(QObject):
 
     def shutdown(self) -> None:
         """Stop a running quantization and wait for its child, so no process outlives the window."""
+        # The window is going: the outcome of what is stopped now ("cancelled") is for nobody, and its
+        # slots must not start the queue's next step on the executor shut down here (a traceback).
+        self.blockSignals(True)
+        self._quantize_cancelled = True
+        self.workflow.cancel_queue()
         self._engine.remove_listener(self._engine_changed.emit)
         self._starter.shutdown(wait=True)
         job = self._job
