@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.common.formatting import NOT_AVAILABLE, format_bytes
+from app.common.formatting import format_bytes
 from app.common.markdown import markdown_table
 from app.model.file_format import ModelFileError
 from app.model.fingerprint import model_fingerprint
@@ -195,14 +195,10 @@ class Advice:
                     f"{f.pp_tokens_per_s:.1f}",
                     f"{f.tg_tokens_per_s:.1f}",
                     "*" if r.on_frontier else "",
-                    "; ".join(r.excluded_by) or ("" if self._constrained else NOT_AVAILABLE),
+                    "; ".join(r.excluded_by),
                 ]
             )
         return markdown_table(headers, body, pad=False)
-
-    @property
-    def _constrained(self) -> bool:
-        return self.max_memory_bytes is not None or self.min_tg is not None
 
 
 def pareto_frontier(points: Sequence[tuple[float, float, float]]) -> tuple[bool, ...]:
