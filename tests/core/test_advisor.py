@@ -197,8 +197,11 @@ def test_ctrl_c_during_an_advice_leaves_no_temporary_file(demo_model: str, tmp_p
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp), "XDG_DATA_HOME": str(tmp_path / "data")}
-    command = [sys.executable, "-m", "cli", "advise", demo_model, "--allow-requantize", "--types", "Q8_0",
-               "--chunks", "2", "--eval-ctx", "128", "-t", "2"]  # fmt: skip
+    # Five candidates, so that the run is still far from its end when the signal lands, however far this
+    # reader lags behind the command's output.
+    command = [sys.executable, "-m", "cli", "advise", demo_model, "--allow-requantize",
+               "--types", "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M", "--chunks", "2", "--eval-ctx", "128",
+               "-t", "2"]  # fmt: skip
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
     seen = []
@@ -208,6 +211,7 @@ def test_ctrl_c_during_an_advice_leaves_no_temporary_file(demo_model: str, tmp_p
             break
     assert any("quantizing" in line for line in seen), "".join(seen[-20:])
     assert any(p.name.startswith("llamascope-advise-") for p in temp.iterdir())
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait() == 130, rest[-2000:]
