@@ -258,6 +258,7 @@ class AdviceBox(QWidget):
         self.chart.setMinimumHeight(150)
         self.chart.setLabel("bottom", "file size (MiB)")
         self.chart.setLabel("left", "mean KLD")
+        self.chart.getAxis("left").enableAutoSIPrefix(False)  # KLD in nats, not "(x0.001)"
         self.chart.setToolTip(
             "Each candidate's size against its KL divergence; the Pareto frontier (no other is smaller, "
             "closer to the base and faster at once) is joined by a line, the pick is the star"

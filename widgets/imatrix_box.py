@@ -126,6 +126,7 @@ class ImatrixBox(QWidget):
         layout.addLayout(row)
         self.status = _label("")
         self.status.setObjectName("imatrixStatus")
+        self.status.setVisible(False)  # shown with its first message: an empty line would leave a gap
         layout.addWidget(self.status)
         self.matrix_edit = QLineEdit()
         self.matrix_edit.setObjectName("imatrixPath")
@@ -181,6 +182,10 @@ class ImatrixBox(QWidget):
                 + (f", because {reason}" if reason else "")
             )
 
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+        self.status.setVisible(bool(text))
+
     def _show_text_note(self) -> None:
         text = self.text_edit.text().strip()
         self.text_note.setText(
@@ -192,13 +197,11 @@ class ImatrixBox(QWidget):
     def request_compute(self) -> None:
         output = self.output_path()
         if self._source is None or output is None:
-            self.status.setText("✗ Select a model in Model Config first.")
+            self._say("✗ Select a model in Model Config first.")
             return
         text = self.text_edit.text().strip() or DEFAULT_CALIBRATION
         if text != DEFAULT_CALIBRATION and not os.path.isfile(text):
-            self.status.setText(
-                f"✗ Calibration text not found: {text}. Choose a text file or use “calibration”."
-            )
+            self._say(f"✗ Calibration text not found: {text}. Choose a text file or use “calibration”.")
             return
         chunks = self.chunks_spin.value()
         request = ImatrixRequest(
@@ -208,7 +211,7 @@ class ImatrixBox(QWidget):
             n_ctx=self.ctx_spin.value(),
             n_chunks=chunks or None,
         )
-        self.status.setText(f"Computing an importance matrix for {os.path.basename(self._source)}…")
+        self._say(f"Computing an importance matrix for {os.path.basename(self._source)}…")
         self.progress.setRange(0, 0)  # busy until the first chunk reports (loading, tokenizing)
         self.progress.setFormat("starting…")
         self.compute_requested.emit(request)
@@ -217,7 +220,7 @@ class ImatrixBox(QWidget):
         path = self.matrix_edit.text().strip()
         matrix = path if self.use_check.isChecked() and path else None
         if matrix is not None and not os.path.isfile(matrix):
-            self.status.setText(f"✗ No importance matrix at {matrix}: compute one or choose a file.")
+            self._say(f"✗ No importance matrix at {matrix}: compute one or choose a file.")
             matrix = None
         if matrix != self._matrix:
             self._matrix = matrix
@@ -236,13 +239,13 @@ class ImatrixBox(QWidget):
         self.progress.setRange(0, max(p.n_chunks, 1))
         self.progress.setValue(p.chunk)
         self.progress.setFormat(f"chunk {p.chunk} of {p.n_chunks} · PPL {p.ppl:.1f}")
-        self.status.setText(f"Computing: {p.tokens_per_s:.0f} tokens/s")
+        self._say(f"Computing: {p.tokens_per_s:.0f} tokens/s")
 
     def on_finished(self, result: ImatrixResult) -> None:
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("done")
-        self.status.setText(
+        self._say(
             f"✓ {result.n_entries} tensors over {result.n_chunks} chunks of {result.n_ctx} "
             f"({result.text_name}, PPL {result.ppl:.2f}) in {result.elapsed_s:.1f} s → {result.path}"
         )
@@ -252,7 +255,7 @@ class ImatrixBox(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("stopped" if "cancel" in message.lower() else "failed")
-        self.status.setText(f"✗ {message}")
+        self._say(f"✗ {message}")
 
     def _on_browse_text(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
