@@ -334,6 +334,9 @@ def test_auto_tune_stop_keeps_the_best_and_applies_it(qtbot: QtBot, window: Main
     assert result.stop_reason.startswith("cancel") or "stop" in result.stop_reason.lower()
     assert len(result.measured_trials) < 50
     assert tune.table.rowCount() >= 1
+    # Trials count from 1 in the table and the chart alike; fewer than asked says why.
+    assert tune.table.item(0, 0).text() == "1" and tune.trial_points.getData()[0][0] == 1
+    assert f"{len(result.measured_trials)} of 50 trials measured: stopped by the user" in tune.status.text()
     assert "Best" in tune.result_label.text() and "Recommendation" in tune.result_label.text()
     if result.best_trial is not None:
         assert tune.apply_button.isEnabled()
