@@ -89,6 +89,7 @@ class Panel(QWidget):
         )
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
-        if watched is self._content and event.type() == QEvent.Type.LayoutRequest:
+        # getattr: Qt can still deliver an event while the Python side is being torn down.
+        if watched is getattr(self, "_content", None) and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()
         return False

@@ -575,9 +575,14 @@ class QuantizationPanel(Panel):
     # ---- results -----------------------------------------------------------------------------
     def on_queue_changed(self, items: tuple[QueueItem, ...]) -> None:
         """The quantization queue and each item's state (ui.quality_bridge's queue_changed)."""
+        table = self.queue_table
+        same_queue = len(items) == len(self._queue) and all(
+            a.request is b.request for a, b in zip(items, self._queue, strict=True)
+        )
+        if not same_queue:  # a new queue: no bar keeps the last queue's progress
+            table.setRowCount(0)
         self._queue = items
         self._quantizing = any(i.state in (QueueState.QUEUED, QueueState.RUNNING) for i in items)
-        table = self.queue_table
         table.setRowCount(len(items))
         for row, item in enumerate(items):
             type_cell = QTableWidgetItem(item.request.type_name)

@@ -101,6 +101,7 @@ def test_no_chart_label_runs_past_the_plot(qtbot: QtBot) -> None:
     qtbot.waitExposed(panel)
     panel.on_comparison_changed(COMPARISON)
     QApplication.processEvents()
+    panel.chart.grab()  # drawn once: a TextItem places itself against the view when it is painted
     view = panel.chart.getPlotItem().getViewBox()
     box = view.sceneBoundingRect()
     texts = [label.toPlainText() for label in panel._chart_labels]

@@ -19,7 +19,7 @@ from app.quant.quantize import quantize
 from ui.main_window import MainWindow
 from widgets.quantization_panel import QuantizationPanel
 
-WAIT_MS = 300_000
+WAIT_MS = 900_000  # a 2-core machine shared with other work can be very slow
 TYPES = ("Q8_0", "Q4_0", "Q5_0")  # fast to make from F16
 
 
