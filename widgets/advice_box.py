@@ -245,6 +245,7 @@ class AdviceBox(QWidget):
         font = self.verdict.font()
         font.setBold(True)
         self.verdict.setFont(font)
+        self.verdict.setVisible(False)  # shown with an answer: an empty line would leave a gap
         layout.addWidget(self.verdict)
         self.table = _table(_COMPACT)
         self.table.setObjectName("adviceTable")
@@ -346,6 +347,7 @@ class AdviceBox(QWidget):
         )
         self.status.setText(f"Advising on {os.path.basename(self._source)}…")
         self.verdict.setText("")
+        self.verdict.setVisible(False)
         self.progress.setRange(0, 0)
         self.progress.setFormat("starting…")
         self.advise_requested.emit(request)
@@ -386,6 +388,7 @@ class AdviceBox(QWidget):
             f"{advice.measured} measured now, {advice.reused} from the history."
             + ("".join(f" {n}" for n in advice.notes))
         )
+        self.verdict.setVisible(True)
         if advice.pick is not None:
             self.verdict.setText("Pick: " + pick_in_words(advice.pick))
             self.verdict.setToolTip(advice.verdict)
