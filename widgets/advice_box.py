@@ -257,6 +257,8 @@ class AdviceBox(QWidget):
         self.chart = pg.PlotWidget(background=None)
         self.chart.setObjectName("adviceChart")
         self.chart.setMinimumHeight(150)
+        # Capped, so that on a 768-pixel screen the verdict, the table and the chart show together.
+        self.chart.setMaximumHeight(230)
         self.chart.setLabel("bottom", "file size (MiB)")
         self.chart.setLabel("left", "mean KLD")
         self.chart.getAxis("left").enableAutoSIPrefix(False)  # KLD in nats, not "(x0.001)"
