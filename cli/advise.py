@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
 from collections.abc import Callable
@@ -153,14 +154,28 @@ def _cmd_advise(args: argparse.Namespace) -> int:
 
     problem = _settings_error(args)
     calibration = None if args.calibration == "calibration" else args.calibration  # the shipped text
-    for flag, path in (("MODEL", args.model), ("--base", args.base), ("--calibration", calibration),
-                       ("--imatrix", args.imatrix)):  # fmt: skip
+    for flag, path, what in (("MODEL", args.model, "model"), ("--base", args.base, "model"),
+                             ("--calibration", calibration, "calibration text"),
+                             ("--imatrix", args.imatrix, "importance matrix")):  # fmt: skip
         if problem is None and path is not None:
-            problem = input_file_error(path, flag, "file")
+            problem = input_file_error(path, flag, what)
     if problem is None and args.keep is not None:
         problem = output_file_error(args.keep + "/x.gguf", "--keep")
-    if problem is None and args.min_tg is not None and args.min_tg < 0:
-        problem = f"--min-tg must be 0 or more, not {args.min_tg:g}"
+    if problem is None and args.min_tg is not None and not (math.isfinite(args.min_tg) and args.min_tg >= 0):
+        problem = f"--min-tg must be a number of 0 or more tokens per second, not {args.min_tg:g}"
+    if problem is None and args.speed_reps < 1:
+        problem = f"--speed-reps must be 1 or more, not {args.speed_reps}"
+    types = tuple(t.strip() for t in args.types.split(",") if t.strip()) if args.types is not None else None
+    if problem is None and types == ():
+        problem = "--types names no type: give a comma-separated list such as Q8_0,Q4_K_M"
+    if problem is None and args.imatrix is not None:
+        # Read it now: a wrong file found after the first candidate has been quantized wastes minutes.
+        from app.quant.imatrix import ImatrixFileError, read_imatrix
+
+        try:
+            read_imatrix(args.imatrix)
+        except ImatrixFileError as exc:
+            problem = f"--imatrix: {exc}"
     if problem is None and args.ctx is not None and args.ctx < 1:
         problem = f"-c must be 1 or more, not {args.ctx}"
     max_memory = None
@@ -180,12 +195,12 @@ def _cmd_advise(args: argparse.Namespace) -> int:
         base=args.base,
         calibration=args.calibration,
         imatrix=args.imatrix,
-        types=tuple(t.strip() for t in args.types.split(",") if t.strip()) if args.types else None,
+        types=types,
         max_memory_bytes=max_memory,
         min_tg=args.min_tg,
         n_ctx=args.ctx or LoadSettings().n_ctx,
         settings=EvalSettings(n_ctx=args.eval_ctx, n_chunks=args.chunks, n_threads=args.threads),
-        speed_repetitions=max(1, args.speed_reps),
+        speed_repetitions=args.speed_reps,
         n_threads=args.threads,
         allow_requantize=args.allow_requantize,
         keep_folder=args.keep,
