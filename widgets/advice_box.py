@@ -428,9 +428,15 @@ class AdviceBox(QWidget):
         xs, ys = [x for x, _, _ in pts], [y for _, y, _ in pts]
         x_mid, y_mid = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
         color = self.palette().color(QPalette.ColorRole.WindowText)
-        for x, y, row in pts:
+        x_span = (max(xs) - min(xs)) or 1.0
+        for i, (x, y, row) in enumerate(pts):
             # Pointing into the plot, so that no label runs past its edge.
             anchor = (1.0 if len(pts) > 1 and x > x_mid else 0.0, 0.0 if len(pts) > 1 and y > y_mid else 1.0)
+            # Two types of (nearly) one size, e.g. a type with and without the matrix: the label of
+            # the higher KLD goes above its point, the lower one's below, so they do not overprint.
+            twin = [q for j, q in enumerate(pts) if j != i and abs(q[0] - x) < 0.04 * x_span]
+            if twin:
+                anchor = (anchor[0], 1.0 if all(y >= q[1] for q in twin) else 0.0)
             text = pg.TextItem(row.label, anchor=anchor, color=color)
             text.setPos(x, y)
             self.chart.addItem(text)
