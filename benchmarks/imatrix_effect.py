@@ -39,6 +39,8 @@ from app.quant.imatrix_compute import compute_imatrix, default_calibration_text 
 from app.quant.plan import QuantizeRequest, f16_base_request  # noqa: E402
 from app.quant.quantize import quantize  # noqa: E402
 
+MIB = 1024 * 1024  # sizes in binary units, as everywhere in LlamaScope
+
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATION = ROOT / "resources" / "eval" / "python-docs-excerpt.txt"
 BOTH = ("Q4_K_M", "Q3_K_M", "IQ4_XS")
@@ -141,14 +143,15 @@ def main() -> int:
         change = (b[3] - a[3]) / a[3] * 100 if a[3] else float("nan")
         print(
             f"| {t} | {a[3]:.6f} ± {a[4] or 0:.6f} | {b[3]:.6f} ± {b[4] or 0:.6f} | {change:+.1f} % "
-            f"| {a[2] / 1e6:.2f} MB | {b[2] / 1e6:.2f} MB |"
+            f"| {a[2] / MIB:.2f} MiB | {b[2] / MIB:.2f} MiB |"
         )
     print("\n| type (with matrix) | size | bits/weight | mean KLD |")
     print("|---|---|---|---|")
     for t in MATRIX_ONLY:
         r = by[(t, True)]
         print(
-            f"| {t} | {r[2] / 1e6:.2f} MB | {r[2] * 8 / n_params:.2f} (file) | {r[3]:.6f} ± {r[4] or 0:.6f} |"
+            f"| {t} | {r[2] / MIB:.2f} MiB | {r[2] * 8 / n_params:.2f} (file) "
+            f"| {r[3]:.6f} ± {r[4] or 0:.6f} |"
         )
     print("\n| file | tensor types written (2-D tensors) | weights in types that ignore a matrix |")
     print("|---|---|---|")
