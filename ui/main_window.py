@@ -36,6 +36,7 @@ from widgets.hardware_panel import HardwarePanel
 from widgets.model_config_panel import ORIGIN_QUANTIZED, ModelConfigPanel
 from widgets.performance_panel import PerformancePanel
 from widgets.quantization_panel import QuantizationPanel
+from widgets.wheel_guard import install_wheel_guard
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class MainWindow(QMainWindow):
         """`available_geometry` stands in for the screen's free area (tests size the window for a
         screen they do not have); by default the screen's own, read when needed."""
         super().__init__(parent)
+        install_wheel_guard()  # before any panel exists: the wheel scrolls panels, not spin boxes
         self.setWindowTitle("LlamaScope")
         self._settings = settings
         self._available_geometry = available_geometry
