@@ -58,7 +58,7 @@ from app.quant.measuring import (
     run_quantize,
 )
 from app.quant.plan import QuantizeRequest
-from app.quant.types import quant_type, supported_quant_types
+from app.quant.types import is_quantized_tensor_type, quant_type, supported_quant_types
 from app.quant.workflow import KLDivergenceStep, PerplexityStep, SpeedStep
 
 DEFAULT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "Q2_K")
@@ -281,6 +281,31 @@ def memory_needed(source: ModelInfo, figures: CandidateFigures, n_ctx: int) -> i
     return int(estimate.total_ram_bytes + estimate.total_vram_bytes)
 
 
+def source_quantized_type(info: ModelInfo) -> str | None:
+    """The quantized type the source already holds ("Q4_1"), or None for a float model. The header's
+    file type first; when it names none (n/a), the type of the tensors that hold most bytes."""
+    if info.file_type is not None:
+        return None if info.file_type.upper() in ("F32", "F16", "BF16") else info.file_type
+    quantized = [t.type_name for t in info.tensor_types if is_quantized_tensor_type(t.type_name)]
+    return quantized[0] if quantized else None
+
+
+def requantization_note(info: ModelInfo) -> str | None:
+    """What an advice on an already-quantized source measures, in words; None for a float source."""
+    qtype = source_quantized_type(info)
+    if qtype is None:
+        if info.quantized_from and is_quantized_tensor_type(info.quantized_from):
+            return (
+                f"Source is a {info.file_type} copy of a {info.quantized_from} model: KLD is measured "
+                f"against the {info.quantized_from}'s values, not the original's."
+            )
+        return None
+    return (
+        f"Source is already quantized ({qtype}): each candidate is a requantization and KLD is measured "
+        f"against the {qtype}, not the original. Advise on the original F16/BF16/F32 model for true figures."
+    )
+
+
 def _calibration_text(source: str) -> EvalText:
     """A calibration text file, or "calibration": the one LlamaScope ships (resources/calibration)."""
     from app.quant.imatrix_compute import calibration_text
@@ -442,6 +467,9 @@ class Advisor:
                 cand = Candidate(pick.figures.type_name, pick.figures.with_imatrix)
                 kept = self._keep(cand, files.get(cand))
             notes = []
+            requantized = requantization_note(source)
+            if requantized is not None:
+                notes.append(requantized)
             if imatrix_key is None:
                 notes.append(
                     "No importance matrix (--calibration or --imatrix): the imatrix variants and "
@@ -569,23 +597,58 @@ class Advisor:
         return figures, made.output_path
 
     def _keep(self, cand: Candidate, path: str | None) -> str | None:
-        """Move the recommended file into the keep folder (made again when it came from the history)."""
+        """Move the recommended file into the keep folder (made again when it came from the history),
+        under a name no file has yet: a file of the user's with the natural name is never replaced."""
         r = self.request
         assert r.keep_folder is not None
         stem = os.path.splitext(os.path.basename(r.source))[0]
-        dest = os.path.join(
-            r.keep_folder, f"{stem}.{cand.type_name}{'.imatrix' if cand.with_imatrix else ''}.gguf"
-        )
-        if path is None or not os.path.exists(path):
-            imatrix = self._matrix() if cand.with_imatrix else None
-            made = run_quantize(
-                QuantizeRequest(r.source, cand.type_name, dest, allow_requantize=r.allow_requantize,
-                                n_threads=r.n_threads, imatrix=imatrix, overwrite=True),
-                self.stop,
-            )  # fmt: skip
-            return made.output_path
-        shutil.move(path, dest)
+        natural = f"{stem}.{cand.type_name}{'.imatrix' if cand.with_imatrix else ''}.gguf"
+        dest = reserve_free_path(os.path.join(r.keep_folder, natural))
+        try:
+            if path is None or not os.path.exists(path):
+                imatrix = self._matrix() if cand.with_imatrix else None
+                # overwrite: only the empty placeholder reserve_free_path made for this file
+                made = run_quantize(
+                    QuantizeRequest(r.source, cand.type_name, dest, allow_requantize=r.allow_requantize,
+                                    n_threads=r.n_threads, imatrix=imatrix, overwrite=True),
+                    self.stop,
+                )  # fmt: skip
+                return made.output_path
+            shutil.move(path, dest)  # onto its own placeholder
+        except BaseException:
+            remove_quietly(dest)
+            raise
         return dest
+
+
+def free_path(path: str) -> str:
+    """`path` when no file is there, else the first free "STEM-2.EXT", "STEM-3.EXT", … beside it
+    (EXT: ".gguf", or ".imatrix.gguf" kept whole for a matrix)."""
+    if not os.path.lexists(path):
+        return path
+    folder, name = os.path.split(path)
+    for ext in (".imatrix.gguf", ".gguf", ""):
+        if name.endswith(ext) and len(name) > len(ext):
+            stem = name[: len(name) - len(ext)]
+            break
+    n = 2
+    while True:
+        candidate = os.path.join(folder, f"{stem}-{n}{ext}")
+        if not os.path.lexists(candidate):
+            return candidate
+        n += 1
+
+
+def reserve_free_path(path: str) -> str:
+    """Like free_path, and creates the file empty (O_EXCL), so that nothing else takes the name
+    between now and the write that replaces this placeholder."""
+    while True:
+        candidate = free_path(path)
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:  # taken since free_path looked: the next one
+            continue
+        return candidate
 
 
 __all__ = [
@@ -600,8 +663,11 @@ __all__ = [
     "CandidateFigures",
     "CandidateRow",
     "exclusions",
+    "free_path",
     "memory_needed",
     "pareto_frontier",
     "recommend",
+    "requantization_note",
+    "reserve_free_path",
     "uses_imatrix",
 ]
