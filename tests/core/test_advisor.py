@@ -135,7 +135,7 @@ def test_bad_limits_are_refused(demo_model: str, tmp_path: Path, capsys: pytest.
     assert cli_main(["advise", demo_model, "--max-memory=-1GiB"]) == 2
     assert "is not a size" in capsys.readouterr().err
     assert cli_main(["advise", demo_model, "--min-tg=-3"]) == 2
-    assert "--min-tg must be 0 or more" in capsys.readouterr().err
+    assert "--min-tg must be a number of 0 or more" in capsys.readouterr().err
     assert cli_main(["advise", demo_model, "--calibration", TEXT, "--text", TEXT, "--types", "Q8_0"]) == 1
     assert "same content as the evaluation text" in capsys.readouterr().err
 
