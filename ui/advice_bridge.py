@@ -24,6 +24,7 @@ from app.engine.imatrix_job import ImatrixJob, ImatrixRequest
 from app.engine.types import EngineError
 from app.quant.advisor import Advice, AdviceError, AdviceRequest, Advisor
 from app.quant.measuring import OperationStopped, Stop
+from ui.engine_bridge import busy_reason
 
 
 class AdviceBridge(QObject):
@@ -39,6 +40,11 @@ class AdviceBridge(QObject):
     advice_eval_progressed = Signal(object)  # ChunkProgress or SpeedProgress of the running measurement
     advice_finished = Signal(object)  # Advice
     advice_failed = Signal(str)
+    # Why the engine is held by work other than the box's own ("" when it is not), as the other
+    # bridges' engine_taken: the box's button is off and says so instead of being refused.
+    imatrix_engine_taken = Signal(str)
+    advice_engine_taken = Signal(str)
+    _engine_changed = Signal()  # from the engine's threads to _on_engine_changed on the GUI thread
 
     def __init__(self, engine: Engine, history: Any = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -47,6 +53,11 @@ class AdviceBridge(QObject):
         self._imatrix_job: ImatrixJob | None = None
         self._stop: Stop | None = None
         self._thread: threading.Thread | None = None
+        self._advising = False  # as the GUI thread last heard (advice_busy)
+        self._taken = ("", "")
+        self._engine_changed.connect(self._on_engine_changed)
+        self.advice_busy.connect(self._on_advice_busy)
+        engine.add_activity_listener(self._engine_changed.emit)
 
     @property
     def computing(self) -> bool:
@@ -55,6 +66,29 @@ class AdviceBridge(QObject):
     @property
     def advising(self) -> bool:
         return self._thread is not None
+
+    # ---- who holds the engine ----------------------------------------------------------------
+    def _on_advice_busy(self, busy: bool) -> None:
+        self._advising = busy
+        self._on_engine_changed()
+
+    def _on_engine_changed(self) -> None:
+        activity = self._engine.activity
+        imatrix = advice = ""
+        if activity is not None and activity.owner != self.IMATRIX_OWNER:
+            imatrix = busy_reason(activity)
+        if activity is not None and activity.owner != self.ADVICE_OWNER:
+            advice = busy_reason(activity)
+        if self._advising and not imatrix:
+            # Between its measurements the advice quantizes and the engine is free; a matrix started
+            # then would make the advice's next measurement fail as busy.
+            imatrix = "An advice is running (Recommend): wait for it to finish, or cancel it there."
+        if (imatrix, advice) != self._taken:
+            if imatrix != self._taken[0]:
+                self.imatrix_engine_taken.emit(imatrix)
+            if advice != self._taken[1]:
+                self.advice_engine_taken.emit(advice)
+            self._taken = (imatrix, advice)
 
     # ---- importance matrix -------------------------------------------------------------------
     def compute_imatrix(self, request: ImatrixRequest) -> None:
@@ -149,6 +183,7 @@ class AdviceBridge(QObject):
     def shutdown(self) -> None:
         """Stop both and wait for the advisor's thread (its quantizer child and work folder go with it)."""
         self.blockSignals(True)  # their "cancelled" endings are for nobody: the window is going
+        self._engine.remove_listener(self._engine_changed.emit)
         self.cancel_imatrix()
         self.cancel_advice()
         thread = self._thread
@@ -175,6 +210,8 @@ def connect_advice(bridge: AdviceBridge, panel: Any, add_model: Callable[[str], 
     bridge.advice_eval_progressed.connect(advice.on_eval_progress)
     bridge.advice_finished.connect(advice.on_finished)
     bridge.advice_failed.connect(advice.on_failed)
+    bridge.imatrix_engine_taken.connect(imatrix.set_engine_taken)  # a load, generation, benchmark…
+    bridge.advice_engine_taken.connect(advice.set_engine_taken)
 
 
 __all__ = ["AdviceBridge", "connect_advice"]

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.common.formatting import fmt_bytes
+from app.model.model_info import ModelInfo
 from app.quality.compare import SpeedProgress
 from app.quality.eval_text import DEFAULT_TEXT_NAME
 from app.quality.eval_types import ChunkProgress, EvalSettings
@@ -46,6 +47,7 @@ from app.quant.advisor import (
     AdviceProgress,
     AdviceRequest,
     CandidateRow,
+    requantization_note,
 )
 from app.quant.plan import default_output_folder
 from widgets.chart import install_chart_behaviour
@@ -64,6 +66,13 @@ _FULL = (
     "tg t/s",
     "Frontier",
     "Excluded by",
+)
+
+
+_RECOMMEND_TIP = (
+    "Quantize the selected model to each candidate, measure its size, KL divergence against it "
+    "and speed on this machine, and pick the best quality within the limits. Figures measured "
+    "before on this machine are reused from the history."
 )
 
 
@@ -144,6 +153,7 @@ class AdviceBox(QWidget):
         self._source: str | None = None
         self._imatrix: str | None = None
         self._busy = False
+        self._taken = ""
         self._advice: Advice | None = None
         self.table_dialog: QDialog | None = None
         layout = QVBoxLayout(self)
@@ -208,6 +218,11 @@ class AdviceBox(QWidget):
         self.imatrix_check.setObjectName("adviceUseImatrix")
         self.imatrix_check.setEnabled(False)
         self.imatrix_check.setToolTip("Choose or compute a matrix in the Importance matrix box first")
+        # Above the form: what an advice on this source measures against, before Recommend is pressed.
+        self.source_note = _label("")
+        self.source_note.setObjectName("adviceSourceNote")
+        self.source_note.setVisible(False)
+        layout.addWidget(self.source_note)
         form.addRow("Max memory", limits)
         form.addRow("Context", sizes)
         form.addRow("Text", text_row)
@@ -216,11 +231,7 @@ class AdviceBox(QWidget):
         layout.addLayout(form)
         self.recommend_button = QPushButton("Recommend")
         self.recommend_button.setObjectName("recommendButton")
-        self.recommend_button.setToolTip(
-            "Quantize the selected model to each candidate, measure its size, KL divergence against it "
-            "and speed on this machine, and pick the best quality within the limits. Figures measured "
-            "before on this machine are reused from the history."
-        )
+        self.recommend_button.setToolTip(_RECOMMEND_TIP)
         self.recommend_button.clicked.connect(self.request_advice)
         self.progress = QProgressBar()
         self.progress.setObjectName("adviceProgress")
@@ -294,8 +305,13 @@ class AdviceBox(QWidget):
         self._update_buttons()
 
     # ---- state from outside ------------------------------------------------------------------
-    def set_source(self, path: str | None) -> None:
+    def set_source(self, path: str | None, info: ModelInfo | None = None) -> None:
+        """The model to advise on; `info` (its header, read by the inspector) says whether it is
+        already quantized, which the box says before an advice measures against it."""
         self._source = path
+        note = requantization_note(info) if info is not None and path is not None else None
+        self.source_note.setText(f"⚠ {note}" if note else "")
+        self.source_note.setVisible(note is not None)
         self._update_buttons()
 
     def set_imatrix(self, path: str | None) -> None:
@@ -312,12 +328,19 @@ class AdviceBox(QWidget):
         self._busy = busy
         self._update_buttons()
 
+    def set_engine_taken(self, reason: str) -> None:
+        """Other work holds the engine (`reason` says which), or not (""): the button is off and
+        says why, rather than pressed into the engine's "busy" refusal."""
+        self._taken = reason
+        self._update_buttons()
+
     @property
     def advice(self) -> Advice | None:
         return self._advice
 
     def _update_buttons(self) -> None:
-        self.recommend_button.setEnabled(self._source is not None and not self._busy)
+        self.recommend_button.setEnabled(self._source is not None and not self._busy and not self._taken)
+        self.recommend_button.setToolTip(self._taken if self._taken and not self._busy else _RECOMMEND_TIP)
         self.cancel_button.setEnabled(self._busy)
         has = self._advice is not None
         self.show_table_button.setEnabled(has)

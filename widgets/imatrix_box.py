@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from app.engine.imatrix_job import ImatrixRequest
 from app.quality.eval_types import ChunkProgress
+from app.quant.advisor import free_path
 from app.quant.imatrix_compute import DEFAULT_CALIBRATION, ImatrixResult
 from app.quant.plan import default_output_folder, output_folder_reason
 
@@ -65,6 +66,7 @@ class ImatrixBox(QWidget):
         super().__init__(parent)
         self._source: str | None = None
         self._busy = False
+        self._taken = ""
         self._matrix: str | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -158,23 +160,37 @@ class ImatrixBox(QWidget):
         self._busy = busy
         self._update_buttons()
 
+    def set_engine_taken(self, reason: str) -> None:
+        """Other work holds the engine (`reason` says which), or not (""): the button is off and
+        says why, rather than pressed into the engine's "busy" refusal."""
+        self._taken = reason
+        self._update_buttons()
+
     @property
     def matrix(self) -> str | None:
         return self._matrix
 
-    def output_path(self) -> str | None:
-        """Where a computed matrix goes: beside the model, or the user's models folder when the
-        model's folder is not writable or belongs to an installed package (the demo model's)."""
+    def natural_output_path(self) -> str | None:
+        """MODEL.imatrix.gguf beside the model, or in the user's models folder when the model's
+        folder is not writable or belongs to an installed package (the demo model's)."""
         if self._source is None:
             return None
         stem = os.path.splitext(os.path.basename(self._source))[0]
         return os.path.join(default_output_folder(self._source), f"{stem}.imatrix.gguf")
 
+    def output_path(self) -> str | None:
+        """Where a computed matrix goes: the natural name, or the first free MODEL-2.imatrix.gguf,
+        MODEL-3… when a file is there already (never replaced: it may be a matrix the user keeps)."""
+        natural = self.natural_output_path()
+        return free_path(natural) if natural is not None else None
+
     def _update_buttons(self) -> None:
-        self.compute_button.setEnabled(self._source is not None and not self._busy)
+        self.compute_button.setEnabled(self._source is not None and not self._busy and not self._taken)
         self.cancel_button.setEnabled(self._busy)
         out = self.output_path()
-        if out is not None:
+        if self._taken and not self._busy:
+            self.compute_button.setToolTip(self._taken)
+        elif out is not None:
             reason = output_folder_reason(self._source or "")
             self.compute_button.setToolTip(
                 f"Compute an importance matrix for the selected model on the calibration text (in the "
@@ -211,7 +227,15 @@ class ImatrixBox(QWidget):
             n_ctx=self.ctx_spin.value(),
             n_chunks=chunks or None,
         )
-        self._say(f"Computing an importance matrix for {os.path.basename(self._source)}…")
+        taken = (
+            ""
+            if output == self.natural_output_path()
+            else (
+                f" {os.path.basename(self.natural_output_path() or '')} exists and is kept: writing "
+                f"{os.path.basename(output)}."
+            )
+        )
+        self._say(f"Computing an importance matrix for {os.path.basename(self._source)}…{taken}")
         self.progress.setRange(0, 0)  # busy until the first chunk reports (loading, tokenizing)
         self.progress.setFormat("starting…")
         self.compute_requested.emit(request)

@@ -409,7 +409,7 @@ class QuantizationPanel(Panel):
         """The model selected in Model Config: what quantize, measure and base act on."""
         self._source = info.path if info is not None else None
         self.imatrix_box.set_source(self._source)
-        self.advice_box.set_source(self._source)
+        self.advice_box.set_source(self._source, info)
         if info is None:
             self.source_label.setText("Select a loadable model in Model Config.")
         else:
