@@ -261,7 +261,7 @@ def test_each_trial_is_checked_and_an_impossible_one_is_recorded_as_refused(
     result = _tuner(model, tmp_path, measure, _machine_without_room_for_f16(model)).run()
     checked = {int(p.removeprefix("run trial ")) for p in purposes if p.startswith("run trial ")}
     new_settings = [t for t in result.trials if t.state is not TrialStatus.DUPLICATE]
-    assert checked == {t.number for t in new_settings}  # every trial with new settings, once
+    assert checked == {t.label for t in new_settings}  # every trial with new settings, once (counted from 1)
     refused = [t for t in result.trials if t.state is TrialStatus.SKIPPED]
     assert refused and all(t.reason.startswith("refused: would not fit in memory: needs ") for t in refused)
     # f16 K and V is the one combination that does not fit: refused, never measured
