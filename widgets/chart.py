@@ -22,7 +22,9 @@ from typing import Any
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QMouseEvent, QWheelEvent
-from PySide6.QtWidgets import QAbstractScrollArea, QApplication, QToolButton, QWidget
+from PySide6.QtWidgets import QToolButton
+
+from widgets.wheel_guard import scroll_enclosing_area
 
 EMPTY_SPEED_RANGE = (0.0, 1.0)
 
@@ -136,7 +138,7 @@ class ChartBehaviour(QObject):
             assert isinstance(event, QWheelEvent)
             if self.wheel_zooms(event):
                 return False  # pyqtgraph zooms
-            self._scroll_panel(event)
+            scroll_enclosing_area(self.plot_widget, event)
             return True
         if kind == QEvent.Type.MouseButtonPress:
             self._engaged = True
@@ -153,19 +155,6 @@ class ChartBehaviour(QObject):
         """Whether this wheel event is the chart's: it was clicked, has focus, or Ctrl is held."""
         ctrl = bool(event.modifiers() & Qt.KeyboardModifier.ControlModifier)
         return ctrl or self._engaged or self.plot_widget.hasFocus()
-
-    def _scroll_panel(self, event: QWheelEvent) -> None:
-        """Hand the wheel to the scroll area around the chart, as if the chart were not there."""
-        parent: QWidget | None = self.plot_widget.parentWidget()
-        while parent is not None and not isinstance(parent, QAbstractScrollArea):
-            parent = parent.parentWidget()
-        if parent is None:
-            event.ignore()
-            return
-        bar = parent.verticalScrollBar()
-        if event.angleDelta().x() and not event.angleDelta().y():
-            bar = parent.horizontalScrollBar()
-        QApplication.sendEvent(bar, event)
 
 
 def _has_data(plot_widget: pg.PlotWidget) -> bool:
