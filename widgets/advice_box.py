@@ -26,7 +26,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QTableWidget,
@@ -51,6 +50,7 @@ from app.quant.advisor import (
 )
 from app.quant.plan import default_output_folder
 from widgets.chart import install_chart_behaviour
+from widgets.job_row import add_job_row, selectable_label, show_done, show_starting, show_stopped
 
 MIB = 1 << 20
 _COMPACT = ("", "Type", "Size", "KLD", "tg t/s")
@@ -68,19 +68,11 @@ _FULL = (
     "Excluded by",
 )
 
-
 _RECOMMEND_TIP = (
     "Quantize the selected model to each candidate, measure its size, KL divergence against it "
     "and speed on this machine, and pick the best quality within the limits. Figures measured "
     "before on this machine are reused from the history."
 )
-
-
-def _label(text: str = "") -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    return label
 
 
 def pick_in_words(row: CandidateRow) -> str:
@@ -219,7 +211,7 @@ class AdviceBox(QWidget):
         self.imatrix_check.setEnabled(False)
         self.imatrix_check.setToolTip("Choose or compute a matrix in the Importance matrix box first")
         # Above the form: what an advice on this source measures against, before Recommend is pressed.
-        self.source_note = _label("")
+        self.source_note = selectable_label("")
         self.source_note.setObjectName("adviceSourceNote")
         self.source_note.setVisible(False)
         layout.addWidget(self.source_note)
@@ -233,25 +225,15 @@ class AdviceBox(QWidget):
         self.recommend_button.setObjectName("recommendButton")
         self.recommend_button.setToolTip(_RECOMMEND_TIP)
         self.recommend_button.clicked.connect(self.request_advice)
-        self.progress = QProgressBar()
-        self.progress.setObjectName("adviceProgress")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-        self.progress.setTextVisible(True)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setObjectName("adviceCancelButton")
-        self.cancel_button.setToolTip("Stop the advice; its temporary files are deleted")
+        job = add_job_row(
+            layout,
+            self.recommend_button,
+            prefix="advice",
+            cancel_tip="Stop the advice; its temporary files are deleted",
+        )
+        self.progress, self.cancel_button, self.status = job.progress, job.cancel_button, job.status
         self.cancel_button.clicked.connect(self.cancel_requested)
-        row = QHBoxLayout()
-        row.addWidget(self.recommend_button)
-        row.addWidget(self.progress, 1)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.status = _label("")
-        self.status.setObjectName("adviceStatus")
-        layout.addWidget(self.status)
-        self.verdict = _label("")
+        self.verdict = selectable_label("")
         self.verdict.setObjectName("adviceVerdict")
         font = self.verdict.font()
         font.setBold(True)
@@ -373,8 +355,7 @@ class AdviceBox(QWidget):
         self.status.setText(f"Advising on {os.path.basename(self._source)}…")
         self.verdict.setText("")
         self.verdict.setVisible(False)
-        self.progress.setRange(0, 0)
-        self.progress.setFormat("starting…")
+        show_starting(self.progress)
         self.advise_requested.emit(request)
 
     def _on_add(self) -> None:
@@ -399,16 +380,12 @@ class AdviceBox(QWidget):
                                     f"speed {p.phase} {p.repetition}/{p.repetitions}")  # fmt: skip
 
     def on_failed(self, message: str) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("stopped" if message.startswith("Cancelled") else "failed")
+        show_stopped(self.progress, cancelled=message.startswith("Cancelled"))
         self.status.setText(f"✗ {message}")
 
     def on_finished(self, advice: Advice) -> None:
         self._advice = advice
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.progress.setFormat("done")
+        show_done(self.progress)
         self.status.setText(
             f"{advice.measured} measured now, {advice.reused} from the history."
             + ("".join(f" {n}" for n in advice.notes))
@@ -488,7 +465,7 @@ class AdviceBox(QWidget):
             self.full_table = _table(_FULL)
             self.full_table.setObjectName("adviceFullTable")
             dlayout.addWidget(self.full_table)
-            self.dialog_verdict = _label("")
+            self.dialog_verdict = selectable_label("")
             dlayout.addWidget(self.dialog_verdict)
             buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
             buttons.rejected.connect(dialog.close)

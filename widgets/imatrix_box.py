@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -17,7 +17,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -29,6 +28,7 @@ from app.quality.eval_types import ChunkProgress
 from app.quant.advisor import free_path
 from app.quant.imatrix_compute import DEFAULT_CALIBRATION, ImatrixResult
 from app.quant.plan import default_output_folder, output_folder_reason
+from widgets.job_row import add_job_row, show_done, show_starting, show_stopped
 
 _TEXT_TIP = (
     f"The text the matrix is computed on. “{DEFAULT_CALIBRATION}” is the calibration text LlamaScope "
@@ -48,13 +48,6 @@ _USE_TIP = (
     "Quantize with this matrix: llama.cpp weighs each weight's rounding by it (K-quants, i-quants, "
     "Q4_0…Q5_1), and the i-quants and Q2_K_S become available"
 )
-
-
-def _label(text: str = "") -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    return label
 
 
 class ImatrixBox(QWidget):
@@ -111,25 +104,15 @@ class ImatrixBox(QWidget):
             "(in the engine host, as llama-imatrix does)"
         )
         self.compute_button.clicked.connect(self.request_compute)
-        self.progress = QProgressBar()
-        self.progress.setObjectName("imatrixProgress")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-        self.progress.setTextVisible(True)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setObjectName("imatrixCancelButton")
-        self.cancel_button.setToolTip("Stop the computation; no file is written")
+        job = add_job_row(
+            layout,
+            self.compute_button,
+            prefix="imatrix",
+            cancel_tip="Stop the computation; no file is written",
+        )
+        self.progress, self.cancel_button, self.status = job.progress, job.cancel_button, job.status
         self.cancel_button.clicked.connect(self.cancel_requested)
-        row = QHBoxLayout()
-        row.addWidget(self.compute_button)
-        row.addWidget(self.progress, 1)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.status = _label("")
-        self.status.setObjectName("imatrixStatus")
         self.status.setVisible(False)  # shown with its first message: an empty line would leave a gap
-        layout.addWidget(self.status)
         self.matrix_edit = QLineEdit()
         self.matrix_edit.setObjectName("imatrixPath")
         self.matrix_edit.setPlaceholderText("no matrix: compute one, or Browse… for a .gguf / .dat")
@@ -236,8 +219,7 @@ class ImatrixBox(QWidget):
             )
         )
         self._say(f"Computing an importance matrix for {os.path.basename(self._source)}…{taken}")
-        self.progress.setRange(0, 0)  # busy until the first chunk reports (loading, tokenizing)
-        self.progress.setFormat("starting…")
+        show_starting(self.progress)
         self.compute_requested.emit(request)
 
     def _emit_matrix(self) -> None:
@@ -266,9 +248,7 @@ class ImatrixBox(QWidget):
         self._say(f"Computing: {p.tokens_per_s:.0f} tokens/s")
 
     def on_finished(self, result: ImatrixResult) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.progress.setFormat("done")
+        show_done(self.progress)
         self._say(
             f"✓ {result.n_entries} tensors over {result.n_chunks} chunks of {result.n_ctx} "
             f"({result.text_name}, PPL {result.ppl:.2f}) in {result.elapsed_s:.1f} s → {result.path}"
@@ -276,9 +256,7 @@ class ImatrixBox(QWidget):
         self.set_matrix(result.path)
 
     def on_failed(self, message: str) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("stopped" if "cancel" in message.lower() else "failed")
+        show_stopped(self.progress, cancelled="cancel" in message.lower())
         self._say(f"✗ {message}")
 
     def _on_browse_text(self) -> None:
