@@ -122,6 +122,30 @@ def _run_stoppable(work: Callable[[], T], stop: Any) -> T:
     return box["result"]  # type: ignore[no-any-return]
 
 
+def _run_on_engine(
+    build: Callable[[Any, Any], Callable[[], T]], n_threads: int | None, errors: tuple[type[Exception], ...]
+) -> tuple[T | None, int]:
+    """Start an engine host, make the work with `build(runner, stop)` (an EngineEvalRunner on it and
+    the Stop that Ctrl+C sets), run it stoppably and shut the host down. Returns (result, EXIT_OK), or
+    (None, exit code) once a stop or one of `errors` was told to the user: a message, no traceback."""
+    from app.engine.client import Engine
+    from app.engine.quant_steps import EngineEvalRunner
+    from app.quant.measuring import OperationStopped, Stop
+
+    stop = Stop()
+    engine = Engine()
+    try:
+        return _run_stoppable(build(EngineEvalRunner(engine, n_threads=n_threads), stop), stop), EXIT_OK
+    except OperationStopped as exc:
+        _err(str(exc))
+        return None, EXIT_CANCELLED
+    except errors as exc:
+        _err(str(exc))
+        return None, EXIT_ERROR
+    finally:
+        engine.shutdown()
+
+
 def _progress_printer() -> Callable[[Any], None]:
     def show(p: Any) -> None:
         where = f"[{p.index}/{p.total}] " if getattr(p, "total", 0) and hasattr(p, "index") else ""
@@ -144,11 +168,8 @@ def _settings_error(args: argparse.Namespace) -> str | None:
 
 
 def _cmd_advise(args: argparse.Namespace) -> int:
-    from app.engine.client import Engine
-    from app.engine.quant_steps import EngineEvalRunner
     from app.quality.eval_types import EvalError, EvalSettings
     from app.quant.advisor import AdviceError, AdviceRequest, Advisor
-    from app.quant.measuring import OperationStopped, Stop
     from app.quant.plan import QuantizeError
     from app.quant.target import TargetError, parse_size
 
@@ -205,20 +226,13 @@ def _cmd_advise(args: argparse.Namespace) -> int:
         allow_requantize=args.allow_requantize,
         keep_folder=args.keep,
     )
-    stop = Stop()
-    engine = Engine()
-    try:
-        advisor = Advisor(request, EngineEvalRunner(engine, n_threads=args.threads), stop=stop,
-                          on_progress=_progress_printer())  # fmt: skip
-        advice = _run_stoppable(advisor.run, stop)
-    except OperationStopped as exc:
-        _err(str(exc))
-        return EXIT_CANCELLED
-    except (AdviceError, EvalError, QuantizeError) as exc:
-        _err(str(exc))
-        return EXIT_ERROR
-    finally:
-        engine.shutdown()
+    advice, code = _run_on_engine(
+        lambda runner, stop: Advisor(request, runner, stop=stop, on_progress=_progress_printer()).run,
+        args.threads,
+        (AdviceError, EvalError, QuantizeError),
+    )
+    if advice is None:
+        return code
     if args.json:
         print(json.dumps(jsonable(advice), indent=2))
         return EXIT_OK
@@ -235,10 +249,7 @@ def _cmd_advise(args: argparse.Namespace) -> int:
 
 def _cmd_target(args: argparse.Namespace) -> int:
     from app.common.formatting import format_bytes
-    from app.engine.client import Engine
-    from app.engine.quant_steps import EngineEvalRunner
     from app.quality.eval_types import EvalError, EvalSettings
-    from app.quant.measuring import OperationStopped, Stop
     from app.quant.plan import QuantizeError
     from app.quant.target import Target, TargetError, TargetQuantizer, TargetRequest, parse_size
 
@@ -283,20 +294,13 @@ def _cmd_target(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         allow_requantize=args.allow_requantize,
     )
-    stop = Stop()
-    engine = Engine()
-    try:
-        quantizer = TargetQuantizer(request, EngineEvalRunner(engine, n_threads=args.threads), stop=stop,
-                                    on_progress=_progress_printer())  # fmt: skip
-        result = _run_stoppable(quantizer.run, stop)
-    except OperationStopped as exc:
-        _err(str(exc))
-        return EXIT_CANCELLED
-    except (TargetError, EvalError, QuantizeError) as exc:
-        _err(str(exc))
-        return EXIT_ERROR
-    finally:
-        engine.shutdown()
+    result, code = _run_on_engine(
+        lambda runner, stop: TargetQuantizer(request, runner, stop=stop, on_progress=_progress_printer()).run,
+        args.threads,
+        (TargetError, EvalError, QuantizeError),
+    )
+    if result is None:
+        return code
     if args.json:
         out = jsonable(result)
         out["quantized"].pop("log_tail", None)
