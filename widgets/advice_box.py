@@ -40,12 +40,14 @@ from app.quality.compare import SpeedProgress
 from app.quality.eval_text import DEFAULT_TEXT_NAME
 from app.quality.eval_types import ChunkProgress, EvalSettings
 from app.quant.advisor import (
+    ADVICE_COLUMNS,
     DEFAULT_TYPES,
     IMATRIX_TYPES,
     Advice,
     AdviceProgress,
     AdviceRequest,
     CandidateRow,
+    candidate_cells,
     requantization_note,
 )
 from app.quant.plan import default_output_folder
@@ -54,19 +56,7 @@ from widgets.job_row import add_job_row, selectable_label, show_done, show_start
 
 MIB = 1 << 20
 _COMPACT = ("", "Type", "Size", "KLD", "tg t/s")
-_FULL = (
-    "",
-    "Type",
-    "Size",
-    "Bits/w",
-    "Memory",
-    "Mean KLD",
-    "PPL",
-    "pp t/s",
-    "tg t/s",
-    "Frontier",
-    "Excluded by",
-)
+_FULL = ADVICE_COLUMNS
 
 _RECOMMEND_TIP = (
     "Quantize the selected model to each candidate, measure its size, KL divergence against it "
@@ -90,19 +80,7 @@ def _row_cells(advice: Advice, row: CandidateRow, full: bool) -> list[str]:
     mark = "→" if row is advice.pick else ("•" if row.on_frontier else "")
     if not full:
         return [mark, row.label, fmt_bytes(f.file_bytes), f"{f.mean_kld:.4f}", f"{f.tg_tokens_per_s:.0f}"]
-    return [
-        mark,
-        row.label,
-        fmt_bytes(f.file_bytes),
-        f"{f.bits_per_weight:.2f}",
-        fmt_bytes(row.memory_bytes),
-        f"{f.mean_kld:.5f}",
-        f"{f.ppl:.3f}",
-        f"{f.pp_tokens_per_s:.1f}",
-        f"{f.tg_tokens_per_s:.1f}",
-        "yes" if row.on_frontier else "",
-        "; ".join(row.excluded_by),
-    ]
+    return candidate_cells(row, mark, frontier="yes")
 
 
 def _row_tip(advice: Advice, row: CandidateRow) -> str:

@@ -167,38 +167,46 @@ class Advice:
 
     def table(self) -> str:
         """Markdown: one row per candidate, smallest first; '*' on the frontier, '→' the pick."""
-        headers = [
-            "",
-            "Type",
-            "Size",
-            "Bits/w",
-            "Memory",
-            "Mean KLD",
-            "PPL",
-            "pp t/s",
-            "tg t/s",
-            "Frontier",
-            "Excluded by",
+        body = [
+            candidate_cells(r, "→" if self.pick is not None and r is self.pick else "", frontier="*")
+            for r in sorted(self.rows, key=lambda r: r.figures.file_bytes)
         ]
-        body = []
-        for r in sorted(self.rows, key=lambda r: r.figures.file_bytes):
-            f = r.figures
-            body.append(
-                [
-                    "→" if self.pick is not None and r is self.pick else "",
-                    r.label,
-                    format_bytes(f.file_bytes),
-                    f"{f.bits_per_weight:.2f}",
-                    format_bytes(r.memory_bytes),
-                    f"{f.mean_kld:.5f}",
-                    f"{f.ppl:.3f}",
-                    f"{f.pp_tokens_per_s:.1f}",
-                    f"{f.tg_tokens_per_s:.1f}",
-                    "*" if r.on_frontier else "",
-                    "; ".join(r.excluded_by),
-                ]
-            )
-        return markdown_table(headers, body, pad=False)
+        return markdown_table(list(ADVICE_COLUMNS), body, pad=False)
+
+
+# The columns of an advice's full table: the CLI's Markdown and the Recommend box's dialog.
+ADVICE_COLUMNS = (
+    "",
+    "Type",
+    "Size",
+    "Bits/w",
+    "Memory",
+    "Mean KLD",
+    "PPL",
+    "pp t/s",
+    "tg t/s",
+    "Frontier",
+    "Excluded by",
+)
+
+
+def candidate_cells(row: CandidateRow, mark: str, frontier: str) -> list[str]:
+    """One row of ADVICE_COLUMNS: `mark` first (the pick's arrow), `frontier` in the Frontier column
+    when the row is on it ("*" in Markdown, "yes" in the GUI)."""
+    f = row.figures
+    return [
+        mark,
+        row.label,
+        format_bytes(f.file_bytes),
+        f"{f.bits_per_weight:.2f}",
+        format_bytes(row.memory_bytes),
+        f"{f.mean_kld:.5f}",
+        f"{f.ppl:.3f}",
+        f"{f.pp_tokens_per_s:.1f}",
+        f"{f.tg_tokens_per_s:.1f}",
+        frontier if row.on_frontier else "",
+        "; ".join(row.excluded_by),
+    ]
 
 
 def pareto_frontier(points: Sequence[tuple[float, float, float]]) -> tuple[bool, ...]:
@@ -652,6 +660,7 @@ def reserve_free_path(path: str) -> str:
 
 
 __all__ = [
+    "ADVICE_COLUMNS",
     "DEFAULT_TYPES",
     "IMATRIX_TYPES",
     "Advice",
@@ -662,6 +671,7 @@ __all__ = [
     "Candidate",
     "CandidateFigures",
     "CandidateRow",
+    "candidate_cells",
     "exclusions",
     "free_path",
     "memory_needed",
