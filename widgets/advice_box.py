@@ -53,6 +53,7 @@ from app.quant.advisor import (
 from app.quant.plan import default_output_folder
 from widgets.chart import install_chart_behaviour
 from widgets.job_row import add_job_row, selectable_label, show_done, show_starting, show_stopped
+from widgets.table_fit import show_table_whole
 
 MIB = 1 << 20
 _COMPACT = ("", "Type", "Size", "KLD", "tg t/s")
@@ -454,16 +455,7 @@ class AdviceBox(QWidget):
         self.dialog_verdict.setText(
             self._advice.verdict + "\n→ the pick · yes/• on the size × KLD × tg frontier."
         )
-        table.resizeColumnsToContents()
-        width = table.horizontalHeader().length() + table.frameWidth() * 2 + 4
-        height = (
-            table.horizontalHeader().height() + table.verticalHeader().length() + table.frameWidth() * 2 + 4
-        )
-        screen = self.screen().availableGeometry() if self.screen() is not None else None
-        table.setMinimumSize(min(width, screen.width() - 80) if screen else width, min(max(height, 80), 400))
-        dialog.adjustSize()
-        dialog.show()
-        dialog.activateWindow()
+        show_table_whole(dialog, table, self)
 
     def _on_browse_text(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

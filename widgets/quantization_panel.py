@@ -51,6 +51,7 @@ from widgets.chart import install_chart_behaviour
 from widgets.imatrix_box import ImatrixBox
 from widgets.live_plot import cache_axes
 from widgets.panel import Panel
+from widgets.table_fit import show_table_whole
 
 _TENSOR_TYPES = ("", "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0")
 _BASE_TIP = (
@@ -790,18 +791,7 @@ class QuantizationPanel(Panel):
             self.all_columns_dialog = dialog
         dialog, table = self.all_columns_dialog, self.all_columns_table
         _fill_comparison_table(table, Comparison.COLUMNS, self._comparison.rows if self._comparison else ())
-        table.resizeColumnsToContents()
-        width = table.horizontalHeader().length() + table.frameWidth() * 2 + 4
-        height = (
-            table.horizontalHeader().height() + table.verticalHeader().length() + table.frameWidth() * 2 + 4
-        )
-        table.setMinimumSize(width, min(max(height, 80), 400))
-        screen = self.screen().availableGeometry() if self.screen() is not None else None
-        if screen is not None:
-            table.setMinimumWidth(min(width, screen.width() - 80))
-        dialog.adjustSize()
-        dialog.show()
-        dialog.activateWindow()
+        show_table_whole(dialog, table, self)
 
     def _on_export(self) -> None:
         if self._comparison is None:

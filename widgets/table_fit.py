@@ -108,6 +108,22 @@ class TableDialog(QDialog):
         self.resize(min(max(width, 360), room.width()), min(max(height, 200), room.height()))
 
 
+def show_table_whole(dialog: QDialog, table: QTableWidget, screen_of: QWidget) -> None:
+    """Show `dialog`, whose `table` was just filled, with every column as wide as its contents (the
+    whole table no wider than the screen `screen_of` is on, less room for the window frame) and up
+    to 400 px of rows; a dialog already open is brought to the front."""
+    table.resizeColumnsToContents()
+    width = table.horizontalHeader().length() + table.frameWidth() * 2 + 4
+    height = table.horizontalHeader().height() + table.verticalHeader().length() + table.frameWidth() * 2 + 4
+    screen = screen_of.screen()
+    if screen is not None:
+        width = min(width, screen.availableGeometry().width() - 80)
+    table.setMinimumSize(width, min(max(height, 80), 400))
+    dialog.adjustSize()
+    dialog.show()
+    dialog.activateWindow()
+
+
 class OpenTableButton(QToolButton):
     """A small "Open table…" button that shows a table whole in a dialog; off while it has no rows."""
 
@@ -184,6 +200,7 @@ __all__ = [
     "TableDialog",
     "cell",
     "fit_columns",
+    "show_table_whole",
     "open_table_button",
     "stacked",
 ]
