@@ -51,7 +51,7 @@ from app.quant.advisor import (
     requantization_note,
 )
 from app.quant.plan import default_output_folder
-from widgets.chart import install_chart_behaviour
+from widgets.chart import ViewRange, install_chart_behaviour, labelled_points_range, set_view
 from widgets.job_row import add_job_row, selectable_label, show_done, show_starting, show_stopped
 from widgets.table_fit import show_table_whole
 
@@ -245,7 +245,7 @@ class AdviceBox(QWidget):
         for item in (self.others, self.frontier_line, self.frontier, self.pick_item):
             self.chart.addItem(item)
         self._labels: list[pg.TextItem] = []
-        self._range: tuple[float, float, float, float] | None = None
+        self._range: ViewRange | None = None
         self._chart_behaviour = install_chart_behaviour(self.chart, on_reset=self._fit_chart)
         self.chart.setVisible(False)
         layout.addWidget(self.chart)
@@ -420,17 +420,12 @@ class AdviceBox(QWidget):
             text.setPos(x, y)
             self.chart.addItem(text)
             self._labels.append(text)
-        x_pad = max((max(xs) - min(xs)) * 0.12, max(xs) * 0.05, 1.0)
-        y_pad = max((max(ys) - min(ys)) * 0.15, 1e-4)
-        self._range = (min(xs) - x_pad, max(xs) + x_pad, min(ys) - y_pad, max(ys) + y_pad)
+        self._range = labelled_points_range(xs, ys)
         if not self._chart_behaviour.zoomed:
             self._fit_chart()
 
     def _fit_chart(self) -> None:
-        if self._range is not None:
-            x0, x1, y0, y1 = self._range
-            self.chart.setXRange(x0, x1, padding=0)
-            self.chart.setYRange(y0, y1, padding=0)
+        set_view(self.chart, self._range)
 
     def show_table(self) -> None:
         """Every figure of every candidate, in a window of its own."""

@@ -16,7 +16,7 @@ in sight). So:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyqtgraph as pg
@@ -157,6 +157,24 @@ class ChartBehaviour(QObject):
         return ctrl or self._engaged or self.plot_widget.hasFocus()
 
 
+ViewRange = tuple[float, float, float, float]  # x0, x1, y0, y1
+
+
+def labelled_points_range(xs: Sequence[float], ys: Sequence[float]) -> ViewRange:
+    """The view of a scatter whose points carry text labels: room around the points for the labels."""
+    x_pad = max((max(xs) - min(xs)) * 0.12, max(xs) * 0.05, 1.0)
+    y_pad = max((max(ys) - min(ys)) * 0.15, 1e-4)
+    return (min(xs) - x_pad, max(xs) + x_pad, min(ys) - y_pad, max(ys) + y_pad)
+
+
+def set_view(plot_widget: pg.PlotWidget, view: ViewRange | None) -> None:
+    """Show exactly `view` (None: leave the view as it is)."""
+    if view is not None:
+        x0, x1, y0, y1 = view
+        plot_widget.setXRange(x0, x1, padding=0)
+        plot_widget.setYRange(y0, y1, padding=0)
+
+
 def _has_data(plot_widget: pg.PlotWidget) -> bool:
     for item in plot_widget.getPlotItem().listDataItems():
         x, _y = item.getData()
@@ -179,4 +197,12 @@ def install_chart_behaviour(
     return ChartBehaviour(plot_widget, on_reset=on_reset, non_negative_y=non_negative_y)
 
 
-__all__ = ["ChartBehaviour", "IntegerAxis", "install_chart_behaviour", "use_integer_axis"]
+__all__ = [
+    "ChartBehaviour",
+    "IntegerAxis",
+    "ViewRange",
+    "install_chart_behaviour",
+    "labelled_points_range",
+    "set_view",
+    "use_integer_axis",
+]

@@ -47,7 +47,7 @@ from app.quant.plan import (
 from app.quant.types import QuantType
 from app.quant.workflow import QueueItem, QueueState
 from widgets.advice_box import AdviceBox
-from widgets.chart import install_chart_behaviour
+from widgets.chart import ViewRange, install_chart_behaviour, labelled_points_range, set_view
 from widgets.imatrix_box import ImatrixBox
 from widgets.live_plot import cache_axes
 from widgets.panel import Panel
@@ -290,7 +290,7 @@ class QuantizationPanel(Panel):
         self.scatter = pg.ScatterPlotItem(size=8)
         self.chart.addItem(self.scatter)
         # The wheel scrolls the panel (widgets/chart.py); Reset zoom fits the points and their labels.
-        self._chart_range: tuple[float, float, float, float] | None = None
+        self._chart_range: ViewRange | None = None
         self._chart_behaviour = install_chart_behaviour(self.chart, on_reset=self._fit_chart)
         self._chart_labels: list[pg.TextItem] = []
         self.export_button = QPushButton("Export…")
@@ -757,18 +757,12 @@ class QuantizationPanel(Panel):
             text.setPos(x, y)
             self.chart.addItem(text)
             self._chart_labels.append(text)
-        # Room around the points for the labels.
-        x_pad = max((max(xs) - min(xs)) * 0.12, max(xs) * 0.05, 1.0)
-        y_pad = max((max(ys) - min(ys)) * 0.15, 1e-4)
-        self._chart_range = (min(xs) - x_pad, max(xs) + x_pad, min(ys) - y_pad, max(ys) + y_pad)
+        self._chart_range = labelled_points_range(xs, ys)
         if not self._chart_behaviour.zoomed:
             self._fit_chart()
 
     def _fit_chart(self) -> None:
-        if self._chart_range is not None:
-            x0, x1, y0, y1 = self._chart_range
-            self.chart.setXRange(x0, x1, padding=0)
-            self.chart.setYRange(y0, y1, padding=0)
+        set_view(self.chart, self._chart_range)
 
     def show_all_columns(self) -> None:
         """The whole comparison in a window of its own, every column wide enough for its figures."""
