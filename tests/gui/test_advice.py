@@ -18,6 +18,7 @@ from app.bench.history import HistoryStore
 from app.model.gguf_info import read_metadata
 from app.quant.plan import f16_base_request, user_models_folder
 from app.quant.quantize import quantize
+from tests.signal_wait import start_and_wait_for
 from ui.main_window import MainWindow
 from widgets.quantization_panel import QuantizationPanel
 
@@ -119,8 +120,12 @@ def test_cancel_mid_way_leaves_no_file_and_bad_inputs_get_a_message(
     before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
     box.ctx_spin.setValue(128)
     box.chunks_spin.setValue(0)  # the whole text: about 100 chunks, far longer than pressing Cancel
-    with qtbot.waitSignal(window.advice.imatrix_progressed, timeout=WAIT_MS):
-        qtbot.mouseClick(box.compute_button, Qt.MouseButton.LeftButton)
+    start_and_wait_for(
+        qtbot,
+        window.advice.imatrix_progressed,
+        lambda: qtbot.mouseClick(box.compute_button, Qt.MouseButton.LeftButton),
+        WAIT_MS,
+    )
     with qtbot.waitSignal(window.advice.imatrix_failed, timeout=WAIT_MS) as failed:
         qtbot.mouseClick(box.cancel_button, Qt.MouseButton.LeftButton)
     assert "cancel" in failed.args[0].lower()

@@ -15,6 +15,7 @@ from pytestqt.qtbot import QtBot
 from app.bench.history import HistoryStore
 from app.model.gguf_info import inspect_model
 from app.quality.eval_types import EvalSettings
+from tests.signal_wait import start_and_wait_for
 from ui.main_window import MainWindow
 from widgets.imatrix_box import ImatrixBox
 from widgets.quantization_panel import QuantizationPanel
@@ -72,8 +73,12 @@ def test_compute_and_recommend_are_off_while_other_work_holds_the_engine(
     qtbot.waitUntil(lambda: compute.isEnabled() and recommend.isEnabled(), timeout=WAIT_MS)
     free_tip = recommend.toolTip()
     # Every chunk of the evaluation text: far longer than the checks below.
-    with qtbot.waitSignal(window.quality.eval_progressed, timeout=WAIT_MS):
-        window.quality.measure_base(demo_model, "default", EvalSettings(n_ctx=64, n_threads=1))
+    start_and_wait_for(
+        qtbot,
+        window.quality.eval_progressed,
+        lambda: window.quality.measure_base(demo_model, "default", EvalSettings(n_ctx=64, n_threads=1)),
+        WAIT_MS,
+    )
     qtbot.waitUntil(lambda: not compute.isEnabled() and not recommend.isEnabled(), timeout=WAIT_MS)
     for button in (compute, recommend):
         assert button.toolTip().startswith("The engine is busy "), button.toolTip()

@@ -32,6 +32,7 @@ from app.quality.eval_types import EvalSettings
 from app.quant.advisor import AdviceRequest
 from app.quant.plan import QuantizeRequest
 from app.tune.request import TuneRequest
+from tests.signal_wait import start_and_wait_for
 from ui.main_window import MainWindow
 
 WAIT_MS = 600_000  # generous for a shared, loaded machine; each wait ends at its condition
@@ -71,13 +72,20 @@ def _start_generation(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> N
 
 def _start_benchmark(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
     plan = BenchPlan((model,), (BenchTest(n_prompt=256), BenchTest(n_gen=64)), base=SMALL, repetitions=5)
-    with qtbot.waitSignal(win.bridge.benchmark_progressed, timeout=WAIT_MS):
-        win.bridge.request_benchmark(plan, win.history, win.sampler)
+    start_and_wait_for(
+        qtbot,
+        win.bridge.benchmark_progressed,
+        lambda: win.bridge.request_benchmark(plan, win.history, win.sampler),
+        WAIT_MS,
+    )
 
 
 def _start_tune(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
-    with qtbot.waitSignal(win.bridge.tune_trial, timeout=WAIT_MS):  # a trial measured: the search runs
-        win.bridge.request_tune(model, SMALL, TuneRequest("tg:16", 6, None, ("n_threads", "flash_attn")))
+    request = TuneRequest("tg:16", 6, None, ("n_threads", "flash_attn"))
+    # A trial measured: the search runs.
+    start_and_wait_for(
+        qtbot, win.bridge.tune_trial, lambda: win.bridge.request_tune(model, SMALL, request), WAIT_MS
+    )
 
 
 def _start_quantize(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
@@ -85,19 +93,22 @@ def _start_quantize(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> Non
         QuantizeRequest(model, t, str(out / f"demo-{t}.gguf"), allow_requantize=True, n_threads=1)
         for t in ("Q8_0", "Q5_0", "Q4_0")
     ]
-    with qtbot.waitSignal(win.quality.quantize_progressed, timeout=WAIT_MS):
-        win.quality.quantize_queue(requests)
+    start_and_wait_for(
+        qtbot, win.quality.quantize_progressed, lambda: win.quality.quantize_queue(requests), WAIT_MS
+    )
 
 
 def _start_perplexity(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
-    with qtbot.waitSignal(win.quality.eval_progressed, timeout=WAIT_MS):
-        win.quality.measure_base(model, "default", EVAL)
+    start_and_wait_for(
+        qtbot, win.quality.eval_progressed, lambda: win.quality.measure_base(model, "default", EVAL), WAIT_MS
+    )
 
 
 def _start_imatrix(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
     request = ImatrixRequest(model, None, str(out / "demo.imatrix.gguf"), n_ctx=128, n_chunks=40, n_threads=2)
-    with qtbot.waitSignal(win.advice.imatrix_progressed, timeout=WAIT_MS):
-        win.advice.compute_imatrix(request)
+    start_and_wait_for(
+        qtbot, win.advice.imatrix_progressed, lambda: win.advice.compute_imatrix(request), WAIT_MS
+    )
 
 
 def _start_advice(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
@@ -110,13 +121,13 @@ def _start_advice(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
         allow_requantize=True,
         keep_folder=str(out),
     )
-    with qtbot.waitSignal(win.advice.advice_progressed, timeout=WAIT_MS):
-        win.advice.advise(request)
+    start_and_wait_for(qtbot, win.advice.advice_progressed, lambda: win.advice.advise(request), WAIT_MS)
 
 
 def _start_load(win: MainWindow, qtbot: QtBot, model: str, out: Path) -> None:
-    with qtbot.waitSignal(win.bridge.load_progressed, timeout=WAIT_MS):
-        win.bridge.request_load(model, SMALL)
+    start_and_wait_for(
+        qtbot, win.bridge.load_progressed, lambda: win.bridge.request_load(model, SMALL), WAIT_MS
+    )
 
 
 STARTS: dict[str, Callable[[MainWindow, QtBot, str, Path], None]] = {
@@ -155,12 +166,17 @@ def test_closing_the_window_while_work_runs_leaves_nothing_behind(
     demo_model: str,
     caplog: pytest.LogCaptureFixture,
     thread_errors: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("the user's own file")
     before_children = set(_children())
-    temp_before = set(os.listdir(tempfile.gettempdir()))
+    # This process's temporary folders in a folder of the test's own: other processes (another test
+    # run on a shared machine) may make llamascope-advise-* folders in the system's at the same time.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     model_before = os.stat(demo_model)
     settings = QSettings(str(tmp_path / "llamascope.ini"), QSettings.Format.IniFormat)
     win = MainWindow(settings=settings, history=HistoryStore(str(tmp_path / "history.sqlite3")))
@@ -196,7 +212,5 @@ def test_closing_the_window_while_work_runs_leaves_nothing_behind(
     assert _snapshot(out) == out_before
     assert os.stat(demo_model).st_mtime_ns == model_before.st_mtime_ns
     assert os.stat(demo_model).st_size == model_before.st_size
-    stray = [
-        n for n in set(os.listdir(tempfile.gettempdir())) - temp_before if n.startswith("llamascope-advise")
-    ]
+    stray = [n for n in os.listdir(temp) if n.startswith("llamascope-advise")]
     assert not stray

@@ -29,6 +29,7 @@ from app.engine.types import NoModelLoadedError, RunStats, StopReason, TokenStre
 from app.model.fields import MAX_N_CTX
 from app.model.gguf_info import inspect_model
 from app.model.memory import estimate_memory
+from tests.signal_wait import start_and_wait_for
 from ui.main_window import MainWindow
 from widgets.generation_console import GenerationConsole
 
@@ -308,8 +309,13 @@ def _measure_then_stop_before_speed(qtbot: QtBot, window: MainWindow, button: ob
         window.quality.eval_finished, timeout=WAIT_MS, check_params_cb=lambda k, _r: k == kind
     ) as finished:
         qtbot.mouseClick(button, Qt.MouseButton.LeftButton)  # type: ignore[arg-type]
-    with qtbot.waitSignal(window.quality.busy_changed, timeout=WAIT_MS, check_params_cb=lambda b: not b):
-        qtbot.mouseClick(quant.cancel_button, Qt.MouseButton.LeftButton)
+    start_and_wait_for(
+        qtbot,
+        window.quality.busy_changed,
+        lambda: qtbot.mouseClick(quant.cancel_button, Qt.MouseButton.LeftButton),
+        WAIT_MS,
+        until=lambda args: not args[0],
+    )
     return finished.args[1]
 
 
@@ -377,8 +383,12 @@ def test_the_windows_stop_does_not_stop_a_perplexity_run_and_its_buttons_say_why
     with qtbot.waitSignal(
         window.quality.eval_finished, timeout=WAIT_MS, check_params_cb=lambda k, _r: k == "ppl"
     ) as done:
-        with qtbot.waitSignal(window.quality.eval_progressed, timeout=WAIT_MS):
-            qtbot.mouseClick(quant.measure_button, Qt.MouseButton.LeftButton)
+        start_and_wait_for(
+            qtbot,
+            window.quality.eval_progressed,
+            lambda: qtbot.mouseClick(quant.measure_button, Qt.MouseButton.LeftButton),
+            WAIT_MS,
+        )
         activity = window.bridge.engine.activity
         assert activity is not None and activity.owner == window.quality.OWNER
         # Every button that needs the engine is off and says why.

@@ -16,6 +16,7 @@ from pytestqt.qtbot import QtBot
 from app.bench.history import HistoryStore
 from app.quant.plan import f16_base_request
 from app.quant.quantize import quantize
+from tests.signal_wait import start_and_wait_for
 from ui.main_window import MainWindow
 from widgets.quantization_panel import QuantizationPanel
 
@@ -161,8 +162,12 @@ def test_measuring_shows_its_progress_and_has_its_own_cancel(
     quant.ctx_spin.setValue(128)
     quant.chunks_spin.setValue(0)  # the whole text: far longer than it takes to press Cancel
     assert not quant.measure_cancel_button.isEnabled()
-    with qtbot.waitSignal(window.quality.eval_progressed, timeout=WAIT_MS):
-        qtbot.mouseClick(quant.measure_button, Qt.MouseButton.LeftButton)
+    start_and_wait_for(
+        qtbot,
+        window.quality.eval_progressed,
+        lambda: qtbot.mouseClick(quant.measure_button, Qt.MouseButton.LeftButton),
+        WAIT_MS,
+    )
     qtbot.waitUntil(lambda: "chunk 1/" in quant.measure_progress.format(), timeout=WAIT_MS)
     assert quant.measure_progress.format().startswith("perplexity chunk 1/")
     assert quant.measure_progress.value() >= 1 and quant.measure_progress.maximum() > 1
