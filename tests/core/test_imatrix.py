@@ -28,6 +28,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from conftest import crafted_copy  # at collection, while `conftest` is still tests/conftest.py
 
 from app.engine.client import Engine
 from app.engine.imatrix_job import ImatrixJob, ImatrixRequest
@@ -269,8 +270,6 @@ def test_cancel_stops_the_computation_and_writes_nothing(
 def test_a_crash_in_llama_cpp_is_a_message_and_the_next_job_runs(
     demo_model: str, f16_base: str, tmp_path: Path
 ) -> None:
-    from conftest import crafted_copy
-
     bad = crafted_copy(demo_model, str(tmp_path), "llama.block_count", 600)  # trips a GGML_ASSERT at load
     out = tmp_path / "m.gguf"
     engine = Engine()  # its own: the crash replaces the host, whose threads end with this engine

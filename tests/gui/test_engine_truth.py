@@ -312,7 +312,7 @@ def _measure_then_stop_before_speed(qtbot: QtBot, window: MainWindow, button: ob
     start_and_wait_for(
         qtbot,
         window.quality.busy_changed,
-        lambda: qtbot.mouseClick(quant.cancel_button, Qt.MouseButton.LeftButton),
+        lambda: qtbot.mouseClick(quant.measure_cancel_button, Qt.MouseButton.LeftButton),
         WAIT_MS,
         until=lambda args: not args[0],
     )
@@ -409,10 +409,10 @@ def test_the_windows_stop_does_not_stop_a_perplexity_run_and_its_buttons_say_why
         assert not window.bridge.engine.cancel(window.bridge.OWNER)
     result = done.args[1]
     assert result.n_chunks == 8  # all of it: nothing stopped it
-    # Its speed measurement follows; Cancel in the Quantization panel stops that one.
+    # Its speed measurement follows; the measurement's own Cancel in the Quantization panel stops it.
     with qtbot.waitSignal(window.quality.failed, timeout=WAIT_MS) as failed:
-        qtbot.waitUntil(lambda: quant.cancel_button.isEnabled(), timeout=WAIT_MS)
-        qtbot.mouseClick(quant.cancel_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: quant.measure_cancel_button.isEnabled(), timeout=WAIT_MS)
+        qtbot.mouseClick(quant.measure_cancel_button, Qt.MouseButton.LeftButton)
     assert failed.args[0] == "speed"
     qtbot.waitUntil(lambda: console.generate_button.isEnabled(), timeout=WAIT_MS)
     assert perf.bench_run.isEnabled() and panel.load_button.isEnabled()
