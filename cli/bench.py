@@ -162,7 +162,7 @@ def _plan(args: argparse.Namespace) -> Any:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from app.bench.export import dumps
-    from app.bench.history import HistoryError, HistoryStore, run_and_record
+    from app.bench.history import run_and_record
     from app.bench.runner import BenchError, BenchResult
     from app.model.file_format import ModelFileError
     from app.model.memory import InsufficientMemoryError
@@ -179,15 +179,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"llamascope: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
-    store = None
-    if not args.no_history:
-        try:
-            store = HistoryStore()
-        except HistoryError as exc:
-            print(f"llamascope: results will not be stored: {exc}", file=sys.stderr)
-    sampler = None
-    if not args.no_telemetry:
-        sampler = _start_sampler()
+    store, sampler = history_and_sampler(args, "results will not be stored")
 
     results: list[BenchResult] = []
     run_ids: dict[str, int] = {}
@@ -247,6 +239,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if run_ids:
         print(f"stored as run {', '.join(map(str, run_ids.values()))}", file=sys.stderr)
     return {"finished": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_ERROR)
+
+
+def history_and_sampler(args: argparse.Namespace, unstored: str) -> tuple[Any, Any]:
+    """The history store and the telemetry sampler of a measuring command (bench, score), each None
+    when turned off (--no-history, --no-telemetry); a history that cannot be opened is said, with
+    `unstored`, and the run goes on without it."""
+    from app.bench.history import HistoryError, HistoryStore
+
+    store = None
+    if not args.no_history:
+        try:
+            store = HistoryStore()
+        except HistoryError as exc:
+            print(f"llamascope: {unstored}: {exc}", file=sys.stderr)
+    return store, (None if args.no_telemetry else _start_sampler())
 
 
 def _start_sampler() -> Any:

@@ -171,7 +171,7 @@ def _show(run_id: int, as_json: bool) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from app.bench.history import HistoryError, HistoryStore, score_and_record
+    from app.bench.history import score_and_record
     from app.bench.localscore import ScoreError, ScoreRun, ShapeResult, report_text
     from app.model.file_format import ModelFileError
     from app.model.memory import InsufficientMemoryError
@@ -192,17 +192,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"llamascope: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
-    store = None
-    if not args.no_history:
-        try:
-            store = HistoryStore()
-        except HistoryError as exc:
-            print(f"llamascope: the run will not be stored: {exc}", file=sys.stderr)
-    sampler = None
-    if not args.no_telemetry:
-        from cli.bench import _start_sampler
+    from cli.bench import history_and_sampler
 
-        sampler = _start_sampler()
+    store, sampler = history_and_sampler(args, "the run will not be stored")
 
     def on_progress(done: int, total: int, what: str) -> None:
         print(f"\r[{done}/{total}] {what[:70]:<70}", end="", file=sys.stderr, flush=True)
